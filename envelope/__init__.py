@@ -1,0 +1,1 @@
+"""envelope: the trust boundary every call crosses."""

@@ -1,0 +1,1 @@
+"""MAESTRO: the planner."""

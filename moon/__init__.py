@@ -1,0 +1,1 @@
+"""MOON: the durable workflow engine."""

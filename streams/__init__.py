@@ -1,0 +1,1 @@
+"""The JetStream layer: subjects, configs, schemas, codec, event store and embedded broker."""
