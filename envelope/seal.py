@@ -1,0 +1,423 @@
+"""Sealing and opening envelopes: sign exact bytes, verify before parsing, check in one order."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Container, Sequence
+
+import msgspec
+import nacl.exceptions
+
+from envelope.budget import Budget, Ledger, check_budget, read_budget
+from envelope.grants import Chain, GrantCache, pae, verify_chain
+from envelope.keys import KeyRing, Signer, public_key_from_did
+from envelope.trace import is_valid_traceparent
+from envelope.treaty import TreatyLimiter, VerifiedTreaty, check_treaty, verify_treaty
+from streams.audit import Outcome
+from streams.replies import Reason, Refusal
+
+__all__ = [
+    "ENVELOPE_TYPE",
+    "RESPONSE_TYPE",
+    "VERSION",
+    "Header",
+    "NonceCache",
+    "Opened",
+    "Policy",
+    "Response",
+    "Trust",
+    "Wire",
+    "allow_all",
+    "block",
+    "open_envelope",
+    "open_response",
+    "request_hash",
+    "seal",
+    "seal_response",
+]
+
+ENVELOPE_TYPE = b"application/vnd.maestro.envelope.v1+msgpack"
+RESPONSE_TYPE = b"application/vnd.maestro.response.v1+msgpack"
+VERSION = 1
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # also a KV key and a Nats-Msg-Id
+
+
+class Header(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the caller signs about the request; the body rides next to it as raw bytes."""
+
+    v: int
+    caller: str
+    audience: str
+    capability: str
+    traceparent: str
+    issued_at_ms: int
+    expires_at_ms: int
+    nonce: bytes
+    request_id: str
+    grant: bytes  # grant_ref of the leaf grant the caller invokes
+    treaty: bytes | None = None  # ref of the treaty a cross-organisation call relies on
+
+
+class Signed(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
+    header: Header
+    body: msgspec.Raw  # exact msgpack bytes of the body, decoded by the service once
+    grants: tuple[bytes, ...] = ()  # SignedGrant bytes, root first
+    treaty: bytes | None = None  # SignedTreaty bytes
+
+
+class Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True):
+    kid: str  # unauthenticated lookup hint; checked against the signed caller afterwards
+    payload: bytes  # encoded Signed: the exact bytes under the signature
+    sig: bytes
+
+
+class Opened(msgspec.Struct, frozen=True):
+    """An envelope that passed every check; the service sees only this."""
+
+    header: Header
+    body: bytes
+    request_hash: bytes
+    chain: Chain
+    budget: Budget | None
+    treaty: bytes | None
+
+    @property
+    def caller(self) -> str:
+        return self.header.caller
+
+    @property
+    def request_id(self) -> str:
+        return self.header.request_id
+
+    @property
+    def traceparent(self) -> str:
+        return self.header.traceparent
+
+
+Policy = Callable[[Header, Chain], Refusal | None]
+
+
+def allow_all(header: Header, chain: Chain) -> Refusal | None:
+    return None
+
+
+def block(
+    *,
+    callers: Container[str] = (),
+    capabilities: Container[str] = (),
+    conditions: Container[str] = (),
+) -> Policy:
+    """A deny-list policy; services can compose their own Policy callables the same way."""
+
+    def policy(header: Header, chain: Chain) -> Refusal | None:
+        if header.caller in callers:
+            return Refusal(Reason.POLICY_BLOCK, "caller is blocked by policy")
+        if header.capability in capabilities:
+            return Refusal(Reason.POLICY_BLOCK, f"{header.capability} is blocked by policy")
+        if any(c in conditions for c in chain.caveats.conditions):
+            return Refusal(Reason.POLICY_BLOCK, "a grant condition is blocked by policy")
+        return None
+
+    return policy
+
+
+class Trust(msgspec.Struct, frozen=True):
+    """A service's static verification context; the live sets inside it may be updated in place."""
+
+    audience: str  # this service's DID
+    keys: KeyRing
+    roots: frozenset[str]  # organisation root DIDs we accept as chain anchors
+    revoked: Container[bytes] = frozenset()  # grant/treaty refs; a watcher may keep a live set here
+    policy: Policy = allow_all
+    grant_cache: GrantCache = msgspec.field(default_factory=GrantCache)
+    max_bytes: int = 64 * 1024
+    skew_ms: int = 30_000
+    max_ttl_ms: int = 120_000
+    max_depth: int = 3
+
+
+class NonceCache(msgspec.Struct, frozen=True):
+    """Seen (caller, nonce) keys until the envelope could no longer pass the time check anyway."""
+
+    until: dict[bytes, int] = {}
+
+    def __call__(self, key: bytes, keep_until_ms: int, now_ms: int) -> bool:
+        """True if seen before; otherwise remember it. Expired entries are swept as we go."""
+        if (expiry := self.until.get(key)) is not None and expiry >= now_ms:
+            return True
+        self.until[key] = keep_until_ms
+        if len(self.until) % 1024 == 0:
+            for stale in [k for k, v in self.until.items() if v < now_ms]:
+                del self.until[stale]
+        return False
+
+
+Seen = Callable[[bytes, int, int], bool]
+
+_encode = msgspec.msgpack.Encoder().encode
+_wire = msgspec.msgpack.Decoder(Wire)
+_signed = msgspec.msgpack.Decoder(Signed)
+
+
+def request_hash(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def seal(
+    signer: Signer,
+    *,
+    audience: str,
+    capability: str,
+    body: bytes,
+    grants: Sequence[bytes],
+    grant: bytes,
+    traceparent: str,
+    request_id: str,
+    nonce: bytes,
+    now_ms: int,
+    ttl_ms: int = 30_000,
+    treaty: bytes | None = None,
+    treaty_ref: bytes | None = None,
+) -> bytes:
+    """Encode once, sign PAE(type, payload) and ship those exact bytes. `body` is msgpack bytes."""
+    header = Header(
+        v=VERSION,
+        caller=signer.did,
+        audience=audience,
+        capability=capability,
+        traceparent=traceparent,
+        issued_at_ms=now_ms,
+        expires_at_ms=now_ms + ttl_ms,
+        nonce=nonce,
+        request_id=request_id,
+        grant=grant,
+        treaty=treaty_ref,
+    )
+    payload = _encode(Signed(header, msgspec.Raw(body), tuple(grants), treaty))
+    return _encode(Wire(signer.did, payload, signer.sign(pae(ENVELOPE_TYPE, payload))))
+
+
+def _claims(header: Header) -> dict[str, str]:
+    # Only ever built after the signature held: this is what lets an audit name the caller.
+    return {
+        "caller": header.caller,
+        "request_id": header.request_id,
+        "capability": header.capability,
+        "traceparent": header.traceparent,
+    }
+
+
+def _with(refusal: Refusal, evidence: dict[str, str]) -> Refusal:
+    return msgspec.structs.replace(refusal, evidence={**refusal.evidence, **evidence})
+
+
+def open_envelope(
+    data: bytes,
+    *,
+    trust: Trust,
+    capability: str,
+    now_ms: int,
+    seen: Seen,
+    limiter: TreatyLimiter,
+    ledger: Ledger,
+) -> Opened | Refusal:
+    """Every check, in the order of research/envelope.md §9; the first failure is the answer.
+
+    `capability` is what the subject the bytes arrived on stands for. Refusals produced before the
+    signature held carry no `caller` in their evidence: a forged request is never attributed.
+    """
+    # 1. size, before spending anything on the bytes
+    if len(data) > trust.max_bytes:
+        return Refusal(Reason.OVERSIZE, f"{len(data)} bytes > {trust.max_bytes}")
+    # 2. outer decode
+    try:
+        wire = _wire.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+        return Refusal(Reason.MALFORMED, str(error))
+    # 3. key lookup (kid is a hint: it only chooses which key to try)
+    if public_key_from_did(wire.kid) is None:
+        return Refusal(Reason.MALFORMED, "kid is not an Ed25519 did:key")
+    key = trust.keys.lookup(wire.kid)
+    if key is None:
+        return Refusal(Reason.UNKNOWN_KEY, "no acceptable key for kid")
+    # 4. signature over the exact bytes; length checked so no exception type decides the outcome
+    if len(wire.sig) != 64:
+        return Refusal(Reason.BAD_SIGNATURE, "signature must be 64 bytes")
+    try:
+        key.verify(pae(ENVELOPE_TYPE, wire.payload), wire.sig)
+    except nacl.exceptions.CryptoError:
+        return Refusal(Reason.BAD_SIGNATURE, "signature does not verify")
+    # 5. strict decode of what was signed
+    try:
+        signed = _signed.decode(wire.payload)
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+        return Refusal(Reason.MALFORMED, f"signed payload: {error}")
+    header = signed.header
+    # 6. the signer is who the header says; from here on a refusal may name the caller
+    if header.caller != wire.kid:
+        return Refusal(Reason.BAD_SIGNATURE, "kid and signed caller differ")
+    claims = _claims(header)
+    if (
+        header.v != VERSION
+        or not is_valid_traceparent(header.traceparent)
+        or _REQUEST_ID.fullmatch(header.request_id) is None
+        or len(header.nonce) < 12
+    ):
+        return Refusal(
+            Reason.MALFORMED, "header: version, traceparent, request_id or nonce", evidence=claims
+        )
+    refused = _check_signed(
+        header,
+        signed,
+        data,
+        claims,
+        trust=trust,
+        capability=capability,
+        now_ms=now_ms,
+        seen=seen,
+        limiter=limiter,
+        ledger=ledger,
+    )
+    return _with(refused, claims) if isinstance(refused, Refusal) else refused
+
+
+def _check_signed(
+    header: Header,
+    signed: Signed,
+    data: bytes,
+    claims: dict[str, str],
+    *,
+    trust: Trust,
+    capability: str,
+    now_ms: int,
+    seen: Seen,
+    limiter: TreatyLimiter,
+    ledger: Ledger,
+) -> Opened | Refusal:
+    # 7. audience
+    if header.audience != trust.audience:
+        return Refusal(Reason.WRONG_AUDIENCE, f"sealed for {header.audience}")
+    # 8. the signed capability is the one this subject stands for
+    if header.capability != capability:
+        return Refusal(
+            Reason.NO_CAPABILITY, f"sealed for {header.capability}, sent to {capability}"
+        )
+    # 9. time window, with bounded skew and bounded lifetime
+    if header.expires_at_ms - header.issued_at_ms > trust.max_ttl_ms:
+        return Refusal(Reason.EXPIRED, f"lifetime over {trust.max_ttl_ms} ms")
+    if now_ms > header.expires_at_ms + trust.skew_ms:
+        return Refusal(Reason.EXPIRED, "envelope expired", retryable=True)
+    if now_ms < header.issued_at_ms - trust.skew_ms:
+        return Refusal(Reason.NOT_YET_VALID, "issued in the future beyond clock skew")
+    # 10. replay: the key lives as long as the envelope could still pass step 9
+    if seen(
+        request_hash(header.caller.encode() + header.nonce),
+        header.expires_at_ms + trust.skew_ms,
+        now_ms,
+    ):
+        return Refusal(Reason.REPLAYED, "nonce already seen")
+    # 11. grant chain (a foreign root counts only under a treaty signed by one of our roots)
+    treaty: VerifiedTreaty | None = None
+    roots: Container[str] = trust.roots
+    if signed.treaty is not None:
+        verified = verify_treaty(
+            signed.treaty,
+            roots=trust.roots,
+            keys=trust.keys,
+            revoked=trust.revoked,
+            now_ms=now_ms,
+            skew_ms=trust.skew_ms,
+        )
+        if isinstance(verified, Refusal):
+            return verified
+        if verified.ref != header.treaty:
+            return Refusal(Reason.OUTSIDE_TREATY, "signed treaty reference does not match")
+        treaty = verified
+        roots = frozenset({verified.terms.partner})
+    chain = verify_chain(
+        signed.grants,
+        leaf=header.grant,
+        caller=header.caller,
+        capability=header.capability,
+        roots=roots,
+        revoked=trust.revoked,
+        keys=trust.keys,
+        cache=trust.grant_cache,
+        now_ms=now_ms,
+        skew_ms=trust.skew_ms,
+        max_depth=trust.max_depth,
+    )
+    if isinstance(chain, Refusal):
+        return chain
+    # 12. policy
+    if (refused := trust.policy(header, chain)) is not None:
+        return refused
+    # 13. treaty scope and rate
+    if (
+        treaty is not None
+        and (refused := check_treaty(treaty, header.capability, limiter, now_ms)) is not None
+    ):
+        return refused
+    # 14. budget, read from the signed body bytes; reserved only once everything else passed
+    body = bytes(signed.body)
+    budget = read_budget(body)
+    if isinstance(budget, Refusal):
+        return budget
+    if (refused := check_budget(budget, chain.caveats, header.caller, ledger)) is not None:
+        return refused
+    if budget is not None:
+        ledger.reserve(header.caller, budget.tokens)
+    return Opened(
+        header=header,
+        body=body,
+        request_hash=request_hash(data),
+        chain=chain,
+        budget=budget,
+        treaty=None if treaty is None else treaty.ref,
+    )
+
+
+# Responses: sealed by the service so a caller can tell its answer from one forged on the broker.
+
+
+class Response(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    v: int
+    issuer: str  # the service DID, which the caller sealed its request to
+    audience: str  # the verified caller, or "" when the request was never authenticated
+    request_id: str
+    request_hash: bytes
+    outcome: Outcome
+    audit: str  # max://record/<id>
+    at_ms: int
+    result: bytes = b""  # msgpack of the service's reply Struct when accepted
+    refusal: Refusal | None = None
+
+
+_response = msgspec.msgpack.Decoder(Response)
+
+
+def seal_response(signer: Signer, response: Response) -> bytes:
+    payload = _encode(response)
+    return _encode(Wire(signer.did, payload, signer.sign(pae(RESPONSE_TYPE, payload))))
+
+
+def open_response(data: bytes, *, issuer: str, keys: KeyRing, request: bytes) -> Response | Refusal:
+    """Verify a reply came from `issuer` and answers exactly `request` (the bytes we sent)."""
+    try:
+        wire = _wire.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+        return Refusal(Reason.MALFORMED, f"response: {error}")
+    key = keys.lookup(issuer) if wire.kid == issuer else None
+    if key is None:
+        return Refusal(Reason.UNKNOWN_KEY, f"response not from {issuer}")
+    try:
+        key.verify(pae(RESPONSE_TYPE, wire.payload), wire.sig)
+        response = _response.decode(wire.payload)
+    except nacl.exceptions.CryptoError:
+        return Refusal(Reason.BAD_SIGNATURE, "response signature does not verify")
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+        return Refusal(Reason.MALFORMED, f"response: {error}")
+    if response.issuer != issuer or response.request_hash != request_hash(request):
+        return Refusal(Reason.BAD_SIGNATURE, "response answers a different request")
+    return response

@@ -1,0 +1,40 @@
+"""The audit record: one per request outcome, accepted or refused, with equal weight."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from streams.replies import Reason
+
+__all__ = ["AuditRecord", "Outcome", "audit_subject"]
+
+Outcome = Literal["accepted", "refused", "failed"]
+
+
+class AuditRecord(msgspec.Struct, frozen=True):
+    """Published on audit.<service>.<method>.<outcome> with Nats-Msg-Id = id."""
+
+    id: str  # the request id, or sha256 of the raw bytes for requests never authenticated
+    service: str
+    method: str
+    outcome: Outcome
+    request_hash: bytes  # sha256 of the exact request bytes
+    caller: str  # the verified caller DID; "" when the signature never held
+    caller_verified: bool
+    capability: str
+    traceparent: str
+    at: int  # epoch ms
+    reason: Reason | None = None
+    code: int | None = None
+    detail: str = ""
+    result_ref: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"max://record/{self.id}"
+
+
+def audit_subject(service: str, method: str, outcome: Outcome) -> str:
+    return f"audit.{service}.{method}.{outcome}"
