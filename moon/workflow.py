@@ -1,0 +1,1001 @@
+"""The workflow decider: what a command means for a workflow, as events. Pure.
+
+The engine shell reads the clock, makes ids and talks to NATS; everything it must decide goes
+through `decide`, and everything it must know comes from folding events with `evolve`. That is
+what makes a crash harmless and `replay --verify` possible.
+
+Lines drawn here (the engine and its tests rely on them):
+- Dedupe. A command id seen before decides nothing ([]). So does a report for an older attempt
+  (stale), a report that repeats the recorded outcome of the current attempt, a timer whose
+  attempt or phase has moved on, a replan whose revision is not newer, and a repeated
+  Compensate/Cancel. A report that *contradicts* a settled attempt (completed after a timeout,
+  failed after completed, anything after the workflow ended) is Refusal(ALREADY_SETTLED): the
+  sender learns its result was not used. Unknown workflow/step are refusals; an attempt that was
+  never scheduled is INVALID_STATE.
+- Time. step_timeout fires `timeout_ms` after an attempt is scheduled (schedule-to-close: an
+  executor that never picks the order up is caught too) -> StepTimedOut + Deviation(late).
+  heartbeat_timeout fires `heartbeat_timeout_ms` after the last journaled sign of life (start,
+  heartbeat, checkpoint) -> StepTimedOut + Deviation(executor_lost). Either way the attempt is
+  then retried or failed per policy. Heartbeats are journaled at most once per half window, so an
+  executor that beats at least twice per window is never declared lost.
+  workflow_deadline -> Deviation(late) and the on_failure policy.
+- Compensation. Completed steps with a compensation are undone in reverse dependency order, in
+  waves: a step's compensation starts once no transitive dependant is still running or still
+  waiting to be compensated. Steps in flight when compensation starts are let finish (a late
+  completion is compensated too); their retries are abandoned. Compensation attempts keep
+  counting after the step's own, so `workflow/step/attempt` stays one idempotency key space.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, TypeAlias, assert_never
+
+import msgspec
+
+from moon.dag import find_cycle, missing_dependencies, reverse_topological
+from streams.moon_events import (
+    BudgetExhausted,
+    Cancel,
+    CheckpointStep,
+    Compensate,
+    CompensationFailed,
+    CompensationScheduled,
+    CompensationStarted,
+    CompleteStep,
+    Decision,
+    Deviation,
+    DeviationKind,
+    Dispatch,
+    Dispatched,
+    FailStep,
+    FireTimer,
+    Heartbeat,
+    MoonCommand,
+    MoonEvent,
+    OnFailure,
+    Replan,
+    ReplanApplied,
+    RetryPolicy,
+    RetryScheduled,
+    StartStep,
+    StepCheckpointed,
+    StepCompensated,
+    StepCompleted,
+    StepFailed,
+    StepHeartbeat,
+    StepScheduled,
+    StepSpec,
+    StepStarted,
+    StepTimedOut,
+    TimerKind,
+    TimerRequest,
+    Usage,
+    WorkflowCancelled,
+    WorkflowCompensated,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkOrder,
+)
+from streams.replies import Reason, Refusal
+
+__all__ = [
+    "SEEN_LIMIT",
+    "StepState",
+    "StepStatus",
+    "WorkflowState",
+    "WorkflowStatus",
+    "apply",
+    "backoff_ms",
+    "decide",
+    "evolve",
+    "initial",
+    "is_terminal",
+    "timers",
+    "work_orders",
+]
+
+StepStatus: TypeAlias = Literal[
+    "pending",
+    "scheduled",
+    "running",
+    "backoff",
+    "completed",
+    "failed",
+    "compensating",
+    "compensation_backoff",
+    "compensated",
+    "compensation_failed",
+]
+WorkflowStatus: TypeAlias = Literal[
+    "none", "running", "completed", "failed", "compensating", "compensated", "cancelled"
+]
+Outcome: TypeAlias = Literal["", "completed", "failed", "timed_out"]
+
+# Per workflow; older duplicates are still caught by the attempt and revision checks.
+SEEN_LIMIT = 512
+
+_IN_FLIGHT: frozenset[StepStatus] = frozenset({"scheduled", "running", "compensating"})
+_BUSY: frozenset[StepStatus] = _IN_FLIGHT | {"compensation_backoff"}
+_TERMINAL: frozenset[WorkflowStatus] = frozenset(
+    {"completed", "failed", "compensated", "cancelled"}
+)
+_WORKFLOW_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_STEP_ID = re.compile(r"[A-Za-z0-9_:-]{1,128}")
+
+
+class StepState(msgspec.Struct, frozen=True):
+    """One step as the journal tells it: where it is, which attempt, what it produced."""
+
+    spec: StepSpec
+    status: StepStatus = "pending"
+    attempt: int = 0
+    window_start: int = 1  # first attempt of the current retry window (a replan restarts it)
+    executor: str | None = None
+    scheduled_at: int | None = None
+    started_at: int | None = None
+    heartbeat_at: int | None = None
+    checkpoint: bytes | None = None
+    result: bytes | None = None
+    usage: Usage = Usage()
+    error: str = ""
+    outcome: Outcome = ""  # of the current attempt
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return self.spec.needs
+
+
+class WorkflowState(msgspec.Struct, frozen=True):
+    """A workflow is nothing but this fold of its journal."""
+
+    workflow_id: str = ""
+    status: WorkflowStatus = "none"
+    steps: dict[str, StepState] = {}
+    dispatched: Dispatched | None = None
+    deadline_ms: int | None = None
+    budget_tokens: int | None = None
+    plan_id: str | None = None
+    plan_revision: int = 0
+    on_failure: OnFailure = "wait"
+    usage: Usage = Usage()
+    halted: bool = False  # budget exhausted: nothing new is scheduled until a replan raises it
+    late: bool = False
+    seen: tuple[str, ...] = ()
+
+
+initial = WorkflowState()
+
+_replace = msgspec.structs.replace
+
+
+# --- evolve ------------------------------------------------------------------------------------
+
+
+def _step(state: WorkflowState, step: str, **changes: object) -> WorkflowState:
+    return _replace(state, steps={**state.steps, step: _replace(state.steps[step], **changes)})
+
+
+def evolve(state: WorkflowState, event: MoonEvent) -> WorkflowState:
+    """Total and pure: the state after one event."""
+    match event:
+        case Dispatched():
+            steps = {spec.id: StepState(spec=spec, executor=spec.executor) for spec in event.steps}
+            usage = Usage()
+            for carried in event.completed:
+                steps[carried.step] = _replace(
+                    steps[carried.step],
+                    status="completed",
+                    result=carried.result,
+                    usage=carried.usage,
+                    outcome="completed",
+                )
+                usage = usage + carried.usage
+            return _replace(
+                state,
+                workflow_id=event.workflow_id,
+                status="running",
+                steps=steps,
+                dispatched=event,
+                deadline_ms=event.deadline_ms,
+                budget_tokens=event.budget_tokens,
+                plan_id=event.plan_id,
+                plan_revision=event.plan_revision,
+                on_failure=event.on_failure,
+                usage=usage,
+            )
+        case StepScheduled():
+            s = state.steps[event.step]
+            return _step(
+                state,
+                event.step,
+                status="scheduled",
+                attempt=event.attempt,
+                window_start=event.attempt if event.fresh or s.attempt == 0 else s.window_start,
+                executor=event.executor,
+                scheduled_at=event.at_ms,
+                started_at=None,
+                heartbeat_at=None,
+                error="",
+                outcome="",
+            )
+        case StepStarted():
+            s = state.steps[event.step]
+            return _step(
+                state,
+                event.step,
+                status="running" if s.status == "scheduled" else s.status,
+                executor=event.executor,
+                started_at=event.at_ms,
+                heartbeat_at=event.at_ms,
+            )
+        case StepHeartbeat():
+            return _step(state, event.step, heartbeat_at=event.at_ms)
+        case StepCheckpointed():
+            return _step(state, event.step, checkpoint=event.state, heartbeat_at=event.at_ms)
+        case StepCompleted():
+            s = state.steps[event.step]
+            state = _replace(state, usage=state.usage + event.usage)
+            return _step(
+                state,
+                event.step,
+                status="completed",
+                result=event.result,
+                usage=s.usage + event.usage,
+                outcome="completed",
+            )
+        case StepFailed():
+            s = state.steps[event.step]
+            state = _replace(state, usage=state.usage + event.usage)
+            return _step(
+                state,
+                event.step,
+                status="backoff" if event.will_retry else "failed",
+                usage=s.usage + event.usage,
+                error=event.error,
+                outcome="failed",
+            )
+        case RetryScheduled():
+            return state  # the preceding failure already moved the step to its backoff status
+        case StepTimedOut():
+            return _step(
+                state,
+                event.step,
+                status="backoff" if event.will_retry else "failed",
+                error=f"{event.timer} at attempt {event.attempt}",
+                outcome="timed_out",
+            )
+        case Deviation():
+            if event.kind == "late" and not event.step:
+                return _replace(state, late=True)
+            return state
+        case ReplanApplied():
+            steps = dict(state.steps)
+            for step, executor in event.assignments.items():
+                steps[step] = _replace(steps[step], executor=executor)
+            budget = state.budget_tokens if event.budget_tokens is None else event.budget_tokens
+            return _replace(
+                state,
+                steps=steps,
+                plan_id=event.plan_id,
+                plan_revision=event.revision,
+                budget_tokens=budget,
+                halted=budget is not None and state.usage.tokens > budget,
+            )
+        case BudgetExhausted():
+            return _replace(state, halted=True)
+        case CompensationStarted():
+            # Retries waiting for their backoff are abandoned: nothing new runs forward.
+            steps = {
+                k: _replace(s, status="failed") if s.status == "backoff" else s
+                for k, s in state.steps.items()
+            }
+            return _replace(state, status="compensating", steps=steps)
+        case CompensationScheduled():
+            s = state.steps[event.step]
+            return _step(
+                state,
+                event.step,
+                status="compensating",
+                attempt=event.attempt,
+                window_start=event.attempt if event.fresh else s.window_start,
+                executor=event.executor,
+                scheduled_at=event.at_ms,
+                started_at=None,
+                heartbeat_at=None,
+                checkpoint=None if event.fresh else s.checkpoint,
+                error="",
+                outcome="",
+            )
+        case StepCompensated():
+            s = state.steps[event.step]
+            state = _replace(state, usage=state.usage + event.usage)
+            return _step(
+                state,
+                event.step,
+                status="compensated",
+                usage=s.usage + event.usage,
+                outcome="completed",
+            )
+        case CompensationFailed():
+            s = state.steps[event.step]
+            state = _replace(state, usage=state.usage + event.usage)
+            return _step(
+                state,
+                event.step,
+                status="compensation_backoff" if event.will_retry else "compensation_failed",
+                usage=s.usage + event.usage,
+                error=event.error,
+                outcome="failed",
+            )
+        case WorkflowCompleted():
+            return _replace(state, status="completed")
+        case WorkflowFailed():
+            return _replace(state, status="failed")
+        case WorkflowCompensated():
+            return _replace(state, status="compensated")
+        case WorkflowCancelled():
+            return _replace(state, status="cancelled")
+        case _:
+            assert_never(event)
+
+
+def apply(state: WorkflowState, decision: Decision) -> WorkflowState:
+    """Fold one journal message: its events, then remember its command id for dedupe."""
+    for event in decision.events:
+        state = evolve(state, event)
+    seen = (*state.seen, decision.command.command_id)[-SEEN_LIMIT:]
+    return _replace(state, seen=seen)
+
+
+def is_terminal(state: WorkflowState) -> bool:
+    return state.status in _TERMINAL
+
+
+# --- decide ------------------------------------------------------------------------------------
+
+
+class _Acc:
+    """Events decided so far and the state they lead to: later rules see earlier effects."""
+
+    def __init__(self, state: WorkflowState) -> None:
+        self.state = state
+        self.events: list[MoonEvent] = []
+
+    def emit(self, event: MoonEvent) -> None:
+        self.events.append(event)
+        self.state = evolve(self.state, event)
+
+
+def decide(command: MoonCommand, state: WorkflowState) -> list[MoonEvent] | Refusal:
+    """What `command` means for the workflow in `state`: events to journal, or a refusal."""
+    if command.command_id in state.seen:
+        return []
+    if isinstance(command, Dispatch):
+        return _dispatch(command, state)
+    if state.status == "none" or command.workflow_id != state.workflow_id:
+        return Refusal(Reason.UNKNOWN_WORKFLOW, command.workflow_id)
+    acc = _Acc(state)
+    match command:
+        case Dispatch():
+            raise AssertionError("handled above")
+        case StartStep():
+            return _start(command, state)
+        case Heartbeat():
+            return _heartbeat(command, state)
+        case CheckpointStep():
+            return _checkpoint(command, state)
+        case CompleteStep():
+            outcome = _complete(command, acc)
+        case FailStep():
+            outcome = _fail(command, acc)
+        case FireTimer():
+            outcome = _fire(command, acc)
+        case Replan():
+            outcome = _replan(command, acc)
+        case Compensate():
+            if state.status in ("compensating", "compensated"):
+                return []
+            if state.status != "running":
+                return Refusal(Reason.ALREADY_SETTLED, f"workflow is {state.status}")
+            _begin_compensation(acc, command.at_ms, command.reason)
+            outcome = None
+        case Cancel():
+            if state.status == "cancelled":
+                return []
+            if is_terminal(state):
+                return Refusal(Reason.ALREADY_SETTLED, f"workflow is {state.status}")
+            acc.emit(WorkflowCancelled(at_ms=command.at_ms, reason=command.reason))
+            outcome = None
+        case _:
+            assert_never(command)
+    return outcome if outcome is not None else acc.events
+
+
+def _dispatch(command: Dispatch, state: WorkflowState) -> list[MoonEvent] | Refusal:
+    event = Dispatched(
+        at_ms=command.at_ms,
+        workflow_id=command.workflow_id,
+        dispatch_id=command.command_id,
+        steps=command.steps,
+        deadline_ms=command.deadline_ms,
+        budget_tokens=command.budget_tokens,
+        plan_id=command.plan_id,
+        plan_revision=command.plan_revision,
+        on_failure=command.on_failure,
+        completed=command.completed,
+        forked_from=command.forked_from,
+    )
+    if state.dispatched is not None:
+        first = state.dispatched
+        same = _replace(event, at_ms=first.at_ms, dispatch_id=first.dispatch_id)
+        # The same request again (new id, same content) gets the first answer, not a refusal.
+        if command.command_id == first.dispatch_id or same == first:
+            return []
+        return Refusal(Reason.ALREADY_EXISTS, command.workflow_id)
+    if refusal := _invalid(command):
+        return refusal
+    acc = _Acc(state)
+    acc.emit(event)
+    _advance(acc, command.at_ms)
+    return acc.events
+
+
+def _invalid(command: Dispatch) -> Refusal | None:
+    if not _WORKFLOW_ID.fullmatch(command.workflow_id):
+        return Refusal(Reason.MALFORMED, f"workflow id {command.workflow_id!r}")
+    ids = [spec.id for spec in command.steps]
+    if dupes := sorted({i for i in ids if ids.count(i) > 1}):
+        return Refusal(Reason.MALFORMED, f"duplicate step ids: {', '.join(dupes)}")
+    for spec in command.steps:
+        if not _STEP_ID.fullmatch(spec.id):
+            return Refusal(Reason.MALFORMED, f"step id {spec.id!r}")
+        if spec.timeout_ms <= 0 or (spec.heartbeat_timeout_ms or 1) <= 0:
+            return Refusal(Reason.MALFORMED, f"step {spec.id}: timeouts must be positive")
+        if problem := _bad_policy(spec.retry):
+            return Refusal(Reason.MALFORMED, f"step {spec.id}: {problem}")
+    needs = {spec.id: spec.needs for spec in command.steps}
+    if missing := missing_dependencies(needs):
+        detail = ", ".join(f"{step} needs {dep}" for step, dep in missing)
+        return Refusal(Reason.UNKNOWN_DEPENDENCY, detail)
+    if cycle := find_cycle(needs):
+        return Refusal(Reason.CYCLE, " -> ".join(cycle))
+    if unknown := [c.step for c in command.completed if c.step not in needs]:
+        return Refusal(Reason.UNKNOWN_STEP, ", ".join(unknown))
+    if command.deadline_ms is not None and command.deadline_ms <= command.at_ms:
+        return Refusal(Reason.DEADLINE_INFEASIBLE, f"deadline {command.deadline_ms} has passed")
+    return None
+
+
+def _bad_policy(policy: RetryPolicy) -> str:
+    if policy.maximum_attempts < 0:
+        return "maximum_attempts must be >= 0"
+    if policy.initial_interval_ms < 0:
+        return "initial_interval_ms must be >= 0"
+    if policy.backoff_coefficient < 1.0:
+        return "backoff_coefficient must be >= 1"
+    if policy.maximum_interval_ms is not None and policy.maximum_interval_ms < 0:
+        return "maximum_interval_ms must be >= 0"
+    return ""
+
+
+def _locate(state: WorkflowState, step: str, attempt: int) -> StepState | list[MoonEvent] | Refusal:
+    """The step a report is about, or what to answer when it is about nothing current."""
+    s = state.steps.get(step)
+    if s is None:
+        return Refusal(Reason.UNKNOWN_STEP, step)
+    if 1 <= attempt < s.attempt:
+        return []  # stale: an older attempt's report, its fate was already decided
+    if attempt < 1 or attempt > s.attempt:
+        return Refusal(Reason.INVALID_STATE, f"attempt {attempt} of {step} was never scheduled")
+    return s
+
+
+def _start(command: StartStep, state: WorkflowState) -> list[MoonEvent] | Refusal:
+    s = _locate(state, command.step, command.attempt)
+    if not isinstance(s, StepState):
+        return s
+    if is_terminal(state) or s.status not in _IN_FLIGHT or s.started_at is not None:
+        return []  # a start report is never contradicted, only late or repeated
+    return [
+        StepStarted(
+            at_ms=command.at_ms,
+            step=command.step,
+            attempt=command.attempt,
+            executor=command.executor,
+        )
+    ]
+
+
+def _heartbeat(command: Heartbeat, state: WorkflowState) -> list[MoonEvent] | Refusal:
+    s = _locate(state, command.step, command.attempt)
+    if not isinstance(s, StepState):
+        return s
+    window = s.spec.heartbeat_timeout_ms
+    if is_terminal(state) or s.status not in _IN_FLIGHT or window is None:
+        return []
+    if s.heartbeat_at is None or command.at_ms - s.heartbeat_at < window / 2:
+        return []  # not started yet, or recent enough: journaling it buys no liveness
+    return [StepHeartbeat(at_ms=command.at_ms, step=command.step, attempt=command.attempt)]
+
+
+def _checkpoint(command: CheckpointStep, state: WorkflowState) -> list[MoonEvent] | Refusal:
+    s = _locate(state, command.step, command.attempt)
+    if not isinstance(s, StepState):
+        return s
+    if is_terminal(state) or s.status not in _IN_FLIGHT or s.checkpoint == command.state:
+        return []
+    return [
+        StepCheckpointed(
+            at_ms=command.at_ms, step=command.step, attempt=command.attempt, state=command.state
+        )
+    ]
+
+
+def _settled(s: StepState, state: WorkflowState, outcome: Outcome) -> list[MoonEvent] | Refusal:
+    if s.outcome == outcome:
+        return []  # the same report again
+    what = s.outcome or s.status if not is_terminal(state) else f"workflow {state.status}"
+    return Refusal(Reason.ALREADY_SETTLED, f"{s.spec.id} attempt {s.attempt}: {what}")
+
+
+def _complete(command: CompleteStep, acc: _Acc) -> list[MoonEvent] | Refusal | None:
+    state = acc.state
+    s = _locate(state, command.step, command.attempt)
+    if not isinstance(s, StepState):
+        return s
+    if is_terminal(state) or s.status not in _IN_FLIGHT:
+        return _settled(s, state, "completed")
+    at = command.at_ms
+    if s.status == "compensating":
+        acc.emit(
+            StepCompensated(
+                at_ms=at,
+                step=command.step,
+                attempt=command.attempt,
+                result=command.result,
+                usage=command.usage,
+            )
+        )
+        _progress_compensation(acc, at)
+        return None
+    acc.emit(
+        StepCompleted(
+            at_ms=at,
+            step=command.step,
+            attempt=command.attempt,
+            result=command.result,
+            usage=command.usage,
+        )
+    )
+    if s.spec.deadline_ms is not None and at > s.spec.deadline_ms:
+        _deviate(acc, at, "late", s, f"finished {at - s.spec.deadline_ms} ms after its deadline")
+    if acc.state.status == "compensating":
+        _progress_compensation(acc, at)
+        return None
+    _check_budget(acc, at)
+    _advance(acc, at)
+    return None
+
+
+def _fail(command: FailStep, acc: _Acc) -> list[MoonEvent] | Refusal | None:
+    state = acc.state
+    s = _locate(state, command.step, command.attempt)
+    if not isinstance(s, StepState):
+        return s
+    if is_terminal(state) or s.status not in _IN_FLIGHT:
+        return _settled(s, state, "failed")
+    policy = s.spec.retry
+    retryable = command.retryable and (command.error_type or command.error) not in set(
+        policy.non_retryable_errors
+    )
+    at = command.at_ms
+    if s.status == "compensating":
+        _compensation_failed(
+            acc, s, at, command.error, error_type=command.error_type, usage=command.usage
+        )
+        return None
+    will_retry = retryable and state.status == "running" and _attempts_left(s)
+    acc.emit(
+        StepFailed(
+            at_ms=at,
+            step=command.step,
+            attempt=command.attempt,
+            error=command.error,
+            error_type=command.error_type,
+            usage=command.usage,
+            will_retry=will_retry,
+        )
+    )
+    _after_attempt_failure(acc, s, at, will_retry, command.error)
+    return None
+
+
+def _after_attempt_failure(acc: _Acc, s: StepState, at: int, will_retry: bool, error: str) -> None:
+    if acc.state.status == "compensating":
+        _progress_compensation(acc, at)
+        return
+    _check_budget(acc, at)
+    if will_retry:
+        _schedule_retry(acc, s.spec.id, at)
+    elif acc.state.status == "running":
+        _deviate(acc, at, "failed", s, error)
+        _on_failure(acc, at, f"step {s.spec.id} failed: {error}")
+
+
+def _compensation_failed(
+    acc: _Acc, s: StepState, at: int, error: str, *, error_type: str, usage: Usage
+) -> None:
+    # A compensation is retried whatever the error: giving up on an undo is reported, not silent.
+    will_retry = _attempts_left(s)
+    acc.emit(
+        CompensationFailed(
+            at_ms=at,
+            step=s.spec.id,
+            attempt=s.attempt,
+            error=error,
+            error_type=error_type,
+            usage=usage,
+            will_retry=will_retry,
+        )
+    )
+    if will_retry:
+        _schedule_retry(acc, s.spec.id, at)
+        return
+    _deviate(acc, at, "compensation_failed", s, error)
+    _progress_compensation(acc, at)
+
+
+def _fire(command: FireTimer, acc: _Acc) -> list[MoonEvent] | Refusal | None:
+    state, at = acc.state, command.at_ms
+    if command.kind == "workflow_deadline":
+        if state.status != "running" or state.late:
+            return []
+        acc.emit(
+            Deviation(
+                at_ms=at,
+                workflow_id=state.workflow_id,
+                kind="late",
+                detail=f"workflow deadline {state.deadline_ms} passed",
+                plan_id=state.plan_id,
+                plan_revision=state.plan_revision,
+            )
+        )
+        _on_failure(acc, at, "workflow deadline passed")
+        return None
+    # A backoff timer names the attempt it will start, one past the step's current one.
+    probe = command.attempt - 1 if command.kind == "retry_backoff" else command.attempt
+    s = _locate(state, command.step, probe)
+    if not isinstance(s, StepState):
+        return s if isinstance(s, Refusal) and s.reason is Reason.UNKNOWN_STEP else []
+    match command.kind:
+        case "retry_backoff":
+            if s.status == "backoff" and state.status == "running" and not state.halted:
+                acc.emit(
+                    StepScheduled(
+                        at_ms=at, step=s.spec.id, attempt=s.attempt + 1, executor=s.executor
+                    )
+                )
+            elif s.status == "compensation_backoff" and state.status == "compensating":
+                acc.emit(_compensation_order(s, at, fresh=False))
+            return None
+        case "step_timeout" | "heartbeat_timeout":
+            if is_terminal(state) or s.status not in _IN_FLIGHT:
+                return []
+            if command.kind == "heartbeat_timeout":
+                window = s.spec.heartbeat_timeout_ms
+                if window is None or s.heartbeat_at is None or s.heartbeat_at + window > at:
+                    return []  # a newer sign of life moved the deadline
+            _timed_out(acc, s, at, command.kind)
+            return None
+        case _:
+            raise AssertionError(command.kind)
+
+
+def _timed_out(acc: _Acc, s: StepState, at: int, kind: TimerKind) -> None:
+    if s.status == "compensating":
+        _compensation_failed(
+            acc, s, at, f"{kind} at attempt {s.attempt}", error_type="timeout", usage=Usage()
+        )
+        return
+    will_retry = acc.state.status == "running" and _attempts_left(s)
+    acc.emit(
+        StepTimedOut(at_ms=at, step=s.spec.id, attempt=s.attempt, timer=kind, will_retry=will_retry)
+    )
+    if acc.state.status != "running":
+        _progress_compensation(acc, at)
+        return
+    lost = kind == "heartbeat_timeout"
+    _deviate(acc, at, "executor_lost" if lost else "late", s, f"{kind} at attempt {s.attempt}")
+    _after_attempt_failure(acc, s, at, will_retry, f"{kind} at attempt {s.attempt}")
+
+
+def _replan(command: Replan, acc: _Acc) -> list[MoonEvent] | Refusal | None:
+    state = acc.state
+    if state.status == "compensating":
+        return Refusal(Reason.INVALID_STATE, "workflow is compensating")
+    if is_terminal(state):
+        return Refusal(Reason.ALREADY_SETTLED, f"workflow is {state.status}")
+    if command.revision <= state.plan_revision:
+        return []  # this revision or a newer one is already applied
+    if unknown := sorted(k for k in command.assignments if k not in state.steps):
+        return Refusal(Reason.UNKNOWN_STEP, ", ".join(unknown))
+    # Done is done: completed steps keep their executor and result.
+    assignments = {
+        k: v for k, v in command.assignments.items() if state.steps[k].status != "completed"
+    }
+    moved = [
+        k
+        for k, v in assignments.items()
+        if state.steps[k].status in ("scheduled", "running") and state.steps[k].executor != v
+    ]
+    at = command.at_ms
+    acc.emit(
+        ReplanApplied(
+            at_ms=at,
+            plan_id=command.plan_id,
+            revision=command.revision,
+            assignments=assignments,
+            reason=command.reason,
+            budget_tokens=command.budget_tokens,
+        )
+    )
+    if not acc.state.halted:
+        for step, s in acc.state.steps.items():
+            if s.status in ("failed", "backoff") or step in moved:
+                acc.emit(
+                    StepScheduled(
+                        at_ms=at, step=step, attempt=s.attempt + 1, executor=s.executor, fresh=True
+                    )
+                )
+    _advance(acc, at)
+    return None
+
+
+# --- rules shared by several commands ----------------------------------------------------------
+
+
+def backoff_ms(policy: RetryPolicy, failures: int) -> int:
+    """Delay before the retry after the n-th failed attempt of a window (Temporal's formula)."""
+    ceiling = (
+        policy.maximum_interval_ms
+        if policy.maximum_interval_ms is not None
+        else 100 * policy.initial_interval_ms
+    )
+    delay = float(policy.initial_interval_ms)
+    for _ in range(failures - 1):
+        if delay >= ceiling:
+            break
+        delay *= policy.backoff_coefficient
+    return int(min(delay, ceiling))
+
+
+def _attempts_left(s: StepState) -> bool:
+    limit = s.spec.retry.maximum_attempts
+    return limit == 0 or s.attempt - s.window_start + 1 < limit
+
+
+def _schedule_retry(acc: _Acc, step: str, at: int) -> None:
+    s = acc.state.steps[step]
+    delay = backoff_ms(s.spec.retry, s.attempt - s.window_start + 1)
+    acc.emit(
+        RetryScheduled(
+            at_ms=at, step=step, attempt=s.attempt + 1, delay_ms=delay, due_ms=at + delay
+        )
+    )
+
+
+def _deviate(acc: _Acc, at: int, kind: DeviationKind, s: StepState, detail: str) -> None:
+    acc.emit(
+        Deviation(
+            at_ms=at,
+            workflow_id=acc.state.workflow_id,
+            kind=kind,
+            step=s.spec.id,
+            attempt=s.attempt,
+            executor=s.executor,
+            detail=detail,
+            plan_id=acc.state.plan_id,
+            plan_revision=acc.state.plan_revision,
+        )
+    )
+
+
+def _check_budget(acc: _Acc, at: int) -> None:
+    state = acc.state
+    budget = state.budget_tokens
+    if state.status != "running" or state.halted or budget is None:
+        return
+    if state.usage.tokens <= budget:
+        return
+    acc.emit(BudgetExhausted(at_ms=at, budget_tokens=budget, used_tokens=state.usage.tokens))
+    acc.emit(
+        Deviation(
+            at_ms=at,
+            workflow_id=state.workflow_id,
+            kind="budget_overrun",
+            detail=f"{state.usage.tokens} tokens used of {budget}",
+            plan_id=state.plan_id,
+            plan_revision=state.plan_revision,
+        )
+    )
+    _on_failure(acc, at, "token budget exhausted")
+
+
+def _on_failure(acc: _Acc, at: int, reason: str) -> None:
+    """What the workflow does by itself when the plan no longer holds and nobody replans."""
+    if acc.state.status != "running":
+        return
+    match acc.state.on_failure:
+        case "wait":
+            pass  # MAESTRO answers the deviation with a Replan, or someone sends Compensate
+        case "compensate":
+            _begin_compensation(acc, at, reason)
+        case "fail":
+            acc.emit(WorkflowFailed(at_ms=at, reason=reason))
+        case _:
+            assert_never(acc.state.on_failure)
+
+
+def _advance(acc: _Acc, at: int) -> None:
+    """Schedule every pending step whose dependencies completed; finish when all completed."""
+    state = acc.state
+    if state.status != "running":
+        return
+    if not state.halted:
+        for step, s in state.steps.items():
+            if s.status == "pending" and all(
+                state.steps[dep].status == "completed" for dep in s.needs
+            ):
+                acc.emit(StepScheduled(at_ms=at, step=step, attempt=1, executor=s.executor))
+    if all(s.status == "completed" for s in acc.state.steps.values()):
+        acc.emit(WorkflowCompleted(at_ms=at, usage=acc.state.usage))
+
+
+def _needs_undo(s: StepState) -> bool:
+    return s.status == "completed" and s.spec.compensation is not None
+
+
+def _begin_compensation(acc: _Acc, at: int, reason: str) -> None:
+    state = acc.state
+    needs = {k: s.needs for k, s in state.steps.items()}
+    todo = reverse_topological(needs, [k for k, s in state.steps.items() if _needs_undo(s)])
+    acc.emit(CompensationStarted(at_ms=at, reason=reason, steps=tuple(todo)))
+    _progress_compensation(acc, at)
+
+
+def _compensation_order(s: StepState, at: int, *, fresh: bool) -> CompensationScheduled:
+    assert s.spec.compensation is not None
+    return CompensationScheduled(
+        at_ms=at,
+        step=s.spec.id,
+        attempt=s.attempt + 1,
+        capability=s.spec.compensation,
+        executor=s.executor,
+        fresh=fresh,
+    )
+
+
+def _progress_compensation(acc: _Acc, at: int) -> None:
+    """Start every compensation whose dependants are all settled; end when nothing is left."""
+    state = acc.state
+    if state.status != "compensating":
+        return
+    needs = {k: s.needs for k, s in state.steps.items()}
+    dependants: dict[str, list[str]] = {k: [] for k in needs}
+    for step, deps in needs.items():
+        for dep in deps:
+            dependants[dep].append(step)
+    for step in reverse_topological(needs, [k for k, s in state.steps.items() if _needs_undo(s)]):
+        if not _any_dependant_unsettled(acc.state, dependants, step):
+            acc.emit(_compensation_order(acc.state.steps[step], at, fresh=True))
+    if any(s.status in _BUSY or _needs_undo(s) for s in acc.state.steps.values()):
+        return
+    failed = tuple(k for k, s in acc.state.steps.items() if s.status == "compensation_failed")
+    acc.emit(WorkflowCompensated(at_ms=at, failed=failed))
+
+
+def _any_dependant_unsettled(
+    state: WorkflowState, dependants: dict[str, list[str]], step: str
+) -> bool:
+    stack, seen = list(dependants[step]), set[str]()
+    while stack:
+        d = stack.pop()
+        if d in seen:
+            continue
+        seen.add(d)
+        s = state.steps[d]
+        if s.status in _BUSY or _needs_undo(s):
+            return True
+        stack.extend(dependants[d])
+    return False
+
+
+# --- what the shell sends after a decision -----------------------------------------------------
+
+
+def work_orders(state: WorkflowState, events: list[MoonEvent]) -> list[WorkOrder]:
+    """Orders for the attempts `events` scheduled, read from the state after them."""
+    if is_terminal(state):
+        return []
+    orders: list[WorkOrder] = []
+    for event in events:
+        if not isinstance(event, StepScheduled | CompensationScheduled):
+            continue
+        s = state.steps[event.step]
+        if s.attempt != event.attempt or s.status not in _IN_FLIGHT:
+            continue
+        undo = isinstance(event, CompensationScheduled)
+        capability = event.capability if isinstance(event, CompensationScheduled) else None
+        inputs = (
+            {event.step: s.result or b""}
+            if undo
+            else {dep: state.steps[dep].result or b"" for dep in s.needs}
+        )
+        orders.append(
+            WorkOrder(
+                workflow_id=state.workflow_id,
+                step=event.step,
+                attempt=event.attempt,
+                capability=capability or s.spec.capability,
+                executor=s.executor,
+                deadline_ms=event.at_ms + s.spec.timeout_ms,
+                timeout_ms=s.spec.timeout_ms,
+                idempotency_key=f"{state.workflow_id}/{event.step}/{event.attempt}",
+                checkpoint=s.checkpoint,
+                input=inputs,
+                params=s.spec.params,
+                compensation=undo,
+                heartbeat_timeout_ms=s.spec.heartbeat_timeout_ms,
+                plan_revision=state.plan_revision,
+            )
+        )
+    return orders
+
+
+def timers(state: WorkflowState, events: list[MoonEvent]) -> list[TimerRequest]:
+    """Durable timers `events` call for; a stale one firing later decides nothing."""
+    if is_terminal(state):
+        return []
+    wf = state.workflow_id
+    out: list[TimerRequest] = []
+    for event in events:
+        match event:
+            case Dispatched(deadline_ms=deadline) if deadline is not None:
+                out.append(TimerRequest(workflow_id=wf, kind="workflow_deadline", at_ms=deadline))
+            case StepScheduled() | CompensationScheduled():
+                spec = state.steps[event.step].spec
+                out.append(
+                    TimerRequest(
+                        workflow_id=wf,
+                        kind="step_timeout",
+                        at_ms=event.at_ms + spec.timeout_ms,
+                        step=event.step,
+                        attempt=event.attempt,
+                    )
+                )
+            case StepStarted() | StepHeartbeat() | StepCheckpointed():
+                window = state.steps[event.step].spec.heartbeat_timeout_ms
+                if window is not None:
+                    out.append(
+                        TimerRequest(
+                            workflow_id=wf,
+                            kind="heartbeat_timeout",
+                            at_ms=event.at_ms + window,
+                            step=event.step,
+                            attempt=event.attempt,
+                        )
+                    )
+            case RetryScheduled():
+                out.append(
+                    TimerRequest(
+                        workflow_id=wf,
+                        kind="retry_backoff",
+                        at_ms=event.due_ms,
+                        step=event.step,
+                        attempt=event.attempt,
+                    )
+                )
+            case _:
+                pass
+    return out
