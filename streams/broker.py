@@ -136,6 +136,9 @@ class EmbeddedBroker:
         log = (self.data_dir / "nats-server.log").open("ab")
         self.process = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=log)
         self._wait_until_listening(timeout_s)
+        # Other commands on this data dir (moon tail, moon replay) attach instead of starting
+        # a second server on the same store.
+        (self.data_dir / "nats.url").write_text(self.url)
         return self
 
     def _wait_until_listening(self, timeout_s: float) -> None:
@@ -160,6 +163,7 @@ class EmbeddedBroker:
         """Graceful: SIGTERM lets the server flush its store; kill only if it hangs."""
         if self.process is None or self.process.poll() is not None:
             return
+        (self.data_dir / "nats.url").unlink(missing_ok=True)
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout_s)
@@ -200,12 +204,27 @@ async def open_connection(url: str, *, name: str = "maestro", **options: object)
     return nc
 
 
+def _running_embedded(data_dir: Path) -> str | None:
+    marker = data_dir / "nats.url"
+    if not marker.is_file():
+        return None
+    url = marker.read_text().strip()
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.3) as sock:
+            return url if sock.recv(4).startswith(b"INFO") else None
+    except OSError:
+        return None  # a stale marker from a server that died
+
+
 @contextlib.asynccontextmanager
 async def connect(
     url: str | None = None, *, data_dir: Path | None = None, name: str = "maestro"
 ) -> AsyncIterator[Client]:
-    """NATS_URL (or `url`) when given; otherwise an embedded server for the life of the block."""
-    target = url or os.environ.get("NATS_URL")
+    """NATS_URL (or `url`) when given; else the embedded server already running on `data_dir`;
+    else a new embedded server for the life of the block."""
+    data_dir = data_dir or Path(os.environ.get("MAESTRO_HOME", DEFAULT_DATA_DIR))
+    target = url or os.environ.get("NATS_URL") or _running_embedded(data_dir)
     if target:
         nc = await open_connection(target, name=name)
         try:
@@ -213,7 +232,7 @@ async def connect(
         finally:
             await nc.drain()
         return
-    broker = EmbeddedBroker(data_dir=data_dir or DEFAULT_DATA_DIR)
+    broker = EmbeddedBroker(data_dir=data_dir)
     await asyncio.to_thread(broker.start)
     try:
         nc = await open_connection(broker.url, name=name)

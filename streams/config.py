@@ -188,3 +188,10 @@ async def _ensure_buckets(
             )
             changed.append(f"created bucket {name}")
     return changed
+
+
+def space_from_env() -> Space:
+    """MAESTRO_SPACE names a namespace for CLIs and services (tests and tenants); default none."""
+    import os  # noqa: PLC0415 - only the shells ask the environment
+
+    return Space(os.environ.get("MAESTRO_SPACE", ""))

@@ -1,0 +1,111 @@
+"""The Decider value and its runner: load, decide, append, and on a Conflict re-read and retry.
+
+Generic over the command, event, state and stored-batch types so MOON's workflows and MAESTRO's
+plans share one runner. Conflicts are values; persistent contention is the one exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import reduce
+from typing import Generic, TypeVar
+
+import msgspec
+
+from streams.replies import Conflict, Refusal
+from streams.snapshots import SnapshotStore
+from streams.store import Appended, EventStore
+
+__all__ = ["Contention", "Decided", "Decider", "Runner"]
+
+C = TypeVar("C")
+E = TypeVar("E")
+S = TypeVar("S")
+B = TypeVar("B")
+
+
+@dataclass(frozen=True, slots=True)
+class Decider(Generic[C, E, S]):
+    decide: Callable[[C, S], Sequence[E] | Refusal]
+    evolve: Callable[[S, E], S]
+    initial: S
+
+    def fold(self, events: Iterable[E], state: S | None = None) -> S:
+        return reduce(self.evolve, events, self.initial if state is None else state)
+
+
+class Contention(Exception):
+    """Lost the optimistic race `attempts` times: an operational failure, not a refusal."""
+
+
+class Decided(msgspec.Struct, Generic[E, S], frozen=True):
+    events: list[E]
+    state: S
+    version: int
+    duplicate: bool = False  # an earlier append with the same command id already holds these
+
+
+@dataclass
+class Runner(Generic[C, E, S, B]):
+    """Runs commands against aggregates stored as batches `B` (a command plus its events)."""
+
+    decider: Decider[C, E, S]
+    store: EventStore[B]
+    pack: Callable[[C, Sequence[E]], B]
+    unpack: Callable[[B], Sequence[E]]
+    kind: Callable[[Sequence[E]], str]
+    snapshots: SnapshotStore[S] | None = None
+    snapshot_every: int = 50
+    attempts: int = 5
+    # The owning process's folded state: skips the read when nobody else wrote in between.
+    cache: dict[str, tuple[int, S]] = field(default_factory=dict)
+    _since_snapshot: dict[str, int] = field(default_factory=dict)
+
+    async def load(self, aggregate: str, *, use_cache: bool = True) -> tuple[int, S]:
+        version, state = 0, self.decider.initial
+        if use_cache and aggregate in self.cache:
+            version, state = self.cache[aggregate]
+        elif self.snapshots is not None and (snap := await self.snapshots.load(aggregate)):
+            version, state = snap.version, snap.state
+        loaded = await self.store.read(aggregate, after=version)
+        for item in loaded.items:
+            state = self.decider.fold(self.unpack(item.value), state)
+        self.cache[aggregate] = (loaded.version, state)
+        return loaded.version, state
+
+    async def handle(self, aggregate: str, command: C, *, key: str) -> Decided[E, S] | Refusal:
+        version, state = await self.load(aggregate)
+        for _ in range(self.attempts):
+            decision = self.decider.decide(command, state)
+            if isinstance(decision, Refusal):
+                return decision
+            if not decision:
+                return Decided(events=[], state=state, version=version)
+            events = list(decision)
+            outcome = await self.store.append(
+                aggregate, self.pack(command, events), expected=version, key=key,
+                kind=self.kind(events),
+            )  # fmt: skip
+            match outcome:
+                case Conflict():
+                    version, state = await self.load(aggregate)
+                case Appended(seq=seq, duplicate=True):
+                    # Our earlier attempt won: its events are in the log, so re-read them.
+                    version, state = await self.load(aggregate)
+                    return Decided(events=events, state=state, version=seq, duplicate=True)
+                case Appended(seq=seq):
+                    state = self.decider.fold(events, state)
+                    self.cache[aggregate] = (seq, state)
+                    await self._maybe_snapshot(aggregate, seq, state)
+                    return Decided(events=events, state=state, version=seq)
+        raise Contention(f"{aggregate}: lost {self.attempts} races in a row")
+
+    async def _maybe_snapshot(self, aggregate: str, version: int, state: S) -> None:
+        if self.snapshots is None:
+            return
+        count = self._since_snapshot.get(aggregate, 0) + 1
+        if count >= self.snapshot_every:
+            await self.snapshots.save(aggregate, version, state)
+            count = 0
+        self._since_snapshot[aggregate] = count
