@@ -396,7 +396,8 @@ def decide(command: MoonCommand, state: WorkflowState) -> list[MoonEvent] | Refu
         case Compensate():
             if state.status in ("compensating", "compensated"):
                 return []
-            if state.status != "running":
+            # A completed or failed workflow can still be undone; a cancelled one was abandoned.
+            if state.status == "cancelled":
                 return Refusal(Reason.ALREADY_SETTLED, f"workflow is {state.status}")
             _begin_compensation(acc, command.at_ms, command.reason)
             outcome = None
