@@ -402,8 +402,14 @@ def seal_response(signer: Signer, response: Response) -> bytes:
     return _encode(Wire(signer.did, payload, signer.sign(pae(RESPONSE_TYPE, payload))))
 
 
-def open_response(data: bytes, *, issuer: str, keys: KeyRing, request: bytes) -> Response | Refusal:
-    """Verify a reply came from `issuer` and answers exactly `request` (the bytes we sent)."""
+def open_response(
+    data: bytes, *, issuer: str, keys: KeyRing, caller: str, request_id: str, request: bytes
+) -> Response | Refusal:
+    """Verify a reply was sealed by `issuer` and answers our request.
+
+    A stored first answer to a re-sealed retry carries the first request's hash, so the link is
+    (caller, request_id); a request refused before authentication is matched by its hash.
+    """
     try:
         wire = _wire.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as error:
@@ -418,6 +424,9 @@ def open_response(data: bytes, *, issuer: str, keys: KeyRing, request: bytes) ->
         return Refusal(Reason.BAD_SIGNATURE, "response signature does not verify")
     except (msgspec.DecodeError, UnicodeDecodeError) as error:
         return Refusal(Reason.MALFORMED, f"response: {error}")
-    if response.issuer != issuer or response.request_hash != request_hash(request):
+    ours = (response.audience == caller and response.request_id == request_id) or (
+        response.request_hash == request_hash(request)
+    )
+    if response.issuer != issuer or not ours:
         return Refusal(Reason.BAD_SIGNATURE, "response answers a different request")
     return response

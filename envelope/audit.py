@@ -1,0 +1,60 @@
+"""Audit publishing: every outcome is one JetStream record; junk is counted, stored sparingly."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import msgspec
+from nats.js import JetStreamContext
+
+from envelope.treaty import Bucket, take
+from streams.audit import AuditRecord, audit_subject
+from streams.subjects import Space
+
+__all__ = ["AuditLog"]
+
+_encode = msgspec.json.Encoder().encode
+
+
+class AuditLog:
+    """Appends AuditRecords to the AUDIT stream; deduplicated by Nats-Msg-Id.
+
+    Unauthenticated refusals are counted always but stored through a token bucket: a flood of
+    junk must not be able to fill the disk, while every authenticated outcome is always stored.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        space: Space,
+        junk_rate_per_s: float = 20.0,
+        junk_burst: int = 200,
+    ) -> None:
+        self._js = js
+        self._space = space
+        self._junk_rate = junk_rate_per_s
+        self._junk_burst = junk_burst
+        self._junk_bucket: Bucket | None = None
+        self.counts: Counter[str] = Counter()
+
+    async def append(self, record: AuditRecord, *, msg_id: str) -> bool:
+        """Publish one record; False when the server already held this Nats-Msg-Id."""
+        subject = self._space.subject(audit_subject(record.service, record.method, record.outcome))
+        headers = {"Nats-Msg-Id": msg_id}
+        if record.traceparent:
+            headers["traceparent"] = record.traceparent
+        ack = await self._js.publish(subject, _encode(record), headers=headers)
+        self.counts[record.outcome] += 1
+        return not ack.duplicate
+
+    async def append_unauthenticated(self, record: AuditRecord, *, now_ms: int) -> bool:
+        """Count the junk; store it only while the junk bucket has tokens."""
+        self.counts["unauthenticated"] += 1
+        self._junk_bucket, wait_ms = take(
+            self._junk_bucket, rate_per_s=self._junk_rate, burst=self._junk_burst, now_ms=now_ms
+        )
+        if wait_ms:
+            self.counts["unauthenticated_dropped"] += 1
+            return False
+        return await self.append(record, msg_id=record.id)
