@@ -15,8 +15,8 @@ from rich.text import Text
 
 from streams.broker import connect
 from streams.catalog import CODECS
-from streams.config import space_from_env
 from streams.codec import Undecodable
+from streams.config import space_from_env
 from streams.tail import Row, TailError, parse_since, rows, to_json_line
 
 __all__ = ["app", "main"]

@@ -79,7 +79,7 @@ MOON_CMD = StreamSpec(
     retention=api.RetentionPolicy.WORK_QUEUE,
     schedules=True,
 )
-WORK = StreamSpec("WORK", (subjects.work("*"),), retention=api.RetentionPolicy.WORK_QUEUE)
+WORK = StreamSpec("WORK", ("work.>",), retention=api.RetentionPolicy.WORK_QUEUE)
 PLANS = StreamSpec("PLANS", (subjects.plan_events(),), journal=True)
 AUDIT = StreamSpec("AUDIT", (subjects.audit_all(),), max_age_s=365 * DAY_S)
 
@@ -109,7 +109,7 @@ def _differences(
     fields_ = (
         "subjects", "retention", "storage", "num_replicas", "duplicate_window", "deny_delete",
         "deny_purge", "allow_direct", "max_age", "allow_msg_schedules", "allow_msg_ttl",
-    )  # fmt: skip
+    )
     out: dict[str, tuple[object, object]] = {}
     for name in fields_:
         a, b = getattr(want, name), getattr(have, name)

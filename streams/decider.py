@@ -53,7 +53,8 @@ class Runner(Generic[C, E, S, B]):
     decider: Decider[C, E, S]
     store: EventStore[B]
     pack: Callable[[C, Sequence[E]], B]
-    unpack: Callable[[B], Sequence[E]]
+    # Folds one stored batch; may remember more than its events (e.g. the command id, for dedupe).
+    apply: Callable[[S, B], S]
     kind: Callable[[Sequence[E]], str]
     snapshots: SnapshotStore[S] | None = None
     snapshot_every: int = 50
@@ -70,7 +71,7 @@ class Runner(Generic[C, E, S, B]):
             version, state = snap.version, snap.state
         loaded = await self.store.read(aggregate, after=version)
         for item in loaded.items:
-            state = self.decider.fold(self.unpack(item.value), state)
+            state = self.apply(state, item.value)
         self.cache[aggregate] = (loaded.version, state)
         return loaded.version, state
 
@@ -86,7 +87,7 @@ class Runner(Generic[C, E, S, B]):
             outcome = await self.store.append(
                 aggregate, self.pack(command, events), expected=version, key=key,
                 kind=self.kind(events),
-            )  # fmt: skip
+            )
             match outcome:
                 case Conflict():
                     version, state = await self.load(aggregate)
@@ -95,7 +96,7 @@ class Runner(Generic[C, E, S, B]):
                     version, state = await self.load(aggregate)
                     return Decided(events=events, state=state, version=seq, duplicate=True)
                 case Appended(seq=seq):
-                    state = self.decider.fold(events, state)
+                    state = self.apply(state, self.pack(command, events))
                     self.cache[aggregate] = (seq, state)
                     await self._maybe_snapshot(aggregate, seq, state)
                     return Decided(events=events, state=state, version=seq)

@@ -247,7 +247,7 @@ async def tail(
         return await js.subscribe(
             filter_, stream=stream, ordered_consumer=True, cb=on_msg, config=config(),
             pending_msgs_limit=1_000_000, pending_bytes_limit=1 << 30,
-        )  # fmt: skip
+        )
 
     sub = await subscribe()
     try:

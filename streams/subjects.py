@@ -19,7 +19,9 @@ __all__ = [
     "plan_event",
     "plan_events",
     "timer",
+    "token",
     "work",
+    "work_any",
     "workflow_event",
     "workflow_events",
 ]
@@ -59,8 +61,19 @@ def timer(workflow: str, name: str) -> str:
     return f"moon.timer.{workflow}.{name}"
 
 
+def token(text: str) -> str:
+    """A subject-safe token: capabilities like `moon:dispatch` or `web.search` become one token."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text) or "_"
+
+
 def work(executor: str) -> str:
-    return f"work.{executor}"
+    """Orders bound to one executor (MAESTRO's binding allocation)."""
+    return f"work.exec.{token(executor)}"
+
+
+def work_any(capability: str) -> str:
+    """Orders any executor of a capability may take (a DAG dispatched without a plan)."""
+    return f"work.any.{token(capability)}"
 
 
 def plan_event(plan: str, kind: str) -> str:

@@ -53,7 +53,7 @@ async def find_stream(js: JetStreamContext, filter_: str) -> str:
 
 
 def _decode(codecs: Mapping[str, Codec[Any]], base: str, seq: int, subject: str,
-            data: bytes) -> Any:  # fmt: skip
+            data: bytes) -> Any:
     codec = codecs.get(base)
     if codec is None:
         try:
@@ -113,7 +113,7 @@ async def rows(
         js, stream, wanted,
         from_seq=start_after + 1 if (start_after or since_ms is None) else None,
         from_time_ms=since_ms if not start_after else None,
-    )  # fmt: skip
+    )
     async for seq, subject, time_ms, data in source:
         yield row(seq, subject, time_ms, data)
         if not follow and seq >= end:

@@ -16,7 +16,7 @@ MAY_IMPORT = {
     "maestro": {"streams", "envelope", "moon"},
 }
 IMPURE = {"nats", "structlog", "asyncio", "time", "random", "uuid", "os", "ortools", "subprocess",
-          "socket"}  # fmt: skip
+          "socket"}
 PURE = [
     "moon/dag.py",
     "moon/workflow.py",
@@ -57,7 +57,7 @@ def test_packages_import_only_what_the_design_allows(package):
 
 def test_only_the_solver_module_imports_ortools():
     users = [m.relative_to(ROOT).as_posix() for p in OURS for m in modules(p)
-             if "ortools" in imports(m)]  # fmt: skip
+             if "ortools" in imports(m)]
     assert users in ([], ["maestro/solve.py"])
 
 

@@ -25,7 +25,7 @@ async def test_every_acknowledged_append_survives_kill_9(broker: EmbeddedBroker,
         for i in range(200):
             value = Batch(command=f"r{round_}-{i}", events=[Added(i)])
             outcome = await store.append("w", value, expected=version, key=value.command,
-                                         kind="added")  # fmt: skip
+                                         kind="added")
             assert isinstance(outcome, Appended)
             version = outcome.seq
             acknowledged.append((outcome.seq, value))

@@ -40,10 +40,10 @@ def pack(command: str, events: Sequence[Event]) -> Batch:
 
 def runner(store, snapshots=None, every=3):
     return Runner(
-        decider=COUNTER, store=store, pack=pack, unpack=lambda b: b.events,
+        decider=COUNTER, store=store, pack=pack, apply=lambda s, b: COUNTER.fold(b.events, s),
         kind=lambda events: "reset" if any(isinstance(e, Reset) for e in events) else "added",
         snapshots=snapshots, snapshot_every=every,
-    )  # fmt: skip
+    )
 
 
 def memory():
@@ -156,7 +156,7 @@ async def jetstream(nats_url, space):
 @settings(
     max_examples=15, deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
-)  # fmt: skip
+)
 @given(cmds=commands, snapshot=st.booleans())
 async def test_any_appends_folded_live_or_reread_give_equal_states_on_jetstream(
     jetstream, cmds, snapshot
@@ -184,4 +184,4 @@ async def test_the_appended_value_is_in_the_store():
     outcome = await runner(store).handle("x", "add:2", key="kx")
     assert isinstance(outcome, Decided)
     assert await store.append("x", pack("add:2", [Added(2)]), expected=0, key="kx",
-                              kind="added") == Appended(seq=outcome.version, duplicate=True)  # fmt: skip
+                              kind="added") == Appended(seq=outcome.version, duplicate=True)

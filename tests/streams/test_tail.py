@@ -19,13 +19,14 @@ CODECS = {"MOON": Codec(Batch)}
 
 
 async def _fill(js, space, n: int, *, garbage_at: set[int] = frozenset(),
-                subject: str = "moon.wf.w{}.added") -> None:  # fmt: skip
+                subject: str = "moon.wf.w{}.added") -> None:
     acks = []
     for i in range(n):
         data = (
             b"\x00garbage{"
             if i in garbage_at
-            else json.dumps({"command": f"c{i}", "events": [{"type": "test.added", "n": i}]}).encode()
+            else json.dumps({"command": f"c{i}", "events": [{"type": "test.added", "n": i}]})
+            .encode()
         )
         acks.append(await js.publish_async(space.subject(subject.format(i % 7)), data))
     await asyncio.gather(*acks)
@@ -54,7 +55,7 @@ async def test_last_n_gives_the_newest_n(js, space):
 async def test_garbage_and_unknown_tags_are_reported_with_their_sequence_and_skipped(js, space):
     await _fill(js, space, 20, garbage_at={4})
     await js.publish(space.subject("moon.wf.w9.added"),
-                     b'{"command":"x","events":[{"type":"test.nope"}]}')  # fmt: skip
+                     b'{"command":"x","events":[{"type":"test.nope"}]}')
     await _fill(js, space, 0)
     got = await _collect(js, space)
     bad = [g for g in got if isinstance(g, Undecodable)]
@@ -109,7 +110,7 @@ def _moon(args, nats_url, space):
     return subprocess.run(
         [sys.executable, "-c", "from moon.cli import main; main()", *args],
         capture_output=True, text=True, env=env, timeout=120, check=False,
-    )  # fmt: skip
+    )
 
 
 async def test_the_cli_prints_every_event_as_json_and_errors_in_one_line(js, space, nats_url):

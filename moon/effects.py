@@ -1,0 +1,104 @@
+"""What the engine sends after a decision: work orders, durable timers, commands. One adapter.
+
+Every send is idempotent by `Nats-Msg-Id`, so re-sending after a crash (the command was not
+acknowledged, so it comes back) never doubles an order or a timer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import msgspec
+from nats.js import JetStreamContext
+
+from moon.workflow import WorkflowState, work_orders
+from streams import subjects
+from streams.codec import Codec
+from streams.moon_events import (
+    CompensationScheduled,
+    FireTimer,
+    MoonCommand,
+    MoonEvent,
+    StepScheduled,
+    TimerRequest,
+    WorkOrder,
+    command_kind,
+)
+from streams.subjects import Space
+
+__all__ = ["COMMANDS", "ORDERS", "Effects", "in_flight_orders"]
+
+COMMANDS: Codec[MoonCommand] = Codec(MoonCommand)
+ORDERS: Codec[WorkOrder] = Codec(WorkOrder)
+_encode = msgspec.json.Encoder().encode
+
+
+def in_flight_orders(state: WorkflowState) -> list[WorkOrder]:
+    """Orders for every attempt in flight: what to re-send when a command comes back after a
+    crash (its first handling may have journaled the decision but not sent the orders)."""
+    events: list[MoonEvent] = []
+    for name, step in state.steps.items():
+        at = step.scheduled_at or 0
+        if step.status in ("scheduled", "running"):
+            events.append(StepScheduled(at_ms=at, step=name, attempt=step.attempt,
+                                        executor=step.executor))
+        elif step.status == "compensating" and step.spec.compensation:
+            events.append(CompensationScheduled(at_ms=at, step=name, attempt=step.attempt,
+                                                capability=step.spec.compensation,
+                                                executor=step.executor))
+    return work_orders(state, events)
+
+
+def _rfc3339(at_ms: int) -> str:
+    # Schedules take whole seconds: round up so a timer never fires before it is due.
+    seconds = -(-at_ms // 1000)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Effects:
+    def __init__(self, js: JetStreamContext, space: Space) -> None:
+        self._js, self._space = js, space
+
+    def order_subject(self, order: WorkOrder) -> str:
+        target = subjects.work(order.executor) if order.executor else subjects.work_any(
+            order.capability
+        )
+        return self._space.subject(target)
+
+    async def send_orders(self, orders: Iterable[WorkOrder]) -> int:
+        sent = 0
+        for order in orders:
+            key = ("undo:" if order.compensation else "") + order.idempotency_key
+            await self._js.publish(
+                self.order_subject(order), ORDERS.encode(order), headers={"Nats-Msg-Id": key}
+            )
+            sent += 1
+        return sent
+
+    async def send_command(self, command: MoonCommand) -> None:
+        subject = self._space.subject(subjects.moon_cmd(command.workflow_id, command_kind(command)))
+        await self._js.publish(
+            subject, COMMANDS.encode(command), headers={"Nats-Msg-Id": command.command_id}
+        )
+
+    async def schedule(self, timers: Iterable[TimerRequest], now_ms: int) -> None:
+        """A server-side schedule per timer (NATS 2.12 `Nats-Schedule`): survives our crash."""
+        for timer in timers:
+            fire = FireTimer(
+                command_id=f"timer/{timer.workflow_id}/{timer.name}/{timer.at_ms}",
+                workflow_id=timer.workflow_id, at_ms=timer.at_ms, kind=timer.kind,
+                step=timer.step, attempt=timer.attempt,
+            )
+            if timer.at_ms <= now_ms:
+                await self.send_command(fire)
+                continue
+            target = self._space.subject(subjects.moon_cmd(timer.workflow_id, "fire_timer"))
+            await self._js.publish(
+                self._space.subject(subjects.timer(timer.workflow_id, timer.name)),
+                COMMANDS.encode(fire),
+                headers={
+                    "Nats-Schedule": f"@at {_rfc3339(timer.at_ms)}",
+                    "Nats-Schedule-Target": target,
+                },
+            )

@@ -1,0 +1,244 @@
+"""The engine service: commands in, decisions journaled, work orders and timers out.
+
+Order of effects for every command: decide and append (the journal is the truth), then send
+orders and timers, then acknowledge the command. A crash anywhere before the ack brings the
+command back; the decider then decides nothing (same command id) and the engine re-sends the
+effects of the state it folds, which `Nats-Msg-Id` dedupes. Several engines may share the
+durable consumer: optimistic concurrency on the journal keeps them correct.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from moon import journal, workflow
+from moon.effects import COMMANDS, Effects, in_flight_orders
+from moon.workflow import WorkflowState, is_terminal, timers, work_orders
+from streams.audit import AuditRecord, audit_subject
+from streams.codec import Undecodable
+from streams.config import WORKFLOWS
+from streams.decider import Decided
+from streams.moon_events import Deviation, MoonCommand, command_kind
+from streams.replies import CODES, Reason, Refusal
+from streams.subjects import Space
+
+__all__ = ["Engine", "WorkflowSummary", "follow_until_terminal", "now_ms"]
+
+log = structlog.get_logger("moon.engine")
+ENGINE_CONSUMER = "moon-engine"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class WorkflowSummary(msgspec.Struct, frozen=True):
+    """The workflow index entry: answers `moon list` without reading the journal."""
+
+    workflow_id: str
+    status: str
+    steps: int
+    completed: int
+    version: int
+    updated_ms: int
+    plan_id: str | None = None
+    tokens: int = 0
+
+
+def summary(state: WorkflowState, version: int, at_ms: int) -> WorkflowSummary:
+    done = sum(1 for s in state.steps.values() if s.status == "completed")
+    return WorkflowSummary(
+        workflow_id=state.workflow_id, status=state.status, steps=len(state.steps),
+        completed=done, version=version, updated_ms=at_ms, plan_id=state.plan_id,
+        tokens=state.usage.tokens,
+    )
+
+
+@dataclass
+class Stats:
+    commands: int = 0
+    decisions: int = 0
+    refusals: int = 0
+    duplicates: int = 0
+    deviations: int = 0
+    orders: int = 0
+    latency_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Engine:
+    nc: Client
+    space: Space = field(default_factory=Space)
+    concurrency: int = 256
+    clock_ms: Callable[[], int] = now_ms
+    stats: Stats = field(default_factory=Stats)
+
+    def __post_init__(self) -> None:
+        self.js = self.nc.jetstream()
+        self.runner = journal.runner(self.js, self.space)
+        self.effects = Effects(self.js, self.space)
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._index = None
+        self._stopping = asyncio.Event()
+
+    async def _workflows(self):  # type: ignore[no-untyped-def]
+        if self._index is None:
+            self._index = await self.js.key_value(self.space.bucket(WORKFLOWS.name))
+        return self._index
+
+    # --- the one path every command takes ------------------------------------------------------
+
+    async def submit(
+        self, command: MoonCommand, *, redelivered: bool = False
+    ) -> Decided[object, WorkflowState] | Refusal:
+        """Decide, journal, send effects. Safe to call again with the same command."""
+        wf = command.workflow_id
+        async with self._locks[wf]:
+            outcome = await self.runner.handle(wf, command, key=command.command_id)
+            if isinstance(outcome, Refusal):
+                self.stats.refusals += 1
+                return outcome
+            state = outcome.state
+            if outcome.events and not outcome.duplicate:
+                self.stats.decisions += 1
+                orders = work_orders(state, outcome.events)
+                await self.effects.schedule(timers(state, outcome.events), self.clock_ms())
+                await self._index_put(state, outcome.version)
+                self.stats.deviations += sum(isinstance(e, Deviation) for e in outcome.events)
+            elif redelivered or outcome.duplicate:
+                # The first handling may have journaled but not sent: re-send what is in flight.
+                self.stats.duplicates += 1
+                orders = in_flight_orders(state)
+                await self._index_put(state, outcome.version)
+            else:
+                orders = []
+            self.stats.orders += await self.effects.send_orders(orders)
+            return outcome
+
+    async def _index_put(self, state: WorkflowState, version: int) -> None:
+        index = await self._workflows()
+        entry = summary(state, version, self.clock_ms())
+        await index.put(state.workflow_id, msgspec.json.encode(entry))
+
+    # --- the command consumer ------------------------------------------------------------------
+
+    async def _on_command(self, msg: Msg) -> None:
+        started = time.perf_counter()
+        decoded = COMMANDS.try_decode(msg.data, seq=msg.metadata.sequence.stream,
+                                      subject=msg.subject)
+        if isinstance(decoded, Undecodable):
+            await self._audit_bad(msg, decoded)
+            await msg.term()  # redelivering garbage would never help
+            return
+        self.stats.commands += 1
+        try:
+            outcome = await self.submit(decoded, redelivered=msg.metadata.num_delivered > 1)
+        except Exception:
+            log.exception("command_failed", workflow=decoded.workflow_id,
+                          command=decoded.command_id)
+            await msg.nak(delay=1)
+            return
+        if isinstance(outcome, Refusal):
+            await self._audit_refusal(decoded, outcome, msg.data)
+        await msg.ack()
+        self.stats.latency_ms.append((time.perf_counter() - started) * 1000)
+
+    async def _audit_bad(self, msg: Msg, bad: Undecodable) -> None:
+        digest = hashlib.sha256(msg.data).hexdigest()
+        record = AuditRecord(
+            id=f"moon-cmd-{digest[:32]}", service="moon", method="command", outcome="refused",
+            request_hash=bytes.fromhex(digest), caller="", caller_verified=False, capability="",
+            traceparent="", at=self.clock_ms(), reason=Reason.MALFORMED,
+            code=CODES[Reason.MALFORMED], detail=bad.error[:500],
+        )
+        await self._publish_audit(record)
+        log.warning("command_malformed", seq=bad.seq, subject=bad.subject, error=bad.error)
+
+    async def _audit_refusal(self, command: MoonCommand, refusal: Refusal, raw: bytes) -> None:
+        kind = command_kind(command)
+        record = AuditRecord(
+            id=f"{command.command_id}-refused", service="moon", method=kind, outcome="refused",
+            request_hash=hashlib.sha256(raw).digest(), caller="", caller_verified=False,
+            capability="", traceparent="", at=self.clock_ms(), reason=refusal.reason,
+            code=refusal.code, detail=refusal.detail[:500],
+            result_ref=f"moon.wf.{command.workflow_id}",
+        )
+        await self._publish_audit(record)
+        log.info("command_refused", workflow=command.workflow_id, kind=kind,
+                 reason=refusal.reason.value, detail=refusal.detail)
+
+    async def _publish_audit(self, record: AuditRecord) -> None:
+        subject = self.space.subject(audit_subject(record.service, record.method, record.outcome))
+        await self.js.publish(subject, msgspec.json.encode(record),
+                              headers={"Nats-Msg-Id": record.id})
+
+    async def run(self, *, ready: asyncio.Event | None = None) -> None:
+        """Consume commands until cancelled; every message is handled in its own task."""
+        durable = self.space.consumer(ENGINE_CONSUMER)
+        async with asyncio.TaskGroup() as tasks:
+
+            async def on_msg(msg: Msg) -> None:
+                await self._slots.acquire()
+                task = tasks.create_task(self._on_command(msg))
+                task.add_done_callback(lambda _: self._slots.release())
+
+            sub = await self.js.subscribe(
+                self.space.subject("moon.cmd.>"),
+                stream=self.space.stream("MOON_CMD"),
+                durable=durable,
+                queue=durable,
+                cb=on_msg,
+                manual_ack=True,
+                pending_msgs_limit=100_000,
+                config=api.ConsumerConfig(
+                    ack_wait=30, max_ack_pending=self.concurrency * 4,
+                    max_deliver=-1,
+                ),
+            )
+            if ready is not None:
+                ready.set()
+            try:
+                await self._stopping.wait()
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.drain()
+
+    def stop(self) -> None:
+        """Graceful: stop taking commands, let the ones in hand finish, then return from run()."""
+        self._stopping.set()
+
+    async def state(self, workflow_id: str) -> WorkflowState:
+        _, state = await self.runner.load(workflow_id)
+        return state
+
+    async def wait_terminal(self, workflow_id: str, timeout_s: float = 60.0) -> WorkflowState:
+        """Follow the workflow's journal until it ends; the state is the fold of what was read."""
+        return await asyncio.wait_for(follow_until_terminal(self.js, self.space, workflow_id),
+                                      timeout_s)
+
+
+async def follow_until_terminal(
+    js: JetStreamContext, space: Space, workflow_id: str
+) -> WorkflowState:
+    store = journal.journal(js, space)
+    state = workflow.initial
+    async for item in store.subscribe(store.layout.filter(workflow_id), from_seq=1):
+        if isinstance(item, Undecodable):
+            continue
+        state = workflow.apply(state, item.value)
+        if is_terminal(state):
+            return state
+    raise AssertionError("a journal subscription does not end")
