@@ -1,0 +1,342 @@
+"""The CP-SAT adapter: the only module that imports ortools.
+
+It turns a Problem into an optional-interval model, seeds it with the SGS plan, and returns a Plan
+value (never an exception for an expected outcome). `find_conflict` names a minimal set of
+conflicting constraint groups with CP-SAT assumptions, for refusals.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import assert_never
+
+import msgspec
+from ortools.sat.python import cp_model
+
+from maestro.plan import Plan, Status, plan_from_schedule, primary_value
+from maestro.problem import Problem, Schedule, horizon, schedule_makespan, violations
+from maestro.sgs import serial_sgs
+
+__all__ = ["SolveOptions", "find_conflict", "solve"]
+
+
+class SolveOptions(msgspec.Struct, frozen=True):
+    """Solver knobs. `deterministic` interleaves the workers' search and stops on CP-SAT's
+    deterministic time, so the same input, seed and workers give the same plan; the wall-clock
+    limit (2x) stays only as a safety net on a loaded machine.
+    """
+
+    time_limit_s: float = 2.0
+    workers: int = 2
+    seed: int = 0
+    deterministic: bool = True
+    hint: bool = True
+
+
+class _Model(msgspec.Struct, frozen=True):
+    model: cp_model.CpModel
+    starts: list[cp_model.IntVar]
+    presence: list[list[cp_model.IntVar]]
+    makespan: cp_model.IntVar
+    cost: cp_model.IntVar
+    tokens: cp_model.IntVar
+    makespan_ub: int
+    groups: dict[str, cp_model.IntVar]
+
+
+class _Tasks(msgspec.Struct, frozen=True):
+    starts: list[cp_model.IntVar]
+    ends: list[cp_model.LinearExprT]
+    presence: list[list[cp_model.IntVar]]
+    # (interval, mode index) per task, for the cumulatives
+    intervals: list[list[tuple[cp_model.IntervalVar, int]]]
+    top: int
+
+
+def _task_vars(m: cp_model.CpModel, problem: Problem, h: int) -> _Tasks:
+    """One start per task, one optional interval per mode sharing it, exactly one mode chosen."""
+    out = _Tasks([], [], [], [], h)
+    top = h
+    for i, t in enumerate(problem.tasks):
+        durations = [md.duration for md in t.modes]
+        lo = t.start if t.start is not None else t.release
+        hi = t.start if t.start is not None else max(h - min(durations), lo)
+        s = m.new_int_var(lo, hi, f"s{i}")
+        out.starts.append(s)
+        if t.end is not None:
+            # done: history, with its real duration, whatever the mode said
+            out.ends.append(t.end)
+            out.presence.append([m.new_constant(1)])
+            out.intervals.append([(m.new_interval_var(s, t.end - lo, t.end, f"x{i}"), 0)])
+            top = max(top, t.end)
+        elif len(t.modes) == 1:
+            out.ends.append(s + durations[0])
+            out.presence.append([m.new_constant(1)])
+            out.intervals.append([(m.new_fixed_size_interval_var(s, durations[0], f"x{i}"), 0)])
+            top = max(top, hi + durations[0])
+        else:
+            e = m.new_int_var(lo + min(durations), hi + max(durations), f"e{i}")
+            lits = [m.new_bool_var(f"p{i}_{k}") for k in range(len(t.modes))]
+            m.add_exactly_one(lits)
+            out.ends.append(e)
+            out.presence.append(lits)
+            out.intervals.append(
+                [
+                    (m.new_optional_interval_var(s, d, e, lit, f"x{i}_{k}"), k)
+                    for k, (d, lit) in enumerate(zip(durations, lits, strict=True))
+                ]
+            )
+            top = max(top, hi + max(durations))
+    return msgspec.structs.replace(out, top=top)
+
+
+def _cumulatives(
+    m: cp_model.CpModel,
+    problem: Problem,
+    tv: _Tasks,
+    guard: Callable[[str], cp_model.IntVar | None],
+) -> None:
+    for r, res in enumerate(problem.resources):
+        ivs: list[cp_model.IntervalVar] = []
+        dem: list[int] = []
+        for i, t in enumerate(problem.tasks):
+            for iv, k in tv.intervals[i]:
+                d = t.modes[k].demands[r] if t.modes[k].demands else 0
+                if d > 0:
+                    ivs.append(iv)
+                    dem.append(d)
+        if not ivs:
+            continue
+        lit = guard(f"capacity:{res.name}")
+        if lit is None:
+            m.add_cumulative(ivs, dem, res.capacity)
+        else:
+            # A capacity variable lets one literal switch the whole cumulative off.
+            cap = m.new_int_var(res.capacity, max(res.capacity, sum(dem)), f"cap{r}")
+            m.add(cap <= res.capacity).only_enforce_if(lit)
+            m.add_cumulative(ivs, dem, cap)
+
+
+def _total(
+    m: cp_model.CpModel, tv: _Tasks, values: Sequence[Sequence[int]], name: str
+) -> cp_model.IntVar:
+    var = m.new_int_var(0, max(sum(max(v, default=0) for v in values), 0), name)
+    m.add(
+        var
+        == sum(
+            v * p
+            for vs, ps in zip(values, tv.presence, strict=True)
+            for v, p in zip(vs, ps, strict=True)
+            if v
+        )
+    )
+    return var
+
+
+def _build(problem: Problem, *, soft: bool, makespan_ub: int | None = None) -> _Model:
+    """The CP-SAT model. With `soft`, each deadline, budget and capacity is guarded by a named
+    literal so assumptions can switch it off and name a conflict.
+    """
+    m = cp_model.CpModel()
+    groups: dict[str, cp_model.IntVar] = {}
+
+    def guard(name: str) -> cp_model.IntVar | None:
+        if not soft:
+            return None
+        lit = m.new_bool_var(name)
+        groups[name] = lit
+        return lit
+
+    def limit(name: str, expr: cp_model.LinearExprT, value: int) -> None:
+        lit = guard(name)
+        c = m.add(expr <= value)
+        if lit is not None:
+            c.only_enforce_if(lit)
+
+    tv = _task_vars(m, problem, horizon(problem) if makespan_ub is None else makespan_ub)
+    for edge in problem.edges:
+        ref = tv.starts[edge.pred] if edge.start_to_start else tv.ends[edge.pred]
+        m.add(tv.starts[edge.succ] >= ref + edge.lag)
+    _cumulatives(m, problem, tv, guard)
+    makespan = m.new_int_var(0, tv.top, "makespan")
+    for e_i in tv.ends:
+        m.add(makespan >= e_i)
+    if problem.deadline is not None:
+        limit("deadline", makespan, problem.deadline)
+    for i, t in enumerate(problem.tasks):
+        if t.deadline is not None:
+            limit(f"deadline:{t.id}", tv.ends[i], t.deadline)
+    cost = _total(m, tv, [[md.cost for md in t.modes] for t in problem.tasks], "cost")
+    tokens = _total(m, tv, [[md.tokens for md in t.modes] for t in problem.tasks], "tokens")
+    if problem.budget_cost is not None:
+        limit("budget.cost", cost, problem.budget_cost)
+    if problem.budget_tokens is not None:
+        limit("budget.tokens", tokens, problem.budget_tokens)
+    for k, res in enumerate(problem.nonrenewables):
+        used = _total(m, tv, [[md.consumes[k] for md in t.modes] for t in problem.tasks], f"n{k}")
+        limit(f"limit:{res.name}", used, res.capacity)
+    return _Model(m, tv.starts, tv.presence, makespan, cost, tokens, tv.top, groups)
+
+
+def _objective(problem: Problem, built: _Model) -> int:
+    """Set the objective; returns the weight of cost in it (1 unless lexicographic).
+
+    Lexicographic is one weighted objective, cost * (makespan_ub + 1) + makespan: since makespan
+    never exceeds makespan_ub, one unit of cost outweighs any makespan, so this is exactly "least
+    cost, then earliest finish" in a single solve (a two-phase solve would split the time limit
+    and lose the hint between phases). The deadline is a hard constraint either way.
+    """
+    m = built.model
+    match problem.objective:
+        case "makespan":
+            m.minimize(built.makespan)
+            return 1
+        case "cost":
+            m.minimize(built.cost)
+            return 1
+        case "lexicographic":
+            weight = built.makespan_ub + 1
+            m.minimize(built.cost * weight + built.makespan)
+            return weight
+        case _:
+            assert_never(problem.objective)
+
+
+def _params(solver: cp_model.CpSolver, options: SolveOptions, workers: int | None = None) -> None:
+    p = solver.parameters
+    p.num_workers = max(1, workers if workers is not None else options.workers)
+    p.random_seed = options.seed
+    if options.deterministic:
+        p.interleave_search = True
+        p.max_deterministic_time = options.time_limit_s
+        p.max_time_in_seconds = 2 * options.time_limit_s
+    else:
+        p.max_time_in_seconds = options.time_limit_s
+
+
+def _hint(built: _Model, problem: Problem, schedule: Schedule) -> None:
+    for i, (mode, start) in enumerate(schedule):
+        built.model.add_hint(built.starts[i], start)
+        if len(built.presence[i]) > 1:
+            for k, lit in enumerate(built.presence[i]):
+                built.model.add_hint(lit, 1 if k == mode else 0)
+    built.model.add_hint(built.makespan, schedule_makespan(problem, schedule))
+
+
+def _extract(solver: cp_model.CpSolver, built: _Model) -> Schedule:
+    out: list[tuple[int, int]] = []
+    for s, lits in zip(built.starts, built.presence, strict=True):
+        mode = (
+            next(k for k, lit in enumerate(lits) if solver.boolean_value(lit))
+            if len(lits) > 1
+            else 0
+        )
+        out.append((mode, solver.value(s)))
+    return tuple(out)
+
+
+_STATUS: Mapping[cp_model.CpSolverStatus, Status] = {
+    cp_model.OPTIMAL: "optimal",
+    cp_model.FEASIBLE: "feasible",
+    cp_model.INFEASIBLE: "infeasible",
+    cp_model.UNKNOWN: "unknown",
+}
+
+
+def solve(problem: Problem, options: SolveOptions | None = None) -> Plan:
+    """Plan with CP-SAT, hinted by the SGS; the SGS plan is returned ("feasible") when CP-SAT
+    finds nothing better in time. "infeasible" is proven; "unknown" means the time ran out.
+    """
+    opts = options or SolveOptions()
+    t0 = time.perf_counter()
+    if any(not t.modes for t in problem.tasks):
+        return Plan(status="infeasible", source="none", unit=problem.unit)
+    sgs = serial_sgs(problem)
+    if sgs is not None and violations(problem, sgs):
+        sgs = None
+    # A feasible SGS makespan bounds the optimum when makespan is all that matters.
+    ub = (
+        schedule_makespan(problem, sgs)
+        if sgs is not None and problem.objective == "makespan"
+        else None
+    )
+    built = _build(problem, soft=False, makespan_ub=ub)
+    weight = _objective(problem, built)
+    if sgs is not None and opts.hint:
+        _hint(built, problem, sgs)
+    solver = cp_model.CpSolver()
+    _params(solver, opts)
+    code = solver.solve(built.model)
+    status = _STATUS.get(code)
+    if status is None:
+        raise RuntimeError(f"CP-SAT rejected the model: {solver.status_name(code)}")
+    bound: int | None = None
+    if status in ("optimal", "feasible") or (status == "unknown" and sgs is not None):
+        raw = math.ceil(solver.best_objective_bound - 1e-6)
+        bound = raw // weight
+    elapsed = time.perf_counter() - t0
+    if status in ("optimal", "feasible"):
+        schedule = _extract(solver, built)
+        broken = violations(problem, schedule)
+        if broken:
+            raise RuntimeError(f"CP-SAT plan breaks the problem: {broken[:3]}")
+        if sgs is not None and primary_value(problem, sgs) < primary_value(problem, schedule):
+            return plan_from_schedule(
+                problem, sgs, "feasible", bound=bound, solve_time_s=elapsed, source="sgs"
+            )
+        return plan_from_schedule(
+            problem, schedule, status, bound=bound, solve_time_s=elapsed, source="cp-sat"
+        )
+    if status == "unknown" and sgs is not None:
+        return plan_from_schedule(
+            problem, sgs, "feasible", bound=bound, solve_time_s=elapsed, source="sgs"
+        )
+    return Plan(status=status, solve_time_s=elapsed, source="cp-sat", unit=problem.unit)
+
+
+def find_conflict(problem: Problem, options: SolveOptions | None = None) -> list[str] | None:
+    """A minimal set of constraint groups that cannot hold together, or None if none was proven.
+
+    Group names: "deadline", "deadline:<step>", "budget.cost", "budget.tokens", "limit:<N>",
+    "capacity:<resource>". An empty list means the precedence/lags/pins alone conflict.
+    Uses one worker because CP-SAT reports the assumption core from a single search.
+    """
+    opts = options or SolveOptions()
+    built = _build(problem, soft=True)
+    names = sorted(built.groups)
+
+    def infeasible(subset: Sequence[str]) -> tuple[bool, list[str]] | None:
+        m = built.model
+        m.clear_assumptions()
+        m.add_assumptions([built.groups[n] for n in subset])
+        solver = cp_model.CpSolver()
+        _params(solver, opts, workers=1)
+        code = solver.solve(m)
+        if code == cp_model.INFEASIBLE:
+            core = solver.sufficient_assumptions_for_infeasibility()
+            by_index = {built.groups[n].index: n for n in subset}
+            return True, sorted(by_index[c] for c in core if c in by_index)
+        if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return False, []
+        return None
+
+    first = infeasible(names)
+    if first is None or not first[0]:
+        return None
+    core = first[1]
+    if not core:
+        structural = infeasible([])
+        if structural is not None and structural[0]:
+            return []
+        core = names
+    # Deletion filter: drop each group whose removal keeps the rest infeasible.
+    for name in list(core):
+        if name not in core:
+            continue
+        rest = [n for n in core if n != name]
+        answer = infeasible(rest)
+        if answer is not None and answer[0]:
+            core = [n for n in answer[1] if n in rest] if answer[1] else rest
+    return core
