@@ -242,7 +242,11 @@ class Gate:
             return earlier
         outcome: Outcome
         try:
-            reply = await route.handler(opened)
+            # Bound in contextvars so the handler's own log lines carry the trace too.
+            with structlog.contextvars.bound_contextvars(
+                trace=opened.traceparent, request_id=opened.request_id, caller=opened.caller
+            ):
+                reply = await route.handler(opened)
         except Exception as error:
             log.exception("handler_failed")
             reply = Refusal(Reason.UNAVAILABLE, f"{type(error).__name__}: {error}", retryable=True)

@@ -15,8 +15,9 @@ from nats.js import JetStreamContext
 
 from envelope.client import Client, Reply
 from envelope.gate import Gate
-from envelope.grants import Caveats, mint_grant
+from envelope.grants import Caveats, grant_ref, mint_grant
 from envelope.keys import KeyRing, signer_from_seed
+from envelope.revocations import RevocationWatcher, revoke
 from envelope.seal import Opened, Trust
 from streams.audit import AuditRecord
 from streams.replies import Reason, Refusal
@@ -228,3 +229,24 @@ async def test_the_intent_path_shares_the_handler_and_dedupes_redelivery(
     assert moon.runs == 2
     assert sorted(r.id for r in records) == sorted([request_id, request_id2])
     assert all(r.outcome == "accepted" for r in records)
+
+
+async def test_a_grant_revoked_in_the_kv_bucket_is_refused_by_a_watching_gate(
+    nc: Nats, js: JetStreamContext, space: Space
+) -> None:
+    world = Moon(nc, space)
+    watcher = RevocationWatcher(js, space=space)
+    world.gate.trust = msgspec.structs.replace(world.gate.trust, revoked=watcher.revoked)
+    follow = asyncio.get_running_loop().create_task(watcher.run())
+    try:
+        async with world.gate.serving():
+            assert isinstance(await world.client.call("moon.dispatch", BODY), Reply)
+            await revoke(js, grant_ref(world.grant), space=space)
+            for _ in range(100):
+                if watcher.revoked:
+                    break
+                await asyncio.sleep(0.02)
+            refused = await world.client.call("moon.dispatch", BODY)
+            assert isinstance(refused, Refusal) and refused.reason is Reason.GRANT_REVOKED
+    finally:
+        follow.cancel()
