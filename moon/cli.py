@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,14 @@ from rich.text import Text
 from streams.broker import connect
 from streams.catalog import CODECS
 from streams.codec import Undecodable
-from streams.config import space_from_env
+from streams.config import (
+    WORKFLOWS,
+    Topology,
+    ensure_streams,
+    replicas_from_env,
+    space_from_env,
+)
+from streams.logs import configure_logging
 from streams.tail import Row, TailError, parse_since, rows, to_json_line
 
 __all__ = ["app", "main"]
@@ -97,6 +105,293 @@ def tail_command(
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     raise typer.Exit(code)
+
+
+# --- services -------------------------------------------------------------------------------
+
+
+async def _serve(data_dir: Path | None, concurrency: int) -> int:
+    from moon.engine import Engine  # noqa: PLC0415 - keep `moon tail` start-up light
+    from moon.service import serve_engine  # noqa: PLC0415
+
+    async with connect(data_dir=data_dir, name="moon-engine") as nc:
+        js = nc.jetstream()
+        await ensure_streams(js, Topology(space=space_from_env(), replicas=replicas_from_env()))
+        engine = Engine(nc, space=space_from_env(), concurrency=concurrency)
+        await serve_engine(engine)
+    return 0
+
+
+@app.command("serve")
+def serve_command(
+    data_dir: DataDir = None,
+    concurrency: Annotated[int, typer.Option(help="commands handled at once")] = 256,
+) -> None:
+    """Run the engine: consume commands, journal decisions, send work orders and timers."""
+    configure_logging()
+    try:
+        raise typer.Exit(asyncio.run(_serve(data_dir, concurrency)))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+async def _worker(data_dir: Path | None, executor: str, capabilities: list[str],
+                  command: list[str] | None, url: str | None, watts: float, capacity: int) -> int:
+    from moon.service import serve_worker  # noqa: PLC0415
+    from moon.worker import Handler, Worker, http_handler, subprocess_handler  # noqa: PLC0415
+
+    handler: Handler
+    if command:
+        handler = subprocess_handler(command)
+    elif url:
+        handler = http_handler(url)
+    else:
+        from moon.demo_handlers import echo  # noqa: PLC0415
+
+        handler = echo
+    async with connect(data_dir=data_dir, name=f"moon-worker-{executor}") as nc:
+        await ensure_streams(nc.jetstream(), Topology(space=space_from_env()))
+        worker = Worker(nc, executor_id=executor, handlers=dict.fromkeys(capabilities, handler),
+                        space=space_from_env(), watts=watts, capacity=capacity)
+        await serve_worker(worker)
+    return 0
+
+
+@app.command("worker")
+def worker_command(
+    executor: Annotated[str, typer.Option("--id", help="this executor's id")],
+    capability: Annotated[list[str], typer.Option("--capability", "-c", help="repeatable")],
+    command: Annotated[str | None, typer.Option("--exec", help="run this command per step (stdin: the order as JSON)")] = None,  # noqa: E501
+    url: Annotated[str | None, typer.Option("--http", help="POST each step to this URL")] = None,
+    watts: Annotated[float, typer.Option(help="declared power draw, for joules")] = 0.0,
+    capacity: Annotated[int, typer.Option(help="steps run at once")] = 8,
+    data_dir: DataDir = None,
+) -> None:
+    """Run an executor: take work orders for its capabilities, run them, report results."""
+    configure_logging()
+    argv = shlex.split(command) if command else None
+    try:
+        raise typer.Exit(asyncio.run(
+            _worker(data_dir, executor, capability, argv, url, watts, capacity)))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+# --- commands against the journal ------------------------------------------------------------
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+async def _dispatch(path: Path, data_dir: Path | None) -> Any:
+    from moon.dispatch_file import load_dispatch  # noqa: PLC0415
+    from moon.engine import Engine  # noqa: PLC0415
+
+    data = await asyncio.to_thread(path.read_bytes)
+    command = load_dispatch(data, now_ms=int(time.time() * 1000))
+    async with connect(data_dir=data_dir, name="moon-dispatch") as nc:
+        await ensure_streams(nc.jetstream(), Topology(space=space_from_env()))
+        outcome = await Engine(nc, space=space_from_env()).submit(command)
+    return command.workflow_id, outcome
+
+
+@app.command("dispatch")
+def dispatch_command(
+    file: Annotated[Path, typer.Argument(help="a DAG: JSON or YAML with `steps`")],
+    data_dir: DataDir = None,
+) -> None:
+    """Dispatch a workflow from a file; prints its id (idempotent by the file's request id)."""
+    from streams.replies import Refusal  # noqa: PLC0415
+
+    workflow_id, outcome = _run(_dispatch(file, data_dir))
+    if isinstance(outcome, Refusal):
+        err.print(f"refused ({outcome.reason.value}, {outcome.code}): {outcome.detail}",
+                  markup=False)
+        raise typer.Exit(2)
+    print(_json({"workflow_id": workflow_id, "version": outcome.version}))
+
+
+async def _load(workflow_id: str, data_dir: Path | None, upto: int | None = None) -> Any:
+    from moon.journal import journal  # noqa: PLC0415
+
+    async with connect(data_dir=data_dir, name="moon-read") as nc:
+        return await journal(nc.jetstream(), space_from_env()).read(workflow_id, upto=upto)
+
+
+def _state_table(state: Any) -> Any:
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=f"{state.workflow_id}: {state.status}", title_justify="left")
+    for column in ("step", "status", "attempt", "executor", "scheduled", "started", "tokens",
+                   "error"):
+        table.add_column(column)
+    for name, step in state.steps.items():
+        table.add_row(name, step.status, str(step.attempt), step.executor or "",
+                      _clock(step.scheduled_at), _clock(step.started_at), str(step.usage.tokens),
+                      (step.error or "")[:40])
+    return table
+
+
+def _clock(ms: int | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ms / 1000)) if ms else ""
+
+
+@app.command("status")
+def status_command(
+    workflow_id: str,
+    watch: Annotated[bool, typer.Option("--watch", help="redraw live until it ends")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Steps, attempts and timings of one workflow."""
+    from moon import replay  # noqa: PLC0415
+    from moon.workflow import is_terminal  # noqa: PLC0415
+
+    def current() -> Any:
+        loaded = _run(_load(workflow_id, data_dir))
+        if not loaded.items:
+            err.print(f"moon status: unknown workflow {workflow_id!r}", markup=False)
+            raise typer.Exit(1)
+        return replay.fold([i.value for i in loaded.items])
+
+    state = current()
+    if as_json:
+        print(_json(state))
+        return
+    if not watch:
+        Console().print(_state_table(state))
+        return
+    from rich.live import Live  # noqa: PLC0415
+
+    with Live(_state_table(state), refresh_per_second=4) as live:
+        while not is_terminal(state):
+            time.sleep(0.5)
+            state = current()
+            live.update(_state_table(state))
+
+
+async def _list(data_dir: Path | None) -> list[Any]:
+    from moon.engine import WorkflowSummary  # noqa: PLC0415
+
+    async with connect(data_dir=data_dir, name="moon-list") as nc:
+        kv = await nc.jetstream().key_value(space_from_env().bucket(WORKFLOWS.name))
+        try:
+            keys = await kv.keys()
+        except Exception:  # NoKeysError: an empty index
+            return []
+        out = []
+        for key in keys:
+            entry = await kv.get(key)
+            out.append(msgspec.json.decode(entry.value, type=WorkflowSummary))
+        return out
+
+
+@app.command("list")
+def list_command(
+    status: Annotated[str | None, typer.Option(help="only workflows in this status")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Workflows from the index (a KV bucket), without scanning the journal."""
+    from rich.table import Table  # noqa: PLC0415
+
+    rows_ = [r for r in _run(_list(data_dir)) if status is None or r.status == status]
+    rows_.sort(key=lambda r: r.updated_ms)
+    if as_json:
+        for r in rows_:
+            print(_json(r))
+        return
+    table = Table()
+    for column in ("workflow", "status", "done", "tokens", "version", "updated"):
+        table.add_column(column)
+    for r in rows_:
+        table.add_row(r.workflow_id, r.status, f"{r.completed}/{r.steps}", str(r.tokens),
+                      str(r.version), _clock(r.updated_ms))
+    Console().print(table)
+
+
+@app.command("replay")
+def replay_command(
+    workflow_id: str,
+    to_seq: Annotated[int | None, typer.Option("--to-seq", help="fold up to this sequence")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="re-decide every command")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Fold the journal up to a stream sequence and print the state then."""
+    from moon import replay  # noqa: PLC0415
+
+    loaded = _run(_load(workflow_id, data_dir, upto=to_seq))
+    if not loaded.items:
+        err.print(f"moon replay: unknown workflow {workflow_id!r}", markup=False)
+        raise typer.Exit(1)
+    decisions = [i.value for i in loaded.items]
+    state = replay.fold(decisions)
+    mismatches = replay.verify(decisions) if verify else []
+    if as_json:
+        print(_json({"workflow_id": workflow_id, "seq": loaded.version, "state": state,
+                     "verified": verify and not mismatches, "mismatches": mismatches}))
+    else:
+        Console().print(_state_table(state))
+        print(f"folded {len(decisions)} decisions up to #{loaded.version}")
+        if verify:
+            print("verify: ok, every recorded command re-decides the same events"
+                  if not mismatches else f"verify: {len(mismatches)} mismatches")
+    if mismatches:
+        raise typer.Exit(3)
+
+
+@app.command("diff")
+def diff_command(workflow_id: str, a: int, b: int, data_dir: DataDir = None) -> None:
+    """What changed in a workflow between stream sequences A and B."""
+    from moon import replay  # noqa: PLC0415
+
+    loaded = _run(_load(workflow_id, data_dir, upto=max(a, b)))
+    decisions = [(i.seq, i.value) for i in loaded.items]
+    before = replay.fold(d for s, d in decisions if s <= min(a, b))
+    after = replay.fold(d for s, d in decisions if s <= max(a, b))
+    for change in replay.diff(before, after):
+        print(_json(change))
+
+
+async def _command(workflow_id: str, kind: str, reason: str, data_dir: Path | None) -> Any:
+    from moon.engine import Engine  # noqa: PLC0415
+    from streams.moon_events import Cancel, Compensate  # noqa: PLC0415
+
+    at = int(time.time() * 1000)
+    cid = f"{kind}-{workflow_id}-{at}"
+    command = (Compensate if kind == "compensate" else Cancel)(
+        command_id=cid, workflow_id=workflow_id, at_ms=at, reason=reason)
+    async with connect(data_dir=data_dir, name="moon-admin") as nc:
+        return await Engine(nc, space=space_from_env()).submit(command)
+
+
+def _admin(workflow_id: str, kind: str, reason: str, data_dir: Path | None) -> None:
+    from streams.replies import Refusal  # noqa: PLC0415
+
+    outcome = _run(_command(workflow_id, kind, reason, data_dir))
+    if isinstance(outcome, Refusal):
+        err.print(f"refused ({outcome.reason.value}): {outcome.detail}", markup=False)
+        raise typer.Exit(2)
+    print(_json({"workflow_id": workflow_id, "events": [type(e).__name__ for e in outcome.events]}))
+
+
+@app.command("compensate")
+def compensate_command(
+    workflow_id: str, reason: str = "operator", data_dir: DataDir = None
+) -> None:
+    """Undo the completed steps of a workflow, dependants first."""
+    _admin(workflow_id, "compensate", reason, data_dir)
+
+
+@app.command("cancel")
+def cancel_command(workflow_id: str, reason: str = "operator", data_dir: DataDir = None) -> None:
+    """Stop scheduling new steps of a workflow."""
+    _admin(workflow_id, "cancel", reason, data_dir)
 
 
 def main() -> None:

@@ -195,3 +195,10 @@ def space_from_env() -> Space:
     import os  # noqa: PLC0415 - only the shells ask the environment
 
     return Space(os.environ.get("MAESTRO_SPACE", ""))
+
+
+def replicas_from_env() -> int:
+    """MAESTRO_REPLICAS: 3 on a cluster (R3 streams), 1 on a single node."""
+    import os  # noqa: PLC0415
+
+    return int(os.environ.get("MAESTRO_REPLICAS", "1"))
