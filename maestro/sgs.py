@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from maestro.plan import Plan, plan_from_schedule
 from maestro.problem import Edge, Mode, Problem, Schedule, Task, horizon, violations
 
-__all__ = ["latest_finish", "serial_sgs", "sgs_plan"]
+__all__ = ["forward_order", "latest_finish", "serial_sgs", "sgs_plan"]
 
 
-def _forward_order(problem: Problem) -> list[int] | None:
+def forward_order(problem: Problem) -> list[int] | None:
     """Topological order over the edges with lag >= 0 (max lags are checked afterwards)."""
     n = len(problem.tasks)
     indegree = [0] * n
@@ -41,7 +41,7 @@ def latest_finish(problem: Problem, order: Sequence[int] | None = None) -> list[
 
     None when the lag >= 0 edges have a cycle.
     """
-    order = _forward_order(problem) if order is None else order
+    order = forward_order(problem) if order is None else order
     if order is None:
         return None
     dmin = [
@@ -170,7 +170,7 @@ def serial_sgs(problem: Problem) -> Schedule | None:
     """
     tasks = problem.tasks
     n = len(tasks)
-    order = _forward_order(problem)
+    order = forward_order(problem)
     lf = latest_finish(problem, order)
     if order is None or lf is None or any(not t.modes for t in tasks):
         return None

@@ -1,0 +1,84 @@
+"""One call from goal to plan or refusal, wiring validate, policy, SGS/CP-SAT and explanations.
+
+The NATS service and the CLI call `plan_goal` and journal its Outcome; everything it calls is pure
+except `solve`, the CP-SAT adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal, assert_never
+
+import msgspec
+
+from maestro.explain import explain, static_reasons
+from maestro.goal import Goal, Offer, validate
+from maestro.plan import Plan
+from maestro.policy import Policy, check, eligibility
+from maestro.problem import Problem, Progress, from_goal
+from maestro.solve import SolveOptions, find_conflict, solve
+from streams.replies import Refusal
+
+__all__ = ["Outcome", "plan_goal"]
+
+Decision = Literal["planned", "awaiting_ratification", "refused"]
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """A plan (possibly empty) and the reasons it is refused or waits; `problem` for rendering."""
+
+    decision: Decision
+    plan: Plan
+    reasons: tuple[Refusal, ...]
+    problem: Problem | None = None
+
+
+def _cap(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def plan_goal(
+    goal: Goal,
+    offers: Sequence[Offer],
+    *,
+    policy: Policy | None = None,
+    options: SolveOptions | None = None,
+    excluded: Iterable[str] = (),
+    progress: Iterable[Progress] = (),
+    now_ms: int = 0,
+) -> Outcome:
+    """Plan a goal (or replan it, given progress and excluded executors) or refuse with reasons."""
+    invalid = validate(goal, offers)
+    if invalid:
+        return Outcome("refused", Plan(status="infeasible"), tuple(invalid))
+    pol = policy or Policy()
+    orgs, trust = eligibility(pol)
+    problem = from_goal(
+        goal,
+        offers,
+        excluded=excluded,
+        progress=progress,
+        now_ms=now_ms,
+        allowed_organisations=orgs,
+        min_trust=trust,
+    )
+    problem = msgspec.structs.replace(problem, budget_cost=_cap(problem.budget_cost, pol.max_cost))
+    static = static_reasons(problem)
+    if static:
+        return Outcome("refused", Plan(status="infeasible"), tuple(static), problem)
+    plan = solve(problem, options)
+    if plan.status == "infeasible":
+        conflict = find_conflict(problem, options)
+        return Outcome("refused", plan, tuple(explain(problem, plan, conflict)), problem)
+    if plan.status == "unknown":
+        return Outcome("refused", plan, tuple(explain(problem, plan)), problem)
+    verdict = check(pol, plan, problem)
+    match verdict.decision:
+        case "approved":
+            return Outcome("planned", plan, (), problem)
+        case "awaiting_ratification":
+            return Outcome("awaiting_ratification", plan, verdict.reasons, problem)
+        case "blocked":
+            return Outcome("refused", plan, verdict.reasons, problem)
+        case _:
+            assert_never(verdict.decision)
