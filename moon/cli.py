@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from streams.broker import connect
+from streams.broker import connect, home_dir
 from streams.catalog import CODECS
 from streams.codec import Undecodable
 from streams.config import (
@@ -111,14 +111,20 @@ def tail_command(
 
 
 async def _serve(data_dir: Path | None, concurrency: int) -> int:
-    from moon.engine import Engine  # noqa: PLC0415 - keep `moon tail` start-up light
+    from envelope.local import local_trust  # noqa: PLC0415 - keep `moon tail` start-up light
+    from moon.engine import Engine  # noqa: PLC0415
+    from moon.gateway import moon_gate  # noqa: PLC0415
     from moon.service import serve_engine  # noqa: PLC0415
 
-    async with connect(data_dir=data_dir, name="moon-engine") as nc:
+    home = data_dir or home_dir()
+    trust = local_trust(home)
+    async with connect(data_dir=home, name="moon-engine") as nc:
         js = nc.jetstream()
         await ensure_streams(js, Topology(space=space_from_env(), replicas=replicas_from_env()))
         engine = Engine(nc, space=space_from_env(), concurrency=concurrency)
-        await serve_engine(engine)
+        gate = moon_gate(nc, engine, signer=trust.moon, trust=trust.trust_for(trust.moon))
+        async with gate.serving():
+            await serve_engine(engine)
     return 0
 
 

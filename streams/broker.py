@@ -32,6 +32,7 @@ __all__ = [
     "connect",
     "find_server_binary",
     "free_port",
+    "home_dir",
     "open_connection",
 ]
 
@@ -204,6 +205,11 @@ async def open_connection(url: str, *, name: str = "maestro", **options: object)
     return nc
 
 
+def home_dir() -> Path:
+    """The data dir: MAESTRO_HOME, else .maestro in the working directory."""
+    return Path(os.environ.get("MAESTRO_HOME", DEFAULT_DATA_DIR))
+
+
 def _running_embedded(data_dir: Path) -> str | None:
     marker = data_dir / "nats.url"
     if not marker.is_file():
@@ -223,7 +229,7 @@ async def connect(
 ) -> AsyncIterator[Client]:
     """NATS_URL (or `url`) when given; else the embedded server already running on `data_dir`;
     else a new embedded server for the life of the block."""
-    data_dir = data_dir or Path(os.environ.get("MAESTRO_HOME", DEFAULT_DATA_DIR))
+    data_dir = data_dir or home_dir()
     target = url or os.environ.get("NATS_URL") or _running_embedded(data_dir)
     if target:
         nc = await open_connection(target, name=name)

@@ -1,0 +1,65 @@
+"""moon.dispatch through the envelope gate: signed in, one workflow, one audit record."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+
+from envelope.client import Client
+from envelope.local import local_trust
+from moon.engine import Engine
+from moon.gateway import DispatchReply, ReplayReply, moon_gate
+from moon.worker import Result
+from streams.replies import Reason, Refusal
+
+from .engine_world import engine, step, worker
+
+
+def body(steps, **extra) -> dict:
+    return {"steps": list(steps), **extra}
+
+
+async def test_a_signed_dispatch_runs_once_and_replays(nc, js, space, tmp_path):
+    trust = local_trust(tmp_path)
+
+    async def work(ctx):
+        return Result(output=b"ok")
+
+    async with engine(nc, space) as eng, worker(nc, space, {"work": work}):
+        gate = moon_gate(nc, eng, signer=trust.moon, trust=trust.trust_for(trust.moon))
+        async with gate.serving():
+            client = Client(nc, trust.operator, trust.services, grant=(trust.operator_grant,),
+                            space=space)
+            request_id, _, sealed = client.seal("moon.dispatch",
+                                                body([step("a"), step("b", needs=("a",))]))
+            reply = await client.send("moon.dispatch", request_id, "", sealed)
+            again = await client.send("moon.dispatch", request_id, "", sealed)
+            assert not isinstance(reply, Refusal), reply
+            first = reply.result(DispatchReply)
+            assert again.result(DispatchReply) == first
+            final = await eng.wait_terminal(first.workflow_id, 30)
+            assert final.status == "completed"
+            replayed = await client.call("moon.replay",
+                                         {"workflow_id": first.workflow_id, "verify": True},
+                                         capability="moon:read")
+            assert replayed.result(ReplayReply).mismatches == 0
+            assert replayed.result(ReplayReply).status == "completed"
+            bad = await client.call("moon.dispatch", body([step("a", needs=("a",))]))
+            assert isinstance(bad, Refusal)
+            assert bad.reason is Reason.CYCLE
+    audits = await js.stream_info(space.stream("AUDIT"))
+    assert audits.state.messages >= 3
+
+
+async def test_an_unsigned_dispatch_is_refused_and_audited(nc, js, space, tmp_path):
+    trust = local_trust(tmp_path)
+    eng = Engine(nc, space=space)
+    gate = moon_gate(nc, eng, signer=trust.moon, trust=trust.trust_for(trust.moon))
+    async with gate.serving():
+        answer = await nc.request(space.subject("map.moon.dispatch"), b"not an envelope",
+                                  timeout=5)
+        assert b"malformed" in answer.data
+        await asyncio.sleep(0)
+    info = await js.stream_info(space.stream("AUDIT"))
+    assert info.state.messages == 1
