@@ -61,7 +61,8 @@ async def test_a_50_step_dag_with_random_failures_completes_and_replays_exactly(
     rng = random.Random(7)
     steps = []
     for i in range(50):
-        needs = tuple(sorted({f"s{rng.randrange(i)}" for _ in range(rng.randint(0, 2))})) if i else ()
+        picks = {f"s{rng.randrange(i)}" for _ in range(rng.randint(0, 2))} if i else set()
+        needs = tuple(sorted(picks))
         steps.append(step(f"s{i}", needs=needs))
     effects = SideEffects()
     completed_keys: set[str] = set()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import msgspec
-
 from envelope.client import Client
 from envelope.local import local_trust
 from moon.engine import Engine
