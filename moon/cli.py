@@ -292,7 +292,8 @@ async def _list(data_dir: Path | None) -> list[Any]:
         out = []
         for key in keys:
             entry = await kv.get(key)
-            out.append(msgspec.json.decode(entry.value, type=WorkflowSummary))
+            if entry.value:
+                out.append(msgspec.json.decode(entry.value, type=WorkflowSummary))
         return out
 
 

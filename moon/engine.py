@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import structlog
@@ -30,7 +31,7 @@ from streams.audit import AuditRecord, audit_subject
 from streams.codec import Undecodable
 from streams.config import WORKFLOWS
 from streams.decider import Decided
-from streams.moon_events import Deviation, MoonCommand, command_kind
+from streams.moon_events import Deviation, MoonCommand, MoonEvent, command_kind
 from streams.replies import CODES, Reason, Refusal
 from streams.subjects import Space
 
@@ -91,10 +92,10 @@ class Engine:
         self.effects = Effects(self.js, self.space)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._slots = asyncio.Semaphore(self.concurrency)
-        self._index = None
+        self._index: Any = None
         self._stopping = asyncio.Event()
 
-    async def _workflows(self):  # type: ignore[no-untyped-def]
+    async def _workflows(self) -> Any:
         if self._index is None:
             self._index = await self.js.key_value(self.space.bucket(WORKFLOWS.name))
         return self._index
@@ -103,7 +104,7 @@ class Engine:
 
     async def submit(
         self, command: MoonCommand, *, redelivered: bool = False
-    ) -> Decided[object, WorkflowState] | Refusal:
+    ) -> Decided[MoonEvent, WorkflowState] | Refusal:
         """Decide, journal, send effects. Safe to call again with the same command."""
         wf = command.workflow_id
         async with self._locks[wf]:
@@ -214,7 +215,7 @@ class Engine:
                 await self._stopping.wait()
             finally:
                 with contextlib.suppress(Exception):
-                    await sub.drain()
+                    await sub.unsubscribe()
 
     def stop(self) -> None:
         """Graceful: stop taking commands, let the ones in hand finish, then return from run()."""

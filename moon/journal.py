@@ -53,7 +53,9 @@ def runner(
 ) -> Runner[MoonCommand, MoonEvent, WorkflowState, Decision]:
     stamp = schema_stamp(WorkflowState, STATE_VERSION)
     bucket = space.bucket(SNAPSHOTS.name)
-    snaps = KvSnapshots(js, bucket, WorkflowState, stamp) if snapshots else None
+    snaps: KvSnapshots[WorkflowState] | None = (
+        KvSnapshots(js, bucket, WorkflowState, stamp) if snapshots else None
+    )
     return Runner(
         decider=DECIDER, store=journal(js, space), pack=_pack, apply=workflow.apply,
         kind=_kind, snapshots=snaps,

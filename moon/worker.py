@@ -181,10 +181,10 @@ class Worker:
         await self._run(order, handler, msg)
 
     async def _run(self, order: WorkOrder, handler: Handler, msg: Msg) -> None:
-        base = {"workflow_id": order.workflow_id, "step": order.step, "attempt": order.attempt}
+        wf, step, attempt = order.workflow_id, order.step, order.attempt
         key = order.idempotency_key
-        await self.send(StartStep(command_id=f"start/{key}", at_ms=_now_ms(),
-                                  executor=self.executor_id, **base))
+        await self.send(StartStep(command_id=f"start/{key}", at_ms=_now_ms(), workflow_id=wf,
+                                  step=step, attempt=attempt, executor=self.executor_id))
         beat = asyncio.ensure_future(self._keep_alive(order, msg))
         started = time.perf_counter()
         try:
@@ -194,14 +194,15 @@ class Worker:
             await self.send(FailStep(
                 command_id=f"fail/{key}", at_ms=_now_ms(), error=str(error)[:2000] or repr(error),
                 error_type=type(error).__name__, retryable=not isinstance(error, NonRetryable),
-                usage=usage, **base,
+                usage=usage, workflow_id=wf, step=step, attempt=attempt,
             ))
         else:
             result = outcome if isinstance(outcome, Result) else Result(output=outcome)
             self.executed.append(("undo:" if order.compensation else "") + key)
             await self.send(CompleteStep(
                 command_id=f"done/{key}", at_ms=_now_ms(), result=result.output,
-                usage=self._usage(started, result.tokens), **base,
+                usage=self._usage(started, result.tokens), workflow_id=wf, step=step,
+                attempt=attempt,
             ))
         finally:
             beat.cancel()

@@ -1,0 +1,112 @@
+"""The plan decider: which plan transitions are allowed, as a pure fold over PLANS events."""
+
+from __future__ import annotations
+
+from typing import Literal, TypeAlias, assert_never
+
+import msgspec
+
+from streams.plan_events import (
+    PlanAllocated,
+    PlanBatch,
+    PlanEvent,
+    PlanProposed,
+    PlanRatified,
+    PlanRefused,
+    PlanRevised,
+    RevisionRefused,
+)
+from streams.replies import Reason, Refusal
+
+__all__ = ["PlanState", "Record", "apply", "decide", "evolve", "initial"]
+
+Status: TypeAlias = Literal[
+    "none", "planned", "awaiting_ratification", "rejected", "refused", "allocated"
+]
+
+
+class PlanState(msgspec.Struct, frozen=True):
+    plan_id: str = ""
+    status: Status = "none"
+    goal: bytes = b""
+    offers: bytes = b""
+    plan: bytes = b""
+    workflow_id: str = ""
+    revision: int = 0
+    dissent: tuple[bytes, ...] = ()  # every plan a revision replaced
+    seen: tuple[str, ...] = ()
+
+
+initial = PlanState()
+
+
+class Record(msgspec.Struct, frozen=True):
+    """The command: MAESTRO's shell proposes events (solver output is data); decide checks them."""
+
+    command_id: str
+    events: tuple[PlanEvent, ...]
+
+
+def evolve(state: PlanState, event: PlanEvent) -> PlanState:
+    replace = msgspec.structs.replace
+    match event:
+        case PlanProposed():
+            status: Status = "awaiting_ratification" if event.awaiting_ratification else "planned"
+            return replace(state, plan_id=event.plan_id, status=status, goal=event.goal,
+                           offers=event.offers, plan=event.plan)
+        case PlanRefused():
+            return replace(state, plan_id=event.plan_id, status="refused", goal=event.goal)
+        case PlanRatified(approved=approved):
+            return replace(state, status="planned" if approved else "rejected")
+        case PlanAllocated():
+            return replace(state, status="allocated", workflow_id=event.workflow_id)
+        case PlanRevised():
+            return replace(state, revision=event.revision, plan=event.plan,
+                           dissent=(*state.dissent, event.previous))
+        case RevisionRefused():
+            return state
+        case _:
+            assert_never(event)
+
+
+def _allowed(state: PlanState, event: PlanEvent) -> Refusal | None:
+    match event:
+        case PlanProposed() | PlanRefused():
+            return None if state.status == "none" else Refusal(Reason.ALREADY_EXISTS, state.plan_id)
+        case PlanRatified():
+            if state.status != "awaiting_ratification":
+                return Refusal(Reason.INVALID_STATE, f"plan is {state.status}, not awaiting")
+            return None
+        case PlanAllocated():
+            if state.status == "awaiting_ratification":
+                return Refusal(Reason.AWAITING_RATIFICATION, state.plan_id)
+            if state.status != "planned":
+                return Refusal(Reason.INVALID_STATE, f"plan is {state.status}")
+            return None
+        case PlanRevised():
+            if state.status != "allocated":
+                return Refusal(Reason.INVALID_STATE, "only an allocated plan is revised")
+            if event.revision != state.revision + 1:
+                return Refusal(Reason.INVALID_STATE, f"revision {event.revision} after "
+                               f"{state.revision}")
+            return None
+        case RevisionRefused():
+            return None
+        case _:
+            assert_never(event)
+
+
+def decide(command: Record, state: PlanState) -> list[PlanEvent] | Refusal:
+    if command.command_id in state.seen:
+        return []
+    for event in command.events:
+        if (refusal := _allowed(state, event)) is not None:
+            return refusal
+        state = evolve(state, event)
+    return list(command.events)
+
+
+def apply(state: PlanState, batch: PlanBatch) -> PlanState:
+    for event in batch.events:
+        state = evolve(state, event)
+    return msgspec.structs.replace(state, seen=(*state.seen, batch.command_id)[-256:])

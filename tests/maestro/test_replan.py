@@ -1,0 +1,103 @@
+"""Replan against a real nats-server and a running MOON: an executor dies mid-plan."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+from envelope.local import local_trust
+from maestro.goal import Budget, CapabilityOffer, Goal, Offer, Step
+from maestro.service import Allocated, Maestro
+from moon.gateway import moon_gate
+from moon.journal import journal
+from moon.worker import Result
+from streams.codec import Undecodable
+from streams.moon_events import StepScheduled, StepStarted
+
+from ..moon.engine_world import engine, running, worker
+
+SLOW_ON_B = (
+    "import sys, json, time; o = json.load(sys.stdin); "
+    "time.sleep(60 if o['step'] == 'b' else 0); print(o['step'])"
+)
+
+
+def offers() -> list[Offer]:
+    return [
+        Offer(executor="x1", organisation="acme", capacity=2,
+              capabilities=(CapabilityOffer(capability="work", duration_ms=300, rate=1),)),
+        Offer(executor="x2", organisation="acme", capacity=2,
+              capabilities=(CapabilityOffer(capability="work", duration_ms=300, rate=5),)),
+    ]
+
+
+GOAL = Goal(
+    name="chain", deadline_ms=60_000, budget=Budget(tokens=10_000, cost=100),
+    steps=(Step(id="a", capability="work", duration_ms=300),
+           Step(id="b", capability="work", needs=("a",), duration_ms=300),
+           Step(id="c", capability="work", needs=("b",), duration_ms=300)),
+)
+
+
+async def _started(js, space, wf: str, step: str, executor: str) -> None:
+    store = journal(js, space)
+    async for item in store.subscribe(store.layout.filter(wf), from_seq=1):
+        if isinstance(item, Undecodable):
+            continue
+        if any(isinstance(e, StepStarted) and e.step == step and e.executor == executor
+               for e in item.value.events):
+            return
+
+
+async def test_an_executor_dies_mid_plan_and_the_revision_moves_the_rest(
+    nc, js, space, nats_url, tmp_path
+):
+    trust = local_trust(tmp_path)
+    runs: list[str] = []
+
+    async def backup(ctx):
+        runs.append(ctx.key)
+        return Result(output=ctx.order.step.encode())
+
+    async def live_offers():
+        return offers()
+
+    maestro = Maestro(nc, trust.maestro, trust.maestro_grant, trust.moon.did, live_offers,
+                      space=space)
+    env = {**os.environ, "NATS_URL": nats_url, "MAESTRO_SPACE": space.prefix}
+    dying = subprocess.Popen(
+        [sys.executable, "-c", "from moon.cli import main; main()", "worker", "--id", "x1",
+         "-c", "work", "--exec", f"{sys.executable} -c \"{SLOW_ON_B}\""],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async with engine(nc, space) as eng, worker(nc, space, {"work": backup}, executor_id="x2"):
+            gate = moon_gate(nc, eng, signer=trust.moon, trust=trust.trust_for(trust.moon))
+            async with gate.serving(), running(
+                lambda ready: (maestro.run_replanner(ready=ready), maestro.stop)):
+                outcome = await maestro.plan(GOAL, plan_id="p1")
+                assert outcome.decision == "planned"
+                assert {a.executor for a in outcome.plan.assignments} == {"x1"}
+                allocated = await maestro.allocate("p1")
+                assert isinstance(allocated, Allocated), allocated
+                wf = allocated.workflow_id
+                await asyncio.wait_for(_started(js, space, wf, "b", "x1"), 30)
+                dying.send_signal(signal.SIGKILL)  # the executor dies holding step b
+                revised = (await asyncio.wait_for(maestro.wait_for_replan(), 30))[0]
+                final = await eng.wait_terminal(wf, 60)
+    finally:
+        dying.kill()
+        dying.wait()
+    assert final.status == "completed"
+    assert revised.moved == {"b": "x1 -> x2", "c": "x1 -> x2"}
+    assert final.steps["b"].executor == "x2"
+    assert final.steps["c"].executor == "x2"
+    decisions = [i.value for i in (await journal(js, space).read(wf)).items]
+    scheduled_a = [e for d in decisions for e in d.events
+                   if isinstance(e, StepScheduled) and e.step == "a"]
+    assert len(scheduled_a) == 1  # the completed step was reused, never re-run
+    assert not any(k.startswith(f"{wf}/a/") for k in runs)
+    assert final.deadline_ms is not None
+    assert max(s.started_at or 0 for s in final.steps.values()) <= final.deadline_ms
