@@ -1,0 +1,226 @@
+"""The executor board (MAT) and the call for bids (MARKET): pure pricing, then a real server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.kv import KV_PURGE
+
+from maestro.board import (
+    Advertiser,
+    Award,
+    Bid,
+    Bidder,
+    Board,
+    CallForBids,
+    CfpStep,
+    award,
+    call_for_bids,
+    cfp_subject,
+    price,
+    refresh_offers,
+)
+from maestro.goal import CapabilityOffer, Offer
+from streams.replies import Reason, Refusal
+from streams.subjects import Space
+from tests.maestro.conftest import offer
+
+CFP = CallForBids(
+    plan="p1",
+    steps=(
+        CfpStep("s1", "search", duration_ms=1000),
+        CfpStep("s2", "write", duration_ms=4000),
+        CfpStep("s3", "search", duration_ms=3000),
+    ),
+    deadline_ms=60_000,
+)
+
+
+# --- pure ----------------------------------------------------------------------------------
+
+
+def test_price_quotes_the_capabilities_it_has_and_surges_with_load() -> None:
+    searcher = offer("a", ("search", 500, 10), capacity=2)
+    idle = price(searcher, CFP, now_ms=1_000)
+    assert idle is not None
+    assert idle.steps == ("s1", "s3")
+    assert idle.quotes == (CapabilityOffer("search", duration_ms=500, rate=10),)
+    assert idle.valid_until_ms == 31_000
+    busy = price(searcher, CFP, load=2, now_ms=1_000, surge=0.5)
+    assert busy is not None
+    assert busy.quotes[0].rate == 15  # full: 1.5 x the board rate
+    assert busy.load == 2
+
+
+def test_price_without_a_matching_capability_is_no_bid() -> None:
+    assert price(offer("x", ("review", 1, 1)), CFP, now_ms=0) is None
+
+
+def test_price_falls_back_to_the_largest_step_estimate() -> None:
+    vague = Offer("v", "acme", (CapabilityOffer("search", rate=3),))
+    bid = price(vague, CFP, now_ms=0)
+    assert bid is not None
+    assert bid.quotes[0].duration_ms == 3000
+
+
+def test_refresh_offers_applies_bid_terms() -> None:
+    board = (
+        offer("a", ("search", 500, 10), ("write", 900, 50)),
+        offer("b", ("search", 700, 8)),
+        offer("c", ("write", 800, 40)),
+    )
+    bids = [
+        Bid("p1", "a", ("s1",), (CapabilityOffer("search", 400, rate=12),), valid_until_ms=100),
+        Bid("p1", "ghost", ("s1",), (CapabilityOffer("search", 1, rate=1),), valid_until_ms=100),
+        Bid("p1", "b", ("s1",), (CapabilityOffer("search", 600, rate=9),), valid_until_ms=5),
+    ]
+    fresh = refresh_offers(board, bids)
+    assert [o.executor for o in fresh] == ["a", "b", "c"]
+    a, b, c = fresh
+    assert a.capabilities == (
+        CapabilityOffer("search", 400, rate=12),  # bid terms
+        CapabilityOffer("write", 900, rate=50),  # not quoted: board terms
+    )
+    assert a.organisation == "acme"
+    assert b.capabilities == (CapabilityOffer("search", 600, rate=9),)
+    assert c == board[2]  # did not bid: board price
+    strict = refresh_offers(board, bids, require_bid=True, now_ms=50)
+    assert [o.executor for o in strict] == ["a"]  # b's bid expired, c never bid, ghost unknown
+
+
+# --- MAT -----------------------------------------------------------------------------------
+
+
+async def test_published_offer_is_live_and_withdrawn(js: JetStreamContext, space: Space) -> None:
+    board = Board(js, space)
+    assert await board.live() == ()
+    a, b = offer("acme-b", ("search", 5, 1)), offer("acme-a", ("write", 9, 2))
+    await board.publish(a)
+    await board.publish(b)
+    assert await board.live() == (b, a)  # sorted by executor
+    assert await board.ttl_s() == 15.0
+    await board.withdraw("acme-b")
+    assert await board.live() == (b,)
+
+
+async def test_offer_not_refreshed_expires(js: JetStreamContext, space: Space) -> None:
+    bucket = space.bucket("board_fast")
+    kv = await js.create_key_value(
+        api.KeyValueConfig(bucket=bucket, ttl=1.0, limit_marker_ttl=1.0)
+    )
+    board = Board(js, space, bucket=bucket)
+    await board.publish(offer("fleeting", ("search", 5, 1)))
+    assert [o.executor for o in await board.live()] == ["fleeting"]
+    watcher = await kv.watch("fleeting")
+
+    async def expired() -> None:
+        while True:
+            entry = await watcher.updates(timeout=10)  # type: ignore[no-untyped-call]
+            if entry is not None and entry.operation == KV_PURGE:
+                return
+
+    try:
+        await asyncio.wait_for(expired(), timeout=10)  # the server's MaxAge marker
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    assert await board.live() == ()
+
+
+async def test_advertiser_keeps_an_offer_alive(js: JetStreamContext, space: Space) -> None:
+    bucket = space.bucket("board_adv")
+    await js.create_key_value(api.KeyValueConfig(bucket=bucket, ttl=1.0))
+    board = Board(js, space, bucket=bucket)
+    mine = offer("steady", ("search", 5, 1))
+    async with Advertiser(board, mine) as advertiser:  # ttl/3 = 0.33 s
+        assert await board.live() == (mine,)
+        await asyncio.sleep(1.8)  # well past the TTL
+        assert await board.live() == (mine,)
+        assert advertiser.published >= 3
+    assert await board.live() == ()  # withdrawn on stop
+
+
+# --- MARKET --------------------------------------------------------------------------------
+
+
+async def test_call_for_bids_keeps_only_timely_bids(nc: Client, space: Space) -> None:
+    late_sent = asyncio.Event()
+    slow_offer = offer("slow", ("search", 100, 1))
+
+    async def slow(msg: Msg) -> None:
+        await asyncio.sleep(1.5)
+        bid = price(slow_offer, CFP, now_ms=0, valid_for_ms=10**15)
+        assert bid is not None
+        await msg.respond(msgspec.json.encode(bid))
+        late_sent.set()
+
+    slow_sub = await nc.subscribe(space.subject(cfp_subject()), cb=slow)
+    a = Bidder(nc, space, offer("a", ("search", 500, 10)))
+    b = Bidder(nc, space, offer("b", ("write", 900, 50)), load=lambda: 1)
+    outsider = Bidder(nc, Space(space.prefix + "other"), offer("o", ("search", 1, 1)))
+    async with a, b, outsider:
+        bids = await call_for_bids(nc, space, CFP, timeout_s=1.0)
+        await asyncio.wait_for(late_sent.wait(), timeout=5)
+    await slow_sub.unsubscribe()
+    assert sorted(bid.executor for bid in bids) == ["a", "b"]
+    by = {bid.executor: bid for bid in bids}
+    assert by["a"].steps == ("s1", "s3")
+    assert by["b"].quotes == (CapabilityOffer("write", 900, rate=75),)  # load 1 of capacity 1
+
+
+async def test_call_for_bids_stops_at_expected(nc: Client, space: Space) -> None:
+    async with Bidder(nc, space, offer("a", ("search", 500, 10))):
+        started = asyncio.get_running_loop().time()
+        bids = await call_for_bids(nc, space, CFP, timeout_s=10.0, expected=1)
+        assert asyncio.get_running_loop().time() - started < 5.0
+    assert [bid.executor for bid in bids] == ["a"]
+    assert await call_for_bids(nc, space, CFP, timeout_s=0.2) == []  # nobody listening
+
+
+async def test_award_is_acknowledged_by_the_right_executor(nc: Client, space: Space) -> None:
+    seen: list[Award] = []
+    a = Bidder(nc, space, offer("a", ("search", 500, 10)))
+    b = Bidder(nc, space, offer("b", ("search", 400, 20)), load=lambda: 1, on_award=seen.append)
+    async with a, b:
+        bids = {bid.executor: bid for bid in await call_for_bids(nc, space, CFP, 1.0, expected=2)}
+        bound = await award(nc, space, "p1", "b", ["s1", "s3"])
+        assert isinstance(bound, Award)
+        assert bound.executor == "b"
+        assert bound.steps == ("s1", "s3")
+        assert bound.quotes == bids["b"].quotes  # bound at the bid price
+        assert b.awards == [bound] == seen
+        assert a.awards == []
+
+        unbid = await award(nc, space, "p1", "a", ["s2"])
+        assert isinstance(unbid, Refusal)
+        assert unbid.reason is Reason.UNKNOWN_STEP
+        cheaper = (CapabilityOffer("search", 400, rate=1),)
+        haggled = await award(nc, space, "p1", "b", ["s1"], quotes=cheaper)
+        assert isinstance(haggled, Refusal)
+        assert haggled.reason is Reason.CONTRADICTORY_EVIDENCE
+        at_board = await award(nc, space, "p2", "a", ["x"])  # no call: board terms
+        assert isinstance(at_board, Award)
+        assert at_board.quotes == a.offer.capabilities
+
+    gone = await award(nc, space, "p1", "b", ["s1"], timeout_s=0.5)
+    assert isinstance(gone, Refusal)
+    assert gone.reason is Reason.UNAVAILABLE
+
+
+@pytest.mark.parametrize("executor", ["acme.researcher", "a b"])
+async def test_odd_executor_ids_still_work(
+    js: JetStreamContext, nc: Client, space: Space, executor: str
+) -> None:
+    board = Board(js, space)
+    mine = offer(executor, ("search", 5, 1))
+    await board.publish(mine)
+    assert await board.live() == (mine,)
+    async with Bidder(nc, space, mine):
+        bound = await award(nc, space, "p9", executor, ["s1"])
+    assert isinstance(bound, Award)
+    await board.withdraw(executor)
+    assert await board.live() == ()
