@@ -190,7 +190,8 @@ class Gate:
         while True:
             try:
                 msgs = await pull.fetch(batch=32, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
+                # nats-py raises either, depending on where in fetch the wait ran out (#418).
                 continue
             for msg in msgs:
                 await self.answer(route, kv, msg.data, msg.headers)

@@ -205,6 +205,14 @@ async def open_connection(url: str, *, name: str = "maestro", **options: object)
     return nc
 
 
+async def _close(nc: Client) -> None:
+    """Flush what we published, then close: our services stop their own subscriptions first,
+    and a drain that waits on a forgotten one would only delay the exit."""
+    with contextlib.suppress(Exception):
+        await nc.flush(timeout=2)
+    await nc.close()
+
+
 def home_dir() -> Path:
     """The data dir: MAESTRO_HOME, else .maestro in the working directory."""
     return Path(os.environ.get("MAESTRO_HOME", DEFAULT_DATA_DIR))
@@ -236,7 +244,7 @@ async def connect(
         try:
             yield nc
         finally:
-            await nc.drain()
+            await _close(nc)
         return
     broker = EmbeddedBroker(data_dir=data_dir)
     await asyncio.to_thread(broker.start)
@@ -245,6 +253,6 @@ async def connect(
         try:
             yield nc
         finally:
-            await nc.drain()
+            await _close(nc)
     finally:
         await asyncio.to_thread(broker.stop)

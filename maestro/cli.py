@@ -1,0 +1,148 @@
+"""`maestro …`: plan a goal, explain a refusal, list the board, serve, keys, and the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from envelope.cli import keys_app
+from streams.broker import home_dir
+from streams.logs import configure_logging
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="MAESTRO: plans goals into executable, durable plans.",
+                  no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+err = Console(stderr=True)
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _load(goal_path: Path | None, psplib: Path | None, offers_path: Path | None) -> Any:
+    from maestro import psplib as psp  # noqa: PLC0415
+    from maestro.goal import load_goal, load_offers  # noqa: PLC0415
+    from streams.replies import Refusal  # noqa: PLC0415
+
+    if psplib is not None:
+        return None, psp.to_problem(psp.load(psplib)), ()
+    if goal_path is None:
+        err.print("maestro: give a GOAL file or --psplib FILE")
+        raise typer.Exit(1)
+    goal = load_goal(goal_path)
+    if isinstance(goal, Refusal):
+        return goal, None, ()
+    offers = load_offers(offers_path or EXAMPLES / "executors.yaml")
+    if isinstance(offers, Refusal):
+        err.print(f"maestro: offers: {offers.detail}", markup=False)
+        raise typer.Exit(1)
+    return goal, None, offers
+
+
+@app.command("plan")
+def plan_command(
+    goal: Annotated[Path | None, typer.Argument(help="goal file (YAML or JSON)")] = None,
+    offers: Annotated[Path | None, typer.Option(help="executor offers (YAML/JSON)")] = None,
+    psplib: Annotated[Path | None, typer.Option(help="a PSPLIB .sm/.mm/.SCH instance")] = None,
+    time_limit: Annotated[float, typer.Option("--time-limit", help="seconds for CP-SAT")] = 2.0,
+    workers: Annotated[int, typer.Option(help="CP-SAT workers")] = 2,
+    seed: Annotated[int, typer.Option(help="CP-SAT seed")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+) -> None:
+    """Plan a goal (or a PSPLIB instance): the plan and a Gantt, or reasons (exit 2)."""
+    from maestro.gantt import gantt, to_json  # noqa: PLC0415
+    from maestro.planner import plan_goal  # noqa: PLC0415
+    from maestro.solve import SolveOptions, solve  # noqa: PLC0415
+    from streams.replies import Refusal  # noqa: PLC0415
+
+    options = SolveOptions(time_limit_s=time_limit, workers=workers, seed=seed)
+    loaded, problem, offer_list = _load(goal, psplib, offers)
+    if isinstance(loaded, Refusal):
+        reasons: tuple[Refusal, ...] = (loaded,)
+        from maestro.plan import Plan  # noqa: PLC0415
+
+        plan = Plan(status="infeasible")
+        deadline = None
+    elif problem is not None:
+        plan, reasons, deadline = solve(problem, options), (), problem.deadline
+    else:
+        outcome = plan_goal(loaded, offer_list, options=options)
+        plan, reasons, deadline = outcome.plan, outcome.reasons, loaded.deadline_ms
+    if as_json:
+        sys.stdout.write(json.dumps(to_json(plan, reasons)) + "\n")
+    else:
+        if plan.assignments:
+            Console().print(gantt(plan, deadline=deadline))
+        for r in reasons:
+            err.print(f"refused ({r.reason.value}): {r.detail}", markup=False)
+    refused = bool(reasons) or plan.status not in ("optimal", "feasible")
+    raise typer.Exit(2 if refused else 0)
+
+
+@app.command("explain")
+def explain_command(
+    goal: Path,
+    offers: Annotated[Path | None, typer.Option(help="executor offers (YAML/JSON)")] = None,
+    time_limit: Annotated[float, typer.Option("--time-limit")] = 2.0,
+) -> None:
+    """Why a goal has no plan, in terms you can act on."""
+    from maestro.planner import plan_goal  # noqa: PLC0415
+    from maestro.solve import SolveOptions  # noqa: PLC0415
+    from streams.replies import Refusal  # noqa: PLC0415
+
+    loaded, _, offer_list = _load(goal, None, offers)
+    if isinstance(loaded, Refusal):
+        reasons: tuple[Refusal, ...] = (loaded,)
+    else:
+        reasons = plan_goal(loaded, offer_list, options=SolveOptions(time_limit_s=time_limit)
+                            ).reasons
+    if not reasons:
+        print("a plan exists: nothing to explain (see `maestro plan`)")
+        return
+    for r in reasons:
+        print(f"- {r.reason.value} ({r.code}): {r.detail}")
+    raise typer.Exit(2)
+
+
+@app.command("board")
+def board_command(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+) -> None:
+    """Live executors and their offers (the MAT board, a KV bucket with liveness)."""
+    from maestro.board import Board  # noqa: PLC0415
+    from streams.broker import connect  # noqa: PLC0415
+    from streams.config import space_from_env  # noqa: PLC0415
+
+    async def live() -> Any:
+        async with connect(data_dir=data_dir, name="maestro-board") as nc:
+            return await Board(nc.jetstream(), space_from_env()).live()
+
+    for offer in asyncio.run(live()):
+        caps = ", ".join(c.capability for c in offer.capabilities)
+        print(f"{offer.executor:<20} {offer.organisation:<10} trust {offer.trust:.2f} "
+              f"reliability {offer.reliability:.2f}  {caps}")
+
+
+@app.command("demo")
+def demo_command(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+) -> None:
+    """Everything in one process on the embedded broker: plan, run, fail, replan, audit, replay."""
+    import logging  # noqa: PLC0415
+
+    from maestro.demo import run_demo  # noqa: PLC0415
+
+    configure_logging(logging.WARNING)
+    try:
+        raise typer.Exit(asyncio.run(run_demo(data_dir or home_dir())))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def main() -> None:
+    app()

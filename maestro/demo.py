@@ -1,0 +1,211 @@
+"""`maestro demo`: the whole system in one process on the embedded broker, for a newcomer.
+
+Plans examples/goal.yaml against examples/executors.yaml, shows the Gantt, runs it through MOON
+with one injected executor failure so the replan is visible, then prints the audit trail and
+the verified replay of the journal. The data dir stays behind for `moon tail`/`moon replay`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from envelope.local import local_trust
+from maestro.gantt import gantt
+from maestro.goal import Goal, Offer, load_goal, load_offers
+from maestro.plan import Plan
+from maestro.service import Allocated, Maestro
+from moon import replay
+from moon.engine import Engine
+from moon.gateway import moon_gate
+from moon.journal import journal
+from moon.worker import Handler, NonRetryable, Result, StepContext, Worker
+from streams.audit import AuditRecord
+from streams.broker import connect
+from streams.codec import Undecodable
+from streams.config import Topology, ensure_streams
+from streams.jetstream_store import last_sequence, ordered_read
+from streams.replies import Refusal
+from streams.subjects import Space
+
+__all__ = ["run_demo"]
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SPEED = 400  # demo executors run the plan's durations this many times faster
+
+
+@contextlib.asynccontextmanager
+async def _running(start: Callable[[asyncio.Event], Any], stop: Callable[[], None]
+                   ) -> AsyncIterator[None]:
+    ready = asyncio.Event()
+    task = asyncio.ensure_future(start(ready))
+    await asyncio.wait([task, asyncio.ensure_future(ready.wait())],
+                       return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    try:
+        yield
+    finally:
+        stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
+
+
+def _handler(offer: Offer, goal: Goal, fail_once: set[str]) -> Handler:
+    durations = {c.capability: c.duration_ms for c in offer.capabilities}
+    tokens = {s.id: s.tokens for s in goal.steps}
+    estimates = {s.id: s.duration_ms for s in goal.steps}
+
+    async def run(ctx: StepContext) -> Result:
+        step = ctx.order.step
+        if not ctx.order.compensation and f"{offer.executor}/{step}" in fail_once:
+            fail_once.discard(f"{offer.executor}/{step}")
+            raise NonRetryable(f"{offer.executor}: model quota exceeded (injected failure)")
+        planned = durations.get(ctx.order.capability) or estimates.get(step, 1000)
+        await asyncio.sleep(planned / 1000 / SPEED)
+        verb = "undid" if ctx.order.compensation else "did"
+        return Result(output=f"{offer.executor} {verb} {step}".encode(), tokens=tokens.get(step, 0))
+
+    return run
+
+
+async def _progress(console: Console, js: Any, space: Space, wf: str, done: asyncio.Event) -> None:
+    store = journal(js, space)
+    async for item in store.subscribe(store.layout.filter(wf), from_seq=1):
+        if isinstance(item, Undecodable):
+            continue
+        for event in item.value.events:
+            name = type(event).__name__
+            step = getattr(event, "step", "")
+            extra = getattr(event, "executor", None) or getattr(event, "kind", "") or ""
+            style = "bold red" if name == "Deviation" else "bold green" if "Workflow" in name \
+                else "cyan" if "Replan" in name else "dim" if "Heartbeat" in name else ""
+            console.print(f"  #{item.seq:<4} {name:<22} {step:<16} {extra}", style=style,
+                          markup=False)
+        if done.is_set():
+            return
+
+
+async def _audit_trail(console: Console, js: Any, space: Space) -> None:
+    stream = space.stream("AUDIT")
+    end = await last_sequence(js, stream, space.subject("audit.>"))
+    table = Table(title="audit trail (AUDIT stream)", title_justify="left")
+    for column in ("seq", "subject", "outcome", "caller", "reason", "record"):
+        table.add_column(column)
+    for seq, subject, _, data in await ordered_read(js, stream, space.subject("audit.>"),
+                                                    after=0, upto=end):
+        record = msgspec.json.decode(data, type=AuditRecord)
+        table.add_row(str(seq), subject, record.outcome, record.caller[-12:] or "(unverified)",
+                      record.reason.value if record.reason else "", record.ref)
+    console.print(table)
+
+
+async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
+    console = console or Console()
+    goal = load_goal(EXAMPLES / "goal.yaml")
+    offers = load_offers(EXAMPLES / "executors.yaml")
+    assert not isinstance(goal, Refusal) and not isinstance(offers, Refusal)
+    space = Space()
+    trust = local_trust(data_dir)
+    stamp = time.strftime("%H%M%S")
+    plan_id = f"demo-{stamp}"
+    console.rule(f"[bold]MAESTRO + MOON demo[/] — embedded broker in {data_dir}")
+    async with connect(data_dir=data_dir, name="maestro-demo") as nc:
+        js = nc.jetstream()
+        await ensure_streams(js, Topology(space=space))
+        engine = Engine(nc, space=space)
+
+        async def live_offers() -> tuple[Offer, ...]:
+            return offers
+
+        maestro = Maestro(nc, trust.maestro, trust.maestro_grant, trust.moon.did, live_offers,
+                          space=space)
+        gate = moon_gate(nc, engine, signer=trust.moon, trust=trust.trust_for(trust.moon))
+        console.print(f"goal [bold]{goal.name}[/]: {len(goal.steps)} steps, deadline "
+                      f"{(goal.deadline_ms or 0) / 1000:g}s, budget {goal.budget.cost} cost units")
+        outcome = await maestro.plan(goal, plan_id=plan_id)
+        if outcome.decision != "planned":
+            for reason in outcome.reasons:
+                console.print(f"refused: {reason.reason.value}: {reason.detail}", style="red")
+            return 2
+        console.print(gantt(outcome.plan, deadline=goal.deadline_ms, title="the plan"))
+        victim = _victim(outcome.plan, goal, offers)
+        fail_once = {f"{victim[1]}/{victim[0]}"}
+        console.print(f"injecting one failure: [red]{victim[1]}[/] will fail step "
+                      f"[bold]{victim[0]}[/]; MAESTRO must replan around it")
+        workers = [Worker(nc, executor_id=o.executor, space=space, watts=o.watts,
+                          handlers={c.capability: _handler(o, goal, fail_once)
+                                    for c in o.capabilities} | _undo(o, goal, fail_once),
+                          capacity=o.capacity) for o in offers]
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(_running(lambda r: engine.run(ready=r), engine.stop))
+            await stack.enter_async_context(gate.serving())
+            await stack.enter_async_context(
+                _running(lambda r: maestro.run_replanner(ready=r), maestro.stop))
+            for w in workers:
+                await stack.enter_async_context(_running(lambda r, w=w: w.run(ready=r), w.stop))
+            allocated = await maestro.allocate(plan_id)
+            if not isinstance(allocated, Allocated):
+                console.print(f"allocation refused: {allocated}", style="red")
+                return 2
+            wf = allocated.workflow_id
+            console.print(f"allocated {allocated.orders} signed work orders; dispatched as "
+                          f"[bold]{wf}[/] (audit {allocated.audit})")
+            done = asyncio.Event()
+            follower = asyncio.ensure_future(_progress(console, js, space, wf, done))
+            final = await engine.wait_terminal(wf, 120)
+            done.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(follower, 2)
+            follower.cancel()
+        for revised in maestro.replans:
+            console.print(f"replan r{revised.revision}: {revised.why}", style="cyan")
+            for step, move in revised.moved.items():
+                console.print(f"   {step}: {move}", style="cyan")
+        await _audit_trail(console, js, space)
+        loaded = await journal(js, space).read(wf)
+        decisions = [i.value for i in loaded.items]
+        mismatches = replay.verify(decisions)
+        replayed = replay.fold(decisions)
+        console.print(f"replay: folded {len(decisions)} journal messages up to #{loaded.version}; "
+                      f"state equals live: {replayed == final}; re-decided with "
+                      f"{len(mismatches)} mismatches")
+        console.print(f"workflow [bold]{final.status}[/]: {final.usage.tokens} tokens, "
+                      f"{final.usage.joules:.1f} J; try `moon status {wf}`, "
+                      f"`moon replay {wf} --verify`, `moon tail 'audit.>'`")
+        ok = final.status == "completed" and replayed == final and not mismatches
+        return 0 if ok else 1
+
+
+def _victim(plan: Plan, goal: Goal, offers: tuple[Offer, ...]) -> tuple[str, str]:
+    """The step to fail: a middle one that another eligible executor could take over."""
+    steps = {s.id: s for s in goal.steps}
+    order = sorted(plan.assignments, key=lambda a: a.start)
+
+    def has_peer(step: str, executor: str) -> bool:
+        want = steps[step]
+        return any(
+            o.executor != executor and o.trust >= want.min_trust
+            and (not goal.organisations or o.organisation in goal.organisations)
+            and any(c.capability == want.capability for c in o.capabilities)
+            for o in offers
+        )
+
+    candidates = [a for a in order[1:] if has_peer(a.step, a.executor)] or order
+    middle = candidates[len(candidates) // 2]
+    return middle.step, middle.executor
+
+
+def _undo(offer: Offer, goal: Goal, fail_once: set[str]) -> dict[str, Handler]:
+    """Compensation capabilities named in the goal, served by executors of the step's kind."""
+    mine = {c.capability for c in offer.capabilities}
+    return {s.compensation: _handler(offer, goal, fail_once)
+            for s in goal.steps if s.compensation and s.capability in mine}
