@@ -151,7 +151,7 @@ async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
             await stack.enter_async_context(
                 _running(lambda r: maestro.run_replanner(ready=r), maestro.stop))
             for w in workers:
-                await stack.enter_async_context(_running(lambda r, w=w: w.run(ready=r), w.stop))
+                await stack.enter_async_context(_running(w.run_until_ready, w.stop))
             allocated = await maestro.allocate(plan_id)
             if not isinstance(allocated, Allocated):
                 console.print(f"allocation refused: {allocated}", style="red")

@@ -165,6 +165,9 @@ class Worker:
     def stop(self) -> None:
         self._stopping.set()
 
+    async def run_until_ready(self, ready: asyncio.Event) -> None:
+        await self.run(ready=ready)
+
     async def _take(self, msg: Msg) -> None:
         order = ORDERS.try_decode(msg.data, seq=msg.metadata.sequence.stream, subject=msg.subject)
         if isinstance(order, Undecodable):
