@@ -14,7 +14,10 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 ENV = {f"{who}_PASSWORD": "test" for who in ("MOON", "MAESTRO", "EXECUTOR", "OPERATOR", "SYS")}
 
 
-@pytest.mark.parametrize("name", ["nats-single.conf", *(f"nats-cluster-{i}.conf" for i in (1, 2, 3))])
+CONFIGS = ["nats-single.conf", *(f"nats-cluster-{i}.conf" for i in (1, 2, 3))]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
 def test_the_server_accepts_the_config(name):
     done = subprocess.run([find_server_binary(), "-t", "-c", str(DEPLOY / name)],
                           capture_output=True, text=True, env={**os.environ, **ENV},
