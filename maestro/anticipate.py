@@ -6,12 +6,19 @@ estimate and the number can be journaled next to the plan.
 
 from __future__ import annotations
 
-import random
+from typing import Protocol
 
 import msgspec
 
 from maestro.plan import Plan
 from maestro.problem import Mode, Problem
+
+
+class Rng(Protocol):
+    """What the Monte Carlo needs of a seeded `random.Random`: the core never draws a seed."""
+
+    def random(self) -> float: ...
+
 
 __all__ = ["Anticipation", "Backup", "Compensation", "Slack", "anticipate"]
 
@@ -58,7 +65,7 @@ def _backup(modes: tuple[Mode, ...], primary: str) -> Mode | None:
 def anticipate(
     problem: Problem,
     plan: Plan,
-    rng: random.Random,
+    rng: Rng,
     *,
     samples: int = 2000,
     retry_below: float = 0.95,
