@@ -128,6 +128,55 @@ def board_command(
               f"reliability {offer.reliability:.2f}  {caps}")
 
 
+async def _serve(data_dir: Path | None, offers_path: Path | None) -> int:
+    from envelope.local import local_trust  # noqa: PLC0415
+    from maestro.board import Board  # noqa: PLC0415
+    from maestro.gateway import maestro_gate  # noqa: PLC0415
+    from maestro.goal import load_offers  # noqa: PLC0415
+    from maestro.service import Maestro  # noqa: PLC0415
+    from moon.service import on_sigterm  # noqa: PLC0415
+    from streams.broker import connect  # noqa: PLC0415
+    from streams.config import Topology, ensure_streams, space_from_env  # noqa: PLC0415
+    from streams.replies import Refusal  # noqa: PLC0415
+
+    home = data_dir or home_dir()
+    trust = local_trust(home)
+    space = space_from_env()
+    static = load_offers(offers_path) if offers_path else ()
+    if isinstance(static, Refusal):
+        err.print(f"maestro: offers: {static.detail}", markup=False)
+        return 1
+    async with connect(data_dir=home, name="maestro") as nc:
+        js = nc.jetstream()
+        await ensure_streams(js, Topology(space=space))
+        board = Board(js, space)
+
+        async def offers() -> Any:
+            return static or await board.live()
+
+        maestro = Maestro(nc, trust.maestro, trust.maestro_grant, trust.moon.did, offers,
+                          space=space)
+        gate = maestro_gate(nc, maestro, signer=trust.maestro,
+                            trust=trust.trust_for(trust.maestro))
+        on_sigterm(maestro.stop)
+        async with gate.serving():
+            await maestro.run_replanner()
+    return 0
+
+
+@app.command("serve")
+def serve_command(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+    offers: Annotated[Path | None, typer.Option(help="static offers instead of the board")] = None,
+) -> None:
+    """Serve map.maestro.plan/allocate/ratify/replan (and intents) and replan on deviations."""
+    configure_logging()
+    try:
+        raise typer.Exit(asyncio.run(_serve(data_dir, offers)))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 @app.command("demo")
 def demo_command(
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,

@@ -16,7 +16,7 @@ __all__ = ["serve_engine", "serve_worker"]
 log = structlog.get_logger("moon.service")
 
 
-def _on_sigterm(stop: object) -> None:
+def on_sigterm(stop: object) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
@@ -25,7 +25,7 @@ def _on_sigterm(stop: object) -> None:
 
 async def serve_engine(engine: Engine) -> None:
     """SIGTERM stops taking commands; those in hand finish and are acked before exit."""
-    _on_sigterm(engine.stop)
+    on_sigterm(engine.stop)
     ready = asyncio.Event()
     log.info("engine_starting", space=engine.space.prefix or "-")
     task = asyncio.ensure_future(engine.run(ready=ready))
@@ -38,7 +38,7 @@ async def serve_engine(engine: Engine) -> None:
 
 async def serve_worker(worker: Worker) -> None:
     """SIGTERM stops taking orders; an order not acked goes back to the pool, never lost."""
-    _on_sigterm(worker.stop)
+    on_sigterm(worker.stop)
     ready = asyncio.Event()
     task = asyncio.ensure_future(worker.run(ready=ready))
     await ready.wait()
