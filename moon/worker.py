@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 log = structlog.get_logger("moon.worker")
+SEEN_KEYS = 100_000
 
 
 class NonRetryable(Exception):
@@ -126,6 +127,9 @@ class Worker:
         self.effects = Effects(self.js, self.space)
         self._slots = asyncio.Semaphore(self.capacity)
         self._stopping = asyncio.Event()
+        # Keys this process has run or is running: a redelivered order (a lost ack, a broker
+        # restart that rewound the consumer) is acked, not run again. Bounded, oldest out.
+        self._seen: dict[str, None] = {}
 
     async def send(self, command: Any) -> None:
         await self.effects.send_command(command)
@@ -181,7 +185,18 @@ class Worker:
         if handler is None:
             await msg.nak(delay=1)  # another worker of the pool may serve it
             return
-        await self._run(order, handler, msg)
+        key = ("undo:" if order.compensation else "") + order.idempotency_key
+        if key in self._seen:
+            await msg.ack()  # already run (or running) here: its report is on its way
+            return
+        self._seen[key] = None
+        if len(self._seen) > SEEN_KEYS:
+            del self._seen[next(iter(self._seen))]
+        try:
+            await self._run(order, handler, msg)
+        except BaseException:
+            self._seen.pop(key, None)  # not reported: a redelivery must run it
+            raise
 
     async def _run(self, order: WorkOrder, handler: Handler, msg: Msg) -> None:
         wf, step, attempt = order.workflow_id, order.step, order.attempt

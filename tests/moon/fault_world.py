@@ -1,0 +1,195 @@
+"""Fault-test helpers: engine and executor subprocesses that can be killed -9, a side-effect log
+that survives the kill, and journal readers that ask nothing of a (possibly restarting) engine.
+
+Run as a module it is an executor: `python -m tests.moon.fault_world worker LOG [--ticks N]`
+(NATS_URL and MAESTRO_SPACE select the server and namespace). Its capability `count` counts from
+the last checkpoint to N, checkpointing after each tick; every line it writes goes to LOG with
+O_APPEND, so what ran before a SIGKILL is still counted after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from nats.js import JetStreamContext, api
+
+from moon import journal as moon_journal
+from moon import replay
+from moon.engine import ENGINE_CONSUMER
+from moon.workflow import WorkflowState, is_terminal
+from streams.moon_events import Decision
+from streams.subjects import Space
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# --- side effects, by idempotency key, in a file that outlives the process -------------------
+
+
+def record(path: Path, line: str) -> None:
+    """One whole line per write(2) with O_APPEND: lines never interleave, survive SIGKILL."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def lines(path: Path) -> list[list[str]]:
+    if not path.exists():
+        return []
+    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+
+
+def counts(path: Path, tag: str) -> Counter[str]:
+    return Counter(parts[1] for parts in lines(path) if parts[0] == tag)
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def _env(url: str, space: Space) -> dict[str, str]:
+    env = dict(os.environ, NATS_URL=url, MAESTRO_SPACE=space.prefix, PYTHONPATH=str(ROOT))
+    env.pop("MAESTRO_HOME", None)
+    return env
+
+
+def spawn_engine(url: str, space: Space, log: Path) -> subprocess.Popen[bytes]:
+    """`moon serve` as a child process: the thing a fault test kills -9."""
+    out = log.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-c", "from moon.cli import main; main()", "serve"],
+        env=_env(url, space), stdout=out, stderr=out, cwd=ROOT,
+    )
+
+
+def spawn_counter(url: str, space: Space, log: Path, *, executor: str,
+                  ticks: int, tick_s: float) -> subprocess.Popen[bytes]:
+    out = (log.parent / f"{executor}.out").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.moon.fault_world", "worker", str(log), "--id", executor,
+         "--ticks", str(ticks), "--tick-s", str(tick_s)],
+        env=_env(url, space), stdout=out, stderr=out, cwd=ROOT,
+    )
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+async def short_ack_wait_engine_consumer(js: JetStreamContext, space: Space,
+                                         ack_wait_s: float = 2.0) -> None:
+    """Create the engine's durable consumer as an operator would for fast failover: commands an
+    engine held when it died come back after `ack_wait_s`, not the default 30 s. The engine binds
+    to an existing durable as it finds it."""
+    durable = space.consumer(ENGINE_CONSUMER)
+    await js.add_consumer(
+        space.stream("MOON_CMD"),
+        api.ConsumerConfig(
+            durable_name=durable, deliver_group=durable,
+            deliver_subject=f"_deliver.{durable}", filter_subject=space.subject("moon.cmd.>"),
+            ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait_s, max_ack_pending=1024,
+            max_deliver=-1,
+        ),
+    )
+
+
+# --- the journal, read directly ---------------------------------------------------------------
+
+
+async def decisions(js: JetStreamContext, space: Space, workflow_id: str) -> list[Decision]:
+    loaded = await moon_journal.journal(js, space).read(workflow_id)
+    return [item.value for item in loaded.items]
+
+
+async def raw_journal(js: JetStreamContext, space: Space,
+                      workflow_id: str) -> list[tuple[int, bytes]]:
+    """(stream seq, encoded decision) pairs: what a reader saw acknowledged, byte for byte."""
+    loaded = await moon_journal.journal(js, space).read(workflow_id)
+    return [(item.seq, moon_journal.DECISIONS.encode(item.value)) for item in loaded.items]
+
+
+async def wait_all_terminal(js: JetStreamContext, space: Space, workflow_ids: Iterable[str],
+                            timeout_s: float, poll_s: float = 0.3) -> dict[str, WorkflowState]:
+    """Poll the journal (no long-lived subscription, so a broker restart cannot strand us)."""
+    pending = set(workflow_ids)
+    done: dict[str, WorkflowState] = {}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while pending:
+        for wf in sorted(pending):
+            with contextlib.suppress(Exception):
+                state = replay.fold(await decisions(js, space, wf))
+                if is_terminal(state):
+                    done[wf] = state
+        pending -= done.keys()
+        if not pending:
+            break
+        if loop.time() > deadline:
+            raise AssertionError(f"{len(pending)} workflows never ended: {sorted(pending)[:5]}")
+        await asyncio.sleep(poll_s)
+    return done
+
+
+async def wait_for(predicate, timeout_s: float, poll_s: float = 0.1):  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(poll_s)
+
+
+# --- the executor process ---------------------------------------------------------------------
+
+
+async def _serve_counter(log: Path, executor: str, ticks: int, tick_s: float) -> None:
+    from moon.service import serve_worker  # noqa: PLC0415
+    from moon.worker import Result, StepContext, Worker  # noqa: PLC0415
+    from streams.broker import connect  # noqa: PLC0415
+    from streams.config import space_from_env  # noqa: PLC0415
+
+    async def count(ctx: StepContext) -> Result:
+        start = int(ctx.resume_from or b"0")
+        record(log, f"begin {ctx.key} {start} {executor}")
+        for i in range(start, ticks):
+            await asyncio.sleep(tick_s)
+            record(log, f"tick {ctx.key} {i}")
+            await ctx.checkpoint(str(i + 1).encode())
+        record(log, f"done {ctx.key} {ticks}")
+        return Result(output=str(ticks).encode())
+
+    async with connect(name=f"fault-{executor}") as nc:
+        worker = Worker(nc, executor_id=executor, handlers={"count": count},
+                        space=space_from_env())
+        await serve_worker(worker)
+
+
+def main(argv: list[str]) -> None:
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=["worker"])
+    parser.add_argument("log", type=Path)
+    parser.add_argument("--id", default="counter")
+    parser.add_argument("--ticks", type=int, default=10)
+    parser.add_argument("--tick-s", type=float, default=0.2)
+    args = parser.parse_args(argv)
+    asyncio.run(_serve_counter(args.log, args.id, args.ticks, args.tick_s))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
