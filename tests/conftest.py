@@ -67,3 +67,24 @@ async def js(nc: Client, space: Space) -> JetStreamContext:
     context = nc.jetstream()
     await ensure_streams(context, Topology(space=space))
     return context
+
+
+def _docker_usable() -> bool:
+    try:
+        import docker  # noqa: PLC0415 - only the testcontainers path needs it
+
+        docker.from_env().ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def container_nats_url() -> Iterator[str]:
+    """The same server from a container image, where Docker works (never on our CI machines)."""
+    if not _docker_usable():
+        pytest.skip("Docker is not usable here: the embedded nats-server covers these tests")
+    from testcontainers.core.container import DockerContainer  # noqa: PLC0415
+
+    with DockerContainer("nats:2.12-alpine").with_command("-js").with_exposed_ports(4222) as box:
+        yield f"nats://{box.get_container_host_ip()}:{box.get_exposed_port(4222)}"
