@@ -365,6 +365,40 @@ def diff_command(workflow_id: str, a: int, b: int, data_dir: DataDir = None) -> 
         print(_json(change))
 
 
+async def _fork(workflow_id: str, at_seq: int, new_id: str, data_dir: Path | None) -> Any:
+    from moon import replay  # noqa: PLC0415
+    from moon.engine import Engine  # noqa: PLC0415
+    from moon.journal import journal  # noqa: PLC0415
+
+    async with connect(data_dir=data_dir, name="moon-fork") as nc:
+        loaded = await journal(nc.jetstream(), space_from_env()).read(workflow_id, upto=at_seq)
+        if not loaded.items:
+            return None
+        state = replay.fold(i.value for i in loaded.items)
+        command = replay.fork(state, new_id, int(time.time() * 1000))
+        return await Engine(nc, space=space_from_env()).submit(command)
+
+
+@app.command("fork")
+def fork_command(
+    workflow_id: str,
+    at_seq: Annotated[int, typer.Option("--at-seq", help="the state to start from")],
+    new_id: Annotated[str, typer.Option("--as", help="the new workflow's id")],
+    data_dir: DataDir = None,
+) -> None:
+    """Start a new workflow from the state of WORKFLOW_ID at a stream sequence."""
+    from streams.replies import Refusal  # noqa: PLC0415
+
+    outcome = _run(_fork(workflow_id, at_seq, new_id, data_dir))
+    if outcome is None:
+        err.print(f"moon fork: unknown workflow {workflow_id!r}", markup=False)
+        raise typer.Exit(1)
+    if isinstance(outcome, Refusal):
+        err.print(f"refused ({outcome.reason.value}): {outcome.detail}", markup=False)
+        raise typer.Exit(2)
+    print(_json({"workflow_id": new_id, "forked_from": workflow_id, "at_seq": at_seq}))
+
+
 async def _command(workflow_id: str, kind: str, reason: str, data_dir: Path | None) -> Any:
     from moon.engine import Engine  # noqa: PLC0415
     from streams.moon_events import Cancel, Compensate  # noqa: PLC0415
