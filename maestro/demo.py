@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from moon import replay
 from moon.engine import Engine
 from moon.gateway import moon_gate
 from moon.journal import journal
+from moon.service import running
 from moon.worker import Handler, NonRetryable, Result, StepContext, Worker
 from streams.audit import AuditRecord
 from streams.broker import connect
@@ -40,23 +40,6 @@ __all__ = ["run_demo"]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SPEED = 400  # demo executors run the plan's durations this many times faster
-
-
-@contextlib.asynccontextmanager
-async def _running(start: Callable[[asyncio.Event], Any], stop: Callable[[], None]
-                   ) -> AsyncIterator[None]:
-    ready = asyncio.Event()
-    task = asyncio.ensure_future(start(ready))
-    await asyncio.wait([task, asyncio.ensure_future(ready.wait())],
-                       return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    try:
-        yield
-    finally:
-        stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
 
 
 def _handler(offer: Offer, goal: Goal, fail_once: set[str]) -> Handler:
@@ -146,12 +129,12 @@ async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
                                     for c in o.capabilities} | _undo(o, goal, fail_once),
                           capacity=o.capacity) for o in offers]
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(_running(lambda r: engine.run(ready=r), engine.stop))
+            await stack.enter_async_context(running(lambda r: engine.run(ready=r), engine.stop))
             await stack.enter_async_context(gate.serving())
             await stack.enter_async_context(
-                _running(lambda r: maestro.run_replanner(ready=r), maestro.stop))
+                running(lambda r: maestro.run_replanner(ready=r), maestro.stop))
             for w in workers:
-                await stack.enter_async_context(_running(w.run_until_ready, w.stop))
+                await stack.enter_async_context(running(w.run_until_ready, w.stop))
             allocated = await maestro.allocate(plan_id)
             if not isinstance(allocated, Allocated):
                 console.print(f"allocation refused: {allocated}", style="red")

@@ -5,15 +5,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 
 from moon.engine import Engine
 from moon.worker import Worker
 
-__all__ = ["serve_engine", "serve_worker"]
+__all__ = ["on_sigterm", "running", "serve_engine", "serve_worker"]
 
 log = structlog.get_logger("moon.service")
+
+
+@contextlib.asynccontextmanager
+async def running(
+    start: Callable[[asyncio.Event], Awaitable[None]], stop: Callable[[], None]
+) -> AsyncIterator[None]:
+    """Run a service (engine, worker, gate loop) for the block: entered once it is ready,
+    stopped gracefully on exit. A service that fails to start raises here, not later."""
+    ready = asyncio.Event()
+    task = asyncio.ensure_future(start(ready))
+    waiter = asyncio.ensure_future(ready.wait())
+    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if task.done():
+        task.result()
+    try:
+        yield
+    finally:
+        stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
 
 
 def on_sigterm(stop: object) -> None:

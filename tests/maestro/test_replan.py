@@ -13,11 +13,12 @@ from maestro.goal import Budget, CapabilityOffer, Goal, Offer, Step
 from maestro.service import Allocated, Maestro
 from moon.gateway import moon_gate
 from moon.journal import journal
+from moon.service import running
 from moon.worker import Result
 from streams.codec import Undecodable
 from streams.moon_events import StepScheduled, StepStarted
 
-from ..moon.engine_world import engine, running, worker
+from ..moon.engine_world import engine, worker
 
 SLOW_ON_B = (
     "import sys, json, time; o = json.load(sys.stdin); "
@@ -76,7 +77,7 @@ async def test_an_executor_dies_mid_plan_and_the_revision_moves_the_rest(
         async with engine(nc, space) as eng, worker(nc, space, {"work": backup}, executor_id="x2"):
             gate = moon_gate(nc, eng, signer=trust.moon, trust=trust.trust_for(trust.moon))
             async with gate.serving(), running(
-                lambda ready: (maestro.run_replanner(ready=ready), maestro.stop)):
+                    lambda ready: maestro.run_replanner(ready=ready), maestro.stop):
                 outcome = await maestro.plan(GOAL, plan_id="p1")
                 assert outcome.decision == "planned"
                 assert {a.executor for a in outcome.plan.assignments} == {"x1"}

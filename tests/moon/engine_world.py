@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 from collections import Counter
@@ -12,6 +11,7 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client
 
 from moon.engine import Engine, now_ms
+from moon.service import running
 from moon.worker import Handler, Worker
 from streams.moon_events import Dispatch, RetryPolicy, StepSpec
 from streams.subjects import Space
@@ -41,26 +41,9 @@ def step(id_: str, capability: str = "work", needs: tuple[str, ...] = (), **opti
 
 
 @contextlib.asynccontextmanager
-async def running(task_factory) -> AsyncIterator[None]:
-    ready = asyncio.Event()
-    runner, stop = task_factory(ready)
-    task = asyncio.ensure_future(runner)
-    await asyncio.wait([task, asyncio.ensure_future(ready.wait())],
-                       return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    try:
-        yield
-    finally:
-        stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
-
-
-@contextlib.asynccontextmanager
 async def engine(nc: Client, space: Space) -> AsyncIterator[Engine]:
     eng = Engine(nc, space=space)
-    async with running(lambda ready: (eng.run(ready=ready), eng.stop)):
+    async with running(lambda ready: eng.run(ready=ready), eng.stop):
         yield eng
 
 
@@ -68,5 +51,5 @@ async def engine(nc: Client, space: Space) -> AsyncIterator[Engine]:
 async def worker(nc: Client, space: Space, handlers: dict[str, Handler], executor_id: str = "x1",
                  **options) -> AsyncIterator[Worker]:
     w = Worker(nc, executor_id=executor_id, handlers=handlers, space=space, **options)
-    async with running(lambda ready: (w.run(ready=ready), w.stop)):
+    async with running(lambda ready: w.run(ready=ready), w.stop):
         yield w
