@@ -31,7 +31,7 @@ from streams.audit import AuditRecord, audit_subject
 from streams.codec import Undecodable
 from streams.config import WORKFLOWS
 from streams.decider import Decided
-from streams.moon_events import Deviation, MoonCommand, MoonEvent, command_kind
+from streams.moon_events import Deviation, FireTimer, MoonCommand, MoonEvent, command_kind
 from streams.replies import CODES, Reason, Refusal
 from streams.subjects import Space
 
@@ -83,6 +83,9 @@ class Engine:
     nc: Client
     space: Space = field(default_factory=Space)
     concurrency: int = 256
+    # Commands a dead engine held come back after this: short, since handling one twice is
+    # harmless (it decides nothing the second time).
+    ack_wait_s: float = 5.0
     clock_ms: Callable[[], int] = now_ms
     stats: Stats = field(default_factory=Stats)
 
@@ -145,16 +148,22 @@ class Engine:
             await msg.term()  # redelivering garbage would never help
             return
         self.stats.commands += 1
+        if isinstance(decoded, FireTimer) and decoded.at_ms < (now := self.clock_ms()):
+            # A timer handled late (no engine was running when it fired) decides as of now, so
+            # a retry it schedules gets a deadline in the future, not one already past.
+            decoded = msgspec.structs.replace(decoded, at_ms=now)
         try:
             outcome = await self.submit(decoded, redelivered=msg.metadata.num_delivered > 1)
         except Exception:
             log.exception("command_failed", workflow=decoded.workflow_id,
                           command=decoded.command_id)
-            await msg.nak(delay=1)
+            with contextlib.suppress(Exception):  # broker gone: it redelivers anyway
+                await msg.nak(delay=1)
             return
         if isinstance(outcome, Refusal):
             await self._audit_refusal(decoded, outcome, msg.data)
-        await msg.ack()
+        with contextlib.suppress(Exception):
+            await msg.ack()
         self.stats.latency_ms.append((time.perf_counter() - started) * 1000)
 
     async def _audit_bad(self, msg: Msg, bad: Undecodable) -> None:
@@ -205,7 +214,7 @@ class Engine:
                 manual_ack=True,
                 pending_msgs_limit=100_000,
                 config=api.ConsumerConfig(
-                    ack_wait=30, max_ack_pending=self.concurrency * 4,
+                    ack_wait=self.ack_wait_s, max_ack_pending=self.concurrency * 4,
                     max_deliver=-1,
                 ),
             )
