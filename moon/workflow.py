@@ -140,6 +140,9 @@ class StepState(msgspec.Struct, frozen=True):
     usage: Usage = Usage()
     error: str = ""
     outcome: Outcome = ""  # of the current attempt
+    # Where the plan sends this step (the dispatch or the latest replan); `executor` is who ran
+    # the current attempt. Retries go to `assigned`: None means any executor of the capability.
+    assigned: str | None = None
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -180,7 +183,10 @@ def evolve(state: WorkflowState, event: MoonEvent) -> WorkflowState:
     """Total and pure: the state after one event."""
     match event:
         case Dispatched():
-            steps = {spec.id: StepState(spec=spec, executor=spec.executor) for spec in event.steps}
+            steps = {
+                spec.id: StepState(spec=spec, executor=spec.executor, assigned=spec.executor)
+                for spec in event.steps
+            }
             usage = Usage()
             for carried in event.completed:
                 steps[carried.step] = _replace(
@@ -272,7 +278,7 @@ def evolve(state: WorkflowState, event: MoonEvent) -> WorkflowState:
         case ReplanApplied():
             steps = dict(state.steps)
             for step, executor in event.assignments.items():
-                steps[step] = _replace(steps[step], executor=executor)
+                steps[step] = _replace(steps[step], executor=executor, assigned=executor)
             budget = state.budget_tokens if event.budget_tokens is None else event.budget_tokens
             return _replace(
                 state,
@@ -674,7 +680,7 @@ def _fire(command: FireTimer, acc: _Acc) -> list[MoonEvent] | Refusal | None:
             if s.status == "backoff" and state.status == "running" and not state.halted:
                 acc.emit(
                     StepScheduled(
-                        at_ms=at, step=s.spec.id, attempt=s.attempt + 1, executor=s.executor
+                        at_ms=at, step=s.spec.id, attempt=s.attempt + 1, executor=s.assigned
                     )
                 )
             elif s.status == "compensation_backoff" and state.status == "compensating":
@@ -746,7 +752,7 @@ def _replan(command: Replan, acc: _Acc) -> list[MoonEvent] | Refusal | None:
             if s.status in ("failed", "backoff") or step in moved:
                 acc.emit(
                     StepScheduled(
-                        at_ms=at, step=step, attempt=s.attempt + 1, executor=s.executor, fresh=True
+                        at_ms=at, step=step, attempt=s.attempt + 1, executor=s.assigned, fresh=True
                     )
                 )
     _advance(acc, at)
@@ -848,7 +854,7 @@ def _advance(acc: _Acc, at: int) -> None:
             if s.status == "pending" and all(
                 state.steps[dep].status == "completed" for dep in s.needs
             ):
-                acc.emit(StepScheduled(at_ms=at, step=step, attempt=1, executor=s.executor))
+                acc.emit(StepScheduled(at_ms=at, step=step, attempt=1, executor=s.assigned))
     if all(s.status == "completed" for s in acc.state.steps.values()):
         acc.emit(WorkflowCompleted(at_ms=at, usage=acc.state.usage))
 
@@ -872,7 +878,7 @@ def _compensation_order(s: StepState, at: int, *, fresh: bool) -> CompensationSc
         step=s.spec.id,
         attempt=s.attempt + 1,
         capability=s.spec.compensation,
-        executor=s.executor,
+        executor=s.assigned,
         fresh=fresh,
     )
 
