@@ -93,7 +93,7 @@ def maestro_gate(nc: Nats, maestro: Maestro, *, signer: Signer, trust: Trust) ->
         request = _decode(opened.body, ReplanRequest)
         if isinstance(request, Refusal):
             return request
-        outcome = await maestro.on_deviation(request.deviation, 0)
+        outcome = await maestro.on_deviation(request.deviation)
         if isinstance(outcome, Refusal):
             return outcome
         plan_id = request.deviation.plan_id or ""

@@ -34,7 +34,7 @@ from moon.gateway import DispatchReply
 from moon.journal import DECISIONS, journal
 from moon.workflow import WorkflowState
 from streams import subjects
-from streams.codec import Codec
+from streams.codec import Codec, Undecodable
 from streams.config import MOON, PLANS
 from streams.decider import Decided, Decider, Runner
 from streams.jetstream_store import JetStreamStore
@@ -216,7 +216,7 @@ class Maestro:
 
     # --- replan on deviation --------------------------------------------------------------------
 
-    async def on_deviation(self, deviation: Deviation, seq: int) -> PlanRevised | Refusal | None:
+    async def on_deviation(self, deviation: Deviation) -> PlanRevised | Refusal | None:
         """Re-solve what is left; done steps fixed, running ones pinned, the culprit excluded."""
         if deviation.kind not in REPLAN_ON or not deviation.plan_id:
             return None
@@ -275,11 +275,11 @@ class Maestro:
 
     async def _on_journal(self, msg: Msg) -> None:
         decision = DECISIONS.try_decode(msg.data)
-        if isinstance(decision, msgspec.Struct) and hasattr(decision, "events"):
+        if not isinstance(decision, Undecodable):
             for event in decision.events:
                 if isinstance(event, Deviation):
                     try:
-                        await self.on_deviation(event, msg.metadata.sequence.stream)
+                        await self.on_deviation(event)
                     except Exception:
                         log.exception("replan_failed", workflow=event.workflow_id)
                         await msg.nak(delay=1)

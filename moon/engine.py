@@ -75,7 +75,6 @@ class Stats:
     duplicates: int = 0
     deviations: int = 0
     orders: int = 0
-    latency_ms: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -140,7 +139,6 @@ class Engine:
     # --- the command consumer ------------------------------------------------------------------
 
     async def _on_command(self, msg: Msg) -> None:
-        started = time.perf_counter()
         decoded = COMMANDS.try_decode(msg.data, seq=msg.metadata.sequence.stream,
                                       subject=msg.subject)
         if isinstance(decoded, Undecodable):
@@ -164,7 +162,6 @@ class Engine:
             await self._audit_refusal(decoded, outcome, msg.data)
         with contextlib.suppress(Exception):
             await msg.ack()
-        self.stats.latency_ms.append((time.perf_counter() - started) * 1000)
 
     async def _audit_bad(self, msg: Msg, bad: Undecodable) -> None:
         digest = hashlib.sha256(msg.data).hexdigest()

@@ -18,7 +18,16 @@ from envelope.seal import Opened, Trust
 from moon import replay
 from moon.engine import Engine, now_ms
 from moon.journal import journal
-from streams.moon_events import CheckpointStep, Compensate, Dispatch, OnFailure, StepSpec
+from moon.workflow import WorkflowState
+from streams.decider import Decided
+from streams.moon_events import (
+    CheckpointStep,
+    Compensate,
+    Dispatch,
+    MoonEvent,
+    OnFailure,
+    StepSpec,
+)
 from streams.replies import Reason, Refusal
 
 __all__ = [
@@ -90,6 +99,14 @@ def _decode(body: bytes, type_: type[T]) -> T | Refusal:
         return Refusal(Reason.MALFORMED, str(error))
 
 
+def _reply(workflow_id: str, outcome: Decided[MoonEvent, WorkflowState] | Refusal
+           ) -> DispatchReply | Refusal:
+    if isinstance(outcome, Refusal):
+        return outcome
+    return DispatchReply(workflow_id=workflow_id, version=outcome.version,
+                         status=outcome.state.status)
+
+
 def moon_gate(
     nc: Nats, engine: Engine, *, signer: Signer, trust: Trust, clock: Callable[[], int] = now_ms
 ) -> Gate:
@@ -112,37 +129,25 @@ def moon_gate(
             plan_revision=request.plan_revision,
             on_failure=request.on_failure,
         )
-        outcome = await engine.submit(command)
-        if isinstance(outcome, Refusal):
-            return outcome
-        return DispatchReply(workflow_id=command.workflow_id, version=outcome.version,
-                             status=outcome.state.status)
+        return _reply(command.workflow_id, await engine.submit(command))
 
     async def compensate(opened: Opened) -> DispatchReply | Refusal:
         request = _decode(opened.body, CompensateRequest)
         if isinstance(request, Refusal):
             return request
-        outcome = await engine.submit(Compensate(
+        return _reply(request.workflow_id, await engine.submit(Compensate(
             command_id=opened.request_id, workflow_id=request.workflow_id, at_ms=clock(),
             reason=request.reason or f"requested by {opened.caller}",
-        ))
-        if isinstance(outcome, Refusal):
-            return outcome
-        return DispatchReply(workflow_id=request.workflow_id, version=outcome.version,
-                             status=outcome.state.status)
+        )))
 
     async def checkpoint(opened: Opened) -> DispatchReply | Refusal:
         request = _decode(opened.body, CheckpointRequest)
         if isinstance(request, Refusal):
             return request
-        outcome = await engine.submit(CheckpointStep(
+        return _reply(request.workflow_id, await engine.submit(CheckpointStep(
             command_id=opened.request_id, workflow_id=request.workflow_id, at_ms=clock(),
             step=request.step, attempt=request.attempt, state=request.state,
-        ))
-        if isinstance(outcome, Refusal):
-            return outcome
-        return DispatchReply(workflow_id=request.workflow_id, version=outcome.version,
-                             status=outcome.state.status)
+        )))
 
     async def replay_(opened: Opened) -> ReplayReply | Refusal:
         request = _decode(opened.body, ReplayRequest)

@@ -99,7 +99,7 @@ class StreamConflict(RuntimeError):
     """A stream exists with a config we cannot reconcile (e.g. other subjects or retention)."""
 
 
-# Fields the server fills in or we never set; comparing them would make every run "changed".
+# Fields a stream cannot change in place: a difference here is a conflict, not an update.
 _IMMUTABLE = ("retention", "storage")
 
 
