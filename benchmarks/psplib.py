@@ -1,7 +1,10 @@
 """Plan quality and solve time on PSPLIB sets against the published optima and bounds.
 
     python benchmarks/psplib.py ../shared/benchmarks/psplib/j30 --time-limit 1 [--limit N]
-        [--workers W] [--seed S] [--deterministic]
+        [--stride K] [--workers W] [--seed S] [--deterministic]
+
+--stride K keeps every K-th instance (a sample across all parameter groups, unlike --limit,
+which keeps the first N and so only the first groups).
 
 DIR is a set folder (j30, mm_j10, rcpsp_max_j30, ...) or the psplib root (every set in it).
 Each set is solved by CP-SAT (via maestro.solve) and by the serial SGS in the same process.
@@ -31,9 +34,10 @@ def _q(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))] if values else 0.0
 
 
-def run_set(folder: Path, opts: SolveOptions, limit: int | None) -> None:
+def run_set(folder: Path, opts: SolveOptions, limit: int | None, stride: int = 1) -> None:
     refs = psplib.read_references(folder.parent, folder.name)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".sm", ".mm", ".sch"))
+    files = files[::stride]
     files = files[:limit] if limit else files
     rows = []
     t_start = time.perf_counter()
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dir", type=Path)
     ap.add_argument("--time-limit", type=float, default=1.0)
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--stride", type=int, default=1)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--deterministic", action="store_true")
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         [root / s for s in SETS if (root / s).is_dir()] if (root / "bounds").is_dir() else [root]
     )
     for folder in folders:
-        run_set(folder, opts, args.limit)
+        run_set(folder, opts, args.limit, args.stride)
     return 0
 
 

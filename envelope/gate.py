@@ -36,6 +36,7 @@ from envelope.seal import (
 )
 from envelope.trace import is_valid_traceparent, trace_id
 from envelope.treaty import TreatyLimiter
+from streams import metrics
 from streams.audit import AuditRecord, Outcome
 from streams.replies import Reason, Refusal
 from streams.subjects import Space, intent, map_request
@@ -203,6 +204,12 @@ class Gate:
         self, route: _Route, kv: Any, data: bytes, headers: Mapping[str, str] | None
     ) -> tuple[bytes, str]:
         """Open, dedupe, run, seal, store and audit one request; returns (response, traceparent)."""
+        with metrics.GATE_SECONDS.labels(self.service, route.method).time():
+            return await self._answer(route, kv, data, headers)
+
+    async def _answer(
+        self, route: _Route, kv: Any, data: bytes, headers: Mapping[str, str] | None
+    ) -> tuple[bytes, str]:
         now = self.clock()
         opened = open_envelope(
             data,
@@ -240,6 +247,7 @@ class Gate:
         earlier = await self._claim(kv, opened.request_id, opened.caller, now)
         if earlier is not None:
             log.info("replayed", outcome="stored")
+            self._count(route, "replayed", None)
             return earlier
         outcome: Outcome
         try:
@@ -274,7 +282,13 @@ class Gate:
             await kv.put(opened.request_id, _encode(Stored(opened.caller, True, now, response)))
             await self.audit.append(record, msg_id=record.id)
         log.info("answered", outcome=outcome, reason=record.reason)
+        self._count(route, outcome, record.reason)
         return response
+
+    def _count(self, route: _Route, outcome: str, reason: Reason | None) -> None:
+        metrics.GATE_REQUESTS.labels(
+            self.service, route.method, outcome, "" if reason is None else reason.value
+        ).inc()
 
     async def _refused(
         self, route: _Route, kv: Any, data: bytes, refusal: Refusal, now: int
@@ -295,6 +309,7 @@ class Gate:
                 refusal=refusal,
             )
             await self.audit.append_unauthenticated(record, now_ms=now)
+            self._count(route, "refused", refusal.reason)
             return self._respond(record, audience="", reply=refusal)
         request_id = refusal.evidence["request_id"]
         log = self._log.bind(
@@ -305,6 +320,7 @@ class Gate:
             if earlier is not None:
                 log.info("replayed", outcome="stored")
                 self.audit.counts["replayed"] += 1
+                self._count(route, "replayed", None)
                 return earlier
         record = self._record(
             route,
@@ -325,6 +341,7 @@ class Gate:
                 await kv.create(request_id, _encode(Stored(caller, True, now, response)))
             await self.audit.append(record, msg_id=request_id)
         log.info("refused", reason=refusal.reason.value)
+        self._count(route, "refused", refusal.reason)
         return response
 
     async def _claim(self, kv: Any, request_id: str, caller: str, now: int) -> bytes | None:

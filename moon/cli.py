@@ -110,7 +110,12 @@ def tail_command(
 # --- services -------------------------------------------------------------------------------
 
 
-async def _serve(data_dir: Path | None, concurrency: int) -> int:
+MetricsPort = Annotated[int | None, typer.Option(
+    "--metrics-port", envvar="MAESTRO_METRICS_PORT",
+    help="serve Prometheus /metrics on this loopback port (0: any free port)")]
+
+
+async def _serve(data_dir: Path | None, concurrency: int, metrics_port: int | None) -> int:
     from envelope.local import local_trust  # noqa: PLC0415 - keep `moon tail` start-up light
     from moon.engine import Engine  # noqa: PLC0415
     from moon.gateway import moon_gate  # noqa: PLC0415
@@ -124,7 +129,7 @@ async def _serve(data_dir: Path | None, concurrency: int) -> int:
         engine = Engine(nc, space=space_from_env(), concurrency=concurrency)
         gate = moon_gate(nc, engine, signer=trust.moon, trust=trust.trust_for(trust.moon))
         async with gate.serving():
-            await serve_engine(engine)
+            await serve_engine(engine, metrics_port=metrics_port)
     return 0
 
 
@@ -132,17 +137,20 @@ async def _serve(data_dir: Path | None, concurrency: int) -> int:
 def serve_command(
     data_dir: DataDir = None,
     concurrency: Annotated[int, typer.Option(help="commands handled at once")] = 256,
+    metrics_port: MetricsPort = None,
 ) -> None:
-    """Run the engine: consume commands, journal decisions, send work orders and timers."""
+    """Run the engine: consume commands, journal decisions, send work orders and timers.
+    Health: `health.moon-engine` and `$SRV.PING|INFO|STATS.moon-engine` over NATS."""
     configure_logging()
     try:
-        raise typer.Exit(asyncio.run(_serve(data_dir, concurrency)))
+        raise typer.Exit(asyncio.run(_serve(data_dir, concurrency, metrics_port)))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
 
 async def _worker(data_dir: Path | None, executor: str, capabilities: list[str],
-                  command: list[str] | None, url: str | None, watts: float, capacity: int) -> int:
+                  command: list[str] | None, url: str | None, watts: float, capacity: int,
+                  metrics_port: int | None) -> int:
     from moon.service import serve_worker  # noqa: PLC0415
     from moon.worker import Handler, Worker, http_handler, subprocess_handler  # noqa: PLC0415
 
@@ -159,7 +167,7 @@ async def _worker(data_dir: Path | None, executor: str, capabilities: list[str],
         await ensure_streams(nc.jetstream(), Topology(space=space_from_env()))
         worker = Worker(nc, executor_id=executor, handlers=dict.fromkeys(capabilities, handler),
                         space=space_from_env(), watts=watts, capacity=capacity)
-        await serve_worker(worker)
+        await serve_worker(worker, metrics_port=metrics_port)
     return 0
 
 
@@ -172,13 +180,15 @@ def worker_command(
     watts: Annotated[float, typer.Option(help="declared power draw, for joules")] = 0.0,
     capacity: Annotated[int, typer.Option(help="steps run at once")] = 8,
     data_dir: DataDir = None,
+    metrics_port: MetricsPort = None,
 ) -> None:
-    """Run an executor: take work orders for its capabilities, run them, report results."""
+    """Run an executor: take work orders for its capabilities, run them, report results.
+    Health: `health.moon-worker` and `$SRV.PING|INFO|STATS.moon-worker` over NATS."""
     configure_logging()
     argv = shlex.split(command) if command else None
     try:
         raise typer.Exit(asyncio.run(
-            _worker(data_dir, executor, capability, argv, url, watts, capacity)))
+            _worker(data_dir, executor, capability, argv, url, watts, capacity, metrics_port)))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +27,19 @@ from nats.js import JetStreamContext, api
 from moon import journal, workflow
 from moon.effects import COMMANDS, Effects, in_flight_orders
 from moon.workflow import WorkflowState, is_terminal, timers, work_orders
+from streams import metrics
 from streams.audit import AuditRecord, audit_subject
 from streams.codec import Undecodable
 from streams.config import WORKFLOWS
 from streams.decider import Decided
-from streams.moon_events import Deviation, FireTimer, MoonCommand, MoonEvent, command_kind
+from streams.moon_events import (
+    Deviation,
+    FireTimer,
+    MoonCommand,
+    MoonEvent,
+    StepCompleted,
+    command_kind,
+)
 from streams.replies import CODES, Reason, Refusal
 from streams.subjects import Space
 
@@ -96,6 +104,7 @@ class Engine:
         self._slots = asyncio.Semaphore(self.concurrency)
         self._index: Any = None
         self._stopping = asyncio.Event()
+        self.consuming = False  # between subscribing and stopping: what `health` reports
 
     async def _workflows(self) -> Any:
         if self._index is None:
@@ -108,6 +117,24 @@ class Engine:
         self, command: MoonCommand, *, redelivered: bool = False
     ) -> Decided[MoonEvent, WorkflowState] | Refusal:
         """Decide, journal, send effects. Safe to call again with the same command."""
+        kind = command_kind(command)
+        with metrics.COMMAND_SECONDS.labels(kind).time():
+            outcome = await self._submit(command, redelivered=redelivered)
+        match outcome:
+            case Refusal():
+                metrics.COMMANDS.labels(kind, "refused").inc()
+            case _ if outcome.duplicate:
+                metrics.COMMANDS.labels(kind, "duplicate").inc()
+            case _ if not outcome.events:
+                metrics.COMMANDS.labels(kind, "noop").inc()
+            case _:
+                metrics.COMMANDS.labels(kind, "decided").inc()
+                _count_events(outcome.events)
+        return outcome
+
+    async def _submit(
+        self, command: MoonCommand, *, redelivered: bool
+    ) -> Decided[MoonEvent, WorkflowState] | Refusal:
         wf = command.workflow_id
         async with self._locks[wf]:
             outcome = await self.runner.handle(wf, command, key=command.command_id)
@@ -142,6 +169,7 @@ class Engine:
         decoded = COMMANDS.try_decode(msg.data, seq=msg.metadata.sequence.stream,
                                       subject=msg.subject)
         if isinstance(decoded, Undecodable):
+            metrics.COMMANDS.labels("unknown", "malformed").inc()
             await self._audit_bad(msg, decoded)
             await msg.term()  # redelivering garbage would never help
             return
@@ -155,6 +183,7 @@ class Engine:
         except Exception:
             log.exception("command_failed", workflow=decoded.workflow_id,
                           command=decoded.command_id)
+            metrics.COMMANDS.labels(command_kind(decoded), "failed").inc()
             with contextlib.suppress(Exception):  # broker gone: it redelivers anyway
                 await msg.nak(delay=1)
             return
@@ -215,11 +244,13 @@ class Engine:
                     max_deliver=-1,
                 ),
             )
+            self.consuming = True
             if ready is not None:
                 ready.set()
             try:
                 await self._stopping.wait()
             finally:
+                self.consuming = False
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
 
@@ -235,6 +266,18 @@ class Engine:
         """Follow the workflow's journal until it ends; the state is the fold of what was read."""
         return await asyncio.wait_for(follow_until_terminal(self.js, self.space, workflow_id),
                                       timeout_s)
+
+
+def _count_events(events: Iterable[MoonEvent]) -> None:
+    for event in events:
+        metrics.EVENTS.labels(type(event).__struct_config__.tag).inc()
+        match event:
+            case Deviation():
+                metrics.DEVIATIONS.labels(event.kind).inc()
+            case StepCompleted():
+                metrics.STEP_SECONDS.observe(event.usage.wall_ms / 1000)
+            case _:
+                pass
 
 
 async def follow_until_terminal(

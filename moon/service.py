@@ -1,4 +1,4 @@
-"""Running the engine and workers as services: signals, graceful shutdown, logs bound."""
+"""Running the engine and workers as services: signals, graceful shutdown, health, metrics."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
+from nats.aio.client import Client
 
 from moon.engine import Engine
 from moon.worker import Worker
+from streams.health import Check, health_service
+from streams.metrics import serve_metrics
+from streams.subjects import Space
 
-__all__ = ["on_sigterm", "running", "serve_engine", "serve_worker"]
+__all__ = ["observed", "on_sigterm", "running", "serve_engine", "serve_worker"]
 
 log = structlog.get_logger("moon.service")
 
@@ -45,25 +49,59 @@ def on_sigterm(stop: object) -> None:
             loop.add_signal_handler(sig, stop)  # type: ignore[arg-type]
 
 
-async def serve_engine(engine: Engine) -> None:
+@contextlib.asynccontextmanager
+async def observed(
+    nc: Client, name: str, *, space: Space, checks: dict[str, Check],
+    metrics_port: int | None = None, metadata: dict[str, str] | None = None,
+) -> AsyncIterator[None]:
+    """Health as a NATS micro service for the block, and /metrics over HTTP if a port is given
+    (0 picks a free one; the bound port is logged)."""
+    if metrics_port is not None:
+        bound = serve_metrics(metrics_port)
+        log.info("metrics_serving", url=f"http://127.0.0.1:{bound}/metrics")
+    service = await health_service(nc, name, space=space, checks=checks, metadata=metadata)
+    log.info("health_serving", service=name, id=service.id)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # the connection may already be gone
+            await service.stop()
+
+
+async def serve_engine(engine: Engine, *, metrics_port: int | None = None) -> None:
     """SIGTERM stops taking commands; those in hand finish and are acked before exit."""
     on_sigterm(engine.stop)
     ready = asyncio.Event()
     log.info("engine_starting", space=engine.space.prefix or "-")
     task = asyncio.ensure_future(engine.run(ready=ready))
     await ready.wait()
-    log.info("engine_ready")
-    await task
+
+    async def consuming() -> str | None:
+        return None if engine.consuming else "not consuming commands"
+
+    async with observed(engine.nc, "moon-engine", space=engine.space,
+                        checks={"engine": consuming}, metrics_port=metrics_port):
+        log.info("engine_ready")
+        await task
     log.info("engine_stopped", **{k: v for k, v in vars(engine.stats).items()
                                    if isinstance(v, int)})
 
 
-async def serve_worker(worker: Worker) -> None:
+async def serve_worker(worker: Worker, *, metrics_port: int | None = None) -> None:
     """SIGTERM stops taking orders; an order not acked goes back to the pool, never lost."""
     on_sigterm(worker.stop)
     ready = asyncio.Event()
     task = asyncio.ensure_future(worker.run(ready=ready))
     await ready.wait()
-    log.info("worker_ready", executor=worker.executor_id, capabilities=sorted(worker.handlers))
-    await task
+
+    async def taking() -> str | None:
+        return "stopped taking orders" if task.done() else None
+
+    async with observed(worker.nc, "moon-worker", space=worker.space,
+                        checks={"worker": taking}, metrics_port=metrics_port,
+                        metadata={"executor": worker.executor_id,
+                                  "capabilities": ",".join(sorted(worker.handlers))}):
+        log.info("worker_ready", executor=worker.executor_id,
+                 capabilities=sorted(worker.handlers))
+        await task
     log.info("worker_stopped", executor=worker.executor_id, executed=len(worker.executed))

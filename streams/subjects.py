@@ -13,6 +13,7 @@ __all__ = [
     "audit",
     "audit_all",
     "deviations",
+    "health",
     "intent",
     "map_request",
     "moon_cmd",
@@ -28,6 +29,11 @@ __all__ = [
 
 
 # --- canonical subjects (unprefixed) -------------------------------------------------------
+
+
+def health(service: str) -> str:
+    """A service's readiness endpoint (a NATS micro endpoint; `$SRV.PING|INFO|STATS` too)."""
+    return f"health.{service}"
 
 
 def intent(service: str, method: str) -> str:

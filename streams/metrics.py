@@ -1,0 +1,95 @@
+"""Prometheus metrics of every service, named in one place like the subjects are.
+
+The shells count; nothing pure does. One process-wide registry (the client library's default,
+so process memory, CPU and GC come for free) exposed over HTTP by `serve_metrics` and, as a
+snapshot of the counters, in the `$SRV.STATS` reply of the service's health endpoint
+(streams/health.py), so an operator without Prometheus can still read them over NATS.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+
+__all__ = [
+    "COMMANDS",
+    "COMMAND_SECONDS",
+    "DEVIATIONS",
+    "EVENTS",
+    "GATE_REQUESTS",
+    "GATE_SECONDS",
+    "PLANS",
+    "REPLANS",
+    "REPLAN_SECONDS",
+    "STEP_SECONDS",
+    "WORKER_STEPS",
+    "serve_metrics",
+    "snapshot",
+]
+
+# Command handling takes 1-10 ms with an fsync per journal append; solving takes 10 ms-10 s.
+_FAST = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_SLOW = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+# --- MOON engine ------------------------------------------------------------------------------
+COMMANDS = Counter(
+    "moon_commands", "Commands handled by the engine, by kind and outcome "
+    "(decided, duplicate, refused, malformed, failed).", ["kind", "outcome"],
+)
+COMMAND_SECONDS = Histogram(
+    "moon_command_seconds", "From a command's delivery to its ack: decide, journal, effects.",
+    ["kind"], buckets=_FAST,
+)
+EVENTS = Counter(
+    "moon_events", "Journaled events by type: moon.dispatched counts dispatches, "
+    "moon.step.completed steps, moon.replan.applied replans, moon.workflow.* outcomes.",
+    ["type"],
+)
+DEVIATIONS = Counter("moon_deviations", "Deviations reported to MAESTRO, by kind.", ["kind"])
+STEP_SECONDS = Histogram(
+    "moon_step_seconds", "Wall time of completed steps as the executor reported it.",
+    buckets=_SLOW,
+)
+
+# --- MOON executors ---------------------------------------------------------------------------
+WORKER_STEPS = Counter(
+    "moon_worker_steps", "Work orders run by this executor, by capability and outcome.",
+    ["capability", "outcome"],
+)
+
+# --- the envelope gate (every signed request of every service) --------------------------------
+GATE_REQUESTS = Counter(
+    "envelope_requests", "Requests answered by a gate, by service, method, outcome and "
+    "refusal reason ('' when accepted).", ["service", "method", "outcome", "reason"],
+)
+GATE_SECONDS = Histogram(
+    "envelope_request_seconds", "From a request's arrival to its signed reply.",
+    ["service", "method"], buckets=_FAST,
+)
+
+# --- MAESTRO ----------------------------------------------------------------------------------
+PLANS = Counter("maestro_plans", "Plans asked for, by outcome (proposed, refused, ...).",
+                ["outcome"])
+REPLANS = Counter("maestro_replans", "Replans after a deviation, by outcome (revised, refused).",
+                  ["outcome"])
+REPLAN_SECONDS = Histogram("maestro_replan_seconds", "From a deviation read to its revision sent.",
+                           buckets=_SLOW)
+
+
+def serve_metrics(port: int, addr: str = "127.0.0.1") -> int:
+    """Expose /metrics over HTTP on a daemon thread; returns the bound port (0 picks one).
+    Loopback by default: metrics name workflows' shapes, so exposing them is a choice."""
+    server, _ = start_http_server(port, addr=addr)
+    return int(server.server_address[1])
+
+
+def snapshot(prefixes: tuple[str, ...] = ("moon_", "envelope_", "maestro_")) -> dict[str, float]:
+    """Counter and histogram-count samples of our own families, flat: for `$SRV.STATS`."""
+    out: dict[str, float] = {}
+    for family in REGISTRY.collect():
+        if not family.name.startswith(prefixes):
+            continue
+        for sample in family.samples:
+            if sample.name.endswith(("_total", "_count", "_sum")):
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
