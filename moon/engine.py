@@ -13,8 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +75,12 @@ def summary(state: WorkflowState, version: int, at_ms: int) -> WorkflowSummary:
 
 
 @dataclass
+class _Held:
+    lock: asyncio.Lock
+    users: int = 0
+
+
+@dataclass
 class Stats:
     commands: int = 0
     decisions: int = 0
@@ -100,7 +105,7 @@ class Engine:
         self.js = self.nc.jetstream()
         self.runner = journal.runner(self.js, self.space)
         self.effects = Effects(self.js, self.space)
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._locks: dict[str, _Held] = {}
         self._slots = asyncio.Semaphore(self.concurrency)
         self._index: Any = None
         self._stopping = asyncio.Event()
@@ -136,7 +141,7 @@ class Engine:
         self, command: MoonCommand, *, redelivered: bool
     ) -> Decided[MoonEvent, WorkflowState] | Refusal:
         wf = command.workflow_id
-        async with self._locks[wf]:
+        async with self._lock(wf):
             outcome = await self.runner.handle(wf, command, key=command.command_id)
             if isinstance(outcome, Refusal):
                 self.stats.refusals += 1
@@ -145,18 +150,38 @@ class Engine:
             if outcome.events and not outcome.duplicate:
                 self.stats.decisions += 1
                 orders = work_orders(state, outcome.events)
+                # Timers before orders: a crash between them must not leave an order running
+                # with no timeout armed (a redelivered command re-sends orders, not timers).
                 await self.effects.schedule(timers(state, outcome.events), self.clock_ms())
-                await self._index_put(state, outcome.version)
                 self.stats.deviations += sum(isinstance(e, Deviation) for e in outcome.events)
             elif redelivered or outcome.duplicate:
                 # The first handling may have journaled but not sent: re-send what is in flight.
                 self.stats.duplicates += 1
                 orders = in_flight_orders(state)
-                await self._index_put(state, outcome.version)
             else:
-                orders = []
-            self.stats.orders += await self.effects.send_orders(orders)
+                return outcome
+            # The index is a cache of the journal: written beside the orders, not before them,
+            # which saves a round trip per command.
+            sent, _ = await asyncio.gather(self.effects.send_orders(orders),
+                                           self._index_put(state, outcome.version))
+            self.stats.orders += sent
             return outcome
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, workflow_id: str) -> AsyncIterator[None]:
+        """One command per workflow at a time in this process; the lock is dropped when no one
+        holds or waits for it, so the table does not grow with every workflow ever seen."""
+        entry = self._locks.get(workflow_id)
+        if entry is None:
+            entry = self._locks[workflow_id] = _Held(asyncio.Lock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[workflow_id]
 
     async def _index_put(self, state: WorkflowState, version: int) -> None:
         index = await self._workflows()

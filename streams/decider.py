@@ -6,6 +6,7 @@ plans share one runner. Conflicts are values; persistent contention is the one e
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import reduce
@@ -60,8 +61,18 @@ class Runner(Generic[C, E, S, B]):
     snapshot_every: int = 50
     attempts: int = 5
     # The owning process's folded state: skips the read when nobody else wrote in between.
-    cache: dict[str, tuple[int, S]] = field(default_factory=dict)
+    # Least recently used first and bounded, so a long-running engine does not keep every
+    # workflow it ever saw; an evicted aggregate is folded again from its snapshot.
+    cache: OrderedDict[str, tuple[int, S]] = field(default_factory=OrderedDict)
+    cache_size: int = 10_000
     _since_snapshot: dict[str, int] = field(default_factory=dict)
+
+    def _remember(self, aggregate: str, version: int, state: S) -> None:
+        self.cache[aggregate] = (version, state)
+        self.cache.move_to_end(aggregate)
+        while len(self.cache) > self.cache_size:
+            evicted, _ = self.cache.popitem(last=False)
+            self._since_snapshot.pop(evicted, None)
 
     async def load(self, aggregate: str, *, use_cache: bool = True) -> tuple[int, S]:
         version, state = 0, self.decider.initial
@@ -72,7 +83,7 @@ class Runner(Generic[C, E, S, B]):
         loaded = await self.store.read(aggregate, after=version)
         for item in loaded.items:
             state = self.apply(state, item.value)
-        self.cache[aggregate] = (loaded.version, state)
+        self._remember(aggregate, loaded.version, state)
         return loaded.version, state
 
     async def handle(self, aggregate: str, command: C, *, key: str) -> Decided[E, S] | Refusal:
@@ -97,7 +108,7 @@ class Runner(Generic[C, E, S, B]):
                     return Decided(events=events, state=state, version=seq, duplicate=True)
                 case Appended(seq=seq):
                     state = self.apply(state, self.pack(command, events))
-                    self.cache[aggregate] = (seq, state)
+                    self._remember(aggregate, seq, state)
                     await self._maybe_snapshot(aggregate, seq, state)
                     return Decided(events=events, state=state, version=seq)
         raise Contention(f"{aggregate}: lost {self.attempts} races in a row")

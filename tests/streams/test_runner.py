@@ -185,3 +185,16 @@ async def test_the_appended_value_is_in_the_store():
     assert isinstance(outcome, Decided)
     assert await store.append("x", pack("add:2", [Added(2)]), expected=0, key="kx",
                               kind="added") == Appended(seq=outcome.version, duplicate=True)
+
+
+async def test_the_cache_is_bounded_and_an_evicted_aggregate_folds_back_the_same():
+    store = memory()
+    live = runner(store)
+    live.cache_size = 2
+    for agg, n in (("a", 1), ("b", 2), ("c", 3)):
+        await live.handle(agg, f"add:{n}", key=f"{agg}-1")
+    assert list(live.cache) == ["b", "c"]  # "a" was least recently used
+    outcome = await live.handle("a", "add:10", key="a-2")
+    assert isinstance(outcome, Decided)
+    assert outcome.state == 11
+    assert list(live.cache) == ["c", "a"]
