@@ -36,8 +36,24 @@ STALL_S = 5.0  # an ordered consumer that delivers nothing for this long is recr
 
 
 def _time_ms(msg: Msg) -> int:
-    stamp: datetime = msg.metadata.timestamp
-    return int(stamp.timestamp() * 1000)
+    return _position(msg)[1]
+
+
+def _position(msg: Msg) -> tuple[int, int, int]:
+    """(stream seq, time ms, pending) of a delivered message, read straight off its ack subject.
+
+    nats-py's `msg.metadata` builds a dataclass and two datetimes per message, a fifth of a
+    fold's time; the ack subject is `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.
+    <pending>` (9 tokens) or, with domain and account hash, 12 tokens (ADR-15).
+    """
+    parts = msg.reply.split(".")
+    if len(parts) == 9:
+        return int(parts[5]), int(parts[7]) // 1_000_000, int(parts[8])
+    if len(parts) >= 11:
+        return int(parts[7]), int(parts[9]) // 1_000_000, int(parts[10])
+    meta = msg.metadata  # an unknown layout: let the client parse it
+    stamp: datetime = meta.timestamp
+    return meta.sequence.stream, int(stamp.timestamp() * 1000), meta.num_pending
 
 
 async def last_sequence(js: JetStreamContext, stream: str, filter_: str) -> int:
@@ -91,17 +107,17 @@ async def _read_once(  # noqa: PLR0917 - a private step of ordered_read, called 
 
     async def on_msg(msg: Msg) -> None:
         nonlocal position
-        seq = msg.metadata.sequence.stream
+        seq, time_ms, pending = _position(msg)
         if seq > upto:
             done.set()
             return
         if seq <= position:
             return
-        row = (seq, msg.subject, _time_ms(msg), msg.data)
+        row = (seq, msg.subject, time_ms, msg.data)
         out.append((*row, (msg.headers or {}).get(MSG_ID)) if with_ids else row)
         position = seq
         progress.set()
-        if seq >= upto or msg.metadata.num_pending == 0:
+        if seq >= upto or pending == 0:
             done.set()
 
     sub = await js.subscribe(
@@ -241,7 +257,8 @@ async def tail(
         return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
 
     async def on_msg(msg: Msg) -> None:
-        await queue.put((msg.metadata.sequence.stream, msg.subject, _time_ms(msg), msg.data))
+        seq, time_ms, _ = _position(msg)
+        await queue.put((seq, msg.subject, time_ms, msg.data))
 
     async def subscribe() -> Any:
         return await js.subscribe(
