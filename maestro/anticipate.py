@@ -20,7 +20,7 @@ class Rng(Protocol):
     def random(self) -> float: ...
 
 
-__all__ = ["Anticipation", "Backup", "Compensation", "Slack", "anticipate"]
+__all__ = ["Anticipation", "Backup", "Compensation", "Rng", "Slack", "anticipate"]
 
 
 class Backup(msgspec.Struct, frozen=True):

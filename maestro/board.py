@@ -30,7 +30,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from maestro.goal import CapabilityOffer, Offer
+from maestro.goal import CapabilityOffer, Goal, Offer
 from streams import subjects
 from streams.config import BOARD
 from streams.replies import Reason, Refusal
@@ -47,10 +47,12 @@ __all__ = [
     "CfpStep",
     "award",
     "award_subject",
+    "awarded_offers",
     "call_for_bids",
     "cfp_subject",
     "price",
     "refresh_offers",
+    "tender",
 ]
 
 log = structlog.get_logger("maestro.board")
@@ -182,25 +184,39 @@ class Board:
 
     async def live(self, timeout_s: float = 5.0) -> tuple[Offer, ...]:
         """Every current offer, sorted by executor. An empty bucket gives (); an entry that does
-        not decode as an Offer is skipped (one broken executor must not blank the board)."""
+        not decode as an Offer is skipped (one broken executor must not blank the board).
+
+        The end of the initial values is the entry with nothing pending after it, not nats-py's
+        "init done" marker: that marker can arrive before the first entry when the consumer info
+        reply overtakes the deliveries (seen on a loaded machine), which read as an empty board.
+        """
         kv = await self._store()
-        watcher = await kv.watchall(ignore_deletes=True)
+        if (await kv.status()).stream_info.state.messages == 0:
+            return ()
+        watcher = await kv.watchall()
         offers: dict[str, Offer] = {}
         try:
             while True:
-                entry = await watcher.updates(timeout=timeout_s)  # type: ignore[no-untyped-call]
-                if entry is None:  # the initial values are all delivered
-                    break
-                if entry.value is None:
-                    continue
                 try:
-                    offer = _offer_decoder.decode(entry.value)
-                except _DECODE_ERRORS:
+                    entry = await watcher.updates(timeout=timeout_s)  # type: ignore[no-untyped-call]
+                except nats.errors.TimeoutError:
+                    break  # everything expired between the count and the watch
+                if entry is None:
                     continue
-                offers[offer.executor] = offer
+                if entry.operation is None and entry.value is not None:
+                    try:
+                        offer = _offer_decoder.decode(entry.value)
+                    except _DECODE_ERRORS:
+                        offer = None
+                    if offer is not None:
+                        offers[entry.key] = offer
+                else:
+                    offers.pop(entry.key, None)  # withdrawn or expired
+                if entry.delta == 0:
+                    break
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
-        return tuple(offers[name] for name in sorted(offers))
+        return tuple(sorted(offers.values(), key=lambda o: o.executor))
 
 
 class Advertiser:
@@ -355,10 +371,32 @@ def refresh_offers(
             if not require_bid:
                 out.append(offer)
             continue
-        quoted = {q.capability: q for q in fresh.quotes}
-        capabilities = tuple(quoted.get(c.capability, c) for c in offer.capabilities)
-        out.append(msgspec.structs.replace(offer, capabilities=capabilities))
+        out.append(_with_terms(offer, fresh.quotes))
     return tuple(out)
+
+
+def awarded_offers(offers: Iterable[Offer], awards: Iterable[Award]) -> tuple[Offer, ...]:
+    """Offers with each awarded executor held to the quotes it acknowledged (the bid is binding,
+    so a replan prices its steps at those terms, not at whatever the board says now)."""
+    bound: dict[str, list[CapabilityOffer]] = {}
+    for a in awards:
+        bound.setdefault(a.executor, []).extend(a.quotes)
+    return tuple(_with_terms(o, bound[o.executor]) if o.executor in bound else o for o in offers)
+
+
+def _with_terms(offer: Offer, quotes: Iterable[CapabilityOffer]) -> Offer:
+    quoted = {q.capability: q for q in quotes}
+    capabilities = tuple(quoted.get(c.capability, c) for c in offer.capabilities)
+    return msgspec.structs.replace(offer, capabilities=capabilities)
+
+
+def tender(plan_id: str, goal: Goal) -> CallForBids:
+    """The call for bids for every step of a goal, with the goal's own estimates."""
+    steps = tuple(
+        CfpStep(s.id, s.capability, duration_ms=s.duration_ms, tokens=s.tokens)
+        for s in goal.steps
+    )
+    return CallForBids(plan=plan_id, steps=steps, deadline_ms=goal.deadline_ms)
 
 
 # --- MARKET: the manager's side ------------------------------------------------------------

@@ -54,14 +54,19 @@ def plan_command(
     seed: Annotated[int, typer.Option(help="CP-SAT seed")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
 ) -> None:
-    """Plan a goal (or a PSPLIB instance): the plan and a Gantt, or reasons (exit 2)."""
-    from maestro.gantt import gantt, to_json  # noqa: PLC0415
+    """Plan a goal (or a PSPLIB instance): the plan, a Gantt and its failure anticipation
+    (backup per step, p(on time)), or reasons (exit 2)."""
+    import random  # noqa: PLC0415
+
+    from maestro.anticipate import Anticipation  # noqa: PLC0415
+    from maestro.gantt import anticipation_table, gantt, to_json  # noqa: PLC0415
     from maestro.planner import plan_goal  # noqa: PLC0415
     from maestro.solve import SolveOptions, solve  # noqa: PLC0415
     from streams.replies import Refusal  # noqa: PLC0415
 
     options = SolveOptions(time_limit_s=time_limit, workers=workers, seed=seed)
     loaded, problem, offer_list = _load(goal, psplib, offers)
+    foreseen: Anticipation | None = None  # PSPLIB modes are not executors: nothing to foresee
     if isinstance(loaded, Refusal):
         reasons: tuple[Refusal, ...] = (loaded,)
         from maestro.plan import Plan  # noqa: PLC0415
@@ -71,13 +76,17 @@ def plan_command(
     elif problem is not None:
         plan, reasons, deadline = solve(problem, options), (), problem.deadline
     else:
-        outcome = plan_goal(loaded, offer_list, options=options)
+        # Seeded like the solver, so the same command prints the same p(on time).
+        outcome = plan_goal(loaded, offer_list, options=options, rng=random.Random(seed))
         plan, reasons, deadline = outcome.plan, outcome.reasons, loaded.deadline_ms
+        foreseen = outcome.anticipation
     if as_json:
-        sys.stdout.write(json.dumps(to_json(plan, reasons)) + "\n")
+        sys.stdout.write(json.dumps(to_json(plan, reasons, foreseen)) + "\n")
     else:
         if plan.assignments:
             Console().print(gantt(plan, deadline=deadline))
+        if foreseen is not None:
+            Console().print(anticipation_table(plan, foreseen))
         for r in reasons:
             err.print(f"refused ({r.reason.value}): {r.detail}", markup=False)
     refused = bool(reasons) or plan.status not in ("optimal", "feasible")

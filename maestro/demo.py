@@ -18,9 +18,11 @@ from rich.console import Console
 from rich.table import Table
 
 from envelope.local import local_trust
-from maestro.gantt import gantt
+from maestro.board import Bid, Bidder
+from maestro.gantt import anticipation_table, gantt
 from maestro.goal import Goal, Offer, load_goal, load_offers
 from maestro.plan import Plan
+from maestro.planner import Outcome
 from maestro.service import Allocated, Maestro
 from moon import replay
 from moon.engine import Engine
@@ -40,6 +42,7 @@ __all__ = ["run_demo"]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SPEED = 400  # demo executors run the plan's durations this many times faster
+BUSY = "acme-writer"  # bids with a surcharge: it reports one job in flight at capacity 1
 
 
 def _handler(offer: Offer, goal: Goal, fail_once: set[str]) -> Handler:
@@ -101,7 +104,8 @@ async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
     stamp = time.strftime("%H%M%S")
     plan_id = f"demo-{stamp}"
     console.rule(f"[bold]MAESTRO + MOON demo[/] — embedded broker in {data_dir}")
-    async with connect(data_dir=data_dir, name="maestro-demo") as nc:
+    async with connect(data_dir=data_dir, name="maestro-demo") as nc, \
+            contextlib.AsyncExitStack() as market:
         js = nc.jetstream()
         await ensure_streams(js, Topology(space=space))
         engine = Engine(nc, space=space)
@@ -114,12 +118,17 @@ async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
         gate = moon_gate(nc, engine, signer=trust.moon, trust=trust.trust_for(trust.moon))
         console.print(f"goal [bold]{goal.name}[/]: {len(goal.steps)} steps, deadline "
                       f"{(goal.deadline_ms or 0) / 1000:g}s, budget {goal.budget.cost} cost units")
+        # Every demo executor answers calls for bids; MAESTRO plans at the prices they bid.
+        for o in offers:
+            await market.enter_async_context(
+                Bidder(nc, space, o, load=(lambda: 1) if o.executor == BUSY else (lambda: 0)))
         outcome = await maestro.plan(goal, plan_id=plan_id)
         if outcome.decision != "planned":
             for reason in outcome.reasons:
                 console.print(f"refused: {reason.reason.value}: {reason.detail}", style="red")
             return 2
-        console.print(gantt(outcome.plan, deadline=goal.deadline_ms, title="the plan"))
+        await _show_plan(console, maestro, plan_id=plan_id, goal=goal, offers=offers,
+                         outcome=outcome)
         victim = _victim(outcome.plan, goal, offers)
         fail_once = {f"{victim[1]}/{victim[0]}"}
         console.print(f"injecting one failure: [red]{victim[1]}[/] will fail step "
@@ -140,7 +149,8 @@ async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
                 console.print(f"allocation refused: {allocated}", style="red")
                 return 2
             wf = allocated.workflow_id
-            console.print(f"allocated {allocated.orders} signed work orders; dispatched as "
+            console.print(f"{allocated.awards} executors acknowledged their binding awards; "
+                          f"allocated {allocated.orders} signed work orders; dispatched as "
                           f"[bold]{wf}[/] (audit {allocated.audit})")
             done = asyncio.Event()
             follower = asyncio.ensure_future(_progress(console, js, space, wf, done))
@@ -166,6 +176,26 @@ async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
                       f"`moon replay {wf} --verify`, `moon tail 'audit.>'`")
         ok = final.status == "completed" and replayed == final and not mismatches
         return 0 if ok else 1
+
+
+async def _show_plan(console: Console, maestro: Maestro, *, plan_id: str, goal: Goal,
+                     offers: tuple[Offer, ...], outcome: Outcome) -> None:
+    """The bids the plan was made with, the Gantt and the failure anticipation."""
+    _, state = await maestro.runner.load(plan_id)
+    bids = msgspec.json.decode(state.bids, type=list[Bid]) if state.bids else []
+    board = {(o.executor, c.capability): c.rate for o in offers for c in o.capabilities}
+    console.print(f"call for bids: {len(bids)} of {len(offers)} executors bid "
+                  "(an executor that does not bid keeps its board price)")
+    for bid in bids:
+        quotes = ", ".join(
+            f"{q.capability} {q.rate}" + (f" (board {board[bid.executor, q.capability]})"
+                                          if board.get((bid.executor, q.capability)) != q.rate
+                                          else "")
+            for q in bid.quotes)
+        console.print(f"  {bid.executor:<18} {quotes}", markup=False)
+    console.print(gantt(outcome.plan, deadline=goal.deadline_ms, title="the plan"))
+    if outcome.anticipation is not None:
+        console.print(anticipation_table(outcome.plan, outcome.anticipation))
 
 
 def _victim(plan: Plan, goal: Goal, offers: tuple[Offer, ...]) -> tuple[str, str]:

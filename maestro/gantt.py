@@ -13,17 +13,45 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from maestro.anticipate import Anticipation
 from maestro.plan import Assignment, Plan
 from streams.replies import CODES, Refusal
 
-__all__ = ["gantt", "gantt_text", "to_json"]
+__all__ = ["anticipation_json", "anticipation_table", "gantt", "gantt_text", "to_json"]
 
 _COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta")
 
 
-def to_json(plan: Plan, reasons: Sequence[Refusal] = ()) -> dict[str, Any]:
-    """Exactly {status, makespan, bound, cost, steps: [{id, executor, start, end}], reasons},
-    times in the plan's unit (ms for goals, periods for PSPLIB).
+def anticipation_json(plan: Plan, anticipation: Anticipation | None) -> dict[str, Any] | None:
+    """{p_on_time, p_success, samples, steps: [{id, executor, backup, retry_slack}],
+    compensations: [{step, action}]}; a step with no other eligible executor has backup null."""
+    if anticipation is None:
+        return None
+    backup = {b.step: b.executor for b in anticipation.backups}
+    slack = {s.step: s.slack for s in anticipation.retry_slack}
+    return {
+        "p_on_time": anticipation.p_on_time,
+        "p_success": anticipation.p_success,
+        "samples": anticipation.samples,
+        "steps": [
+            {
+                "id": a.step,
+                "executor": a.executor,
+                "backup": backup.get(a.step),
+                "retry_slack": slack.get(a.step, 0),
+            }
+            for a in plan.assignments
+        ],
+        "compensations": [{"step": c.step, "action": c.action} for c in anticipation.compensations],
+    }
+
+
+def to_json(
+    plan: Plan, reasons: Sequence[Refusal] = (), anticipation: Anticipation | None = None
+) -> dict[str, Any]:
+    """Exactly {status, makespan, bound, cost, steps: [{id, executor, start, end}], reasons,
+    anticipation}, times in the plan's unit (ms for goals, periods for PSPLIB). `anticipation`
+    is null when none was computed (a refusal, a PSPLIB instance).
     """
     return {
         "status": plan.status,
@@ -43,7 +71,27 @@ def to_json(plan: Plan, reasons: Sequence[Refusal] = ()) -> dict[str, Any]:
             }
             for r in reasons
         ],
+        "anticipation": anticipation_json(plan, anticipation),
     }
+
+
+def anticipation_table(plan: Plan, anticipation: Anticipation, *, title: str = "") -> Table:
+    """Per step: who runs it, who takes over if it fails, the retry slack kept; p(on time)."""
+    backup = {b.step: b.executor for b in anticipation.backups}
+    slack = {s.step: s.slack for s in anticipation.retry_slack}
+    caption = (
+        f"p(on time) {anticipation.p_on_time:.1%}, p(success) {anticipation.p_success:.1%} "
+        f"over {anticipation.samples} seeded runs of executor failures"
+    )
+    table = Table(title=title or "failure anticipation", caption=caption, title_justify="left")
+    for column in ("step", "executor", "backup", "retry slack"):
+        table.add_column(column, no_wrap=True)
+    for a in sorted(plan.assignments, key=lambda a: (a.start, a.step)):
+        kept = slack.get(a.step, 0)
+        table.add_row(
+            a.step, a.executor, backup.get(a.step, "(none)"), _fmt(kept, plan.unit) if kept else ""
+        )
+    return table
 
 
 def _lanes(assignments: Sequence[Assignment]) -> list[list[Assignment]]:

@@ -29,7 +29,7 @@ class PlanRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class PlanReply(msgspec.Struct, frozen=True):
     plan_id: str
     decision: str
-    plan: bytes  # {status, makespan, bound, cost, steps, reasons} as JSON
+    plan: bytes  # {status, makespan, bound, cost, steps, reasons, anticipation} as JSON
 
 
 class PlanRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -70,8 +70,9 @@ def maestro_gate(nc: Nats, maestro: Maestro, *, signer: Signer, trust: Trust) ->
             return Refusal(first.reason, "; ".join(r.detail for r in outcome.reasons),
                            evidence={"plan_id": plan_id, "reasons": msgspec.json.encode(
                                to_json(outcome.plan, outcome.reasons)).decode()})
+        shown = to_json(outcome.plan, outcome.reasons, outcome.anticipation)
         return PlanReply(plan_id=plan_id, decision=outcome.decision,
-                         plan=msgspec.json.encode(to_json(outcome.plan, outcome.reasons)))
+                         plan=msgspec.json.encode(shown))
 
     async def allocate(opened: Opened) -> Allocated | Refusal:
         request = _decode(opened.body, PlanRef)

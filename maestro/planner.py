@@ -11,6 +11,7 @@ from typing import Literal, assert_never
 
 import msgspec
 
+from maestro.anticipate import Anticipation, Rng, anticipate
 from maestro.explain import explain, static_reasons
 from maestro.goal import Goal, Offer, validate
 from maestro.plan import Plan
@@ -25,16 +26,22 @@ Decision = Literal["planned", "awaiting_ratification", "refused"]
 
 
 class Outcome(msgspec.Struct, frozen=True):
-    """A plan (possibly empty) and the reasons it is refused or waits; `problem` for rendering."""
+    """A plan (possibly empty) and the reasons it is refused or waits; `problem` for rendering;
+    `anticipation` (backups, retry slack, p(on time)) for a plan that is not refused."""
 
     decision: Decision
     plan: Plan
     reasons: tuple[Refusal, ...]
     problem: Problem | None = None
+    anticipation: Anticipation | None = None
 
 
 def _cap(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else min(a, b)
+
+
+def _foresee(problem: Problem, plan: Plan, rng: Rng | None, samples: int) -> Anticipation | None:
+    return None if rng is None else anticipate(problem, plan, rng, samples=samples)
 
 
 def plan_goal(
@@ -46,8 +53,14 @@ def plan_goal(
     excluded: Iterable[str] = (),
     progress: Iterable[Progress] = (),
     now_ms: int = 0,
+    rng: Rng | None = None,
+    samples: int = 1000,
 ) -> Outcome:
-    """Plan a goal (or replan it, given progress and excluded executors) or refuse with reasons."""
+    """Plan a goal (or replan it, given progress and excluded executors) or refuse with reasons.
+
+    With `rng` (a seeded generator from the shell) a plan that is not refused comes with its
+    failure anticipation over `samples` Monte Carlo runs; without it, none is computed.
+    """
     invalid = validate(goal, offers)
     if invalid:
         return Outcome("refused", Plan(status="infeasible"), tuple(invalid))
@@ -75,9 +88,10 @@ def plan_goal(
     verdict = check(pol, plan, problem)
     match verdict.decision:
         case "approved":
-            return Outcome("planned", plan, (), problem)
+            return Outcome("planned", plan, (), problem, _foresee(problem, plan, rng, samples))
         case "awaiting_ratification":
-            return Outcome("awaiting_ratification", plan, verdict.reasons, problem)
+            return Outcome("awaiting_ratification", plan, verdict.reasons, problem,
+                           _foresee(problem, plan, rng, samples))
         case "blocked":
             return Outcome("refused", plan, verdict.reasons, problem)
         case _:

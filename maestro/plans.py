@@ -7,6 +7,7 @@ from typing import Literal, TypeAlias, assert_never
 import msgspec
 
 from streams.plan_events import (
+    AllocationRefused,
     PlanAllocated,
     PlanBatch,
     PlanEvent,
@@ -18,7 +19,7 @@ from streams.plan_events import (
 )
 from streams.replies import Reason, Refusal
 
-__all__ = ["PlanState", "Record", "apply", "decide", "evolve", "initial"]
+__all__ = ["PlanState", "Record", "apply", "decide", "evolve", "initial", "may_allocate"]
 
 Status: TypeAlias = Literal[
     "none", "planned", "awaiting_ratification", "rejected", "refused", "allocated"
@@ -35,6 +36,9 @@ class PlanState(msgspec.Struct, frozen=True):
     revision: int = 0
     dissent: tuple[bytes, ...] = ()  # every plan a revision replaced
     seen: tuple[str, ...] = ()
+    bids: bytes = b""  # JSON: the bids the plan was made with
+    anticipation: bytes = b""  # JSON: backups and p(on time) of the proposed plan
+    awards: bytes = b""  # JSON: the awards the executors acknowledged at allocation
 
 
 initial = PlanState()
@@ -53,20 +57,31 @@ def evolve(state: PlanState, event: PlanEvent) -> PlanState:
         case PlanProposed():
             status: Status = "awaiting_ratification" if event.awaiting_ratification else "planned"
             return replace(state, plan_id=event.plan_id, status=status, goal=event.goal,
-                           offers=event.offers, plan=event.plan)
+                           offers=event.offers, plan=event.plan, bids=event.bids,
+                           anticipation=event.anticipation)
         case PlanRefused():
             return replace(state, plan_id=event.plan_id, status="refused", goal=event.goal)
         case PlanRatified(approved=approved):
             return replace(state, status="planned" if approved else "rejected")
         case PlanAllocated():
-            return replace(state, status="allocated", workflow_id=event.workflow_id)
+            return replace(state, status="allocated", workflow_id=event.workflow_id,
+                           awards=event.awards)
         case PlanRevised():
             return replace(state, revision=event.revision, plan=event.plan,
                            dissent=(*state.dissent, event.previous))
-        case RevisionRefused():
+        case RevisionRefused() | AllocationRefused():
             return state
         case _:
             assert_never(event)
+
+
+def may_allocate(state: PlanState) -> Refusal | None:
+    """Whether the plan may be allocated now: the shell asks before it sends binding awards."""
+    if state.status == "awaiting_ratification":
+        return Refusal(Reason.AWAITING_RATIFICATION, state.plan_id)
+    if state.status != "planned":
+        return Refusal(Reason.INVALID_STATE, f"plan is {state.status}")
+    return None
 
 
 def _allowed(state: PlanState, event: PlanEvent) -> Refusal | None:
@@ -77,12 +92,8 @@ def _allowed(state: PlanState, event: PlanEvent) -> Refusal | None:
             if state.status != "awaiting_ratification":
                 return Refusal(Reason.INVALID_STATE, f"plan is {state.status}, not awaiting")
             return None
-        case PlanAllocated():
-            if state.status == "awaiting_ratification":
-                return Refusal(Reason.AWAITING_RATIFICATION, state.plan_id)
-            if state.status != "planned":
-                return Refusal(Reason.INVALID_STATE, f"plan is {state.status}")
-            return None
+        case PlanAllocated() | AllocationRefused():
+            return may_allocate(state)
         case PlanRevised():
             if state.status != "allocated":
                 return Refusal(Reason.INVALID_STATE, "only an allocated plan is revised")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ from nats.js import api
 from envelope.client import Client
 from envelope.keys import Signer
 from maestro import plans
+from maestro.anticipate import Anticipation
+from maestro.board import Award, Bid, award, awarded_offers, call_for_bids, refresh_offers, tender
 from maestro.goal import Goal, Offer
 from maestro.orders import BindingOrder, sign_order
 from maestro.plan import Plan
@@ -46,6 +50,7 @@ from streams.moon_events import (
     StepSpec,
 )
 from streams.plan_events import (
+    AllocationRefused,
     PlanAllocated,
     PlanBatch,
     PlanEvent,
@@ -60,7 +65,7 @@ from streams.replies import Reason, Refusal
 from streams.store import Layout
 from streams.subjects import Space
 
-__all__ = ["REPLAN_ON", "Allocated", "Maestro", "steps_for"]
+__all__ = ["REPLAN_ON", "Allocated", "Maestro", "Market", "steps_for"]
 
 log = structlog.get_logger("maestro")
 REPLAN_ON = {"failed", "executor_lost", "late"}
@@ -79,6 +84,35 @@ class Allocated(msgspec.Struct, frozen=True):
     workflow_id: str
     orders: int
     audit: str = ""
+    awards: int = 0  # how many executors acknowledged a binding award
+
+
+class Market(msgspec.Struct, frozen=True):
+    """How MAESTRO tenders a plan's steps (contract net) and binds the winners.
+
+    `plan` calls for bids on `maestro.cfp.<plan>` and listens `bid_timeout_s` (less when every
+    executor on the board with a wanted capability has bid). An executor that does not bid in
+    time keeps its board offer: the offer it keeps alive on the board is a standing quote, and
+    an executor that runs no Bidder (a plain `moon worker`) must stay plannable. `require_bid`
+    is the strict contract net instead: only executors that bid are planned.
+
+    `allocate` sends a binding award to each chosen executor that bid, for its steps at its bid
+    terms; one refusal refuses the allocation. Executors that did not bid get no award (nobody
+    would answer it): the signed work order at the board price is what binds them.
+    `bid_timeout_s = 0` turns the call off: board prices, no awards.
+    """
+
+    bid_timeout_s: float = 0.3
+    award_timeout_s: float = 2.0
+    require_bid: bool = False
+
+
+# A deviation wants an answer now: the SGS plan is there in milliseconds and CP-SAT gets a short
+# budget to improve it (the plan the goal was first given had the full `options`).
+REPLAN = SolveOptions(time_limit_s=0.15)
+_BIDS = msgspec.json.Decoder(list[Bid])
+_AWARDS = msgspec.json.Decoder(list[Award])
+_ANTICIPATION = msgspec.json.Decoder(Anticipation)
 
 
 def steps_for(goal: Goal, plan: Plan, *, heartbeat_ms: int = 3_000) -> tuple[StepSpec, ...]:
@@ -114,6 +148,30 @@ def _progress(state: WorkflowState, excluded: set[str]) -> list[Progress]:
     return out
 
 
+def _rates(goal: Goal, offers: Sequence[Offer], plan: Plan) -> dict[str, int]:
+    """The agreed price of each step: its executor's terms (bid, award or board) for the step's
+    capability over the planned duration, as the model priced it."""
+    capability = {s.id: s.capability for s in goal.steps}
+    terms = {(o.executor, c.capability): c for o in offers for c in o.capabilities}
+    out: dict[str, int] = {}
+    for a in plan.assignments:
+        term = terms.get((a.executor, capability.get(a.step, "")))
+        if term is not None:
+            out[a.step] = term.rate + math.ceil(term.rate_per_s * (a.end - a.start) / 1000)
+    return out
+
+
+def _refused_allocation(plan_id: str, refusals: Sequence[Refusal]) -> Refusal:
+    """One refusal for the caller: the first executor's reason, every executor's detail."""
+    first = refusals[0]
+    if len(refusals) == 1:
+        return first
+    return Refusal(first.reason, "; ".join(r.detail for r in refusals),
+                   retryable=all(r.retryable for r in refusals),
+                   evidence={"plan": plan_id, "executors": ",".join(
+                       r.evidence.get("executor", "") for r in refusals)})
+
+
 @dataclass
 class Maestro:
     nc: Nats
@@ -126,6 +184,9 @@ class Maestro:
     options: SolveOptions = field(default_factory=SolveOptions)
     clock_ms: Callable[[], int] = now_ms
     replans: list[PlanRevised] = field(default_factory=list)
+    market: Market = field(default_factory=Market)
+    replan_options: SolveOptions = REPLAN
+    anticipation_samples: int = 1000
 
     def __post_init__(self) -> None:
         self.js = self.nc.jetstream()
@@ -153,27 +214,52 @@ class Maestro:
     # --- maestro.plan / ratify / allocate ------------------------------------------------------
 
     async def plan(self, goal: Goal, *, plan_id: str, command_id: str | None = None) -> Outcome:
-        offers = tuple(await self.offers())
-        outcome = await asyncio.to_thread(plan_goal, goal, offers, policy=self.policy,
-                                          options=self.options)
+        """Tender the steps, plan at the refreshed prices, journal the plan with its bids."""
+        board = tuple(await self.offers())
+        bids = await self._call_for_bids(plan_id, goal, board)
+        at = self.clock_ms()
+        strict = self.market.require_bid and self.market.bid_timeout_s > 0
+        offers = refresh_offers(board, bids, require_bid=strict, now_ms=at)
+        planned_with = {o.executor for o in offers}
+        used = tuple(b for b in bids if b.executor in planned_with and b.valid_until_ms >= at)
+        # Seeded from the solver's seed: the estimate is reproducible, and journaled anyway.
+        outcome = await asyncio.to_thread(
+            plan_goal, goal, offers, policy=self.policy, options=self.options,
+            rng=random.Random(self.options.seed), samples=self.anticipation_samples)
         at = self.clock_ms()
         event: PlanEvent
         if outcome.decision == "refused":
             event = PlanRefused(at_ms=at, plan_id=plan_id, reasons=outcome.reasons,
                                 goal=msgspec.json.encode(goal))
         else:
+            foreseen = outcome.anticipation
             event = PlanProposed(
                 at_ms=at, plan_id=plan_id, goal=msgspec.json.encode(goal),
                 offers=msgspec.json.encode(offers), plan=msgspec.json.encode(outcome.plan),
                 awaiting_ratification=outcome.decision == "awaiting_ratification",
                 reasons=outcome.reasons,
+                bids=msgspec.json.encode(used) if used else b"",
+                anticipation=msgspec.json.encode(foreseen) if foreseen is not None else b"",
             )
         recorded = await self._record(plan_id, command_id or f"plan-{plan_id}", event)
         if isinstance(recorded, Refusal):
             return Outcome("refused", outcome.plan, (recorded,), outcome.problem)
         log.info("planned", plan=plan_id, decision=outcome.decision, status=outcome.plan.status,
-                 makespan=outcome.plan.makespan, cost=outcome.plan.cost)
+                 makespan=outcome.plan.makespan, cost=outcome.plan.cost, bids=len(used))
         return outcome
+
+    async def _call_for_bids(self, plan_id: str, goal: Goal, board: Sequence[Offer]
+                             ) -> tuple[Bid, ...]:
+        """The bids that arrived in time, sorted by executor (so the journal is stable)."""
+        if self.market.bid_timeout_s <= 0:
+            return ()
+        wanted = {s.capability for s in goal.steps}
+        expected = sum(any(c.capability in wanted for c in o.capabilities) for o in board)
+        if expected == 0:
+            return ()
+        bids = await call_for_bids(self.nc, self.space, tender(plan_id, goal),
+                                   self.market.bid_timeout_s, expected=expected)
+        return tuple(sorted(bids, key=lambda b: b.executor))
 
     async def ratify(self, plan_id: str, *, approved: bool, by: str, command_id: str
                      ) -> plans.PlanState | Refusal:
@@ -183,24 +269,79 @@ class Maestro:
 
     async def allocate(self, plan_id: str, *, command_id: str | None = None
                        ) -> Allocated | Refusal:
-        """Signed binding orders journaled on PLANS, then the plan dispatched to MOON."""
+        """Binding awards to the bidders, signed orders journaled on PLANS, then MOON dispatch.
+
+        An executor that refuses its award refuses the allocation: the refusal is journaled and
+        nothing is dispatched. Awards already acknowledged by others stay on record as evidence
+        (the Bidder protocol has no release; with no work order they lead to no work).
+        """
         _, state = await self.runner.load(plan_id)
         if state.status == "none":
             return Refusal(Reason.UNKNOWN_PLAN, plan_id)
-        if state.status == "allocated":
-            return Allocated(plan_id=plan_id, workflow_id=state.workflow_id, orders=0)
         goal = msgspec.json.decode(state.goal, type=Goal)
         plan = msgspec.json.decode(state.plan, type=Plan)
+        if state.status == "allocated":
+            # Journaled but perhaps never dispatched (a crash in between): MOON answers a resent
+            # dispatch request id with its first answer, so asking again is safe.
+            return await self._dispatch(goal, plan, plan_id, state.workflow_id, orders=0,
+                                        awards=0)
+        if (refused := plans.may_allocate(state)) is not None:
+            return refused
+        key = command_id or f"allocate-{plan_id}"
+        acked, refusals = await self._award(plan_id, goal, plan, _BIDS.decode(state.bids)
+                                            if state.bids else [])
+        awards = msgspec.json.encode(acked) if acked else b""
+        if refusals:
+            log.warning("award_refused", plan=plan_id, refusals=[r.detail for r in refusals])
+            await self._record(plan_id, f"refuse-{key}", AllocationRefused(
+                at_ms=self.clock_ms(), plan_id=plan_id, reasons=tuple(refusals), awards=awards))
+            return _refused_allocation(plan_id, refusals)
         workflow_id = f"wf-{plan_id}"
+        offers = msgspec.json.decode(state.offers, type=tuple[Offer, ...])
+        rates = _rates(goal, awarded_offers(offers, acked), plan)
+        backups = ({b.step: b.executor for b in _ANTICIPATION.decode(state.anticipation).backups}
+                   if state.anticipation else {})
         orders = tuple(sign_order(self.signer, BindingOrder(
             plan_id=plan_id, revision=0, workflow_id=workflow_id, step=a.step,
-            executor=a.executor, start_ms=a.start, end_ms=a.end, rate=0,
-            idempotency_key=f"{workflow_id}/{a.step}",
+            executor=a.executor, start_ms=a.start, end_ms=a.end, rate=rates.get(a.step, 0),
+            idempotency_key=f"{workflow_id}/{a.step}", backup=backups.get(a.step),
         )) for a in plan.assignments)
-        recorded = await self._record(plan_id, command_id or f"allocate-{plan_id}", PlanAllocated(
-            at_ms=self.clock_ms(), plan_id=plan_id, workflow_id=workflow_id, orders=orders))
+        recorded = await self._record(plan_id, key, PlanAllocated(
+            at_ms=self.clock_ms(), plan_id=plan_id, workflow_id=workflow_id, orders=orders,
+            awards=awards))
         if isinstance(recorded, Refusal):
             return recorded
+        return await self._dispatch(goal, plan, plan_id, workflow_id, orders=len(orders),
+                                    awards=len(acked))
+
+    async def _award(self, plan_id: str, goal: Goal, plan: Plan, bids: Sequence[Bid]
+                     ) -> tuple[list[Award], list[Refusal]]:
+        """Award each chosen executor that bid its steps at its bid terms, all at once."""
+        by = {b.executor: b for b in bids}
+        capability = {s.id: s.capability for s in goal.steps}
+        steps_of: dict[str, list[str]] = {}
+        for a in plan.assignments:
+            if a.executor in by:
+                steps_of.setdefault(a.executor, []).append(a.step)
+
+        async def one(executor: str, steps: list[str]) -> Award | Refusal:
+            wanted = {capability[s] for s in steps}
+            quotes = tuple(q for q in by[executor].quotes if q.capability in wanted)
+            got = await award(self.nc, self.space, plan_id, executor, steps, quotes=quotes,
+                              timeout_s=self.market.award_timeout_s)
+            if isinstance(got, Award):
+                return got
+            return Refusal(got.reason, f"{executor} refused its award for {', '.join(steps)}: "
+                           f"{got.detail}", retryable=got.retryable,
+                           evidence={**got.evidence, "plan": plan_id, "executor": executor,
+                                     "steps": ",".join(steps)})
+
+        answers = await asyncio.gather(*(one(e, s) for e, s in sorted(steps_of.items())))
+        return ([a for a in answers if isinstance(a, Award)],
+                [r for r in answers if isinstance(r, Refusal)])
+
+    async def _dispatch(self, goal: Goal, plan: Plan, plan_id: str, workflow_id: str, *,
+                        orders: int, awards: int) -> Allocated | Refusal:
         body = {
             "steps": list(steps_for(goal, plan)), "workflow_id": workflow_id,
             "plan_id": plan_id, "intent": goal.name,
@@ -210,9 +351,10 @@ class Maestro:
         if isinstance(reply, Refusal):
             return reply
         answer = reply.result(DispatchReply)
-        log.info("allocated", plan=plan_id, workflow=answer.workflow_id, orders=len(orders))
-        return Allocated(plan_id=plan_id, workflow_id=answer.workflow_id, orders=len(orders),
-                         audit=reply.audit)
+        log.info("allocated", plan=plan_id, workflow=answer.workflow_id, orders=orders,
+                 awards=awards)
+        return Allocated(plan_id=plan_id, workflow_id=answer.workflow_id, orders=orders,
+                         audit=reply.audit, awards=awards)
 
     # --- replan on deviation --------------------------------------------------------------------
 
@@ -235,11 +377,15 @@ class Maestro:
         goal = msgspec.json.decode(pstate.goal, type=Goal)
         previous = msgspec.json.decode(pstate.plan, type=Plan)
         excluded = {deviation.executor} if deviation.executor else set()
-        offers = [o for o in await self.offers() if o.executor not in excluded]
+        # No call for bids here: a deviation cannot wait for a tender. Executors that were
+        # awarded steps are held to the terms they acknowledged; the rest price at the board.
+        awarded = _AWARDS.decode(pstate.awards) if pstate.awards else []
+        live = [o for o in await self.offers() if o.executor not in excluded]
+        offers = awarded_offers(live, awarded)
         assert state.dispatched is not None
         elapsed = self.clock_ms() - state.dispatched.at_ms
         outcome = await asyncio.to_thread(
-            plan_goal, goal, offers, policy=self.policy, options=self.options,
+            plan_goal, goal, offers, policy=self.policy, options=self.replan_options,
             excluded=excluded, progress=_progress(state, excluded), now_ms=max(elapsed, 0))
         revision = pstate.revision + 1
         why = f"{deviation.kind} of {deviation.step} on {deviation.executor}: {deviation.detail}"

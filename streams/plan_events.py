@@ -13,6 +13,7 @@ import msgspec
 from streams.replies import Refusal
 
 __all__ = [
+    "AllocationRefused",
     "PlanAllocated",
     "PlanBatch",
     "PlanEvent",
@@ -36,6 +37,9 @@ class PlanProposed(PlanEventBase, frozen=True, tag="maestro.plan.proposed"):
     plan: bytes  # Plan as JSON
     awaiting_ratification: bool = False
     reasons: tuple[Refusal, ...] = ()
+    # Added later, hence last and defaulted: journals written before them still decode.
+    bids: bytes = b""  # the executors' bids the plan used (contract net), as JSON; b"": none
+    anticipation: bytes = b""  # backups, retry slack, p(on time) for this plan, as JSON
 
 
 class PlanRefused(PlanEventBase, frozen=True, tag="maestro.plan.refused"):
@@ -55,6 +59,19 @@ class PlanAllocated(PlanEventBase, frozen=True, tag="maestro.plan.allocated"):
     plan_id: str
     workflow_id: str
     orders: tuple[bytes, ...]  # signed binding work orders (DSSE envelopes from MAESTRO's key)
+    awards: bytes = b""  # the awards the bidders acknowledged (binding), as JSON; b"": none
+
+
+class AllocationRefused(PlanEventBase, frozen=True, tag="maestro.plan.allocation_refused"):
+    """An executor declined its award (bid expired, capacity gone): nothing went to MOON.
+
+    `awards` are the acknowledgements gathered before the refusal, kept as evidence; the plan
+    stays `planned`, so a later allocate may try again (a transient refusal) or a new plan is made.
+    """
+
+    plan_id: str
+    reasons: tuple[Refusal, ...]
+    awards: bytes = b""
 
 
 class PlanRevised(PlanEventBase, frozen=True, tag="maestro.plan.revised"):
@@ -75,7 +92,13 @@ class RevisionRefused(PlanEventBase, frozen=True, tag="maestro.plan.revision_ref
 
 
 PlanEvent: TypeAlias = (
-    PlanProposed | PlanRefused | PlanRatified | PlanAllocated | PlanRevised | RevisionRefused
+    PlanProposed
+    | PlanRefused
+    | PlanRatified
+    | PlanAllocated
+    | PlanRevised
+    | RevisionRefused
+    | AllocationRefused
 )
 
 
@@ -89,6 +112,7 @@ class PlanBatch(msgspec.Struct, frozen=True):
 _KINDS: dict[type, str] = {
     PlanProposed: "proposed", PlanRefused: "refused", PlanRatified: "ratified",
     PlanAllocated: "allocated", PlanRevised: "revised", RevisionRefused: "revision_refused",
+    AllocationRefused: "allocation_refused",
 }
 
 

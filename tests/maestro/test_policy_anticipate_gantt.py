@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 
+from rich.console import Console
+
 from maestro.anticipate import anticipate
-from maestro.gantt import gantt_text, to_json
+from maestro.gantt import anticipation_table, gantt_text, to_json
 from maestro.goal import Goal, Step
 from maestro.policy import Policy, StepTrust, check
 from maestro.problem import from_goal
@@ -74,13 +77,31 @@ def test_anticipation_provisions_compensations_in_reverse_order() -> None:
 
 
 def test_plan_json_has_exactly_the_contract_keys() -> None:
-    """{status, makespan, bound, cost, steps, reasons} and it serialises."""
-    _, plan = planned()
+    """{status, makespan, bound, cost, steps, reasons, anticipation} and it serialises."""
+    problem, plan = planned()
     out = to_json(plan, [Refusal(reason=Reason.POLICY_BLOCK, detail="x")])
-    assert list(out) == ["status", "makespan", "bound", "cost", "steps", "reasons"]
+    keys = ["status", "makespan", "bound", "cost", "steps", "reasons", "anticipation"]
+    assert list(out) == keys
     assert out["steps"][0] == {"id": "a", "executor": "home", "start": 0, "end": 10}
     assert out["reasons"][0]["reason"] == "policy_block"
-    json.dumps(out)
+    assert out["anticipation"] is None  # none computed
+    foreseen = to_json(plan, (), anticipate(problem, plan, random.Random(7), samples=100))
+    shown = foreseen["anticipation"]
+    assert list(shown) == ["p_on_time", "p_success", "samples", "steps", "compensations"]
+    assert shown["steps"][0] == {"id": "a", "executor": "home", "backup": "away",
+                                 "retry_slack": 12}
+    json.dumps(foreseen)
+
+
+def test_anticipation_table_names_backups_and_the_on_time_probability() -> None:
+    """The text view: a row per step with its backup, p(on time) in the caption."""
+    problem, plan = planned()
+    found = anticipate(problem, plan, random.Random(7), samples=100)
+    buf = io.StringIO()
+    Console(file=buf, width=120, color_system=None).print(anticipation_table(plan, found))
+    text = buf.getvalue()
+    assert "away" in text
+    assert f"p(on time) {found.p_on_time:.1%}" in text
 
 
 def test_gantt_draws_a_row_per_executor_and_marks_the_deadline() -> None:
