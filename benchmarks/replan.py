@@ -407,7 +407,7 @@ async def main() -> None:
     goals = {"example": example_goal(), "wide": wide_goal()}
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} "
           f"{os.getloadavg()[2]:.2f} on {os.cpu_count()} cpus; replan CP-SAT limit "
-          f"{args.time_limit or service_module.REPLAN.time_limit_s} s", flush=True)
+          f"{args.time_limit or service_module.REPLAN_TIME_LIMIT_S} s", flush=True)
     results: dict[str, list[float]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="replan-bench-") as tmp:
         broker = EmbeddedBroker(data_dir=Path(tmp) / "nats").start()

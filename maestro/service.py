@@ -65,7 +65,7 @@ from streams.replies import Reason, Refusal
 from streams.store import Layout
 from streams.subjects import Space
 
-__all__ = ["REPLAN_ON", "Allocated", "Maestro", "Market", "steps_for"]
+__all__ = ["REPLAN_ON", "REPLAN_TIME_LIMIT_S", "Allocated", "Maestro", "Market", "steps_for"]
 
 log = structlog.get_logger("maestro")
 REPLAN_ON = {"failed", "executor_lost", "late"}
@@ -108,8 +108,9 @@ class Market(msgspec.Struct, frozen=True):
 
 
 # A deviation wants an answer now: the SGS plan is there in milliseconds and CP-SAT gets a short
-# budget to improve it (the plan the goal was first given had the full `options`).
-REPLAN = SolveOptions(time_limit_s=0.15)
+# budget to improve it (the plan the goal was first given had the full `options`). On a 30-step,
+# 10-executor goal this keeps a replan near 200 ms; benchmarks/replan.py shows what it gives up.
+REPLAN_TIME_LIMIT_S = 0.15
 _BIDS = msgspec.json.Decoder(list[Bid])
 _AWARDS = msgspec.json.Decoder(list[Award])
 _ANTICIPATION = msgspec.json.Decoder(Anticipation)
@@ -185,7 +186,7 @@ class Maestro:
     clock_ms: Callable[[], int] = now_ms
     replans: list[PlanRevised] = field(default_factory=list)
     market: Market = field(default_factory=Market)
-    replan_options: SolveOptions = REPLAN
+    replan_options: SolveOptions | None = None  # None: `options` with a REPLAN_TIME_LIMIT_S cap
     anticipation_samples: int = 1000
 
     def __post_init__(self) -> None:
@@ -385,7 +386,7 @@ class Maestro:
         assert state.dispatched is not None
         elapsed = self.clock_ms() - state.dispatched.at_ms
         outcome = await asyncio.to_thread(
-            plan_goal, goal, offers, policy=self.policy, options=self.replan_options,
+            plan_goal, goal, offers, policy=self.policy, options=self._replan_options(),
             excluded=excluded, progress=_progress(state, excluded), now_ms=max(elapsed, 0))
         revision = pstate.revision + 1
         why = f"{deviation.kind} of {deviation.step} on {deviation.executor}: {deviation.detail}"
@@ -418,6 +419,12 @@ class Maestro:
         async with self.revised:
             self.revised.notify_all()
         return revised
+
+    def _replan_options(self) -> SolveOptions:
+        if self.replan_options is not None:
+            return self.replan_options
+        limit = min(self.options.time_limit_s, REPLAN_TIME_LIMIT_S)
+        return msgspec.structs.replace(self.options, time_limit_s=limit)
 
     async def _on_journal(self, msg: Msg) -> None:
         decision = DECISIONS.try_decode(msg.data)
