@@ -228,18 +228,18 @@ class Maestro:
             plan_goal, goal, offers, policy=self.policy, options=self.options,
             rng=random.Random(self.options.seed), samples=self.anticipation_samples)
         at = self.clock_ms()
+        journaled_bids = msgspec.json.encode(used) if used else b""
         event: PlanEvent
         if outcome.decision == "refused":
             event = PlanRefused(at_ms=at, plan_id=plan_id, reasons=outcome.reasons,
-                                goal=msgspec.json.encode(goal))
+                                goal=msgspec.json.encode(goal), bids=journaled_bids)
         else:
             foreseen = outcome.anticipation
             event = PlanProposed(
                 at_ms=at, plan_id=plan_id, goal=msgspec.json.encode(goal),
                 offers=msgspec.json.encode(offers), plan=msgspec.json.encode(outcome.plan),
                 awaiting_ratification=outcome.decision == "awaiting_ratification",
-                reasons=outcome.reasons,
-                bids=msgspec.json.encode(used) if used else b"",
+                reasons=outcome.reasons, bids=journaled_bids,
                 anticipation=msgspec.json.encode(foreseen) if foreseen is not None else b"",
             )
         recorded = await self._record(plan_id, command_id or f"plan-{plan_id}", event)

@@ -46,6 +46,7 @@ class PlanRefused(PlanEventBase, frozen=True, tag="maestro.plan.refused"):
     plan_id: str
     reasons: tuple[Refusal, ...]
     goal: bytes = b""
+    bids: bytes = b""  # the bids the refused attempt was priced with, as JSON; b"": none
 
 
 class PlanRatified(PlanEventBase, frozen=True, tag="maestro.plan.ratified"):

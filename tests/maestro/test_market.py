@@ -35,6 +35,7 @@ from streams.plan_events import (
     PlanBatch,
     PlanEvent,
     PlanProposed,
+    PlanRefused,
 )
 from streams.replies import Reason, Refusal
 from streams.subjects import Space
@@ -135,6 +136,25 @@ async def test_bids_change_the_chosen_executor_and_the_award_binds_the_winner(
     assert msgspec.json.decode(allocation.awards, type=list[Award]) == dear.awards
     moon = await js.stream_info(space.stream("MOON"))
     assert moon.state.messages >= 1  # dispatched
+
+
+async def test_a_plan_refused_at_the_bid_prices_journals_those_bids(
+    nc: Nats, js: JetStreamContext, space: Space, tmp_path: Path
+) -> None:
+    """At board prices the chain costs 3; the only executor now bids 9 a step: over a budget
+    of 10, refused, and the refusal keeps the bid that priced it."""
+    board = (offer("only", ("work", 300, 1), capacity=3),)
+    goal = msgspec.structs.replace(GOAL, budget=Budget(tokens=10_000, cost=10))
+    assert plan_goal(goal, board).decision == "planned"
+    maestro = _maestro(nc, space, local_trust(tmp_path), board)
+    async with Bidder(nc, space, offer("only", ("work", 300, 9), capacity=3)):
+        outcome = await maestro.plan(goal, plan_id="p1")
+    assert outcome.decision == "refused"
+    assert {r.reason for r in outcome.reasons} == {Reason.OVER_BUDGET}
+    refused = _one(await _journal(maestro, "p1"), PlanRefused)
+    assert isinstance(refused, PlanRefused)
+    bids = msgspec.json.decode(refused.bids, type=list[Bid])
+    assert [(b.executor, b.quotes[0].rate) for b in bids] == [("only", 9)]
 
 
 async def test_a_silent_executor_keeps_its_board_price_unless_bids_are_required(
