@@ -1,8 +1,21 @@
-"""The executor SDK: take binding work orders, run a handler, report back. At-least-once.
+"""The executor SDK: take binding work orders, run a handler, report back.
 
 A handler gets a `StepContext`: its idempotency key (`workflow/step/attempt`), the results of the
 steps it depends on, the last checkpoint of an earlier attempt, and `checkpoint()`/`heartbeat()`.
 Results go back as commands on MOON_CMD; the engine ignores reports for stale attempts.
+
+An attempt runs at most once, a step at least once. Before running an order the worker claims its
+idempotency key in the `moon_claims` bucket (a create, so exactly one claimant wins, and the claim
+is journaled like any JetStream write). A redelivered order whose key is claimed is acked, not
+run, whoever claimed it and whatever happened since. Why not remember keys per process, or ack the
+order before reporting: a redelivery reaches another executor of the pool, or this one after a
+kill -9, and a broker restart can rewind the work consumer or forget the order's `Nats-Msg-Id`
+(the engine re-sends in-flight orders); every one of those re-ran an attempt whose side effects
+were done. Why claim before running, not after: a "done" mark written after the side effect
+leaves a window (effect done, mark not yet stored) in which a kill makes the effect happen twice.
+What a claim costs: an attempt whose executor dies is not run again under the same key; the
+engine's step timeout or heartbeat timeout settles it and schedules the next attempt, which gets
+the last checkpoint. Give long steps a heartbeat timeout so that takes seconds, not `timeout_ms`.
 Three kinds of executor share this loop: an in-process Python handler, a subprocess command and
 an HTTP call (see `subprocess_handler` and `http_handler`).
 """
@@ -11,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import time
 import urllib.request
@@ -23,7 +37,8 @@ import msgspec
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import api
+from nats.js import JetStreamContext, api
+from nats.js.errors import KeyWrongLastSequenceError
 
 from moon.effects import ORDERS, Effects
 from streams import subjects
@@ -40,17 +55,24 @@ from streams.moon_events import (
 from streams.subjects import Space
 
 __all__ = [
+    "CLAIMS_BUCKET",
     "Handler",
     "NonRetryable",
     "Result",
     "StepContext",
     "Worker",
+    "claims_bucket",
     "http_handler",
     "subprocess_handler",
 ]
 
 log = structlog.get_logger("moon.worker")
 SEEN_KEYS = 100_000
+CLAIMS_BUCKET = "moon_claims"
+# Longer than any step timeout: an order past its deadline is acked unrun, so an older claim
+# can only ever answer a question nobody asks.
+CLAIM_TTL_S = 7 * 24 * 3600.0
+BACKOFF_S = (0.1, 2.0)  # first and longest pause between sends while the broker is away
 
 
 class NonRetryable(Exception):
@@ -84,22 +106,27 @@ class StepContext:
 
     async def checkpoint(self, state: bytes) -> None:
         """Journal progress: a retry after a crash starts from here."""
-        await self.worker.send(
+        await self.worker.deliver(
+            self.order,
             CheckpointStep(
                 command_id=f"ckpt/{self.key}/{uuid.uuid4().hex[:12]}",
                 workflow_id=self.order.workflow_id, at_ms=_now_ms(), step=self.order.step,
                 attempt=self.order.attempt, state=state,
-            )
+            ),
         )
 
     async def heartbeat(self) -> None:
-        await self.worker.send(
-            Heartbeat(
-                command_id=f"hb/{self.key}/{uuid.uuid4().hex[:12]}",
-                workflow_id=self.order.workflow_id, at_ms=_now_ms(), step=self.order.step,
-                attempt=self.order.attempt,
-            )
+        """Best effort: a beat lost to a broker restart is made up by the next one, and the
+        engine's heartbeat timeout, not this call, decides whether we are alive."""
+        beat = Heartbeat(
+            command_id=f"hb/{self.key}/{uuid.uuid4().hex[:12]}",
+            workflow_id=self.order.workflow_id, at_ms=_now_ms(), step=self.order.step,
+            attempt=self.order.attempt,
         )
+        try:
+            await self.worker.send(beat)
+        except Exception as error:  # any send failure means the same here
+            log.debug("heartbeat_lost", key=self.key, error=repr(error))
 
 
 Handler = Callable[[StepContext], Awaitable[Result | bytes]]
@@ -107,6 +134,33 @@ Handler = Callable[[StepContext], Awaitable[Result | bytes]]
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _claim_key(order: WorkOrder) -> str:
+    return ("undo:" if order.compensation else "") + order.idempotency_key
+
+
+def _kv_key(claim: str) -> str:
+    # Step ids may hold ':', which KV keys may not: a digest is always a valid key.
+    return hashlib.sha256(claim.encode()).hexdigest()[:40]
+
+
+async def claims_bucket(js: JetStreamContext, space: Space) -> Any:
+    """The bucket of claimed idempotency keys; made here when `ensure_streams` has not."""
+    name = space.bucket(CLAIMS_BUCKET)
+    try:
+        return await js.key_value(name)
+    except Exception:  # nats-py raises BucketNotFoundError or NotFoundError
+        return await js.create_key_value(
+            api.KeyValueConfig(bucket=name, history=1, ttl=CLAIM_TTL_S,
+                               storage=api.StorageType.FILE, direct=True)
+        )
+
+
+async def _quietly(settle: Callable[[], Awaitable[object]]) -> None:
+    """Ack, nak or term: a broker that is away redelivers later, which the claim makes safe."""
+    with contextlib.suppress(Exception):
+        await settle()
 
 
 @dataclass
@@ -127,14 +181,34 @@ class Worker:
         self.effects = Effects(self.js, self.space)
         self._slots = asyncio.Semaphore(self.capacity)
         self._stopping = asyncio.Event()
-        # Keys this process has run or is running: a redelivered order (a lost ack, a broker
-        # restart that rewound the consumer) is acked, not run again. Bounded, oldest out.
+        # Keys this process has settled: spares the claim's round trip for a redelivery that
+        # comes back here. Bounded, oldest out; the claims bucket is the record that counts.
         self._seen: dict[str, None] = {}
+        self._claims: Any = None
+        self._incarnation = uuid.uuid4().hex[:12]
 
     async def send(self, command: Any) -> None:
         await self.effects.send_command(command)
 
+    async def deliver(self, order: WorkOrder, command: Any) -> bool:
+        """Send a report for `order`, riding out a broker restart. Gives up once the order's
+        deadline has passed: the engine's step timeout has settled that attempt by then."""
+        pause = BACKOFF_S[0]
+        while True:
+            try:
+                await self.send(command)
+            except Exception as error:  # timeouts, no responders, reconnecting
+                if _now_ms() > order.deadline_ms:
+                    log.warning("report_lost", key=order.idempotency_key,
+                                command=command.command_id, error=repr(error))
+                    return False
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, BACKOFF_S[1])
+            else:
+                return True
+
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
+        self._claims = await claims_bucket(self.js, self.space)
         subs = []
         async with asyncio.TaskGroup() as tasks:
 
@@ -176,55 +250,82 @@ class Worker:
         order = ORDERS.try_decode(msg.data, seq=msg.metadata.sequence.stream, subject=msg.subject)
         if isinstance(order, Undecodable):
             log.warning("order_malformed", seq=order.seq, error=order.error)
-            await msg.term()
+            await _quietly(msg.term)
             return
         if order.deadline_ms and order.deadline_ms < _now_ms():
-            await msg.ack()  # the engine's timeout timer has already settled this attempt
+            await _quietly(msg.ack)  # the engine's timeout timer has settled this attempt
             return
         handler = self.handlers.get(order.capability)
         if handler is None:
-            await msg.nak(delay=1)  # another worker of the pool may serve it
+            await _quietly(lambda: msg.nak(delay=1))  # another worker of the pool may serve it
             return
-        key = ("undo:" if order.compensation else "") + order.idempotency_key
+        key = _claim_key(order)
         if key in self._seen:
-            await msg.ack()  # already run (or running) here: its report is on its way
+            await _quietly(msg.ack)  # run (or running) here already
             return
+        claimed = await self._claim(key, order.deadline_ms)
+        if claimed is None:
+            return  # the broker stayed away past the deadline: a redelivery is acked unrun
         self._seen[key] = None
         if len(self._seen) > SEEN_KEYS:
             del self._seen[next(iter(self._seen))]
-        try:
+        if claimed:
             await self._run(order, handler, msg)
-        except BaseException:
-            self._seen.pop(key, None)  # not reported: a redelivery must run it
-            raise
+        await _quietly(msg.ack)
+
+    async def _claim(self, key: str, deadline_ms: int) -> bool | None:
+        """True: ours to run. False: claimed before (here or elsewhere, finished or not).
+        None: the broker did not answer before the order's deadline."""
+        token = f"{self.executor_id} {self._incarnation} {uuid.uuid4().hex[:12]}".encode()
+        pause = BACKOFF_S[0]
+        while True:
+            try:
+                return await self._try_claim(_kv_key(key), token)
+            except Exception as error:  # broker away: the claim may have landed
+                if _now_ms() > deadline_ms:
+                    log.warning("claim_unanswered", key=key, error=repr(error))
+                    return None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, BACKOFF_S[1])
+
+    async def _try_claim(self, name: str, token: bytes) -> bool:
+        try:
+            await self._claims.create(name, token)
+        except KeyWrongLastSequenceError:
+            # Taken; by this very call if an earlier try landed and only its reply was lost.
+            entry = await self._claims.get(name)
+            return bool(entry.value == token)
+        return True
 
     async def _run(self, order: WorkOrder, handler: Handler, msg: Msg) -> None:
         wf, step, attempt = order.workflow_id, order.step, order.attempt
         key = order.idempotency_key
-        await self.send(StartStep(command_id=f"start/{key}", at_ms=_now_ms(), workflow_id=wf,
-                                  step=step, attempt=attempt, executor=self.executor_id))
+        await self.deliver(order, StartStep(
+            command_id=f"start/{key}", at_ms=_now_ms(), workflow_id=wf, step=step,
+            attempt=attempt, executor=self.executor_id,
+        ))
         beat = asyncio.ensure_future(self._keep_alive(order, msg))
         started = time.perf_counter()
+        report: FailStep | CompleteStep
         try:
             outcome = await handler(StepContext(order=order, worker=self))
         except Exception as error:  # a failed step is a fact to report, not a crash
-            usage = self._usage(started, 0)
-            await self.send(FailStep(
+            report = FailStep(
                 command_id=f"fail/{key}", at_ms=_now_ms(), error=str(error)[:2000] or repr(error),
                 error_type=type(error).__name__, retryable=not isinstance(error, NonRetryable),
-                usage=usage, workflow_id=wf, step=step, attempt=attempt,
-            ))
+                usage=self._usage(started, 0), workflow_id=wf, step=step, attempt=attempt,
+            )
         else:
             result = outcome if isinstance(outcome, Result) else Result(output=outcome)
-            self.executed.append(("undo:" if order.compensation else "") + key)
-            await self.send(CompleteStep(
+            self.executed.append(_claim_key(order))
+            report = CompleteStep(
                 command_id=f"done/{key}", at_ms=_now_ms(), result=result.output,
                 usage=self._usage(started, result.tokens), workflow_id=wf, step=step,
                 attempt=attempt,
-            ))
+            )
         finally:
             beat.cancel()
-        await msg.ack()
+        await self.deliver(order, report)
 
     def _usage(self, started: float, tokens: int) -> Usage:
         wall_s = time.perf_counter() - started
@@ -236,7 +337,7 @@ class Worker:
         ctx = StepContext(order=order, worker=self)
         while True:
             await asyncio.sleep(period)
-            await msg.in_progress()
+            await _quietly(msg.in_progress)  # a beat missed while the broker restarts is fine
             if order.heartbeat_timeout_ms:
                 await ctx.heartbeat()
 
