@@ -108,9 +108,11 @@ class Market(msgspec.Struct, frozen=True):
 
 
 # A deviation wants an answer now: the SGS plan is there in milliseconds and CP-SAT gets a short
-# budget to improve it (the plan the goal was first given had the full `options`). On a 30-step,
-# 10-executor goal this keeps a replan near 200 ms; benchmarks/replan.py shows what it gives up.
-REPLAN_TIME_LIMIT_S = 0.15
+# budget to improve it (the plan the goal was first given had the full `options`). The limit is
+# CP-SAT deterministic time with a 2x wall-clock cap, so a loaded machine waits at most 0.2 s;
+# on the 30-step, 10-executor goal of benchmarks/replan.py it still proves most revisions
+# optimal, and every one matched a 5 s solve's cost and makespan.
+REPLAN_TIME_LIMIT_S = 0.1
 _BIDS = msgspec.json.Decoder(list[Bid])
 _AWARDS = msgspec.json.Decoder(list[Award])
 _ANTICIPATION = msgspec.json.Decoder(Anticipation)
