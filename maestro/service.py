@@ -345,10 +345,12 @@ class Maestro:
 
     async def _dispatch(self, goal: Goal, plan: Plan, plan_id: str, workflow_id: str, *,
                         orders: int, awards: int) -> Allocated | Refusal:
+        # Only the limits the goal sets: the gate reads a present budget as {tokens, deadline}.
+        limits = {"tokens": goal.budget.tokens, "deadline_ms": goal.deadline_ms}
+        budget = {k: v for k, v in limits.items() if v is not None}
         body = {
             "steps": list(steps_for(goal, plan)), "workflow_id": workflow_id,
-            "plan_id": plan_id, "intent": goal.name,
-            "budget": {"tokens": goal.budget.tokens, "deadline_ms": goal.deadline_ms},
+            "plan_id": plan_id, "intent": goal.name, **({"budget": budget} if budget else {}),
         }
         reply = await self.moon.call("moon.dispatch", body, request_id=f"dispatch-{plan_id}")
         if isinstance(reply, Refusal):

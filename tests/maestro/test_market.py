@@ -160,13 +160,15 @@ async def test_a_plan_refused_at_the_bid_prices_journals_those_bids(
 async def test_a_silent_executor_keeps_its_board_price_unless_bids_are_required(
     nc: Nats, js: JetStreamContext, space: Space, tmp_path: Path
 ) -> None:
-    """cheap runs no Bidder: planned at its board price and never awarded; strict: excluded."""
+    """cheap runs no Bidder: planned at its board price and never awarded; strict: excluded.
+    (The goal sets no budget nor deadline: dispatched without one.)"""
     trust = local_trust(tmp_path)
     lenient = _maestro(nc, space, trust, BOARD)
     strict = _maestro(nc, space, trust, BOARD, Market(require_bid=True))
     dear = Bidder(nc, space, BOARD[1])
+    unbounded = msgspec.structs.replace(GOAL, budget=Budget(), deadline_ms=None)
     async with _moon(nc, space, trust), dear:
-        silent = await lenient.plan(GOAL, plan_id="p1")
+        silent = await lenient.plan(unbounded, plan_id="p1")
         allocated = await lenient.allocate("p1")
         required = await strict.plan(GOAL, plan_id="p2")
     assert {a.executor for a in silent.plan.assignments} == {"cheap"}
