@@ -96,6 +96,11 @@ def run_set(folder: Path, opts: SolveOptions, limit: int | None, stride: int = 1
         f"max gap {_pct(max(sg_gaps, default=0))}, mean {1000 * statistics.fmean(sgs_times):.2f} ms"
         f", no schedule {sgs_fail}"
     )
+    off = [(r[0], r[2].makespan, r[1].ub, r[2].status) for r in with_ref  # type: ignore[union-attr]
+           if r[2].makespan is not None and r[2].makespan > r[1].ub]  # type: ignore[union-attr]
+    if off:
+        print("  above best known: " + ", ".join(
+            f"{name} {got}/{best} ({status})" for name, got, best, status in off[:20]))
     print(f"  wall for the set: {wall:.1f} s")
 
 
