@@ -426,6 +426,7 @@ async def bench(w: World, args: argparse.Namespace, say: Callable[[str], None]) 
         for run in range(args.runs):
             moon = await moon_load(nc, client, f"L{run}", seconds=args.seconds, n=args.clients,
                                    steps=args.steps)
+            after_moon = w.rss_mib()
             raw = await raw_load(nc, args.seconds, args.clients, payload)
             figures = run_figures(moon, raw)
             per_run.append(figures)
@@ -440,7 +441,8 @@ async def bench(w: World, args: argparse.Namespace, say: Callable[[str], None]) 
                                                            figures.items())
                 + f", accepted={len(moon.accepted)}, completed={moon.completed}, "
                 f"errors={dict(moon.load.errors)}, raw_errors={dict(raw.errors)}")
-            say(f"  rss (MiB): {fmt_mem(w.rss_mib())}; loadavg {loadavg()}")
+            say(f"  rss (MiB) after MOON: {fmt_mem(after_moon)}")
+            say(f"  rss (MiB) after raw:  {fmt_mem(w.rss_mib())}; loadavg {loadavg()}")
             del moon
         end_rss, hwm = w.rss_mib(), w.hwm_mib()
         dead = w.dead()
@@ -461,7 +463,9 @@ def summary(args: argparse.Namespace, per_run: list[dict[str, float]], totals: T
         bound = max(BOUND_MIB, BOUND_SHARE * start)
         memory[name] = {"start_mib": round(start, 1), "end_mib": round(end, 1),
                         "growth_mib": round(end - start, 1), "hwm_mib": round(hwm[name], 1),
-                        "bound_mib": round(bound, 1), "ok": end - start <= bound}
+                        "bound_mib": round(bound, 1), "ok": end - start <= bound,
+                        "kib_per_workflow": round((end - start) * 1024 / max(1, totals.accepted),
+                                                  2)}
     errors = sum(totals.errors.values()) + sum(totals.raw_errors.values())
     failures = [f"{name} grew {m['growth_mib']} MiB > {m['bound_mib']} MiB"
                 for name, m in memory.items() if not m["ok"]]
@@ -523,10 +527,12 @@ def report(s: dict[str, Any], say: Callable[[str], None]) -> None:
         f"raw requests {s['raw_requests']}, errors {s['errors']} {s['error_kinds']} "
         f"raw {s['raw_error_kinds']}")
     say(f"memory (MiB), bound: {s['memory_bound']}")
-    say(f"  {'process':8} {'start':>8} {'end':>8} {'growth':>8} {'peak':>8} {'bound':>8}")
+    say(f"  {'process':8} {'start':>8} {'end':>8} {'growth':>8} {'peak':>8} {'bound':>8}"
+        f"  {'KiB/wf':>7}")
     for name, m in s["memory"].items():
         say(f"  {name:8} {m['start_mib']:8.1f} {m['end_mib']:8.1f} {m['growth_mib']:8.1f} "
-            f"{m['hwm_mib']:8.1f} {m['bound_mib']:8.1f}  {'ok' if m['ok'] else 'OVER'}")
+            f"{m['hwm_mib']:8.1f} {m['bound_mib']:8.1f}  {m['kib_per_workflow']:7.2f}  "
+            f"{'ok' if m['ok'] else 'OVER'}")
     say(f"warning/error log lines per child: {s['log_problems']}")
     say("PASS" if s["pass"] else "FAIL: " + "; ".join(s["failures"]))
 
