@@ -13,8 +13,10 @@ __all__ = ["Budget", "BudgetView", "Ledger", "MemoryLedger", "check_budget", "re
 
 
 class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    tokens: int
-    deadline_ms: int
+    """What a request asks to spend; a limit left out is unbounded (and so exceeds any cap)."""
+
+    tokens: int | None = None
+    deadline_ms: int | None = None
 
 
 class BudgetView(msgspec.Struct, frozen=True):
@@ -53,7 +55,10 @@ def read_budget(body: bytes) -> Budget | Refusal | None:
         budget = _view.decode(body).budget
     except (msgspec.DecodeError, UnicodeDecodeError) as error:
         return Refusal(Reason.MALFORMED, f"body: {error}")
-    if budget is not None and (budget.tokens < 0 or budget.deadline_ms <= 0):
+    if budget is not None and (
+        (budget.tokens is not None and budget.tokens < 0)
+        or (budget.deadline_ms is not None and budget.deadline_ms <= 0)
+    ):
         return Refusal(Reason.MALFORMED, "budget must ask for >= 0 tokens and a positive deadline")
     return budget
 
@@ -62,25 +67,30 @@ def check_budget(
     budget: Budget | None, caveats: Caveats, caller: str, ledger: Ledger
 ) -> Refusal | None:
     """Against the grant's caveats, then against the caller's balance."""
-    tokens = 0 if budget is None else budget.tokens
-    if caveats.max_tokens is not None and (budget is None or tokens > caveats.max_tokens):
+    tokens = None if budget is None else budget.tokens
+    if caveats.max_tokens is not None and (tokens is None or tokens > caveats.max_tokens):
         return Refusal(
             Reason.BUDGET_EXHAUSTED,
             f"grant allows at most {caveats.max_tokens} tokens",
-            evidence={"requested": str(tokens), "allowed": str(caveats.max_tokens)},
+            evidence={"requested": "unbounded" if tokens is None else str(tokens),
+                      "allowed": str(caveats.max_tokens)},
         )
+    deadline = None if budget is None else budget.deadline_ms
     if caveats.max_deadline_ms is not None and (
-        budget is None or budget.deadline_ms > caveats.max_deadline_ms
+        deadline is None or deadline > caveats.max_deadline_ms
     ):
         return Refusal(
             Reason.BUDGET_EXHAUSTED,
             f"grant allows at most {caveats.max_deadline_ms} ms of deadline",
         )
     left = ledger.remaining(caller)
-    if left is not None and tokens > left:
+    # No budget spends nothing (a read); a budget without tokens is unbounded and never fits.
+    spend = 0 if budget is None else budget.tokens
+    if left is not None and (spend is None or spend > left):
         return Refusal(
             Reason.BUDGET_EXHAUSTED,
-            f"{tokens} tokens requested, {left} left",
-            evidence={"requested": str(tokens), "available": str(left)},
+            f"{'unbounded' if spend is None else spend} tokens requested, {left} left",
+            evidence={"requested": "unbounded" if spend is None else str(spend),
+                      "available": str(left)},
         )
     return None

@@ -366,7 +366,7 @@ def _check_signed(
         return budget
     if (refused := check_budget(budget, chain.caveats, header.caller, ledger)) is not None:
         return refused
-    if budget is not None:
+    if budget is not None and budget.tokens is not None:
         ledger.reserve(header.caller, budget.tokens)
     return Opened(
         header=header,

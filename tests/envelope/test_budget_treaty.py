@@ -48,3 +48,23 @@ def test_retry_after_is_the_time_until_the_next_token() -> None:
     assert wait == 101
     _, wait = take(bucket, rate_per_s=10, burst=1, now_ms=100)
     assert wait == 0
+
+
+def test_a_budget_may_set_one_limit_and_the_missing_one_exceeds_any_cap():
+    only_tokens = msgspec.msgpack.encode({"budget": {"tokens": 10}})
+    assert read_budget(only_tokens) == Budget(tokens=10)
+    only_deadline = read_budget(msgspec.msgpack.encode({"budget": {"deadline_ms": 5}}))
+    assert only_deadline == Budget(deadline_ms=5)
+    assert check_budget(Budget(tokens=10), Caveats(), "d", MemoryLedger()) is None
+    refusal = check_budget(Budget(tokens=10), Caveats(max_deadline_ms=8000), "d", MemoryLedger())
+    assert isinstance(refusal, Refusal) and refusal.reason is Reason.BUDGET_EXHAUSTED
+    refusal = check_budget(Budget(deadline_ms=5), Caveats(max_tokens=100), "d", MemoryLedger())
+    assert isinstance(refusal, Refusal) and refusal.evidence["requested"] == "unbounded"
+
+
+def test_a_metered_caller_may_read_without_a_budget_but_not_ask_for_unbounded_tokens():
+    ledger = MemoryLedger(balances={"d": 50})
+    assert check_budget(None, Caveats(), "d", ledger) is None
+    assert check_budget(Budget(tokens=50), Caveats(), "d", ledger) is None
+    refusal = check_budget(Budget(deadline_ms=5), Caveats(), "d", ledger)
+    assert isinstance(refusal, Refusal) and refusal.evidence["requested"] == "unbounded"
