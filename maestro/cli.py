@@ -137,15 +137,21 @@ def board_command(
               f"reliability {offer.reliability:.2f}  {caps}")
 
 
-async def _serve(data_dir: Path | None, offers_path: Path | None) -> int:
+async def _serve(data_dir: Path | None, offers_path: Path | None,
+                 metrics_port: int | None) -> int:
     from envelope.local import local_trust  # noqa: PLC0415
     from maestro.board import Board  # noqa: PLC0415
     from maestro.gateway import maestro_gate  # noqa: PLC0415
     from maestro.goal import load_offers  # noqa: PLC0415
     from maestro.service import Maestro  # noqa: PLC0415
-    from moon.service import on_sigterm  # noqa: PLC0415
+    from moon.service import observed, on_sigterm  # noqa: PLC0415
     from streams.broker import connect  # noqa: PLC0415
-    from streams.config import Topology, ensure_streams, space_from_env  # noqa: PLC0415
+    from streams.config import (  # noqa: PLC0415
+        Topology,
+        ensure_streams,
+        replicas_from_env,
+        space_from_env,
+    )
     from streams.replies import Refusal  # noqa: PLC0415
 
     home = data_dir or home_dir()
@@ -157,7 +163,7 @@ async def _serve(data_dir: Path | None, offers_path: Path | None) -> int:
         return 1
     async with connect(data_dir=home, name="maestro") as nc:
         js = nc.jetstream()
-        await ensure_streams(js, Topology(space=space))
+        await ensure_streams(js, Topology(space=space, replicas=replicas_from_env()))
         board = Board(js, space)
 
         async def offers() -> Any:
@@ -168,7 +174,17 @@ async def _serve(data_dir: Path | None, offers_path: Path | None) -> int:
         gate = maestro_gate(nc, maestro, signer=trust.maestro,
                             trust=trust.trust_for(trust.maestro))
         on_sigterm(maestro.stop)
-        async with gate.serving():
+
+        async def serving() -> str | None:
+            return None if gate.ready.is_set() else "gate not serving"
+
+        async def replanning() -> str | None:
+            return None if maestro.consuming else "replanner not consuming deviations"
+
+        async with gate.serving(), observed(
+            nc, "maestro", space=space, metrics_port=metrics_port,
+            checks={"gate": serving, "replanner": replanning},
+        ):
             await maestro.run_replanner()
     return 0
 
@@ -177,11 +193,15 @@ async def _serve(data_dir: Path | None, offers_path: Path | None) -> int:
 def serve_command(
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
     offers: Annotated[Path | None, typer.Option(help="static offers instead of the board")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", envvar="MAESTRO_METRICS_PORT",
+        help="serve Prometheus /metrics on this loopback port (0: any free port)")] = None,
 ) -> None:
-    """Serve map.maestro.plan/allocate/ratify/replan (and intents) and replan on deviations."""
+    """Serve map.maestro.plan/allocate/ratify/replan (and intents) and replan on deviations.
+    Health: `health.maestro` and `$SRV.PING|INFO|STATS.maestro` over NATS."""
     configure_logging()
     try:
-        raise typer.Exit(asyncio.run(_serve(data_dir, offers)))
+        raise typer.Exit(asyncio.run(_serve(data_dir, offers, metrics_port)))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

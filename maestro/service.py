@@ -11,8 +11,10 @@ import contextlib
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import assert_never
 
 import msgspec
 import structlog
@@ -37,7 +39,7 @@ from moon.effects import Effects
 from moon.gateway import DispatchReply
 from moon.journal import DECISIONS, journal
 from moon.workflow import WorkflowState
-from streams import subjects
+from streams import metrics, subjects
 from streams.codec import Codec, Undecodable
 from streams.config import MOON, PLANS
 from streams.decider import Decided, Decider, Runner
@@ -186,7 +188,10 @@ class Maestro:
     policy: Policy = field(default_factory=Policy)
     options: SolveOptions = field(default_factory=SolveOptions)
     clock_ms: Callable[[], int] = now_ms
-    replans: list[PlanRevised] = field(default_factory=list)
+    # The latest revisions this process made (demo, tests); bounded for a long-running service.
+    replans: deque[PlanRevised] = field(default_factory=lambda: deque(maxlen=1_000))
+    replan_count: int = 0
+    consuming: bool = False  # the replanner's consumer is subscribed: what `health` reports
     market: Market = field(default_factory=Market)
     replan_options: SolveOptions | None = None  # None: `options` with a REPLAN_TIME_LIMIT_S cap
     anticipation_samples: int = 1000
@@ -245,6 +250,8 @@ class Maestro:
                 anticipation=msgspec.json.encode(foreseen) if foreseen is not None else b"",
             )
         recorded = await self._record(plan_id, command_id or f"plan-{plan_id}", event)
+        metrics.PLANS.labels(outcome.decision if not isinstance(recorded, Refusal)
+                             else "refused").inc()
         if isinstance(recorded, Refusal):
             return Outcome("refused", outcome.plan, (recorded,), outcome.problem)
         log.info("planned", plan=plan_id, decision=outcome.decision, status=outcome.plan.status,
@@ -365,6 +372,22 @@ class Maestro:
 
     async def on_deviation(self, deviation: Deviation) -> PlanRevised | Refusal | None:
         """Re-solve what is left; done steps fixed, running ones pinned, the culprit excluded."""
+        started = time.perf_counter()
+        answer = await self._on_deviation(deviation)
+        match answer:
+            case PlanRevised():
+                metrics.REPLANS.labels("revised").inc()
+                metrics.REPLAN_SECONDS.observe(time.perf_counter() - started)
+            case Refusal():
+                metrics.REPLANS.labels("refused").inc()
+                metrics.REPLAN_SECONDS.observe(time.perf_counter() - started)
+            case None:
+                pass
+            case _:
+                assert_never(answer)
+        return answer
+
+    async def _on_deviation(self, deviation: Deviation) -> PlanRevised | Refusal | None:
         if deviation.kind not in REPLAN_ON or not deviation.plan_id:
             return None
         wf = deviation.workflow_id
@@ -420,6 +443,7 @@ class Maestro:
             assignments=assignments, reason=why))
         log.info("replanned", plan=deviation.plan_id, workflow=wf, revision=revision, moved=moved)
         self.replans.append(revised)
+        self.replan_count += 1
         async with self.revised:
             self.revised.notify_all()
         return revised
@@ -450,11 +474,13 @@ class Maestro:
             self.space.subject(subjects.deviations()), stream=self.space.stream(MOON.name),
             durable=durable, queue=durable, cb=self._on_journal, manual_ack=True,
             config=api.ConsumerConfig(ack_wait=60, max_deliver=-1))
+        self.consuming = True
         if ready is not None:
             ready.set()
         try:
             await self._stopping.wait()
         finally:
+            self.consuming = False
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
@@ -463,5 +489,5 @@ class Maestro:
 
     async def wait_for_replan(self, count: int = 1) -> list[PlanRevised]:
         async with self.revised:
-            await self.revised.wait_for(lambda: len(self.replans) >= count)
-        return self.replans
+            await self.revised.wait_for(lambda: self.replan_count >= count)
+        return list(self.replans)

@@ -164,7 +164,8 @@ async def _worker(data_dir: Path | None, executor: str, capabilities: list[str],
 
         handler = echo
     async with connect(data_dir=data_dir, name=f"moon-worker-{executor}") as nc:
-        await ensure_streams(nc.jetstream(), Topology(space=space_from_env()))
+        await ensure_streams(nc.jetstream(),
+                             Topology(space=space_from_env(), replicas=replicas_from_env()))
         worker = Worker(nc, executor_id=executor, handlers=dict.fromkeys(capabilities, handler),
                         space=space_from_env(), watts=watts, capacity=capacity)
         await serve_worker(worker, metrics_port=metrics_port)
@@ -210,7 +211,8 @@ async def _dispatch(path: Path, data_dir: Path | None) -> Any:
     data = await asyncio.to_thread(path.read_bytes)
     command = load_dispatch(data, now_ms=int(time.time() * 1000))
     async with connect(data_dir=data_dir, name="moon-dispatch") as nc:
-        await ensure_streams(nc.jetstream(), Topology(space=space_from_env()))
+        await ensure_streams(nc.jetstream(),
+                             Topology(space=space_from_env(), replicas=replicas_from_env()))
         outcome = await Engine(nc, space=space_from_env()).submit(command)
     return command.workflow_id, outcome
 

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
-import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 
 import msgspec
@@ -25,35 +21,9 @@ from moon.worker import Result, StepContext
 from streams.config import Topology, ensure_streams
 from streams.health import Health, probe
 
+from .. import service_world as sw
 from . import fault_world as fw
 from .engine_world import dispatch, step, worker
-
-
-def _spawn(url: str, space, log: Path) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
-    out = log.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-c", "from moon.cli import main; main()", "serve",
-         "--metrics-port", "0"],
-        env=fw._env(url, space), stdout=out, stderr=out, cwd=fw.ROOT,
-    )
-
-
-def _metrics_url(log: Path) -> str | None:
-    found = re.search(r'"url": "(http://127\.0\.0\.1:\d+/metrics)"', log.read_text())
-    return found.group(1) if found else None
-
-
-def _scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return str(response.read().decode())
-
-
-def _sample(text: str, name: str, **labels: str) -> float:
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = rf"^{re.escape(name)}{{{re.escape(wanted)}}} (\S+)$" if labels else (
-        rf"^{re.escape(name)} (\S+)$")
-    found = re.search(pattern, text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
 
 
 @pytest.mark.slow
@@ -62,15 +32,9 @@ async def test_moon_serve_answers_health_counts_work_and_stops_on_sigterm(
 ):
     await ensure_streams(js, Topology(space=space))
     log = tmp_path / "engine.log"
-    proc = _spawn(nats_url, space, log)
+    proc = sw.spawn("moon", ["serve"], nats_url, space, log)
     try:
-        async def healthy() -> Health | None:
-            try:
-                return await probe(nc, "moon-engine", space=space, timeout_s=0.5)
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                return None
-
-        health = await fw.wait_for(healthy, 20)
+        health = await sw.healthy(nc, "moon-engine", space)
         assert health.ok, health.failing
         assert health.service == "moon-engine"
         assert health.metadata["space"] == space.prefix
@@ -90,14 +54,14 @@ async def test_moon_serve_answers_health_counts_work_and_stops_on_sigterm(
             finals = await fw.wait_all_terminal(js, space, [command.workflow_id], timeout_s=30)
         assert finals[command.workflow_id].status == "completed"
 
-        url = await fw.wait_for(lambda: asyncio.sleep(0, _metrics_url(log)), 10)
-        text = await asyncio.to_thread(_scrape, url)
-        assert _sample(text, "moon_events_total", type="moon.dispatched") >= 1
-        assert _sample(text, "moon_events_total", type="moon.step.completed") >= 2
-        assert _sample(text, "moon_events_total", type="moon.workflow.completed") >= 1
-        assert _sample(text, "moon_commands_total", kind="complete_step",
+        url = await fw.wait_for(lambda: asyncio.sleep(0, sw.metrics_url(log)), 10)
+        text = await asyncio.to_thread(sw.scrape, url)
+        assert sw.sample(text, "moon_events_total", type="moon.dispatched") >= 1
+        assert sw.sample(text, "moon_events_total", type="moon.step.completed") >= 2
+        assert sw.sample(text, "moon_events_total", type="moon.workflow.completed") >= 1
+        assert sw.sample(text, "moon_commands_total", kind="complete_step",
                        outcome="decided") >= 2
-        assert _sample(text, "moon_command_seconds_count", kind="dispatch") >= 1
+        assert sw.sample(text, "moon_command_seconds_count", kind="dispatch") >= 1
         assert "process_resident_memory_bytes" in text
 
         stats = json.loads((await nc.request(f"$SRV.STATS.moon-engine.{health.id}", b"",
