@@ -21,6 +21,9 @@ Each run:
 * raw: the same clients for the same time doing `nc.request` of a payload as large as a sealed
   dispatch to the echo responder process, the floor any request/reply service on this broker pays.
 
+CPU: user+system time of every process from /proc, per accepted dispatch (MOON phase and its
+drain) and per raw request, to show where a dispatch's time goes when the cores are shared.
+
 Memory: VmRSS of every process (broker, engine, executors, echo, this bench) after a warm-up
 (`--warmup` seconds of both loads, drained) and after the last run. The stated bound: a process
 passes if its RSS grew by at most max(64 MiB, 50 % of its RSS at start). Any process over the
@@ -149,6 +152,16 @@ async def clients(n: int, seconds: float, call: Callable[[int, int], Any]) -> Lo
 # --- processes and their memory ----------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of a process, from /proc/<pid>/stat; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def status_kib(pid: int, field_name: str) -> int | None:
     """VmRSS/VmHWM from /proc/<pid>/status in KiB; None once the process is gone."""
     try:
@@ -177,6 +190,9 @@ class World:
 
     def hwm_mib(self) -> dict[str, float]:
         return {name: (status_kib(pid, "VmHWM") or 0) / 1024 for name, pid in self.pids().items()}
+
+    def cpu_s(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) or 0.0 for name, pid in self.pids().items()}
 
     def dead(self) -> list[str]:
         return [f"{name} (exit {p.returncode})" for name, p in self.children.items()
@@ -422,12 +438,17 @@ async def bench(w: World, args: argparse.Namespace, say: Callable[[str], None]) 
         start_rss = w.rss_mib()
         say("rss after warm-up (MiB): " + fmt_mem(start_rss))
         per_run: list[dict[str, float]] = []
+        per_run_cpu: list[dict[str, dict[str, float]]] = []
         totals = Totals()
         for run in range(args.runs):
+            cpu0 = w.cpu_s()
             moon = await moon_load(nc, client, f"L{run}", seconds=args.seconds, n=args.clients,
                                    steps=args.steps)
-            after_moon = w.rss_mib()
+            after_moon, cpu1 = w.rss_mib(), w.cpu_s()
             raw = await raw_load(nc, args.seconds, args.clients, payload)
+            cpu2 = w.cpu_s()
+            per_run_cpu.append(cpu_per_call(cpu0, cpu1, cpu2, len(moon.accepted),
+                                            raw.latencies.count))
             figures = run_figures(moon, raw)
             per_run.append(figures)
             totals.dispatches += moon.load.latencies.count + sum(moon.load.errors.values())
@@ -443,13 +464,30 @@ async def bench(w: World, args: argparse.Namespace, say: Callable[[str], None]) 
                 f"errors={dict(moon.load.errors)}, raw_errors={dict(raw.errors)}")
             say(f"  rss (MiB) after MOON: {fmt_mem(after_moon)}")
             say(f"  rss (MiB) after raw:  {fmt_mem(w.rss_mib())}; loadavg {loadavg()}")
+            say("  cpu ms per dispatch: " + fmt_mem(per_run_cpu[-1]["moon_ms_per_dispatch"])
+                + "; cpu us per raw request: " + fmt_mem(per_run_cpu[-1]["raw_us_per_request"]))
             del moon
         end_rss, hwm = w.rss_mib(), w.hwm_mib()
         dead = w.dead()
     finally:
         await nc.close()
-    return summary(args, per_run, totals, start_rss=start_rss, end_rss=end_rss, hwm=hwm,
-                   dead=dead, w=w)
+    out = summary(args, per_run, totals, start_rss=start_rss, end_rss=end_rss, hwm=hwm,
+                  dead=dead, w=w)
+    out["cpu"] = {kind: {name: round(statistics.median(r[kind][name] for r in per_run_cpu), 3)
+                         for name in per_run_cpu[0][kind]} for kind in per_run_cpu[0]}
+    return out
+
+
+def cpu_per_call(before: dict[str, float], between: dict[str, float], after: dict[str, float],
+                 dispatches: int, requests: int) -> dict[str, dict[str, float]]:
+    """CPU each process spent per accepted dispatch (MOON phase and its drain, in ms) and per
+    raw request (in us): where the time of a dispatch goes on a machine whose cores are shared."""
+    return {
+        "moon_ms_per_dispatch": {k: (between[k] - before[k]) * 1e3 / max(1, dispatches)
+                                 for k in before},
+        "raw_us_per_request": {k: (after[k] - between[k]) * 1e6 / max(1, requests)
+                               for k in before},
+    }
 
 
 def summary(args: argparse.Namespace, per_run: list[dict[str, float]], totals: Totals, *,
@@ -533,6 +571,10 @@ def report(s: dict[str, Any], say: Callable[[str], None]) -> None:
         say(f"  {name:8} {m['start_mib']:8.1f} {m['end_mib']:8.1f} {m['growth_mib']:8.1f} "
             f"{m['hwm_mib']:8.1f} {m['bound_mib']:8.1f}  {m['kib_per_workflow']:7.2f}  "
             f"{'ok' if m['ok'] else 'OVER'}")
+    say("cpu per call, median of runs: ms per MOON dispatch: "
+        + fmt_mem(s["cpu"]["moon_ms_per_dispatch"]))
+    say("                              us per raw request:   "
+        + fmt_mem(s["cpu"]["raw_us_per_request"]))
     say(f"warning/error log lines per child: {s['log_problems']}")
     say("PASS" if s["pass"] else "FAIL: " + "; ".join(s["failures"]))
 

@@ -41,3 +41,4 @@ def test_a_short_load_completes_every_dispatch_without_errors_or_growth() -> Non
         assert figures["end_mib"] > 0, name
         assert figures["ok"], (name, figures)
     assert summary["dead"] == []
+    assert summary["cpu"]["moon_ms_per_dispatch"]["engine"] > 0
