@@ -192,9 +192,10 @@ class Child:
 
     def logged_ready(self) -> bool:
         """`moon serve` logs engine_ready, serve_worker worker_ready, once they consume."""
+        word = b"engine_ready" if self.kind == "engine" else b"worker_ready"
         with self.out.open("rb") as out:
             out.seek(self.offset)
-            return f"{self.kind}_ready".encode() in out.read()
+            return word in out.read()
 
 
 @dataclass
@@ -354,6 +355,7 @@ class Tally(msgspec.Struct):
     compensated: int = 0
     compensated_seeded: int = 0
     other: dict[str, int] = {}  # workflows that did not end, by status
+    stuck: list[str] = []  # the first of them, with their unfinished steps
     unexpected: int = 0  # ended, but not as seeded
     attempts_begun: int = 0
     attempts_done: int = 0
@@ -451,6 +453,12 @@ async def check_replay(tally: Tally, js: Any, finals: Journals) -> None:
         )
 
 
+def _unfinished(wf: str, state: WorkflowState) -> str:
+    steps = [f"{k} {s.status} at attempt {s.attempt}" for k, s in state.steps.items()
+             if s.status not in ("completed", "compensated", "pending")]
+    return f"{wf} {state.status}: {', '.join(steps) or 'no step in progress'}"
+
+
 def verdict(tally: Tally, plans: list[Plan], reader: Reader) -> None:
     expect = {p.workflow_id: p.expect for p in plans}
     tally.compensated_seeded = sum(p.expect == "compensated" for p in plans)
@@ -463,6 +471,8 @@ def verdict(tally: Tally, plans: list[Plan], reader: Reader) -> None:
             tally.compensated += 1
         else:
             other[status] += 1
+            if len(tally.stuck) < 10:
+                tally.stuck.append(_unfinished(wf, reader.states.get(wf, workflow.initial)))
             continue
         tally.unexpected += status != wanted
     tally.other = dict(other)
@@ -584,7 +594,8 @@ def render(t: Tally) -> str:
         f"chaos seed {t.seed}: {t.workflows} workflows, {sum(t.kills.values())} kills ({kills})"
         f" in {t.wall_s:.1f} s; load {t.load[0]:.2f} {t.load[1]:.2f} {t.load[2]:.2f}",
         f"  workflows     completed {t.completed}, compensated {t.compensated}"
-        f" (seeded {t.compensated_seeded}), other {t.other or 0}, not as seeded {t.unexpected}",
+        f" (seeded {t.compensated_seeded}), other {t.other or 0}, not as seeded {t.unexpected}"
+        + "".join(f"\n    stuck: {line}" for line in t.stuck),
         f"  side effects  {t.attempts_begun} attempts begun, {t.attempts_done} done,"
         f" {t.attempts_cut} cut by a kill, {t.resumed_from_checkpoint} resumed from a checkpoint;"
         f" keys begun twice {t.keys_begun_twice}, done twice {t.keys_done_twice};"
