@@ -17,7 +17,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,7 @@ __all__ = [
     "free_port",
     "home_dir",
     "open_connection",
+    "server_urls",
 ]
 
 MIN_SERVER_VERSION = (2, 12, 0)
@@ -133,7 +134,7 @@ class EmbeddedBroker:
             self.port = free_port()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "nats-server.conf"
-        config.write_text(_config_text(self.port, self.store_dir.resolve(), self.sync_always, None))
+        config.write_text(self.config_text())
         log = (self.data_dir / "nats-server.log").open("ab")
         self.process = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=log)
         self._wait_until_listening(timeout_s)
@@ -141,6 +142,10 @@ class EmbeddedBroker:
         # a second server on the same store.
         (self.data_dir / "nats.url").write_text(self.url)
         return self
+
+    def config_text(self) -> str:
+        """The server's config file; a cluster node (streams/cluster.py) adds its routes."""
+        return _config_text(self.port, self.store_dir.resolve(), self.sync_always, None)
 
     def _wait_until_listening(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -185,10 +190,20 @@ class EmbeddedBroker:
         self.stop()
 
 
-async def open_connection(url: str, *, name: str = "maestro", **options: object) -> Client:
-    """Connect with the client hygiene of research/jetstream.md §6.7; refuse an old server."""
+def server_urls(url: str | Sequence[str]) -> list[str]:
+    """`nats://a:4222,nats://b:4222` (NATS_URL for a cluster) or a list: one URL per server."""
+    parts = url.split(",") if isinstance(url, str) else list(url)
+    return [part.strip() for part in parts if part.strip()]
+
+
+async def open_connection(
+    url: str | Sequence[str], *, name: str = "maestro", **options: object
+) -> Client:
+    """Connect with the client hygiene of research/jetstream.md §6.7; refuse an old server.
+    Several servers (a list, or one comma-separated string) form the pool the client fails
+    over to when the node it talks to dies."""
     nc: Client = await nats.connect(
-        url,
+        server_urls(url),
         name=name,
         ping_interval=PING_INTERVAL_S,
         max_outstanding_pings=3,
