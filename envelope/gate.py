@@ -103,6 +103,7 @@ class Gate:
         claim_lease_ms: int = 30_000,
         junk_rate_per_s: float = 20.0,
         junk_burst: int = 200,
+        concurrency: int = 256,
     ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
@@ -123,6 +124,8 @@ class Gate:
         self._routes: dict[str, _Route] = {}
         self._log = structlog.get_logger("envelope.gate").bind(service=service)
         self.ready = asyncio.Event()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._in_hand: set[asyncio.Task[None]] = set()
 
     def route(self, method: str, handler: Handler, *, capability: str | None = None) -> None:
         """Serve `method`; the subject stands for `capability` (default `<service>:<method>`)."""
@@ -131,7 +134,7 @@ class Gate:
     # -- serving --------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve every route on both paths until cancelled."""
+        """Serve every route on both paths until cancelled; requests in hand then finish."""
         kv = await self.js.key_value(self._bucket)
         subs = []
         try:
@@ -161,6 +164,8 @@ class Gate:
             for sub in subs:
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
+            if self._in_hand:  # answered and audited, not cut off half way
+                await asyncio.wait(set(self._in_hand), timeout=10)
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[Gate]:
@@ -179,13 +184,30 @@ class Gate:
                 await task
 
     def _on_request(self, route: _Route, kv: Any) -> Callable[[Msg], Awaitable[None]]:
+        # nats-py runs a subscription's callbacks one after another: each request gets its own
+        # task so that a slow handler (a journal append, a solve) does not hold up the rest.
+        # The semaphore is the bound: when it is full the callback waits and the subscription's
+        # pending buffer, then the server's slow-consumer limit, push back.
+        async def serve(msg: Msg) -> None:
+            try:
+                response, trace = await self.answer(route, kv, msg.data, msg.headers)
+                if msg.reply:
+                    headers = {"traceparent": trace} if trace else None
+                    await self.nc.publish(msg.reply, response, headers=headers)
+            except Exception:  # broken infrastructure: the caller times out and retries
+                self._log.exception("request_failed", method=route.method)
+
         async def on_request(msg: Msg) -> None:
-            response, trace = await self.answer(route, kv, msg.data, msg.headers)
-            if msg.reply:
-                headers = {"traceparent": trace} if trace else None
-                await self.nc.publish(msg.reply, response, headers=headers)
+            await self._slots.acquire()
+            task = asyncio.get_running_loop().create_task(serve(msg))
+            self._in_hand.add(task)
+            task.add_done_callback(self._settled)
 
         return on_request
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._in_hand.discard(task)
+        self._slots.release()
 
     async def _consume(self, route: _Route, kv: Any, pull: Any) -> None:
         while True:
