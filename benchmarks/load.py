@@ -26,9 +26,13 @@ drain) and per raw request, to show where a dispatch's time goes when the cores 
 
 Memory: VmRSS of every process (broker, engine, executors, echo, this bench) after a warm-up
 (`--warmup` seconds of both loads, drained) and after the last run. The stated bound: a process
-passes if its RSS grew by at most max(64 MiB, 50 % of its RSS at start). Any process over the
-bound, any error, any accepted workflow not completed or any child that died prints FAIL and
-exits 1. With --runs R > 1 the figures are medians over runs with [min-max].
+passes if its RSS grew by at most max(64 MiB, 50 % of its RSS at start); the broker also keeps
+an index entry for every subject the journal and the buckets retain (each workflow leaves its
+journal subjects and its index, outcome and claim keys: measured ~27 MiB for 70k subjects), so
+it may grow by a further 8 KiB per workflow retained, data the streams' limits bound, not a
+leak. Any process over the bound, any error, any accepted workflow not completed or any child
+that died prints FAIL and exits 1. With --runs R > 1 the figures are medians over runs with
+[min-max].
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ from streams.subjects import Space  # noqa: E402
 ROOT = _HERE.parent
 MIB = 1024 * 1024
 BOUND_MIB, BOUND_SHARE = 64, 0.5
+BROKER_KIB_PER_WORKFLOW = 8  # retained subjects' index in the server, see the docstring
 ECHO_SUBJECT = "bench.load.echo"
 SPACE = Space("load")
 EXECUTORS = ("x1", "x2")
@@ -499,6 +504,8 @@ def summary(args: argparse.Namespace, per_run: list[dict[str, float]], totals: T
     for name, start in start_rss.items():
         end = end_rss.get(name, 0.0)
         bound = max(BOUND_MIB, BOUND_SHARE * start)
+        if name == "broker":
+            bound += BROKER_KIB_PER_WORKFLOW * totals.accepted / 1024
         memory[name] = {"start_mib": round(start, 1), "end_mib": round(end, 1),
                         "growth_mib": round(end - start, 1), "hwm_mib": round(hwm[name], 1),
                         "bound_mib": round(bound, 1), "ok": end - start <= bound,
@@ -526,7 +533,8 @@ def summary(args: argparse.Namespace, per_run: list[dict[str, float]], totals: T
             "p99_moon_over_raw": medians["dispatch_p99_ms"] / medians["raw_p99_ms"],
         },
         "memory": memory,
-        "memory_bound": f"growth <= max({BOUND_MIB} MiB, {BOUND_SHARE:.0%} of start RSS)",
+        "memory_bound": f"growth <= max({BOUND_MIB} MiB, {BOUND_SHARE:.0%} of start RSS)"
+                        f", broker + {BROKER_KIB_PER_WORKFLOW} KiB per retained workflow",
         "log_problems": w.log_problems(),
         "dead": dead, "failures": failures, "pass": not failures,
     }
