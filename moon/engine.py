@@ -25,7 +25,7 @@ from nats.js import JetStreamContext, api
 
 from moon import journal, workflow
 from moon.effects import COMMANDS, Effects, in_flight_orders
-from moon.workflow import WorkflowState, is_terminal, timers, work_orders
+from moon.workflow import WorkflowState, is_terminal, pending_timers, timers, work_orders
 from streams import metrics
 from streams.audit import AuditRecord, audit_subject
 from streams.codec import Undecodable
@@ -155,8 +155,10 @@ class Engine:
                 await self.effects.schedule(timers(state, outcome.events), self.clock_ms())
                 self.stats.deviations += sum(isinstance(e, Deviation) for e in outcome.events)
             elif redelivered or outcome.duplicate:
-                # The first handling may have journaled but not sent: re-send what is in flight.
+                # The first handling may have journaled but not sent: arm again every timer the
+                # state waits on, then re-send what is in flight (both are deduplicated).
                 self.stats.duplicates += 1
+                await self.effects.schedule(pending_timers(state), self.clock_ms())
                 orders = in_flight_orders(state)
             else:
                 return outcome

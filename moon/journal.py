@@ -21,7 +21,7 @@ from streams.subjects import Space
 __all__ = ["DECIDER", "DECISIONS", "STATE_VERSION", "journal", "layout", "runner"]
 
 # Bump when evolve's meaning changes: snapshots stamped with an older version are ignored.
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: StepState.retry_due_ms
 DECISIONS: Codec[Decision] = Codec(Decision)
 DECIDER: Decider[MoonCommand, MoonEvent, WorkflowState] = Decider(
     decide=workflow.decide, evolve=workflow.evolve, initial=workflow.initial

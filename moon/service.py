@@ -68,13 +68,25 @@ async def observed(
             await service.stop()
 
 
+async def _started(run: Callable[[asyncio.Event], Awaitable[None]]) -> asyncio.Future[None]:
+    """Start a service loop and return once it is ready; a loop that fails first (the broker
+    went away mid-subscribe) raises here, so the process exits instead of waiting forever."""
+    ready = asyncio.Event()
+    task = asyncio.ensure_future(run(ready))
+    waiter = asyncio.ensure_future(ready.wait())
+    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if task.done() and not ready.is_set():
+        task.result()
+        raise RuntimeError("the service stopped before it was ready")
+    return task
+
+
 async def serve_engine(engine: Engine, *, metrics_port: int | None = None) -> None:
     """SIGTERM stops taking commands; those in hand finish and are acked before exit."""
     on_sigterm(engine.stop)
-    ready = asyncio.Event()
     log.info("engine_starting", space=engine.space.prefix or "-")
-    task = asyncio.ensure_future(engine.run(ready=ready))
-    await ready.wait()
+    task = await _started(lambda ready: engine.run(ready=ready))
 
     async def consuming() -> str | None:
         return None if engine.consuming else "not consuming commands"
@@ -90,9 +102,7 @@ async def serve_engine(engine: Engine, *, metrics_port: int | None = None) -> No
 async def serve_worker(worker: Worker, *, metrics_port: int | None = None) -> None:
     """SIGTERM stops taking orders; an order not acked goes back to the pool, never lost."""
     on_sigterm(worker.stop)
-    ready = asyncio.Event()
-    task = asyncio.ensure_future(worker.run(ready=ready))
-    await ready.wait()
+    task = await _started(lambda ready: worker.run(ready=ready))
 
     async def taking() -> str | None:
         return "stopped taking orders" if task.done() else None

@@ -91,6 +91,7 @@ __all__ = [
     "evolve",
     "initial",
     "is_terminal",
+    "pending_timers",
     "timers",
     "work_orders",
 ]
@@ -143,6 +144,7 @@ class StepState(msgspec.Struct, frozen=True):
     # Where the plan sends this step (the dispatch or the latest replan); `executor` is who ran
     # the current attempt. Retries go to `assigned`: None means any executor of the capability.
     assigned: str | None = None
+    retry_due_ms: int | None = None  # when the backoff ends (the last RetryScheduled's due time)
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -262,7 +264,9 @@ def evolve(state: WorkflowState, event: MoonEvent) -> WorkflowState:
                 outcome="failed",
             )
         case RetryScheduled():
-            return state  # the preceding failure already moved the step to its backoff status
+            # The preceding failure already moved the step to its backoff status; the due time
+            # is kept so that a lost backoff timer can be armed again (pending_timers).
+            return _step(state, event.step, retry_due_ms=event.due_ms)
         case StepTimedOut():
             return _step(
                 state,
@@ -958,6 +962,37 @@ def work_orders(state: WorkflowState, events: list[MoonEvent]) -> list[WorkOrder
             )
         )
     return orders
+
+
+def pending_timers(state: WorkflowState) -> list[TimerRequest]:
+    """Every timer the state waits on, as `timers` asked for it when deciding.
+
+    For a command that comes back after a crash: its first handling may have journaled the
+    decision and died before the timers reached the server, and without a timer a step in
+    backoff waits forever. Arming one twice is harmless: both firings carry the same command id
+    (kind, step, attempt, due time), and the second is decided as a duplicate.
+    """
+    if is_terminal(state):
+        return []
+    wf = state.workflow_id
+    out: list[TimerRequest] = []
+    if state.deadline_ms is not None and state.status == "running" and not state.late:
+        out.append(TimerRequest(workflow_id=wf, kind="workflow_deadline",
+                                at_ms=state.deadline_ms))
+    for name, s in state.steps.items():
+        if s.status in _IN_FLIGHT and s.scheduled_at is not None:
+            out.append(TimerRequest(workflow_id=wf, kind="step_timeout",
+                                    at_ms=s.scheduled_at + s.spec.timeout_ms, step=name,
+                                    attempt=s.attempt))
+            window = s.spec.heartbeat_timeout_ms
+            if window is not None and s.heartbeat_at is not None:
+                out.append(TimerRequest(workflow_id=wf, kind="heartbeat_timeout",
+                                        at_ms=s.heartbeat_at + window, step=name,
+                                        attempt=s.attempt))
+        elif s.status in ("backoff", "compensation_backoff") and s.retry_due_ms is not None:
+            out.append(TimerRequest(workflow_id=wf, kind="retry_backoff", at_ms=s.retry_due_ms,
+                                    step=name, attempt=s.attempt + 1))
+    return out
 
 
 def timers(state: WorkflowState, events: list[MoonEvent]) -> list[TimerRequest]:

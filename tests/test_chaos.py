@@ -69,8 +69,6 @@ def test_twenty_kills_lose_no_event_rerun_no_completed_step_and_every_journal_re
     assert tally["engine_view_mismatches"] == tally["index_mismatches"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="moon/engine.py re-sends orders, not timers, for a "
-                   "redelivered command: a timer lost between append and schedule is lost for good")
 async def test_a_timer_lost_between_the_append_and_the_schedule_is_armed_on_redelivery(
     nc, js, space
 ) -> None:

@@ -110,6 +110,19 @@ async def short_ack_wait_engine_consumer(js: JetStreamContext, space: Space,
     )
 
 
+async def engine_bound(js: JetStreamContext, space: Space, timeout_s: float = 30.0) -> None:
+    """Until an engine process has subscribed to the command consumer: commands sent from now
+    on are handled at once, so their due times are not spent on the engine's start-up."""
+    async def bound() -> bool:
+        with contextlib.suppress(Exception):  # the consumer may not exist yet
+            info = await js.consumer_info(space.stream("MOON_CMD"),
+                                          space.consumer(ENGINE_CONSUMER))
+            return bool(info.push_bound)
+        return False
+
+    await wait_for(bound, timeout_s)
+
+
 # --- the journal, read directly ---------------------------------------------------------------
 
 

@@ -309,13 +309,17 @@ async def test_a_hanging_step_times_out_late_and_is_retried_or_failed_across_a_r
             await release.wait()  # hangs: only the step_timeout timer can settle it
         return Result(output=b"ok")
 
-    retried = dispatch([step("s", timeout_ms=1000, retry=FAST_RETRY)])
-    failing = dispatch([step("s", timeout_ms=1000, retry=RetryPolicy(maximum_attempts=1))],
-                       on_failure="fail")
     log = tmp_path / "engine.log"
     async with worker(nc, space, {"work": work}, capacity=4):
         proc = fw.spawn_engine(nats_url, space, log)
         try:
+            # Dispatched once the engine listens: on a loaded machine its start-up alone can
+            # outlast the 1 s step timeout, and the order would reach the worker already due.
+            await fw.engine_bound(js, space)
+            retried = dispatch([step("s", timeout_ms=1000, retry=FAST_RETRY)])
+            failing = dispatch(
+                [step("s", timeout_ms=1000, retry=RetryPolicy(maximum_attempts=1))],
+                on_failure="fail")
             sender = Effects(js, space)
             for command in (retried, failing):
                 await sender.send_command(command)

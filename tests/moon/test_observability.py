@@ -91,3 +91,19 @@ async def test_health_names_the_failing_check(nc, space):
     assert not health.ok
     assert health.failing == {"engine": "not consuming commands"}
     assert msgspec.json.decode(msgspec.json.encode(health), type=Health) == health
+
+
+async def test_serve_engine_fails_instead_of_waiting_when_the_engine_cannot_start(nc):
+    from moon.engine import Engine  # noqa: PLC0415
+    from moon.service import serve_engine  # noqa: PLC0415
+    from streams.subjects import Space  # noqa: PLC0415
+
+    engine = Engine(nc, space=Space("nostreams"))  # no MOON_CMD stream: subscribing fails
+    loop = asyncio.get_running_loop()
+    try:
+        with pytest.raises(Exception) as caught:
+            await asyncio.wait_for(serve_engine(engine), 10)
+        assert not isinstance(caught.value, TimeoutError)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

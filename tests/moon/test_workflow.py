@@ -17,6 +17,7 @@ from moon.workflow import (
     decide,
     initial,
     is_terminal,
+    pending_timers,
     timers,
     work_orders,
 )
@@ -248,6 +249,28 @@ def test_a_retryable_failure_schedules_a_retry_timer_with_the_backoff_delay() ->
     assert timers(state, events) == [
         TimerRequest(workflow_id=W, kind="retry_backoff", at_ms=1100, step="a", attempt=2)
     ]
+
+
+def test_pending_timers_are_the_ones_each_decision_asked_for_that_are_still_awaited() -> None:
+    """What a redelivered command arms again when its first handling died before scheduling."""
+    command = dispatch(spec("a", timeout_ms=100, heartbeat_timeout_ms=50, retry=POLICY),
+                       spec("b", "a"), deadline_ms=900)
+    events, state = then(initial, command)
+    assert pending_timers(state) == timers(state, events)
+    events, state = then(state, c(StartStep, step="a", attempt=1, executor="x", at_ms=10))
+    assert pending_timers(state) == [
+        TimerRequest(workflow_id=W, kind="workflow_deadline", at_ms=900),
+        TimerRequest(workflow_id=W, kind="step_timeout", at_ms=100, step="a", attempt=1),
+        *timers(state, events),  # the heartbeat window from the start
+    ]
+    events, state = then(state, fail("a", at_ms=40))
+    retry = TimerRequest(workflow_id=W, kind="retry_backoff", at_ms=140, step="a", attempt=2)
+    assert timers(state, events) == [retry]
+    assert pending_timers(state) == [
+        TimerRequest(workflow_id=W, kind="workflow_deadline", at_ms=900), retry]
+    _, state = then(state, fire("workflow_deadline", at_ms=900))
+    assert is_terminal(state) or all(t.kind != "workflow_deadline"
+                                     for t in pending_timers(state))
 
 
 def test_the_backoff_timer_reschedules_the_step_with_the_next_attempt() -> None:
