@@ -114,4 +114,4 @@ async def serve_worker(worker: Worker, *, metrics_port: int | None = None) -> No
         log.info("worker_ready", executor=worker.executor_id,
                  capabilities=sorted(worker.handlers))
         await task
-    log.info("worker_stopped", executor=worker.executor_id, executed=len(worker.executed))
+    log.info("worker_stopped", executor=worker.executor_id, executed=worker.executed)

@@ -41,8 +41,9 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import KeyWrongLastSequenceError
 
 from moon.effects import ORDERS, Effects
-from streams import subjects
+from streams import metrics, subjects
 from streams.codec import Undecodable
+from streams.config import CLAIMS
 from streams.moon_events import (
     CheckpointStep,
     CompleteStep,
@@ -68,10 +69,13 @@ __all__ = [
 
 log = structlog.get_logger("moon.worker")
 SEEN_KEYS = 100_000
-CLAIMS_BUCKET = "moon_claims"
+CLAIMS_BUCKET = CLAIMS.name
 # Longer than any step timeout: an order past its deadline is acked unrun, so an older claim
 # can only ever answer a question nobody asks.
-CLAIM_TTL_S = 7 * 24 * 3600.0
+CLAIM_TTL_S = CLAIMS.ttl_s
+# The pool shares one durable per capability and its limit is the pool's, not one worker's
+# (each bounds itself with `capacity`): the first worker's capacity must not cap the rest.
+POOL_ACK_PENDING = 4096
 BACKOFF_S = (0.1, 2.0)  # first and longest pause between sends while the broker is away
 
 
@@ -174,7 +178,7 @@ class Worker:
     watts: float = 0.0
     capacity: int = 8
     ack_wait_s: float = 30.0
-    executed: list[str] = field(default_factory=list)  # idempotency keys, for tests and stats
+    executed: int = 0  # attempts this process ran to completion: for stats
 
     def __post_init__(self) -> None:
         self.js = self.nc.jetstream()
@@ -227,7 +231,8 @@ class Worker:
                         self.space.subject(subject), stream=self.space.stream("WORK"),
                         durable=durable, queue=durable, cb=on_msg, manual_ack=True,
                         config=api.ConsumerConfig(
-                            ack_wait=self.ack_wait_s, max_ack_pending=self.capacity, max_deliver=-1
+                            ack_wait=self.ack_wait_s, max_ack_pending=POOL_ACK_PENDING,
+                            max_deliver=-1
                         ),
                     )
                 )
@@ -310,6 +315,7 @@ class Worker:
         try:
             outcome = await handler(StepContext(order=order, worker=self))
         except Exception as error:  # a failed step is a fact to report, not a crash
+            metrics.WORKER_STEPS.labels(order.capability, "failed").inc()
             report = FailStep(
                 command_id=f"fail/{key}", at_ms=_now_ms(), error=str(error)[:2000] or repr(error),
                 error_type=type(error).__name__, retryable=not isinstance(error, NonRetryable),
@@ -317,7 +323,8 @@ class Worker:
             )
         else:
             result = outcome if isinstance(outcome, Result) else Result(output=outcome)
-            self.executed.append(_claim_key(order))
+            self.executed += 1
+            metrics.WORKER_STEPS.labels(order.capability, "completed").inc()
             report = CompleteStep(
                 command_id=f"done/{key}", at_ms=_now_ms(), result=result.output,
                 usage=self._usage(started, result.tokens), workflow_id=wf, step=step,

@@ -92,7 +92,11 @@ BOARD = BucketSpec("maestro_board", ttl_s=15.0)  # offers expire unless refreshe
 NONCES = BucketSpec("envelope_nonces", ttl_s=900.0)
 REVOKED = BucketSpec("envelope_revoked")
 OUTCOMES = BucketSpec("envelope_outcomes", ttl_s=7 * DAY_S)
-BUCKETS: tuple[BucketSpec, ...] = (SNAPSHOTS, WORKFLOWS, BOARD, NONCES, REVOKED, OUTCOMES)
+# An executor claims an attempt's idempotency key before running it (moon/worker.py): longer
+# than any step timeout, since an order past its deadline is acked unrun.
+CLAIMS = BucketSpec("moon_claims", ttl_s=7 * DAY_S)
+BUCKETS: tuple[BucketSpec, ...] = (SNAPSHOTS, WORKFLOWS, BOARD, NONCES, REVOKED, OUTCOMES,
+                                   CLAIMS)
 
 
 class StreamConflict(RuntimeError):
