@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import signal
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
 import nats.errors
+import pytest
 from nats.aio.client import Client
 
 from streams.health import Health, probe
@@ -37,6 +40,21 @@ async def healthy(nc: Client, name: str, space: Space, timeout_s: float = 20) ->
 
     health: Health = await fw.wait_for(answer, timeout_s)
     return health
+
+
+async def stops_on_sigterm(proc: subprocess.Popen[bytes], nc: Client, name: str, space: Space,
+                           log: Path) -> None:
+    """SIGTERM: the process exits 0 and its health endpoint is gone."""
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 20) == 0, log.read_text()[-2000:]
+    with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
+        await probe(nc, name, space=space, timeout_s=0.5)
+
+
+async def metrics_text(log: Path) -> str:
+    """The /metrics page of the process whose log names its URL."""
+    url: str = await fw.wait_for(lambda: asyncio.sleep(0, metrics_url(log)), 10)
+    return await asyncio.to_thread(scrape, url)
 
 
 def metrics_url(log: Path) -> str | None:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 from pathlib import Path
 
-import nats.errors
 import pytest
 
 from streams.config import Topology, ensure_streams
-from streams.health import probe
 
 from .. import service_world as sw
 from ..moon import fault_world as fw
@@ -33,13 +29,9 @@ async def test_maestro_serve_is_healthy_exports_metrics_and_stops_on_sigterm(
                                             timeout=2)).data)
         assert [e["subject"] for e in info["endpoints"]] == [space.subject("health.maestro")]
 
-        url = await fw.wait_for(lambda: asyncio.sleep(0, sw.metrics_url(log)), 10)
-        text = await asyncio.to_thread(sw.scrape, url)
+        text = await sw.metrics_text(log)
         assert "maestro_replan_seconds_count 0.0" in text
 
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(proc.wait, 20) == 0, log.read_text()[-2000:]
-        with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
-            await probe(nc, "maestro", space=space, timeout_s=0.5)
+        await sw.stops_on_sigterm(proc, nc, "maestro", space, log)
     finally:
         fw.kill9(proc)

@@ -13,7 +13,6 @@ import signal
 from pathlib import Path
 
 import msgspec
-import nats.errors
 import pytest
 
 from moon.effects import Effects
@@ -54,8 +53,7 @@ async def test_moon_serve_answers_health_counts_work_and_stops_on_sigterm(
             finals = await fw.wait_all_terminal(js, space, [command.workflow_id], timeout_s=30)
         assert finals[command.workflow_id].status == "completed"
 
-        url = await fw.wait_for(lambda: asyncio.sleep(0, sw.metrics_url(log)), 10)
-        text = await asyncio.to_thread(sw.scrape, url)
+        text = await sw.metrics_text(log)
         assert sw.sample(text, "moon_events_total", type="moon.dispatched") >= 1
         assert sw.sample(text, "moon_events_total", type="moon.step.completed") >= 2
         assert sw.sample(text, "moon_events_total", type="moon.workflow.completed") >= 1
@@ -69,10 +67,7 @@ async def test_moon_serve_answers_health_counts_work_and_stops_on_sigterm(
         data = stats["endpoints"][0]["data"]
         assert data["moon_events_total{type=moon.dispatched}"] >= 1
 
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(proc.wait, 20) == 0, log.read_text()[-2000:]
-        with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
-            await probe(nc, "moon-engine", space=space, timeout_s=0.5)
+        await sw.stops_on_sigterm(proc, nc, "moon-engine", space, log)
     finally:
         fw.kill9(proc)
 
