@@ -197,6 +197,14 @@ def worker_command(
 # --- commands against the journal ------------------------------------------------------------
 
 
+async def _submit(nc: Any, command: Any) -> Any:
+    """An operator's command runs through the engine in this process. It may be a retry of one
+    whose first run died after journaling: `redelivered` re-sends its timers and orders then."""
+    from moon.engine import Engine  # noqa: PLC0415
+
+    return await Engine(nc, space=space_from_env()).submit(command, redelivered=True)
+
+
 def _run(coro: Any) -> Any:
     try:
         return asyncio.run(coro)
@@ -206,14 +214,13 @@ def _run(coro: Any) -> Any:
 
 async def _dispatch(path: Path, data_dir: Path | None) -> Any:
     from moon.dispatch_file import load_dispatch  # noqa: PLC0415
-    from moon.engine import Engine  # noqa: PLC0415
 
     data = await asyncio.to_thread(path.read_bytes)
     command = load_dispatch(data, now_ms=int(time.time() * 1000))
     async with connect(data_dir=data_dir, name="moon-dispatch") as nc:
         await ensure_streams(nc.jetstream(),
                              Topology(space=space_from_env(), replicas=replicas_from_env()))
-        outcome = await Engine(nc, space=space_from_env()).submit(command)
+        outcome = await _submit(nc, command)
     return command.workflow_id, outcome
 
 
@@ -379,7 +386,6 @@ def diff_command(workflow_id: str, a: int, b: int, data_dir: DataDir = None) -> 
 
 async def _fork(workflow_id: str, at_seq: int, new_id: str, data_dir: Path | None) -> Any:
     from moon import replay  # noqa: PLC0415
-    from moon.engine import Engine  # noqa: PLC0415
     from moon.journal import journal  # noqa: PLC0415
 
     async with connect(data_dir=data_dir, name="moon-fork") as nc:
@@ -388,7 +394,7 @@ async def _fork(workflow_id: str, at_seq: int, new_id: str, data_dir: Path | Non
             return None
         state = replay.fold(i.value for i in loaded.items)
         command = replay.fork(state, new_id, int(time.time() * 1000))
-        return await Engine(nc, space=space_from_env()).submit(command)
+        return await _submit(nc, command)
 
 
 @app.command("fork")
@@ -412,7 +418,6 @@ def fork_command(
 
 
 async def _command(workflow_id: str, kind: str, reason: str, data_dir: Path | None) -> Any:
-    from moon.engine import Engine  # noqa: PLC0415
     from streams.moon_events import Cancel, Compensate  # noqa: PLC0415
 
     at = int(time.time() * 1000)
@@ -420,7 +425,7 @@ async def _command(workflow_id: str, kind: str, reason: str, data_dir: Path | No
     command = (Compensate if kind == "compensate" else Cancel)(
         command_id=cid, workflow_id=workflow_id, at_ms=at, reason=reason)
     async with connect(data_dir=data_dir, name="moon-admin") as nc:
-        return await Engine(nc, space=space_from_env()).submit(command)
+        return await _submit(nc, command)
 
 
 def _admin(workflow_id: str, kind: str, reason: str, data_dir: Path | None) -> None:

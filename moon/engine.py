@@ -1,9 +1,10 @@
 """The engine service: commands in, decisions journaled, work orders and timers out.
 
-Order of effects for every command: decide and append (the journal is the truth), then send
-orders and timers, then acknowledge the command. A crash anywhere before the ack brings the
-command back; the decider then decides nothing (same command id) and the engine re-sends the
-effects of the state it folds, which `Nats-Msg-Id` dedupes. Several engines may share the
+Order of effects for every command: decide and append (the journal is the truth), then arm
+timers, then send orders (beside the workflow-index put), then acknowledge the command. A crash
+anywhere before the ack brings the command back; the decider then decides nothing (same command
+id) and the engine arms the timers and re-sends the orders of the state it folds, both
+deduplicated (same timer command ids, `Nats-Msg-Id` on orders). Several engines may share the
 durable consumer: optimistic concurrency on the journal keeps them correct.
 """
 
@@ -121,7 +122,10 @@ class Engine:
     async def submit(
         self, command: MoonCommand, *, redelivered: bool = False
     ) -> Decided[MoonEvent, WorkflowState] | Refusal:
-        """Decide, journal, send effects. Safe to call again with the same command."""
+        """Decide, journal, send effects. Safe to call again with the same command: pass
+        `redelivered=True` when it may have been handled before (a redelivery, a caller's
+        retry), so that a decision journaled by a handling that died before its effects gets
+        its timers and orders sent now."""
         kind = command_kind(command)
         with metrics.COMMAND_SECONDS.labels(kind).time():
             outcome = await self._submit(command, redelivered=redelivered)
@@ -150,8 +154,7 @@ class Engine:
             if outcome.events and not outcome.duplicate:
                 self.stats.decisions += 1
                 orders = work_orders(state, outcome.events)
-                # Timers before orders: a crash between them must not leave an order running
-                # with no timeout armed (a redelivered command re-sends orders, not timers).
+                # Timers before orders: an order never runs without its timeout armed.
                 await self.effects.schedule(timers(state, outcome.events), self.clock_ms())
                 self.stats.deviations += sum(isinstance(e, Deviation) for e in outcome.events)
             elif redelivered or outcome.duplicate:
@@ -197,8 +200,13 @@ class Engine:
                                       subject=msg.subject)
         if isinstance(decoded, Undecodable):
             metrics.COMMANDS.labels("unknown", "malformed").inc()
-            await self._audit_bad(msg, decoded)
-            await msg.term()  # redelivering garbage would never help
+            try:
+                await self._audit_bad(msg, decoded)
+            except Exception:  # broker blip: the garbage comes back and is audited then
+                log.exception("audit_failed", seq=decoded.seq)
+                return
+            with contextlib.suppress(Exception):
+                await msg.term()  # redelivering garbage would never help
             return
         self.stats.commands += 1
         if isinstance(decoded, FireTimer) and decoded.at_ms < (now := self.clock_ms()):
@@ -215,7 +223,11 @@ class Engine:
                 await msg.nak(delay=1)
             return
         if isinstance(outcome, Refusal):
-            await self._audit_refusal(decoded, outcome, msg.data)
+            try:
+                await self._audit_refusal(decoded, outcome, msg.data)
+            except Exception:  # not acked: it comes back, is refused again and audited then
+                log.exception("audit_failed", workflow=decoded.workflow_id)
+                return
         with contextlib.suppress(Exception):
             await msg.ack()
 

@@ -129,7 +129,9 @@ def moon_gate(
             plan_revision=request.plan_revision,
             on_failure=request.on_failure,
         )
-        return _reply(command.workflow_id, await engine.submit(command))
+        # A caller retries a request whose first handling may have died after the append:
+        # `redelivered` makes a decision of nothing new re-send the workflow's timers and orders.
+        return _reply(command.workflow_id, await engine.submit(command, redelivered=True))
 
     async def compensate(opened: Opened) -> DispatchReply | Refusal:
         request = _decode(opened.body, CompensateRequest)
@@ -138,7 +140,7 @@ def moon_gate(
         return _reply(request.workflow_id, await engine.submit(Compensate(
             command_id=opened.request_id, workflow_id=request.workflow_id, at_ms=clock(),
             reason=request.reason or f"requested by {opened.caller}",
-        )))
+        ), redelivered=True))
 
     async def checkpoint(opened: Opened) -> DispatchReply | Refusal:
         request = _decode(opened.body, CheckpointRequest)

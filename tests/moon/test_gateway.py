@@ -61,3 +61,35 @@ async def test_an_unsigned_dispatch_is_refused_and_audited(nc, js, space, tmp_pa
         await asyncio.sleep(0)
     info = await js.stream_info(space.stream("AUDIT"))
     assert info.state.messages == 1
+
+
+async def test_a_retried_dispatch_whose_first_handling_died_after_the_append_still_runs(
+    nc, js, space, tmp_path
+):
+    """`moon serve` journals the dispatch and dies before any timer or order is sent; the caller
+    sends the same request to the restarted service: the workflow must not be left with nothing
+    to move it (the retry decides nothing new, so it must re-send what the state waits on)."""
+    trust = local_trust(tmp_path)
+
+    async def work(ctx):
+        return Result(output=b"ok")
+
+    async def killed(*_: object, **__: object) -> None:
+        raise ConnectionError("kill -9 between the append and the effects")
+
+    client = Client(nc, trust.operator, trust.services, grant=(trust.operator_grant,),
+                    space=space)
+    request_id, _, sealed = client.seal("moon.dispatch", body([step("a")]))
+    dying = Engine(nc, space=space)
+    dying.effects.schedule = killed  # type: ignore[method-assign]
+    async with moon_gate(nc, dying, signer=trust.moon,
+                         trust=trust.trust_for(trust.moon)).serving():
+        first = await client.send("moon.dispatch", request_id, "", sealed)
+    assert isinstance(first, Refusal) and first.retryable, first
+    async with engine(nc, space) as restarted, worker(nc, space, {"work": work}):
+        async with moon_gate(nc, restarted, signer=trust.moon,
+                             trust=trust.trust_for(trust.moon)).serving():
+            again = await client.send("moon.dispatch", request_id, "", sealed)
+        assert not isinstance(again, Refusal), again
+        final = await restarted.wait_terminal(again.result(DispatchReply).workflow_id, 30)
+    assert final.status == "completed"
