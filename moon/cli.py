@@ -167,7 +167,8 @@ async def _worker(data_dir: Path | None, executor: str, capabilities: list[str],
         await ensure_streams(nc.jetstream(),
                              Topology(space=space_from_env(), replicas=replicas_from_env()))
         worker = Worker(nc, executor_id=executor, handlers=dict.fromkeys(capabilities, handler),
-                        space=space_from_env(), watts=watts, capacity=capacity)
+                        space=space_from_env(), watts=watts, capacity=capacity,
+                        replicas=replicas_from_env())
         await serve_worker(worker, metrics_port=metrics_port)
     return 0
 

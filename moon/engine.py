@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
+from nats.js.errors import NoStreamResponseError
 
 from moon import journal, workflow
 from moon.effects import COMMANDS, Effects, in_flight_orders
@@ -215,9 +217,15 @@ class Engine:
             decoded = msgspec.structs.replace(decoded, at_ms=now)
         try:
             outcome = await self.submit(decoded, redelivered=msg.metadata.num_delivered > 1)
-        except Exception:
-            log.exception("command_failed", workflow=decoded.workflow_id,
-                          command=decoded.command_id)
+        except Exception as error:
+            if isinstance(error, NoStreamResponseError | nats.errors.TimeoutError | TimeoutError):
+                # The journal has no leader (an election, a broker restart): expected, and
+                # frequent while it lasts, so one line each rather than a traceback each.
+                log.warning("command_deferred", workflow=decoded.workflow_id,
+                            command=decoded.command_id, error=type(error).__name__)
+            else:
+                log.exception("command_failed", workflow=decoded.workflow_id,
+                              command=decoded.command_id)
             metrics.COMMANDS.labels(command_kind(decoded), "failed").inc()
             with contextlib.suppress(Exception):  # broker gone: it redelivers anyway
                 await msg.nak(delay=1)

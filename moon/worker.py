@@ -31,7 +31,7 @@ import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -43,7 +43,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from moon.effects import ORDERS, Effects
 from streams import metrics, subjects
 from streams.codec import Undecodable
-from streams.config import CLAIMS
+from streams.config import CLAIMS, ensure_bucket
 from streams.moon_events import (
     CheckpointStep,
     CompleteStep,
@@ -56,7 +56,6 @@ from streams.moon_events import (
 from streams.subjects import Space
 
 __all__ = [
-    "CLAIMS_BUCKET",
     "Handler",
     "NonRetryable",
     "Result",
@@ -69,13 +68,7 @@ __all__ = [
 
 log = structlog.get_logger("moon.worker")
 SEEN_KEYS = 100_000
-CLAIMS_BUCKET = CLAIMS.name
-# Longer than any step timeout: an order past its deadline is acked unrun, so an older claim
-# can only ever answer a question nobody asks.
-CLAIM_TTL_S = CLAIMS.ttl_s
-# The pool shares one durable per capability and its limit is the pool's, not one worker's
-# (each bounds itself with `capacity`): the first worker's capacity must not cap the rest.
-POOL_ACK_PENDING = 4096
+T = TypeVar("T")
 BACKOFF_S = (0.1, 2.0)  # first and longest pause between sends while the broker is away
 
 
@@ -149,16 +142,26 @@ def _kv_key(claim: str) -> str:
     return hashlib.sha256(claim.encode()).hexdigest()[:40]
 
 
-async def claims_bucket(js: JetStreamContext, space: Space) -> Any:
-    """The bucket of claimed idempotency keys; made here when `ensure_streams` has not."""
-    name = space.bucket(CLAIMS_BUCKET)
-    try:
-        return await js.key_value(name)
-    except Exception:  # nats-py raises BucketNotFoundError or NotFoundError
-        return await js.create_key_value(
-            api.KeyValueConfig(bucket=name, history=1, ttl=CLAIM_TTL_S,
-                               storage=api.StorageType.FILE, direct=True)
-        )
+async def claims_bucket(js: JetStreamContext, space: Space, replicas: int = 1) -> Any:
+    """The bucket of claimed idempotency keys, made as `ensure_streams` would if it is missing."""
+    await ensure_bucket(js, space, CLAIMS, replicas)
+    return await js.key_value(space.bucket(CLAIMS.name))
+
+
+async def _persist(deadline_ms: int, attempt: Callable[[], Awaitable[T]], *, what: str,
+                   key: str) -> T | None:
+    """Try until the broker answers, riding out a restart; None once the order's deadline has
+    passed, since the engine's step timeout has settled that attempt by then."""
+    pause = BACKOFF_S[0]
+    while True:
+        try:
+            return await attempt()
+        except Exception as error:  # timeouts, no responders, reconnecting
+            if _now_ms() > deadline_ms:
+                log.warning(what, key=key, error=repr(error))
+                return None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, BACKOFF_S[1])
 
 
 async def _quietly(settle: Callable[[], Awaitable[object]]) -> None:
@@ -177,7 +180,14 @@ class Worker:
     space: Space = field(default_factory=Space)
     watts: float = 0.0
     capacity: int = 8
-    ack_wait_s: float = 30.0
+    # Orders of a capability in flight across the whole pool (the sum of its capacities): more
+    # would sit in a busy worker's buffer while their deadlines run and others idle.
+    pool_capacity: int = 64
+    replicas: int = 1  # of the claims bucket, if this worker is the first to need it
+    # An order a dead broker node delivered, or whose ack it took with it, comes back after
+    # this; the claim makes the redelivery harmless and _keep_alive marks running steps in
+    # progress every ack_wait/3. At 30 s the pool got no orders for 30 s after a node's kill -9.
+    ack_wait_s: float = 5.0
     executed: int = 0  # attempts this process ran to completion: for stats
 
     def __post_init__(self) -> None:
@@ -195,24 +205,16 @@ class Worker:
         await self.effects.send_command(command)
 
     async def deliver(self, order: WorkOrder, command: Any) -> bool:
-        """Send a report for `order`, riding out a broker restart. Gives up once the order's
-        deadline has passed: the engine's step timeout has settled that attempt by then."""
-        pause = BACKOFF_S[0]
-        while True:
-            try:
-                await self.send(command)
-            except Exception as error:  # timeouts, no responders, reconnecting
-                if _now_ms() > order.deadline_ms:
-                    log.warning("report_lost", key=order.idempotency_key,
-                                command=command.command_id, error=repr(error))
-                    return False
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, BACKOFF_S[1])
-            else:
-                return True
+        """Send a report for `order`; False if the broker stayed away past its deadline."""
+        async def send() -> bool:
+            await self.send(command)
+            return True
+
+        return await _persist(order.deadline_ms, send, what="report_lost",
+                              key=f"{order.idempotency_key} {command.command_id}") is not None
 
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
-        self._claims = await claims_bucket(self.js, self.space)
+        self._claims = await claims_bucket(self.js, self.space, self.replicas)
         subs = []
         async with asyncio.TaskGroup() as tasks:
 
@@ -226,13 +228,15 @@ class Worker:
             filters += [(subjects.work_any(c), f"any-{subjects.token(c)}") for c in self.handlers]
             for subject, name in filters:
                 durable = self.space.consumer(name)
+                # The executor's own consumer is its alone; a capability's is the pool's, and
+                # the first worker to create it sets its limit for all.
+                limit = self.capacity if name == own else self.pool_capacity
                 subs.append(
                     await self.js.subscribe(
                         self.space.subject(subject), stream=self.space.stream("WORK"),
                         durable=durable, queue=durable, cb=on_msg, manual_ack=True,
                         config=api.ConsumerConfig(
-                            ack_wait=self.ack_wait_s, max_ack_pending=POOL_ACK_PENDING,
-                            max_deliver=-1
+                            ack_wait=self.ack_wait_s, max_ack_pending=limit, max_deliver=-1
                         ),
                     )
                 )
@@ -282,16 +286,8 @@ class Worker:
         """True: ours to run. False: claimed before (here or elsewhere, finished or not).
         None: the broker did not answer before the order's deadline."""
         token = f"{self.executor_id} {self._incarnation} {uuid.uuid4().hex[:12]}".encode()
-        pause = BACKOFF_S[0]
-        while True:
-            try:
-                return await self._try_claim(_kv_key(key), token)
-            except Exception as error:  # broker away: the claim may have landed
-                if _now_ms() > deadline_ms:
-                    log.warning("claim_unanswered", key=key, error=repr(error))
-                    return None
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, BACKOFF_S[1])
+        return await _persist(deadline_ms, lambda: self._try_claim(_kv_key(key), token),
+                              what="claim_unanswered", key=key)
 
     async def _try_claim(self, name: str, token: bytes) -> bool:
         try:
@@ -305,10 +301,12 @@ class Worker:
     async def _run(self, order: WorkOrder, handler: Handler, msg: Msg) -> None:
         wf, step, attempt = order.workflow_id, order.step, order.attempt
         key = order.idempotency_key
-        await self.deliver(order, StartStep(
+        if not await self.deliver(order, StartStep(
             command_id=f"start/{key}", at_ms=_now_ms(), workflow_id=wf, step=step,
             attempt=attempt, executor=self.executor_id,
-        ))
+        )):
+            return  # past its deadline: the engine has moved on to the next attempt
+
         beat = asyncio.ensure_future(self._keep_alive(order, msg))
         started = time.perf_counter()
         report: FailStep | CompleteStep

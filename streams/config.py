@@ -27,6 +27,7 @@ __all__ = [
     "StreamConflict",
     "StreamSpec",
     "Topology",
+    "ensure_bucket",
     "ensure_streams",
 ]
 
@@ -174,24 +175,30 @@ async def ensure_streams(
 async def _ensure_buckets(
     js: JetStreamContext, space: Space, buckets: Iterable[BucketSpec], replicas: int
 ) -> list[str]:
-    changed = []
-    for spec in buckets:
-        name = space.bucket(spec.name)
-        try:
-            await js.key_value(name)
-        except Exception:  # nats-py raises BucketNotFoundError or NotFoundError by version
-            await js.create_key_value(
-                api.KeyValueConfig(
-                    bucket=name,
-                    history=spec.history,
-                    ttl=spec.ttl_s,
-                    storage=api.StorageType.FILE,
-                    replicas=replicas,
-                    direct=True,
-                )
+    return [f"created bucket {space.bucket(spec.name)}" for spec in buckets
+            if await ensure_bucket(js, space, spec, replicas)]
+
+
+async def ensure_bucket(js: JetStreamContext, space: Space, spec: BucketSpec,
+                        replicas: int = 1) -> bool:
+    """Create the bucket unless it exists (True when created); for clients that may start
+    before anyone ran `ensure_streams`, so that they make it as the topology would."""
+    name = space.bucket(spec.name)
+    try:
+        await js.key_value(name)
+    except Exception:  # nats-py raises BucketNotFoundError or NotFoundError by version
+        await js.create_key_value(
+            api.KeyValueConfig(
+                bucket=name,
+                history=spec.history,
+                ttl=spec.ttl_s,
+                storage=api.StorageType.FILE,
+                replicas=replicas,
+                direct=True,
             )
-            changed.append(f"created bucket {name}")
-    return changed
+        )
+        return True
+    return False
 
 
 def space_from_env() -> Space:

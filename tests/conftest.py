@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
@@ -20,6 +21,22 @@ from streams.config import Topology, ensure_streams
 from streams.subjects import Space
 
 _names = itertools.count(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def plain_logs() -> Iterator[None]:
+    """Log as the services do (streams/logs.py: exceptions as plain text). structlog's default
+    dev renderer prints every local of every frame; at the rate a cluster failover makes the
+    engine log handled exceptions, that blocked the event loop past the server's 10 s write
+    deadline and the server cut the engine off as a slow consumer."""
+    saved = structlog.get_config()
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.format_exc_info,
+                    structlog.processors.JSONRenderer()],
+        cache_logger_on_first_use=False,
+    )
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")

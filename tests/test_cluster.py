@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
@@ -55,21 +54,6 @@ def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
         yield nodes
     finally:
         nodes.stop()
-
-
-@pytest.fixture
-def plain_logs() -> Iterator[None]:
-    """Log as the services do (streams/logs.py: exceptions as plain text). structlog's default
-    dev renderer prints every local of every frame; at the rate a failover makes the engine log
-    handled exceptions, that blocked the event loop past the server's 10 s write deadline."""
-    saved = structlog.get_config()
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.format_exc_info,
-                    structlog.processors.JSONRenderer()],
-        cache_logger_on_first_use=False,
-    )
-    yield
-    structlog.configure(**saved)
 
 
 # --- the journal, read whole: one ordered consumer, not one per workflow ----------------------
@@ -193,7 +177,6 @@ async def assert_replicated(js: JetStreamContext, space: Space) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("plain_logs")
 async def test_killing_the_journal_leader_mid_run_loses_nothing_and_every_workflow_ends(
     cluster: EmbeddedCluster, space: Space
 ):
