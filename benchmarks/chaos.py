@@ -250,9 +250,8 @@ class Fleet:
         child.held = False
 
     async def supervise(self) -> None:
-        """Restart what exits by itself, and what never gets ready: `serve_engine` and
-        `serve_worker` wait forever on a run() that failed before it was ready (a broker
-        killed during the start-up), so a start without its ready line in READY_S is killed."""
+        """Restart what exits by itself, and what never gets ready in READY_S (a start-up that
+        hangs on a broker killed under it: the services now exit then, this is the backstop)."""
         while True:
             for child in self.children.values():
                 if child.held:

@@ -268,9 +268,14 @@ class Gate:
             log.info("trace_header_differs", header=header_trace)  # infra may re-parent: no refusal
         earlier = await self._claim(kv, opened.request_id, opened.caller, now)
         if earlier is not None:
-            log.info("replayed", outcome="stored")
-            self._count(route, "replayed", None)
-            return earlier
+            answer, refusal = earlier
+            if refusal is None:
+                log.info("replayed", outcome="stored")
+                self._count(route, "replayed", None)
+            else:
+                log.info("refused", reason=refusal.reason.value, detail=refusal.detail)
+                self._count(route, "refused", refusal.reason)
+            return answer
         outcome: Outcome
         try:
             # Bound in contextvars so the handler's own log lines carry the trace too.
@@ -366,8 +371,11 @@ class Gate:
         self._count(route, "refused", refusal.reason)
         return response
 
-    async def _claim(self, kv: Any, request_id: str, caller: str, now: int) -> bytes | None:
-        """Claim the request id; None means run the handler, bytes are the first answer."""
+    async def _claim(
+        self, kv: Any, request_id: str, caller: str, now: int
+    ) -> tuple[bytes, Refusal | None] | None:
+        """Claim the request id; None means run the handler. Otherwise the answer to send: the
+        first outcome stored (no refusal) or a refusal of this attempt."""
         pending = _encode(Stored(caller, False, now))
         try:
             await kv.create(request_id, pending)
@@ -376,31 +384,22 @@ class Gate:
             pass
         entry = await kv.get(request_id)
         stored = _stored.decode(entry.value)
+
+        def refuse(refusal: Refusal) -> tuple[bytes, Refusal]:
+            return self._respond_plain(request_id, caller, now, refusal), refusal
+
         if stored.caller != caller:
-            return self._respond_plain(
-                request_id,
-                caller,
-                now,
-                Refusal(Reason.REPLAYED, "request id already used by another caller"),
-            )
+            return refuse(Refusal(Reason.REPLAYED, "request id already used by another caller"))
         if stored.done:
-            return stored.response
+            return stored.response, None
+        in_progress = Refusal(Reason.REPLAYED, "request in progress", retryable=True,
+                              retry_after_ms=250)
         if now - stored.since_ms < self._lease_ms:
-            return self._respond_plain(
-                request_id,
-                caller,
-                now,
-                Refusal(Reason.REPLAYED, "request in progress", retryable=True, retry_after_ms=250),
-            )
+            return refuse(in_progress)
         try:  # the earlier claimant died mid-request; take over its claim
             await kv.update(request_id, pending, last=entry.revision)
         except KeyWrongLastSequenceError:
-            return self._respond_plain(
-                request_id,
-                caller,
-                now,
-                Refusal(Reason.REPLAYED, "request in progress", retryable=True, retry_after_ms=250),
-            )
+            return refuse(in_progress)
         return None
 
     async def _stored(self, kv: Any, request_id: str, caller: str) -> bytes | None:

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from envelope.cli import keys_app
+from moon.cli import MetricsPort
 from streams.broker import home_dir
 from streams.logs import configure_logging
 
@@ -193,9 +194,7 @@ async def _serve(data_dir: Path | None, offers_path: Path | None,
 def serve_command(
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
     offers: Annotated[Path | None, typer.Option(help="static offers instead of the board")] = None,
-    metrics_port: Annotated[int | None, typer.Option(
-        "--metrics-port", envvar="MAESTRO_METRICS_PORT",
-        help="serve Prometheus /metrics on this loopback port (0: any free port)")] = None,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Serve map.maestro.plan/allocate/ratify/replan (and intents) and replan on deviations.
     Health: `health.maestro` and `$SRV.PING|INFO|STATS.maestro` over NATS."""

@@ -56,7 +56,10 @@ def _decode(body: bytes, type_: type[T]) -> T | Refusal:
 
 
 def maestro_gate(nc: Nats, maestro: Maestro, *, signer: Signer, trust: Trust) -> Gate:
-    gate = Gate(nc, service="maestro", signer=signer, trust=trust, space=maestro.space)
+    # Few at once: each plan is a CP-SAT solve with a wall-clock limit, and solves that share
+    # the cores find worse plans in that time.
+    gate = Gate(nc, service="maestro", signer=signer, trust=trust, space=maestro.space,
+                concurrency=4)
 
     async def plan(opened: Opened) -> PlanReply | Refusal:
         request = _decode(opened.body, PlanRequest)

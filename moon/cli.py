@@ -110,9 +110,11 @@ def tail_command(
 # --- services -------------------------------------------------------------------------------
 
 
+# A flag, not an environment variable: one port per process (several services share a host).
 MetricsPort = Annotated[int | None, typer.Option(
-    "--metrics-port", envvar="MAESTRO_METRICS_PORT",
-    help="serve Prometheus /metrics on this loopback port (0: any free port)")]
+    "--metrics-port",
+    help="serve Prometheus /metrics on this port (0: any free one) of MAESTRO_METRICS_ADDR "
+         "(default 127.0.0.1)")]
 
 
 async def _serve(data_dir: Path | None, concurrency: int, metrics_port: int | None) -> int:

@@ -11,6 +11,7 @@ Names: `moon-engine`, `moon-worker`, `maestro`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -41,12 +42,24 @@ class Health(msgspec.Struct, frozen=True):
     metadata: dict[str, str] = {}
 
 
+CHECK_S = 1.0  # each check's budget: the answer must beat a caller's 2 s probe
+
+
 async def _jetstream(nc: Client) -> str | None:
     try:
-        await nc.jetstream().account_info()
+        await nc.jetstream(timeout=CHECK_S).account_info()
     except Exception as error:  # any failure to reach JetStream is the answer, not a crash
         return f"jetstream unreachable: {type(error).__name__}"
     return None
+
+
+async def _run(check: Check) -> str | None:
+    try:
+        return await asyncio.wait_for(check(), CHECK_S)
+    except TimeoutError:
+        return f"no answer in {CHECK_S:g} s"
+    except Exception as error:  # a broken check is a failing check, and says why
+        return f"{type(error).__name__}: {error}"
 
 
 async def health_service(
@@ -71,7 +84,9 @@ async def health_service(
     )
 
     async def handle(request: Request) -> None:
-        failing = {key: why for key, check in all_checks.items() if (why := await check())}
+        # Concurrently and bounded: when JetStream is down the endpoint still answers, with why.
+        answers = await asyncio.gather(*(_run(check) for check in all_checks.values()))
+        failing = {key: why for key, why in zip(all_checks, answers, strict=True) if why}
         answer = Health(service=name, id=service.id, ok=not failing,
                         uptime_s=round(time.monotonic() - started, 3), failing=failing,
                         metadata=meta)

@@ -33,10 +33,11 @@ _SLOW = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # --- MOON engine ------------------------------------------------------------------------------
 COMMANDS = Counter(
     "moon_commands", "Commands handled by the engine, by kind and outcome "
-    "(decided, duplicate, refused, malformed, failed).", ["kind", "outcome"],
+    "(decided, noop, duplicate, refused, malformed, failed).", ["kind", "outcome"],
 )
 COMMAND_SECONDS = Histogram(
-    "moon_command_seconds", "From a command's delivery to its ack: decide, journal, effects.",
+    "moon_command_seconds", "One command through the engine: fold, decide, journal, timers, "
+    "orders (from the consumer or the gate; not the wait for a slot, nor the ack).",
     ["kind"], buckets=_FAST,
 )
 EVENTS = Counter(
@@ -75,15 +76,19 @@ REPLAN_SECONDS = Histogram("maestro_replan_seconds", "From a deviation read to i
                            buckets=_SLOW)
 
 
-def serve_metrics(port: int, addr: str = "127.0.0.1") -> int:
-    """Expose /metrics over HTTP on a daemon thread; returns the bound port (0 picks one).
-    Loopback by default: metrics name workflows' shapes, so exposing them is a choice."""
-    server, _ = start_http_server(port, addr=addr)
+def serve_metrics(port: int, addr: str | None = None) -> int:
+    """Expose /metrics over HTTP on a daemon thread for the life of the process; returns the
+    bound port (0 picks one). On MAESTRO_METRICS_ADDR, else loopback: exposing it is a choice
+    (in a container, set it to 0.0.0.0 for the scraper)."""
+    import os  # noqa: PLC0415 - only the shells that serve metrics ask the environment
+
+    server, _ = start_http_server(port, addr=addr or os.environ.get("MAESTRO_METRICS_ADDR",
+                                                                     "127.0.0.1"))
     return int(server.server_address[1])
 
 
 def snapshot(prefixes: tuple[str, ...] = ("moon_", "envelope_", "maestro_")) -> dict[str, float]:
-    """Counter and histogram-count samples of our own families, flat: for `$SRV.STATS`."""
+    """Our own families' counter totals and histogram counts and sums, flat: for `$SRV.STATS`."""
     out: dict[str, float] = {}
     for family in REGISTRY.collect():
         if not family.name.startswith(prefixes):

@@ -43,7 +43,7 @@ from tests.maestro.conftest import EXAMPLES, offer
 
 from ..moon.engine_world import engine
 
-# A token budget too: the envelope gate reads a dispatch budget only with both tokens and deadline.
+# A token budget and a deadline: the dispatch carries both limits to MOON's gate.
 GOAL = Goal(
     name="chain", deadline_ms=60_000, budget=Budget(tokens=10_000, cost=100),
     steps=(Step("a", "work", duration_ms=300), Step("b", "work", needs=("a",), duration_ms=300),

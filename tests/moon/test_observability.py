@@ -102,3 +102,19 @@ async def test_serve_engine_fails_instead_of_waiting_when_the_engine_cannot_star
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def test_health_answers_in_time_when_a_check_hangs(nc, space):
+    from streams.health import health_service  # noqa: PLC0415
+
+    async def hangs() -> str | None:
+        await asyncio.Event().wait()  # e.g. JetStream without quorum
+        return None
+
+    service = await health_service(nc, "moon-worker", space=space, checks={"worker": hangs})
+    try:
+        health = await probe(nc, "moon-worker", space=space, timeout_s=2.0)
+    finally:
+        await service.stop()
+    assert not health.ok
+    assert health.failing == {"worker": "no answer in 1 s"}

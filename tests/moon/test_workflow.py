@@ -269,8 +269,8 @@ def test_pending_timers_are_the_ones_each_decision_asked_for_that_are_still_awai
     assert pending_timers(state) == [
         TimerRequest(workflow_id=W, kind="workflow_deadline", at_ms=900), retry]
     _, state = then(state, fire("workflow_deadline", at_ms=900))
-    assert is_terminal(state) or all(t.kind != "workflow_deadline"
-                                     for t in pending_timers(state))
+    assert state.late and not is_terminal(state)  # on_failure "wait": late, still running
+    assert pending_timers(state) == [retry]  # the deadline is not armed twice
 
 
 def test_the_backoff_timer_reschedules_the_step_with_the_next_attempt() -> None:
