@@ -184,6 +184,7 @@ class World:
     tmp: Path
     broker: EmbeddedBroker
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    samples: list[str] = field(default_factory=list)  # the first problem lines of each child
 
     def pids(self) -> dict[str, int]:
         assert self.broker.process is not None
@@ -225,7 +226,8 @@ class World:
                 proc.wait()
 
     def log_problems(self) -> dict[str, int]:
-        """Warning-or-worse lines each child logged (structlog JSON lines, or tracebacks)."""
+        """Warning-or-worse lines each child logged (structlog JSON lines, or tracebacks); the
+        first few of each child are kept in `samples` to say what they were."""
         out: dict[str, int] = {}
         for name in self.children:
             count = 0
@@ -234,6 +236,8 @@ class World:
                     if b'"level": "warning"' in line or b'"level": "error"' in line or \
                             line.startswith(b"Traceback"):
                         count += 1
+                        if count <= 3:
+                            self.samples.append(f"{name}: {line.decode(errors='replace')[:300]}")
             out[name] = count
         return out
 
@@ -536,6 +540,7 @@ def summary(args: argparse.Namespace, per_run: list[dict[str, float]], totals: T
         "memory_bound": f"growth <= max({BOUND_MIB} MiB, {BOUND_SHARE:.0%} of start RSS)"
                         f", broker + {BROKER_KIB_PER_WORKFLOW} KiB per retained workflow",
         "log_problems": w.log_problems(),
+        "log_samples": w.samples,
         "dead": dead, "failures": failures, "pass": not failures,
     }
 
@@ -584,6 +589,8 @@ def report(s: dict[str, Any], say: Callable[[str], None]) -> None:
     say("                              us per raw request:   "
         + fmt_mem(s["cpu"]["raw_us_per_request"]))
     say(f"warning/error log lines per child: {s['log_problems']}")
+    for line in s["log_samples"]:
+        say(f"  {line}")
     say("PASS" if s["pass"] else "FAIL: " + "; ".join(s["failures"]))
 
 

@@ -97,8 +97,10 @@ async def _audit_trail(console: Console, js: Any, space: Space) -> None:
 async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
     console = console or Console()
     goal = load_goal(EXAMPLES / "goal.yaml")
-    offers = load_offers(EXAMPLES / "executors.yaml")
-    assert not isinstance(goal, Refusal) and not isinstance(offers, Refusal)
+    listed = load_offers(EXAMPLES / "executors.yaml")
+    assert not isinstance(goal, Refusal) and not isinstance(listed, Refusal)
+    # Every demo executor runs a Bidder below, and its board offer says so.
+    offers = tuple(msgspec.structs.replace(o, bids=True) for o in listed)
     space = Space()
     trust = local_trust(data_dir)
     stamp = time.strftime("%H%M%S")

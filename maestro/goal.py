@@ -111,6 +111,9 @@ class Offer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reliability: float = 1.0
     watts: float = 0.0
     capacity: int = 1
+    # Runs a Bidder (answers calls for bids): a tender waits for these executors only, so
+    # planning over executors that just take orders costs no bid window.
+    bids: bool = False
 
 
 class _OfferFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

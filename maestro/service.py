@@ -264,7 +264,8 @@ class Maestro:
         if self.market.bid_timeout_s <= 0:
             return ()
         wanted = {s.capability for s in goal.steps}
-        expected = sum(any(c.capability in wanted for c in o.capabilities) for o in board)
+        expected = sum(o.bids and any(c.capability in wanted for c in o.capabilities)
+                       for o in board)
         if expected == 0:
             return ()
         bids = await call_for_bids(self.nc, self.space, tender(plan_id, goal),

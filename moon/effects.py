@@ -6,7 +6,9 @@ acknowledged, so it comes back) never doubles an order or a timer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import contextlib
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -81,6 +83,18 @@ class Effects:
         await self._js.publish(
             subject, COMMANDS.encode(command), headers={"Nats-Msg-Id": command.command_id}
         )
+
+    async def cancel(self, timers: Sequence[TimerRequest]) -> None:
+        """Drop pending schedules (a purge of each timer's subject), all at once. Best effort:
+        a schedule left in place fires into a decision of nothing."""
+        stream = self._space.stream("MOON_CMD")
+
+        async def purge(timer: TimerRequest) -> None:
+            subject = self._space.subject(subjects.timer(timer.workflow_id, timer.name))
+            with contextlib.suppress(Exception):
+                await self._js.purge_stream(stream, subject=subject)
+
+        await asyncio.gather(*(purge(t) for t in timers))
 
     async def schedule(self, timers: Iterable[TimerRequest], now_ms: int) -> None:
         """A server-side schedule per timer (NATS 2.12 `Nats-Schedule`): survives our crash."""

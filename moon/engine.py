@@ -28,7 +28,14 @@ from nats.js.errors import NoStreamResponseError
 
 from moon import journal, workflow
 from moon.effects import COMMANDS, Effects, in_flight_orders
-from moon.workflow import WorkflowState, is_terminal, pending_timers, timers, work_orders
+from moon.workflow import (
+    WorkflowState,
+    is_terminal,
+    moot_timers,
+    pending_timers,
+    timers,
+    work_orders,
+)
 from streams import metrics
 from streams.audit import AuditRecord, audit_subject
 from streams.codec import Undecodable
@@ -156,6 +163,7 @@ class Engine:
             if outcome.events and not outcome.duplicate:
                 self.stats.decisions += 1
                 orders = work_orders(state, outcome.events)
+                moot = moot_timers(state, outcome.events)
                 # Timers before orders: an order never runs without its timeout armed.
                 await self.effects.schedule(timers(state, outcome.events), self.clock_ms())
                 self.stats.deviations += sum(isinstance(e, Deviation) for e in outcome.events)
@@ -165,12 +173,14 @@ class Engine:
                 self.stats.duplicates += 1
                 await self.effects.schedule(pending_timers(state), self.clock_ms())
                 orders = in_flight_orders(state)
+                moot = []
             else:
                 return outcome
             # The index is a cache of the journal: written beside the orders, not before them,
             # which saves a round trip per command.
-            sent, _ = await asyncio.gather(self.effects.send_orders(orders),
-                                           self._index_put(state, outcome.version))
+            sent, *_ = await asyncio.gather(self.effects.send_orders(orders),
+                                            self._index_put(state, outcome.version),
+                                            self.effects.cancel(moot))
             self.stats.orders += sent
             return outcome
 

@@ -91,6 +91,7 @@ __all__ = [
     "evolve",
     "initial",
     "is_terminal",
+    "moot_timers",
     "pending_timers",
     "timers",
     "work_orders",
@@ -992,6 +993,30 @@ def pending_timers(state: WorkflowState) -> list[TimerRequest]:
         elif s.status in ("backoff", "compensation_backoff") and s.retry_due_ms is not None:
             out.append(TimerRequest(workflow_id=wf, kind="retry_backoff", at_ms=s.retry_due_ms,
                                     step=name, attempt=s.attempt + 1))
+    return out
+
+
+def moot_timers(state: WorkflowState, events: list[MoonEvent]) -> list[TimerRequest]:
+    """Timers `events` made pointless: a settled attempt's timeout and heartbeat timers, the
+    workflow deadline once the workflow ended. Cancelling them saves the engine a command each
+    (a step's timeout otherwise fires a minute after the step is done); one that fires anyway
+    decides nothing. Only the names count (`at_ms` is 0)."""
+    wf = state.workflow_id
+    out: list[TimerRequest] = []
+    for event in events:
+        match event:
+            case StepCompleted() | StepFailed() | StepCompensated() | CompensationFailed():
+                out.append(TimerRequest(workflow_id=wf, kind="step_timeout", at_ms=0,
+                                        step=event.step, attempt=event.attempt))
+                if state.steps[event.step].spec.heartbeat_timeout_ms is not None:
+                    out.append(TimerRequest(workflow_id=wf, kind="heartbeat_timeout", at_ms=0,
+                                            step=event.step, attempt=event.attempt))
+            case WorkflowCompleted() | WorkflowFailed() | WorkflowCompensated() | (
+                WorkflowCancelled()
+            ) if state.deadline_ms is not None:
+                out.append(TimerRequest(workflow_id=wf, kind="workflow_deadline", at_ms=0))
+            case _:
+                pass
     return out
 
 

@@ -53,7 +53,9 @@ TWO_KINDS = Goal(
     name="two-kinds", deadline_ms=60_000, budget=Budget(tokens=10_000),
     steps=(Step("a", "work", duration_ms=300), Step("b", "check", needs=("a",), duration_ms=300)),
 )
-BOARD = (offer("cheap", ("work", 300, 1), capacity=3), offer("dear", ("work", 300, 5), capacity=3))
+# Both run a Bidder in these tests, and say so on the board: a tender waits for them.
+BOARD = tuple(msgspec.structs.replace(o, bids=True) for o in (
+    offer("cheap", ("work", 300, 1), capacity=3), offer("dear", ("work", 300, 5), capacity=3)))
 
 
 def _maestro(nc: Nats, space: Space, trust: LocalTrust, board: Sequence[Offer],
@@ -143,7 +145,7 @@ async def test_a_plan_refused_at_the_bid_prices_journals_those_bids(
 ) -> None:
     """At board prices the chain costs 3; the only executor now bids 9 a step: over a budget
     of 10, refused, and the refusal keeps the bid that priced it."""
-    board = (offer("only", ("work", 300, 1), capacity=3),)
+    board = (msgspec.structs.replace(offer("only", ("work", 300, 1), capacity=3), bids=True),)
     goal = msgspec.structs.replace(GOAL, budget=Budget(tokens=10_000, cost=10))
     assert plan_goal(goal, board).decision == "planned"
     maestro = _maestro(nc, space, local_trust(tmp_path), board)
@@ -184,7 +186,8 @@ async def test_an_award_refusal_refuses_the_allocation_and_dispatches_nothing(
     """x's bid expires before the award: the allocation is refused with x's reason, y's ack is
     kept as evidence, and MOON never hears of the plan."""
     trust = local_trust(tmp_path)
-    board = (offer("x", ("work", 300, 1)), offer("y", ("check", 300, 1)))
+    board = tuple(msgspec.structs.replace(o, bids=True)
+                  for o in (offer("x", ("work", 300, 1)), offer("y", ("check", 300, 1))))
     maestro = _maestro(nc, space, trust, board)
     x = Bidder(nc, space, board[0], valid_for_ms=1_500)
     y = Bidder(nc, space, board[1])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 from moon import replay
-from moon.engine import Engine
+from moon.engine import Engine, now_ms
 from moon.journal import journal
 from moon.worker import Result, StepContext
 from streams.decider import Decided
@@ -84,3 +85,27 @@ async def test_a_50_step_dag_with_random_failures_completes_and_replays_exactly(
     decisions = [i.value for i in (await journal(js, space).read(command.workflow_id)).items]
     assert replay.fold(decisions) == final
     assert replay.verify(decisions) == []
+
+
+async def test_timers_of_settled_steps_and_ended_workflows_are_cancelled(nc, js, space):
+    """Otherwise every step's timeout fires a minute after the step is done, into a decision of
+    nothing: one more command per step for the engine, one more schedule held by the broker."""
+    async def work(ctx: StepContext) -> Result:
+        return Result(output=b"ok")
+
+    async with engine(nc, space) as eng, worker(nc, space, {"work": work}):
+        command = dispatch([step("a"), step("b", needs=("a",), heartbeat_timeout_ms=30_000)],
+                           deadline_ms=now_ms() + 600_000)
+        await eng.submit(command)
+        final = await eng.wait_terminal(command.workflow_id, 30)
+    assert final.status == "completed"
+    timers = space.subject(f"moon.timer.{command.workflow_id}.>")
+    deadline = asyncio.get_running_loop().time() + 10
+
+    async def pending() -> dict[str, int]:
+        info = await js.stream_info(space.stream("MOON_CMD"), subjects_filter=timers)
+        return info.state.subjects or {}
+
+    while left := await pending():  # the purge runs beside the last decision's other effects
+        assert asyncio.get_running_loop().time() < deadline, left
+        await asyncio.sleep(0.05)

@@ -17,6 +17,7 @@ from moon.workflow import (
     decide,
     initial,
     is_terminal,
+    moot_timers,
     pending_timers,
     timers,
     work_orders,
@@ -271,6 +272,17 @@ def test_pending_timers_are_the_ones_each_decision_asked_for_that_are_still_awai
     _, state = then(state, fire("workflow_deadline", at_ms=900))
     assert state.late and not is_terminal(state)  # on_failure "wait": late, still running
     assert pending_timers(state) == [retry]  # the deadline is not armed twice
+
+
+def test_a_settled_attempt_and_an_ended_workflow_make_their_timers_moot() -> None:
+    state = given(dispatch(spec("a", heartbeat_timeout_ms=50), spec("b", "a"), deadline_ms=900))
+    events, state = then(state, done("a", at_ms=10))
+    assert [t.name for t in moot_timers(state, events)] == [
+        "step_timeout.a.1", "heartbeat_timeout.a.1"]
+    events, state = then(state, done("b", at_ms=20))
+    assert [t.name for t in moot_timers(state, events)] == [
+        "step_timeout.b.1", "workflow_deadline"]
+    assert pending_timers(state) == []
 
 
 def test_the_backoff_timer_reschedules_the_step_with_the_next_attempt() -> None:
