@@ -24,18 +24,13 @@ log = structlog.get_logger("moon.service")
 @contextlib.asynccontextmanager
 async def running(
     start: Callable[[asyncio.Event], Awaitable[None]], stop: Callable[[], None]
-) -> AsyncIterator[None]:
-    """Run a service (engine, worker, gate loop) for the block: entered once it is ready,
-    stopped gracefully on exit. A service that fails to start raises here, not later."""
-    ready = asyncio.Event()
-    task = asyncio.ensure_future(start(ready))
-    waiter = asyncio.ensure_future(ready.wait())
-    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    if task.done():
-        task.result()
+) -> AsyncIterator[asyncio.Future[None]]:
+    """Run a service (engine, worker, gate loop) for the block: entered once it is ready (with
+    its task, for a caller that must notice it dying), stopped gracefully on exit. A service
+    that fails to start raises here, not later."""
+    task = await _started(start)
     try:
-        yield
+        yield task
     finally:
         stop()
         with contextlib.suppress(Exception):

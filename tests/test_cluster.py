@@ -16,7 +16,7 @@ import contextlib
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,7 @@ from moon import replay
 from moon.effects import Effects
 from moon.engine import Engine
 from moon.journal import DECISIONS
+from moon.service import running as service
 from moon.worker import Result, StepContext, Worker
 from moon.workflow import WorkflowState, is_terminal
 from streams.broker import find_server_binary, open_connection
@@ -90,24 +91,6 @@ async def wait_all_terminal(js: JetStreamContext, space: Space, workflows: list[
 
 
 # --- the services, with their tasks kept: one that dies mid-run must fail the test -----------
-
-
-@contextlib.asynccontextmanager
-async def service(start: Callable[[asyncio.Event], Awaitable[None]],
-                  stop: Callable[[], None]) -> AsyncIterator[asyncio.Task[None]]:
-    ready = asyncio.Event()
-    task = asyncio.ensure_future(start(ready))
-    waiter = asyncio.ensure_future(ready.wait())
-    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    if task.done():
-        task.result()
-    try:
-        yield task
-    finally:
-        stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
 
 
 def alive(task: asyncio.Task[None], name: str) -> None:
