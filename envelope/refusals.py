@@ -47,6 +47,12 @@ STATUS: dict[Reason, int] = {
     Reason.CONTENTION: 503,
     Reason.UNKNOWN_EVENT: 422,
     Reason.UNAVAILABLE: 503,
+    Reason.NOT_ASSIGNED: 403,
+    Reason.FORGED: 401,
+    Reason.INVALID_ID: 422,
+    Reason.WRONG_SUBJECT: 400,
+    Reason.NOT_OWNER: 403,
+    Reason.QUARANTINED: 409,
 }
 
 

@@ -52,6 +52,13 @@ class Reason(enum.Enum):
     CONTENTION = "contention"
     UNKNOWN_EVENT = "unknown_event"
     UNAVAILABLE = "unavailable"
+    # trust inside the walls (appended: codes are never renumbered)
+    NOT_ASSIGNED = "not_assigned"  # a report from an executor the attempt is not bound to
+    FORGED = "forged"  # a message whose signature or author is not what it must be
+    INVALID_ID = "invalid_id"  # an id that would become a subject token or KV key
+    WRONG_SUBJECT = "wrong_subject"  # a command whose kind or workflow differs from its subject
+    NOT_OWNER = "not_owner"  # an id that belongs to another caller
+    QUARANTINED = "quarantined"  # the workflow's journal holds a message that does not verify
 
 
 # Stable numeric codes: never renumber, only append. 1xxx trust boundary, 2xxx governance,
@@ -92,6 +99,12 @@ CODES: dict[Reason, int] = {
     Reason.CONTENTION: 5001,
     Reason.UNKNOWN_EVENT: 5002,
     Reason.UNAVAILABLE: 5003,
+    Reason.NOT_ASSIGNED: 1014,
+    Reason.FORGED: 1015,
+    Reason.INVALID_ID: 1016,
+    Reason.WRONG_SUBJECT: 1017,
+    Reason.NOT_OWNER: 1018,
+    Reason.QUARANTINED: 3006,
 }
 
 
