@@ -23,6 +23,7 @@ __all__ = [
     "MOON_CMD",
     "PLANS",
     "WORK",
+    "EXECUTORS",
     "BucketSpec",
     "StreamConflict",
     "StreamSpec",
@@ -96,8 +97,11 @@ OUTCOMES = BucketSpec("envelope_outcomes", ttl_s=7 * DAY_S)
 # An executor claims an attempt's idempotency key before running it (moon/worker.py): longer
 # than any step timeout, since an order past its deadline is acked unrun.
 CLAIMS = BucketSpec("moon_claims", ttl_s=7 * DAY_S)
+# Executor id -> its did:key, capabilities and trust, each entry a statement signed by an
+# organisation root or operator (envelope/registry.py): who may report for which work order.
+EXECUTORS = BucketSpec("moon_executors", history=5)
 BUCKETS: tuple[BucketSpec, ...] = (SNAPSHOTS, WORKFLOWS, BOARD, NONCES, REVOKED, OUTCOMES,
-                                   CLAIMS)
+                                   CLAIMS, EXECUTORS)
 
 
 class StreamConflict(RuntimeError):
