@@ -15,7 +15,7 @@ from envelope.grants import Caveats, mint_grant
 from envelope.keys import KeyRing, Signer, load_signer, save_signer, signer_from_seed
 from envelope.seal import Trust
 
-__all__ = ["LocalTrust", "local_trust"]
+__all__ = ["LocalTrust", "executor_key", "local_trust"]
 
 YEAR_MS = 365 * 24 * 3600 * 1000
 
@@ -28,6 +28,21 @@ class LocalTrust:
     operator: Signer
     operator_grant: bytes  # root -> operator, every capability of both services
     maestro_grant: bytes  # root -> maestro: it dispatches plans to MOON on its own authority
+
+    @property
+    def registrars(self) -> frozenset[str]:
+        """Who may register executors on this machine: the organisation root and the operator."""
+        return frozenset({self.root.did, self.operator.did})
+
+    @property
+    def engines(self) -> frozenset[str]:
+        """Whose journal messages, timers and snapshots a reader accepts as MOON's."""
+        return frozenset({self.moon.did})
+
+    @property
+    def planners(self) -> frozenset[str]:
+        """Who may send MOON replans and compensations, and write the PLANS journal."""
+        return frozenset({self.maestro.did})
 
     def trust_for(self, service: Signer) -> Trust:
         return Trust(audience=service.did, keys=KeyRing(), roots=frozenset({self.root.did}),
@@ -60,3 +75,16 @@ def local_trust(data_dir: Path) -> LocalTrust:
 
     return LocalTrust(root=root, moon=moon, maestro=maestro, operator=operator,
                       operator_grant=grant(operator, "*"), maestro_grant=grant(maestro, "moon:*"))
+
+
+def executor_key(data_dir: Path, executor_id: str) -> Signer:
+    """An executor's own key on this machine (created on first use, 0600): it signs the
+    executor's reports and offers; the registry binds it to the executor id."""
+    from streams.ids import check_id  # noqa: PLC0415
+
+    refused = check_id(executor_id, "executor id")
+    if refused is not None:
+        raise ValueError(refused.detail)
+    directory = data_dir / "keys" / "executors"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return _key(directory, executor_id)

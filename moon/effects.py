@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 import msgspec
 from nats.js import JetStreamContext
 
+from envelope.keys import Signer
+from envelope.statement import COMMAND, TIMER, sign_statement
 from moon.workflow import WorkflowState, work_orders
 from streams import subjects
 from streams.codec import Codec
@@ -29,7 +31,7 @@ from streams.moon_events import (
 )
 from streams.subjects import Space
 
-__all__ = ["COMMANDS", "ORDERS", "Effects", "in_flight_orders"]
+__all__ = ["COMMANDS", "ORDERS", "Effects", "in_flight_orders", "seal_command"]
 
 COMMANDS: Codec[MoonCommand] = Codec(MoonCommand)
 ORDERS: Codec[WorkOrder] = Codec(WorkOrder)
@@ -58,9 +60,20 @@ def _rfc3339(at_ms: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def seal_command(signer: Signer, command: MoonCommand) -> bytes:
+    """A MOON_CMD message: the command signed by its author. Timer firings are the engine's
+    own (TIMER), replans and compensations MAESTRO's (COMMAND); the engine checks both kind
+    and author when it consumes them, so a message on the bus proves nothing by itself."""
+    kind = TIMER if isinstance(command, FireTimer) else COMMAND
+    return sign_statement(signer, kind, COMMANDS.encode(command))
+
+
 class Effects:
-    def __init__(self, js: JetStreamContext, space: Space) -> None:
-        self._js, self._space = js, space
+    """`signer` signs every command this process puts on MOON_CMD (the engine's key for
+    timers, MAESTRO's for replans and compensations)."""
+
+    def __init__(self, js: JetStreamContext, space: Space, signer: Signer) -> None:
+        self._js, self._space, self._signer = js, space, signer
 
     def order_subject(self, order: WorkOrder) -> str:
         target = subjects.work(order.executor) if order.executor else subjects.work_any(
@@ -81,7 +94,8 @@ class Effects:
     async def send_command(self, command: MoonCommand) -> None:
         subject = self._space.subject(subjects.moon_cmd(command.workflow_id, command_kind(command)))
         await self._js.publish(
-            subject, COMMANDS.encode(command), headers={"Nats-Msg-Id": command.command_id}
+            subject, seal_command(self._signer, command),
+            headers={"Nats-Msg-Id": command.command_id},
         )
 
     async def cancel(self, timers: Sequence[TimerRequest]) -> None:
@@ -110,7 +124,7 @@ class Effects:
             target = self._space.subject(subjects.moon_cmd(timer.workflow_id, "fire_timer"))
             await self._js.publish(
                 self._space.subject(subjects.timer(timer.workflow_id, timer.name)),
-                COMMANDS.encode(fire),
+                seal_command(self._signer, fire),
                 headers={
                     "Nats-Schedule": f"@at {_rfc3339(timer.at_ms)}",
                     "Nats-Schedule-Target": target,
