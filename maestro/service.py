@@ -35,9 +35,10 @@ from maestro.policy import Policy
 from maestro.problem import Done, Progress, Running
 from maestro.solve import SolveOptions
 from moon import replay
+from moon.authority import Walls
 from moon.effects import Effects
 from moon.gateway import DispatchReply
-from moon.journal import DECISIONS, journal
+from moon.journal import SignedDecisions, journal
 from moon.workflow import WorkflowState
 from streams import metrics, subjects
 from streams.codec import Codec, Undecodable
@@ -211,7 +212,11 @@ class Maestro:
         )
         self.moon = Client(self.nc, self.signer, {"moon": self.moon_did}, grant=(self.grant,),
                            space=space, timeout_s=10)
-        self.effects = Effects(self.js, space)
+        self.effects = Effects(self.js, space, self.signer)  # MAESTRO signs its commands
+        # The MOON journal is believed only as the engine signed it.
+        self.moon_walls = Walls(engines=frozenset({self.moon_did}),
+                                planners=frozenset({self.signer.did}), registrars=frozenset())
+        self._decisions = SignedDecisions(self.moon_walls)
         self._stopping = asyncio.Event()
         self.revised = asyncio.Condition()
 
@@ -392,7 +397,7 @@ class Maestro:
         if deviation.kind not in REPLAN_ON or not deviation.plan_id:
             return None
         wf = deviation.workflow_id
-        loaded = await journal(self.js, self.space).read(wf)
+        loaded = await journal(self.js, self.space, self.moon_walls).read(wf)
         state = replay.fold(i.value for i in loaded.items)
         step = state.steps.get(deviation.step)
         # Stale or already handled: the workflow ended, moved to a newer revision, or recovered.
@@ -456,7 +461,7 @@ class Maestro:
         return msgspec.structs.replace(self.options, time_limit_s=limit)
 
     async def _on_journal(self, msg: Msg) -> None:
-        decision = DECISIONS.try_decode(msg.data)
+        decision = self._decisions.try_decode(msg.data)
         if not isinstance(decision, Undecodable):
             for event in decision.events:
                 if isinstance(event, Deviation):
