@@ -96,7 +96,8 @@ async def test_an_executor_dies_mid_plan_and_the_revision_moves_the_rest(
     assert revised.moved == {"b": "x1 -> x2", "c": "x1 -> x2"}
     assert final.steps["b"].executor == "x2"
     assert final.steps["c"].executor == "x2"
-    decisions = [i.value for i in (await journal(js, space, tw.walls_for(space, writer=False)).read(wf)).items]
+    loaded = await journal(js, space, tw.walls_for(space, writer=False)).read(wf)
+    decisions = [i.value for i in loaded.items]
     scheduled_a = [e for d in decisions for e in d.events
                    if isinstance(e, StepScheduled) and e.step == "a"]
     assert len(scheduled_a) == 1  # the completed step was reused, never re-run

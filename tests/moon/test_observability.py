@@ -89,11 +89,10 @@ async def test_health_names_the_failing_check(nc, space):
 
 
 async def test_serve_engine_fails_instead_of_waiting_when_the_engine_cannot_start(nc):
+    from envelope.registry import Registry  # noqa: PLC0415
     from moon.engine import Engine  # noqa: PLC0415
     from moon.service import serve_engine  # noqa: PLC0415
     from streams.subjects import Space  # noqa: PLC0415
-
-    from envelope.registry import Registry  # noqa: PLC0415
 
     nowhere = Space("nostreams")  # no MOON_CMD stream: subscribing fails
     engine = Engine(nc, walls=tw.walls_for(nowhere), space=nowhere,
