@@ -269,17 +269,21 @@ class Worker:
         if key in self._seen:
             await _quietly(msg.ack)  # run (or running) here already
             return
+        # Marked before the start is sent: while it waits for the engine (a failover can take
+        # seconds), the order may be redelivered here, and that copy must not start it again.
+        self._seen[key] = None
+        if len(self._seen) > SEEN_KEYS:
+            del self._seen[next(iter(self._seen))]
+        # One id per take, the same across its retries: two takes of one order (here or at
+        # another pool member) send two different starts, and the journal lets one win.
         start = StartStep(
-            command_id=f"start/{key}/{self._incarnation}", at_ms=_now_ms(),
-            workflow_id=order.workflow_id, step=order.step, attempt=order.attempt,
-            executor=self.executor_id,
+            command_id=f"start/{key}/{self._incarnation}/{uuid.uuid4().hex[:8]}",
+            at_ms=_now_ms(), workflow_id=order.workflow_id, step=order.step,
+            attempt=order.attempt, executor=self.executor_id,
         )
         answer = await self.deliver(order, start)
         if answer is None:
             return  # the engine stayed away past the deadline: a redelivery is acked unrun
-        self._seen[key] = None
-        if len(self._seen) > SEEN_KEYS:
-            del self._seen[next(iter(self._seen))]
         if answer.run:
             await self._run(order, handler, msg)
         await _quietly(msg.ack)

@@ -232,6 +232,7 @@ async def test_killing_the_journal_leader_mid_run_loses_nothing_and_every_workfl
         await wait_for(all_in_sync, timeout_s=30)
         print(f"node {victim} caught up {time.monotonic() - ended_at:.1f}s after the end")
     finally:
+        await eng.registry.stop()
         for nc in [admin, engine_nc, *pool]:
             await nc.close()
 
