@@ -160,6 +160,7 @@ class Gate:
         self._routes: dict[str, _Route] = {}
         self._log = structlog.get_logger("envelope.gate").bind(service=service)
         self.ready = asyncio.Event()
+        self._kv: Any = None
         self._slots = asyncio.Semaphore(concurrency)
         self._in_hand: set[asyncio.Task[None]] = set()
 
@@ -180,9 +181,17 @@ class Gate:
         (claimed now if new and `claim`), else invalid_id / not_owner to return as the answer."""
         return await self.owners.own(namespace, id_, caller, claim=claim)
 
+    async def handle(self, method: str, data: bytes,
+                     headers: Mapping[str, str] | None = None) -> tuple[bytes, str]:
+        """Answer one request to `method` in process (an edge that is not NATS, or a test that
+        must pick the replica); the gate must be running. Returns (response, traceparent)."""
+        if self._kv is None:
+            raise RuntimeError("the gate is not running")
+        return await self.answer(self._routes[method], self._kv, data, headers)
+
     async def run(self) -> None:
         """Serve every route on both paths until cancelled; requests in hand then finish."""
-        kv = await self.js.key_value(self._bucket)
+        kv = self._kv = await self.js.key_value(self._bucket)
         await self.limits.start(keep_ms=self.trust.max_ttl_ms + 2 * self.trust.skew_ms)
         await self.owners.start()
         subs = []

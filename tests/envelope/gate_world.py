@@ -22,6 +22,7 @@ from streams.replies import Reason, Refusal
 from streams.subjects import Space
 
 HOUR = 3_600_000
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 BODY = {"intent": "the conductor", "budget": {"tokens": 200, "deadline_ms": 8000}}
 
 
