@@ -62,7 +62,8 @@ def read_budget(body: bytes) -> Budget | Refusal | None:
     """The body's budget, decoded from the exact signed bytes (a read, never a re-encoding)."""
     try:
         budget = _view.decode(body).budget
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
+        # RecursionError: msgspec's answer to nesting deeper than the stack, not a DecodeError.
         return Refusal(Reason.MALFORMED, f"body: {error}")
     if budget is not None and (
         (budget.tokens is not None and budget.tokens < 0)

@@ -289,10 +289,10 @@ def check_envelope(
     time, grant chain, policy, treaty scope and budget caveats. Never raises on any bytes."""
     try:
         return _check_envelope(data, trust=trust, capability=capability, now_ms=now_ms)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError,
-            TypeError, OverflowError) as error:
-        # Decoders are called in guarded places; this is the net under the net: bytes a decoder
-        # or a key parser chokes on in a way we did not foresee are malformed, not a crash.
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError, TypeError,
+            OverflowError) as error:
+        # Every decoder above is guarded; this net is for bytes a decoder or key parser chokes
+        # on in a way not foreseen: malformed, never an exception out of the gate.
         return Refusal(Reason.MALFORMED, f"{type(error).__name__}: {error}"[:200])
 
 
@@ -305,7 +305,7 @@ def _check_envelope(
     # 2. outer decode
     try:
         wire = _wire.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         return Refusal(Reason.MALFORMED, str(error))
     # 3. key lookup (kid is a hint: it only chooses which key to try)
     if public_key_from_did(wire.kid) is None:
@@ -323,7 +323,7 @@ def _check_envelope(
     # 5. strict decode of what was signed
     try:
         signed = _signed.decode(wire.payload)
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         return Refusal(Reason.MALFORMED, f"signed payload: {error}")
     header = signed.header
     # 6. the signer is who the header says; from here on a refusal may name the caller
@@ -468,7 +468,7 @@ def open_response(
     """
     try:
         wire = _wire.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         return Refusal(Reason.MALFORMED, f"response: {error}")
     key = keys.lookup(issuer) if wire.kid == issuer else None
     if key is None:
@@ -478,7 +478,7 @@ def open_response(
         response = _response.decode(wire.payload)
     except nacl.exceptions.CryptoError:
         return Refusal(Reason.BAD_SIGNATURE, "response signature does not verify")
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         return Refusal(Reason.MALFORMED, f"response: {error}")
     ours = (response.audience == caller and response.request_id == request_id) or (
         response.request_hash == request_hash(request)

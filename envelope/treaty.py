@@ -93,7 +93,7 @@ def verify_treaty(
     try:
         signed = _signed.decode(data)
         terms = _terms.decode(signed.payload)
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         return Refusal(Reason.MALFORMED, f"treaty: {error}")
     ref = hashlib.sha256(signed.payload).digest()
     if terms.host not in roots:
