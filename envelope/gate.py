@@ -19,11 +19,11 @@ import structlog
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from envelope.audit import AuditLog
 from envelope.budget import Ledger
 from envelope.keys import Signer
+from envelope.outcomes import OUTCOMES_BUCKET, Outcomes, Stored
 from envelope.ownership import OWNERS, Ownership
 from envelope.revocations import REVOKED_BUCKET, Revocations, Revoked
 from envelope.seal import (
@@ -50,21 +50,11 @@ ROOT_SPACE = Space()
 __all__ = ["OUTCOMES_BUCKET", "Gate", "Handler", "Stored", "wall_ms"]
 
 Handler = Callable[[Opened], Awaitable[msgspec.Struct | Refusal]]
-OUTCOMES_BUCKET = "envelope_outcomes"
 INTENTS_STREAM = "INTENTS"
 
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class Stored(msgspec.Struct, frozen=True):
-    """KV value under the request id: a claim while running, then the sealed first answer."""
-
-    caller: str
-    done: bool
-    since_ms: int
-    response: bytes = b""
 
 
 class _Route(msgspec.Struct, frozen=True):
@@ -73,7 +63,6 @@ class _Route(msgspec.Struct, frozen=True):
     handler: Handler
 
 
-_stored = msgspec.msgpack.Decoder(Stored)
 _encode = msgspec.msgpack.encode
 _MAX_DELIVERIES = 5
 # Refusals a caller can fix by waiting or re-sealing: not the request's final answer, so they are
@@ -160,7 +149,7 @@ class Gate:
         self._routes: dict[str, _Route] = {}
         self._log = structlog.get_logger("envelope.gate").bind(service=service)
         self.ready = asyncio.Event()
-        self._kv: Any = None
+        self._outcomes: Outcomes | None = None
         self._slots = asyncio.Semaphore(concurrency)
         self._in_hand: set[asyncio.Task[None]] = set()
 
@@ -185,13 +174,14 @@ class Gate:
                      headers: Mapping[str, str] | None = None) -> tuple[bytes, str]:
         """Answer one request to `method` in process (an edge that is not NATS, or a test that
         must pick the replica); the gate must be running. Returns (response, traceparent)."""
-        if self._kv is None:
+        if self._outcomes is None:
             raise RuntimeError("the gate is not running")
-        return await self.answer(self._routes[method], self._kv, data, headers)
+        return await self.answer(self._routes[method], self._outcomes, data, headers)
 
     async def run(self) -> None:
         """Serve every route on both paths until cancelled; requests in hand then finish."""
-        kv = self._kv = await self.js.key_value(self._bucket)
+        outcomes = self._outcomes = Outcomes(await self.js.key_value(self._bucket),
+                                       lease_ms=self._lease_ms)
         await self.limits.start(keep_ms=self.trust.max_ttl_ms + 2 * self.trust.skew_ms)
         await self.owners.start()
         subs = []
@@ -210,7 +200,7 @@ class Gate:
                         await self.nc.subscribe(
                             self.space.subject(map_request(self.service, route.method)),
                             queue=self.space.consumer(self.service),
-                            cb=self._on_request(route, kv),
+                            cb=self._on_request(route, outcomes),
                         )
                     )
                 pulls = [
@@ -224,7 +214,7 @@ class Gate:
                 await self.nc.flush()
                 self.ready.set()
                 for route, pull in zip(self._routes.values(), pulls, strict=True):
-                    tasks.create_task(self._consume(route, kv, pull))
+                    tasks.create_task(self._consume(route, outcomes, pull))
         finally:
             self.ready.clear()
             for sub in subs:
@@ -263,14 +253,14 @@ class Gate:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def _on_request(self, route: _Route, kv: Any) -> Callable[[Msg], Awaitable[None]]:
+    def _on_request(self, route: _Route, outcomes: Outcomes) -> Callable[[Msg], Awaitable[None]]:
         # nats-py runs a subscription's callbacks one after another: each request gets its own
         # task so that a slow handler (a journal append, a solve) does not hold up the rest.
         # The semaphore is the bound: when it is full the callback waits and the subscription's
         # pending buffer, then the server's slow-consumer limit, push back.
         async def serve(msg: Msg) -> None:
             try:
-                response, trace = await self.answer(route, kv, msg.data, msg.headers)
+                response, trace = await self.answer(route, outcomes, msg.data, msg.headers)
                 if msg.reply:
                     headers = {"traceparent": trace} if trace else None
                     await self.nc.publish(msg.reply, response, headers=headers)
@@ -289,7 +279,7 @@ class Gate:
         self._in_hand.discard(task)
         self._slots.release()
 
-    async def _consume(self, route: _Route, kv: Any, pull: Any) -> None:
+    async def _consume(self, route: _Route, outcomes: Outcomes, pull: Any) -> None:
         while True:
             try:
                 msgs = await pull.fetch(batch=32, timeout=1.0)
@@ -298,7 +288,7 @@ class Gate:
                 continue
             for msg in msgs:
                 try:
-                    await self._answer(route, kv, msg.data, msg.headers)
+                    await self._answer(route, outcomes, msg.data, msg.headers)
                 except Exception:
                     # Broken infrastructure (or a bug): redeliver later, a few times, and then
                     # stop, so that one message can never stall or kill the consumer.
@@ -313,12 +303,12 @@ class Gate:
     # -- one request ----------------------------------------------------------------------------
 
     async def answer(
-        self, route: _Route, kv: Any, data: bytes, headers: Mapping[str, str] | None
+        self, route: _Route, outcomes: Outcomes, data: bytes, headers: Mapping[str, str] | None
     ) -> tuple[bytes, str]:
         """Open, dedupe, run, seal, store and audit one request; returns (response, traceparent)."""
         with metrics.GATE_SECONDS.labels(self.service, route.method).time():
             try:
-                return await self._answer(route, kv, data, headers)
+                return await self._answer(route, outcomes, data, headers)
             except Exception as error:
                 return await self._failed(route, data, error), ""
 
@@ -336,7 +326,7 @@ class Gate:
         return self._respond(record, audience="", reply=refusal)
 
     async def _answer(
-        self, route: _Route, kv: Any, data: bytes, headers: Mapping[str, str] | None
+        self, route: _Route, outcomes: Outcomes, data: bytes, headers: Mapping[str, str] | None
     ) -> tuple[bytes, str]:
         now = self.clock()
         opened = await self._open(route, data, now)
@@ -344,12 +334,12 @@ class Gate:
         with structlog.contextvars.bound_contextvars(method=route.method):
             match opened:
                 case Opened():
-                    return await self._accepted(route, kv, opened, header_trace, now), (
+                    return await self._accepted(route, outcomes, opened, header_trace, now), (
                         opened.traceparent
                     )
                 case Refusal():
                     trace = _valid_trace(opened.evidence.get("traceparent", ""))
-                    return await self._refused(route, kv, data, opened, now), (
+                    return await self._refused(route, outcomes, data, opened, now), (
                         trace or _valid_trace(header_trace)
                     )
 
@@ -365,7 +355,7 @@ class Gate:
         return await admit_shared(pending, self.limits, now)
 
     async def _accepted(
-        self, route: _Route, kv: Any, opened: Opened, header_trace: str, now: int
+        self, route: _Route, outcomes: Outcomes, opened: Opened, header_trace: str, now: int
     ) -> bytes:
         log = self._log.bind(
             trace=opened.traceparent, request_id=opened.request_id, caller=opened.caller
@@ -375,7 +365,7 @@ class Gate:
             or trace_id(header_trace) != trace_id(opened.traceparent)
         ):
             log.info("trace_header_differs", header=header_trace)  # infra may re-parent: no refusal
-        earlier = await self._claim(kv, opened.request_id, opened.caller, now)
+        earlier = await outcomes.claim(opened.request_id, opened.caller, now)
         if isinstance(earlier, bytes):
             log.info("replayed", outcome="stored")
             self._count(route, "replayed", None)
@@ -417,10 +407,10 @@ class Gate:
         response = self._respond(record, audience=opened.caller, reply=reply)
         if outcome == "failed":
             # Not a final answer: release the claim so a retry runs the handler again.
-            await kv.delete(opened.request_id)
+            await outcomes.release(opened.request_id)
             await self.audit.append(record, msg_id=_attempt_id(record.id, opened.request_hash))
         else:
-            await kv.put(opened.request_id, _encode(Stored(opened.caller, True, now, response)))
+            await outcomes.finish(opened.request_id, opened.caller, now, response)
             await self.audit.append(record, msg_id=record.id)
         log.info("answered", outcome=outcome, reason=record.reason)
         self._count(route, outcome, record.reason)
@@ -432,7 +422,7 @@ class Gate:
         ).inc()
 
     async def _refused(
-        self, route: _Route, kv: Any, data: bytes, refusal: Refusal, now: int
+        self, route: _Route, outcomes: Outcomes, data: bytes, refusal: Refusal, now: int
     ) -> bytes:
         digest = request_hash(data)
         caller = refusal.evidence.get("caller")
@@ -467,7 +457,7 @@ class Gate:
             return self._respond(record, audience=caller, reply=refusal)
         log = self._log.bind(trace=trace, request_id=request_id, caller=caller)
         if refusal.reason is Reason.REPLAYED:
-            earlier = await self._stored(kv, request_id, caller)
+            earlier = await outcomes.stored(request_id, caller)
             if earlier is not None:
                 log.info("replayed", outcome="stored")
                 self.audit.counts["replayed"] += 1
@@ -488,52 +478,11 @@ class Gate:
         if refusal.reason in _TRANSIENT:
             await self.audit.append(record, msg_id=_attempt_id(request_id, digest))
         else:
-            with contextlib.suppress(KeyWrongLastSequenceError):
-                await kv.create(request_id, _encode(Stored(caller, True, now, response)))
+            await outcomes.settle(request_id, caller, now, response)
             await self.audit.append(record, msg_id=request_id)
         log.info("refused", reason=refusal.reason.value)
         self._count(route, "refused", refusal.reason)
         return response
-
-    async def _claim(
-        self, kv: Any, request_id: str, caller: str, now: int
-    ) -> bytes | Refusal | None:
-        """Claim the request id; None means run the handler. Otherwise the first outcome stored
-        (bytes) or a refusal of this attempt."""
-        pending = _encode(Stored(caller, False, now))
-        try:
-            await kv.create(request_id, pending)
-            return None
-        except KeyWrongLastSequenceError:
-            pass
-        try:
-            entry = await kv.get(request_id)
-        except KeyNotFoundError:  # expired or deleted between the two calls: a fresh claim
-            return await self._claim(kv, request_id, caller, now)
-        stored = _decode_stored(entry.value)
-        if stored is None:
-            return Refusal(Reason.REPLAYED, "request id holds an outcome the gate cannot read")
-        if stored.caller != caller:
-            return Refusal(Reason.REPLAYED, "request id already used by another caller")
-        if stored.done:
-            return stored.response
-        in_progress = Refusal(Reason.REPLAYED, "request in progress", retryable=True,
-                              retry_after_ms=250)
-        if now - stored.since_ms < self._lease_ms:
-            return in_progress
-        try:  # the earlier claimant died mid-request; take over its claim
-            await kv.update(request_id, pending, last=entry.revision)
-        except KeyWrongLastSequenceError:
-            return in_progress
-        return None
-
-    async def _stored(self, kv: Any, request_id: str, caller: str) -> bytes | None:
-        try:
-            entry = await kv.get(request_id)
-        except KeyNotFoundError:
-            return None
-        stored = _decode_stored(entry.value)
-        return stored.response if stored and stored.done and stored.caller == caller else None
 
     def _record(
         self,
@@ -586,13 +535,6 @@ class Gate:
                 refusal=refusal,
             ),
         )
-
-
-def _decode_stored(value: bytes | None) -> Stored | None:
-    try:
-        return _stored.decode(value or b"")
-    except msgspec.DecodeError:  # not written by a gate: never trusted as an outcome
-        return None
 
 
 def _valid_trace(traceparent: str) -> str:
