@@ -180,8 +180,8 @@ class Gate:
 
     async def run(self) -> None:
         """Serve every route on both paths until cancelled; requests in hand then finish."""
-        outcomes = self._outcomes = Outcomes(await self.js.key_value(self._bucket),
-                                       lease_ms=self._lease_ms)
+        outcomes = Outcomes(await self.js.key_value(self._bucket), lease_ms=self._lease_ms)
+        self._outcomes = outcomes
         await self.limits.start(keep_ms=self.trust.max_ttl_ms + 2 * self.trust.skew_ms)
         await self.owners.start()
         subs = []

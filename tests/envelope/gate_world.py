@@ -91,7 +91,7 @@ class Moon:
 
 async def audit_records(js: JetStreamContext, space: Space) -> list[AuditRecord]:
     info = await js.stream_info(space.stream("AUDIT"))
-    records = []
+    records: list[AuditRecord] = []
     if info.state.messages == 0:
         return records
     for seq in range(info.state.first_seq, info.state.last_seq + 1):

@@ -15,7 +15,7 @@ from envelope.seal import seal
 from streams.replies import Reason, Refusal
 from streams.subjects import Space
 from tests.envelope.gate_world import BODY, TRACE, Moon, audit_records, eventually, key, now_ms
-from tests.security.test_gate_bounds import DEEP
+from tests.envelope.test_bounds import DEEP
 
 
 @pytest.fixture
