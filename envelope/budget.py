@@ -9,7 +9,16 @@ import msgspec
 from envelope.grants import Caveats
 from streams.replies import Reason, Refusal
 
-__all__ = ["Budget", "BudgetView", "Ledger", "MemoryLedger", "check_budget", "read_budget"]
+__all__ = [
+    "Budget",
+    "BudgetView",
+    "Ledger",
+    "MemoryLedger",
+    "check_balance",
+    "check_budget",
+    "check_caveats",
+    "read_budget",
+]
 
 
 class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -53,7 +62,8 @@ def read_budget(body: bytes) -> Budget | Refusal | None:
     """The body's budget, decoded from the exact signed bytes (a read, never a re-encoding)."""
     try:
         budget = _view.decode(body).budget
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
+        # RecursionError: msgspec's answer to nesting deeper than the stack, not a DecodeError.
         return Refusal(Reason.MALFORMED, f"body: {error}")
     if budget is not None and (
         (budget.tokens is not None and budget.tokens < 0)
@@ -67,6 +77,11 @@ def check_budget(
     budget: Budget | None, caveats: Caveats, caller: str, ledger: Ledger
 ) -> Refusal | None:
     """Against the grant's caveats, then against the caller's balance."""
+    return check_caveats(budget, caveats) or check_balance(budget, ledger.remaining(caller))
+
+
+def check_caveats(budget: Budget | None, caveats: Caveats) -> Refusal | None:
+    """What the grant allows: needs no state, so it runs with the other stateless checks."""
     tokens = None if budget is None else budget.tokens
     if caveats.max_tokens is not None and (tokens is None or tokens > caveats.max_tokens):
         return Refusal(
@@ -83,7 +98,11 @@ def check_budget(
             Reason.BUDGET_EXHAUSTED,
             f"grant allows at most {caveats.max_deadline_ms} ms of deadline",
         )
-    left = ledger.remaining(caller)
+    return None
+
+
+def check_balance(budget: Budget | None, left: int | None) -> Refusal | None:
+    """Against what the caller has `left` (None: no account, so unmetered)."""
     # No budget spends nothing (a read); a budget without tokens is unbounded and never fits.
     spend = 0 if budget is None else budget.tokens
     if left is not None and (spend is None or spend > left):

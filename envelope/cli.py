@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -13,8 +14,11 @@ import typer
 
 from envelope.grants import Caveats, grant_ref, mint_grant
 from envelope.keys import load_signer, public_key_from_did, save_signer, signer_from_seed
+from envelope.revocations import revoke
+from envelope.treaty import treaty_ref
+from streams.subjects import Space
 
-__all__ = ["keys_app"]
+__all__ = ["keys_app", "parse_ref", "revoke_command"]
 
 keys_app = typer.Typer(
     help="Ed25519 signing identities (did:key) and capability grants.", no_args_is_help=True
@@ -105,3 +109,43 @@ def grant(
         {"grant": grant_ref(signed).hex(), "issuer": signer.did, "to": audience, "file": str(out)},
         as_json,
     )
+
+
+def parse_ref(ref: str) -> bytes:
+    """A grant/treaty ref as 64 hex digits (what `keys grant` prints), or the file of the signed
+    grant or treaty itself."""
+    if re.fullmatch(r"[0-9a-fA-F]{64}", ref):
+        return bytes.fromhex(ref)
+    path = Path(ref)
+    if not path.is_file():
+        raise typer.BadParameter("give 64 hex digits or the file of a grant or treaty",
+                                 param_hint="REF")
+    data = path.read_bytes()
+    for reference in (grant_ref, treaty_ref):
+        try:
+            return reference(data)
+        except Exception:  # noqa: S112 - not this kind of document; try the next one
+            continue
+    raise typer.BadParameter(f"{path} is neither a signed grant nor a treaty", param_hint="REF")
+
+
+async def _revoke(ref: bytes, url: str | None, space: Space) -> int:
+    from streams.broker import connect  # noqa: PLC0415 - only this command talks to NATS
+
+    async with connect(url, name="maestro-keys-revoke") as nc:
+        return await revoke(nc.jetstream(), ref, space=space)
+
+
+@keys_app.command("revoke")
+def revoke_command(
+    ref: Annotated[str, typer.Argument(help="grant or treaty ref (hex), or its file")],
+    url: Annotated[str | None, typer.Option("--url", help="NATS server (default: NATS_URL "
+                                            "or the embedded server)")] = None,
+    space: Annotated[str, typer.Option(hidden=True, help="stream namespace (tests)")] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Revoke a grant or treaty: every gate watching the revocation bucket refuses it within
+    moments (each gate runs the watcher itself)."""
+    parsed = parse_ref(ref)
+    revision = asyncio.run(_revoke(parsed, url, Space(space)))
+    _print({"revoked": parsed.hex(), "revision": str(revision)}, as_json)

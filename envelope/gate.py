@@ -19,25 +19,29 @@ import structlog
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from envelope.audit import AuditLog
-from envelope.budget import Ledger, MemoryLedger
+from envelope.budget import Ledger
 from envelope.keys import Signer
+from envelope.outcomes import OUTCOMES_BUCKET, Outcomes, Stored
+from envelope.ownership import OWNERS, Ownership
+from envelope.revocations import REVOKED_BUCKET, Revocations, Revoked
 from envelope.seal import (
     VERSION,
-    NonceCache,
     Opened,
     Response,
     Trust,
-    open_envelope,
+    check_envelope,
     request_hash,
     seal_response,
 )
+from envelope.shared import LIMITS, KvLimits, Limits, MemoryLimits, admit_shared
 from envelope.trace import is_valid_traceparent, trace_id
 from envelope.treaty import TreatyLimiter
 from streams import metrics
 from streams.audit import AuditRecord, Outcome
+from streams.config import NONCES
+from streams.ids import is_valid_id
 from streams.replies import Reason, Refusal
 from streams.subjects import Space, intent, map_request
 
@@ -46,21 +50,11 @@ ROOT_SPACE = Space()
 __all__ = ["OUTCOMES_BUCKET", "Gate", "Handler", "Stored", "wall_ms"]
 
 Handler = Callable[[Opened], Awaitable[msgspec.Struct | Refusal]]
-OUTCOMES_BUCKET = "envelope_outcomes"
 INTENTS_STREAM = "INTENTS"
 
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class Stored(msgspec.Struct, frozen=True):
-    """KV value under the request id: a claim while running, then the sealed first answer."""
-
-    caller: str
-    done: bool
-    since_ms: int
-    response: bytes = b""
 
 
 class _Route(msgspec.Struct, frozen=True):
@@ -69,8 +63,8 @@ class _Route(msgspec.Struct, frozen=True):
     handler: Handler
 
 
-_stored = msgspec.msgpack.Decoder(Stored)
 _encode = msgspec.msgpack.encode
+_MAX_DELIVERIES = 5
 # Refusals a caller can fix by waiting or re-sealing: not the request's final answer, so they are
 # neither stored as its outcome nor deduplicated against a later successful attempt.
 _TRANSIENT = frozenset(
@@ -81,10 +75,16 @@ _TRANSIENT = frozenset(
 class Gate:
     """Put in front of a service's handlers; every request leaves exactly one audit record.
 
-    gate = Gate(nc, service="moon", signer=moon_key, trust=trust, space=space)
+    gate = Gate(nc, service="moon", signer=moon_key, trust=trust, space=space,
+                shared_limits=True)                # replicas share nonces, rates and budgets
     gate.route("dispatch", handle_dispatch)        # capability moon:dispatch
     async with gate.serving():                     # or: tasks.create_task(gate.run())
         ...
+
+    The gate follows the revocation bucket itself (`revocations_live` for health): it is ready
+    only once every revocation is loaded, and refuses everything (unavailable, audited) while the
+    watch has been down longer than `revocation_grace_ms`. Handlers claim ids with `own()`.
+    Limits are per process unless `shared_limits` (buckets envelope_nonces, envelope_limits).
     """
 
     def __init__(
@@ -97,6 +97,16 @@ class Gate:
         space: Space = ROOT_SPACE,
         ledger: Ledger | None = None,
         limiter: TreatyLimiter | None = None,
+        shared_limits: bool = False,
+        limits: Limits | None = None,
+        revocations: bool = True,
+        revocation_grace_ms: int = 10_000,
+        revocation_check_s: float = 5.0,
+        revocations_bucket: str = REVOKED_BUCKET,
+        nonces_bucket: str = NONCES.name,
+        limits_bucket: str = LIMITS.name,
+        owners_bucket: str = OWNERS.name,
+        start_timeout_s: float = 30.0,
         clock: Callable[[], int] = wall_ms,
         outcomes_bucket: str = OUTCOMES_BUCKET,
         intents_stream: str = INTENTS_STREAM,
@@ -109,11 +119,26 @@ class Gate:
         self.js: JetStreamContext = nc.jetstream()
         self.service = service
         self.signer = signer
-        self.trust = trust
         self.space = space
-        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
-        self.limiter = limiter if limiter is not None else TreatyLimiter()
-        self.nonces = NonceCache()
+        if limits is None:
+            limits = (
+                KvLimits(self.js, space=space, nonces_bucket=nonces_bucket,
+                         limits_bucket=limits_bucket)
+                if shared_limits else MemoryLimits(limiter=limiter, ledger=ledger)
+            )
+        self.limits = limits
+        self.revocations = (
+            Revocations(self.js, space=space, bucket=revocations_bucket,
+                        check_every_s=revocation_check_s) if revocations else None
+        )
+        if self.revocations is not None:  # the set the watcher keeps, beside the static one
+            trust = msgspec.structs.replace(
+                trust, revoked=Revoked(trust.revoked, self.revocations.revoked))
+        self.trust = trust
+        self._grace_ms = revocation_grace_ms
+        self._start_s = start_timeout_s
+        self._down_since: int | None = None
+        self.owners = Ownership(self.js, space=space, bucket=owners_bucket)
         self.clock = clock
         self.audit = AuditLog(
             self.js, space=space, junk_rate_per_s=junk_rate_per_s, junk_burst=junk_burst
@@ -124,6 +149,7 @@ class Gate:
         self._routes: dict[str, _Route] = {}
         self._log = structlog.get_logger("envelope.gate").bind(service=service)
         self.ready = asyncio.Event()
+        self._outcomes: Outcomes | None = None
         self._slots = asyncio.Semaphore(concurrency)
         self._in_hand: set[asyncio.Task[None]] = set()
 
@@ -133,32 +159,62 @@ class Gate:
 
     # -- serving --------------------------------------------------------------------------------
 
+    @property
+    def revocations_live(self) -> bool:
+        """For health checks: the revocation set is current (always True when not watching)."""
+        return self.revocations is None or self.revocations.live
+
+    async def own(self, namespace: str, id_: object, caller: str, *,
+                  claim: bool = True) -> Refusal | None:
+        """A handler's ownership check (envelope/ownership.py): None when `caller` owns the id
+        (claimed now if new and `claim`), else invalid_id / not_owner to return as the answer."""
+        return await self.owners.own(namespace, id_, caller, claim=claim)
+
+    async def handle(self, method: str, data: bytes,
+                     headers: Mapping[str, str] | None = None) -> tuple[bytes, str]:
+        """Answer one request to `method` in process (an edge that is not NATS, or a test that
+        must pick the replica); the gate must be running. Returns (response, traceparent)."""
+        if self._outcomes is None:
+            raise RuntimeError("the gate is not running")
+        return await self.answer(self._routes[method], self._outcomes, data, headers)
+
     async def run(self) -> None:
         """Serve every route on both paths until cancelled; requests in hand then finish."""
-        kv = await self.js.key_value(self._bucket)
+        outcomes = Outcomes(await self.js.key_value(self._bucket), lease_ms=self._lease_ms)
+        self._outcomes = outcomes
+        await self.limits.start(keep_ms=self.trust.max_ttl_ms + 2 * self.trust.skew_ms)
+        await self.owners.start()
         subs = []
         try:
-            for route in self._routes.values():
-                subs.append(
-                    await self.nc.subscribe(
-                        self.space.subject(map_request(self.service, route.method)),
-                        queue=self.space.consumer(self.service),
-                        cb=self._on_request(route, kv),
-                    )
-                )
-            pulls = [
-                await self.js.pull_subscribe(
-                    self.space.subject(intent(self.service, route.method)),
-                    durable=self.space.consumer(f"{self.service}_{route.method}"),
-                    stream=self._stream,
-                )
-                for route in self._routes.values()
-            ]
-            await self.nc.flush()
-            self.ready.set()
             async with asyncio.TaskGroup() as tasks:
+                if self.revocations is not None:
+                    # Before the first request: a revoked grant must not slip in at start-up.
+                    tasks.create_task(self._watch_revocations(self.revocations))
+                    try:
+                        await asyncio.wait_for(self.revocations.wait_live(), self._start_s)
+                    except TimeoutError:
+                        raise RuntimeError("revocations not loaded: "
+                                           f"{self.revocations.last_error}") from None
+                for route in self._routes.values():
+                    subs.append(
+                        await self.nc.subscribe(
+                            self.space.subject(map_request(self.service, route.method)),
+                            queue=self.space.consumer(self.service),
+                            cb=self._on_request(route, outcomes),
+                        )
+                    )
+                pulls = [
+                    await self.js.pull_subscribe(
+                        self.space.subject(intent(self.service, route.method)),
+                        durable=self.space.consumer(f"{self.service}_{route.method}"),
+                        stream=self._stream,
+                    )
+                    for route in self._routes.values()
+                ]
+                await self.nc.flush()
+                self.ready.set()
                 for route, pull in zip(self._routes.values(), pulls, strict=True):
-                    tasks.create_task(self._consume(route, kv, pull))
+                    tasks.create_task(self._consume(route, outcomes, pull))
         finally:
             self.ready.clear()
             for sub in subs:
@@ -166,6 +222,20 @@ class Gate:
                     await sub.unsubscribe()
             if self._in_hand:  # answered and audited, not cut off half way
                 await asyncio.wait(set(self._in_hand), timeout=10)
+
+    async def _watch_revocations(self, revocations: Revocations) -> None:
+        """The watchdog runs for the gate's life; this notes when the set stopped being live."""
+        follow = asyncio.get_running_loop().create_task(revocations.run())
+        try:
+            while True:
+                await revocations.wait_down()
+                self._down_since = self.clock()
+                await revocations.wait_live()
+                self._down_since = None
+        finally:
+            follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follow
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[Gate]:
@@ -183,14 +253,14 @@ class Gate:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def _on_request(self, route: _Route, kv: Any) -> Callable[[Msg], Awaitable[None]]:
+    def _on_request(self, route: _Route, outcomes: Outcomes) -> Callable[[Msg], Awaitable[None]]:
         # nats-py runs a subscription's callbacks one after another: each request gets its own
         # task so that a slow handler (a journal append, a solve) does not hold up the rest.
         # The semaphore is the bound: when it is full the callback waits and the subscription's
         # pending buffer, then the server's slow-consumer limit, push back.
         async def serve(msg: Msg) -> None:
             try:
-                response, trace = await self.answer(route, kv, msg.data, msg.headers)
+                response, trace = await self.answer(route, outcomes, msg.data, msg.headers)
                 if msg.reply:
                     headers = {"traceparent": trace} if trace else None
                     await self.nc.publish(msg.reply, response, headers=headers)
@@ -209,7 +279,7 @@ class Gate:
         self._in_hand.discard(task)
         self._slots.release()
 
-    async def _consume(self, route: _Route, kv: Any, pull: Any) -> None:
+    async def _consume(self, route: _Route, outcomes: Outcomes, pull: Any) -> None:
         while True:
             try:
                 msgs = await pull.fetch(batch=32, timeout=1.0)
@@ -217,46 +287,75 @@ class Gate:
                 # nats-py raises either, depending on where in fetch the wait ran out (#418).
                 continue
             for msg in msgs:
-                await self.answer(route, kv, msg.data, msg.headers)
+                try:
+                    await self._answer(route, outcomes, msg.data, msg.headers)
+                except Exception:
+                    # Broken infrastructure (or a bug): redeliver later, a few times, and then
+                    # stop, so that one message can never stall or kill the consumer.
+                    self._log.exception("intent_failed", method=route.method)
+                    delivered = msg.metadata.num_delivered or 1
+                    with contextlib.suppress(Exception):
+                        await (msg.term() if delivered >= _MAX_DELIVERIES
+                               else msg.nak(delay=min(30.0, 0.5 * 2**delivered)))
+                    continue
                 await msg.ack()  # after the outcome is stored: a crash before this redelivers
 
     # -- one request ----------------------------------------------------------------------------
 
     async def answer(
-        self, route: _Route, kv: Any, data: bytes, headers: Mapping[str, str] | None
+        self, route: _Route, outcomes: Outcomes, data: bytes, headers: Mapping[str, str] | None
     ) -> tuple[bytes, str]:
         """Open, dedupe, run, seal, store and audit one request; returns (response, traceparent)."""
         with metrics.GATE_SECONDS.labels(self.service, route.method).time():
-            return await self._answer(route, kv, data, headers)
+            try:
+                return await self._answer(route, outcomes, data, headers)
+            except Exception as error:
+                return await self._failed(route, data, error), ""
+
+    async def _failed(self, route: _Route, data: bytes, error: Exception) -> bytes:
+        """Infrastructure broke mid-request: answer unavailable (retryable) and audit it, if the
+        audit stream can still be reached; the caller's retry is the same request."""
+        self._log.exception("request_failed", method=route.method)
+        digest = request_hash(data)
+        refusal = Refusal(Reason.UNAVAILABLE, f"{type(error).__name__}", retryable=True,
+                          retry_after_ms=500)
+        record = self._record(route, f"{digest.hex()}.failed", digest, "failed", self.clock(),
+                              caller="", capability="", trace="", refusal=refusal)
+        with contextlib.suppress(Exception):
+            await self.audit.append(record, msg_id=record.id)
+        return self._respond(record, audience="", reply=refusal)
 
     async def _answer(
-        self, route: _Route, kv: Any, data: bytes, headers: Mapping[str, str] | None
+        self, route: _Route, outcomes: Outcomes, data: bytes, headers: Mapping[str, str] | None
     ) -> tuple[bytes, str]:
         now = self.clock()
-        opened = open_envelope(
-            data,
-            trust=self.trust,
-            capability=route.capability,
-            now_ms=now,
-            seen=self.nonces,
-            limiter=self.limiter,
-            ledger=self.ledger,
-        )
+        opened = await self._open(route, data, now)
         header_trace = (headers or {}).get("traceparent", "")
         with structlog.contextvars.bound_contextvars(method=route.method):
             match opened:
                 case Opened():
-                    return await self._accepted(route, kv, opened, header_trace, now), (
+                    return await self._accepted(route, outcomes, opened, header_trace, now), (
                         opened.traceparent
                     )
                 case Refusal():
-                    trace = opened.evidence.get("traceparent", "")
-                    return await self._refused(route, kv, data, opened, now), trace or (
-                        header_trace if is_valid_traceparent(header_trace) else ""
+                    trace = _valid_trace(opened.evidence.get("traceparent", ""))
+                    return await self._refused(route, outcomes, data, opened, now), (
+                        trace or _valid_trace(header_trace)
                     )
 
+    async def _open(self, route: _Route, data: bytes, now: int) -> Opened | Refusal:
+        pending = check_envelope(data, trust=self.trust, capability=route.capability, now_ms=now)
+        if isinstance(pending, Refusal):
+            return pending
+        if self._down_since is not None and now - self._down_since > self._grace_ms:
+            # Fail closed: a revocation made while the watch is down would not be seen.
+            return pending.refuse(Refusal(
+                Reason.UNAVAILABLE, "revocation list is not current", retryable=True,
+                retry_after_ms=1000))
+        return await admit_shared(pending, self.limits, now)
+
     async def _accepted(
-        self, route: _Route, kv: Any, opened: Opened, header_trace: str, now: int
+        self, route: _Route, outcomes: Outcomes, opened: Opened, header_trace: str, now: int
     ) -> bytes:
         log = self._log.bind(
             trace=opened.traceparent, request_id=opened.request_id, caller=opened.caller
@@ -266,16 +365,21 @@ class Gate:
             or trace_id(header_trace) != trace_id(opened.traceparent)
         ):
             log.info("trace_header_differs", header=header_trace)  # infra may re-parent: no refusal
-        earlier = await self._claim(kv, opened.request_id, opened.caller, now)
-        if earlier is not None:
-            answer, refusal = earlier
-            if refusal is None:
-                log.info("replayed", outcome="stored")
-                self._count(route, "replayed", None)
-            else:
-                log.info("refused", reason=refusal.reason.value, detail=refusal.detail)
-                self._count(route, "refused", refusal.reason)
-            return answer
+        earlier = await outcomes.claim(opened.request_id, opened.caller, now)
+        if isinstance(earlier, bytes):
+            log.info("replayed", outcome="stored")
+            self._count(route, "replayed", None)
+            return earlier
+        if isinstance(earlier, Refusal):
+            # Not this request's final answer (the id's first outcome is): audited per attempt.
+            attempt = _attempt_id(opened.request_id, opened.request_hash)
+            record = self._record(route, attempt, opened.request_hash, "refused", now,
+                                  caller=opened.caller, capability=opened.header.capability,
+                                  trace=opened.traceparent, refusal=earlier)
+            await self.audit.append(record, msg_id=attempt)
+            log.info("refused", reason=earlier.reason.value, detail=earlier.detail)
+            self._count(route, "refused", earlier.reason)
+            return self._respond(record, audience=opened.caller, reply=earlier)
         outcome: Outcome
         try:
             # Bound in contextvars so the handler's own log lines carry the trace too.
@@ -303,10 +407,10 @@ class Gate:
         response = self._respond(record, audience=opened.caller, reply=reply)
         if outcome == "failed":
             # Not a final answer: release the claim so a retry runs the handler again.
-            await kv.delete(opened.request_id)
+            await outcomes.release(opened.request_id)
             await self.audit.append(record, msg_id=_attempt_id(record.id, opened.request_hash))
         else:
-            await kv.put(opened.request_id, _encode(Stored(opened.caller, True, now, response)))
+            await outcomes.finish(opened.request_id, opened.caller, now, response)
             await self.audit.append(record, msg_id=record.id)
         log.info("answered", outcome=outcome, reason=record.reason)
         self._count(route, outcome, record.reason)
@@ -318,7 +422,7 @@ class Gate:
         ).inc()
 
     async def _refused(
-        self, route: _Route, kv: Any, data: bytes, refusal: Refusal, now: int
+        self, route: _Route, outcomes: Outcomes, data: bytes, refusal: Refusal, now: int
     ) -> bytes:
         digest = request_hash(data)
         caller = refusal.evidence.get("caller")
@@ -338,12 +442,22 @@ class Gate:
             await self.audit.append_unauthenticated(record, now_ms=now)
             self._count(route, "refused", refusal.reason)
             return self._respond(record, audience="", reply=refusal)
-        request_id = refusal.evidence["request_id"]
-        log = self._log.bind(
-            trace=refusal.evidence.get("traceparent"), request_id=request_id, caller=caller
-        )
+        request_id = refusal.evidence.get("request_id", "")
+        trace = _valid_trace(refusal.evidence.get("traceparent", ""))
+        capability = refusal.evidence.get("capability", "")
+        if not is_valid_id(request_id):
+            # Signed, so the caller is named, but the id cannot be a KV key or a Nats-Msg-Id:
+            # audited under the request's hash (the same bytes again dedupe to one record) and
+            # never stored as an outcome.
+            record = self._record(route, digest.hex(), digest, "refused", now, caller=caller,
+                                  capability=capability, trace=trace, refusal=refusal)
+            await self.audit.append(record, msg_id=record.id)
+            self._log.info("refused", reason=refusal.reason.value, caller=caller)
+            self._count(route, "refused", refusal.reason)
+            return self._respond(record, audience=caller, reply=refusal)
+        log = self._log.bind(trace=trace, request_id=request_id, caller=caller)
         if refusal.reason is Reason.REPLAYED:
-            earlier = await self._stored(kv, request_id, caller)
+            earlier = await outcomes.stored(request_id, caller)
             if earlier is not None:
                 log.info("replayed", outcome="stored")
                 self.audit.counts["replayed"] += 1
@@ -356,59 +470,19 @@ class Gate:
             "refused",
             now,
             caller=caller,
-            capability=refusal.evidence.get("capability", ""),
-            trace=refusal.evidence.get("traceparent", ""),
+            capability=capability,
+            trace=trace,
             refusal=refusal,
         )
         response = self._respond(record, audience=caller, reply=refusal)
         if refusal.reason in _TRANSIENT:
             await self.audit.append(record, msg_id=_attempt_id(request_id, digest))
         else:
-            with contextlib.suppress(KeyWrongLastSequenceError):
-                await kv.create(request_id, _encode(Stored(caller, True, now, response)))
+            await outcomes.settle(request_id, caller, now, response)
             await self.audit.append(record, msg_id=request_id)
         log.info("refused", reason=refusal.reason.value)
         self._count(route, "refused", refusal.reason)
         return response
-
-    async def _claim(
-        self, kv: Any, request_id: str, caller: str, now: int
-    ) -> tuple[bytes, Refusal | None] | None:
-        """Claim the request id; None means run the handler. Otherwise the answer to send: the
-        first outcome stored (no refusal) or a refusal of this attempt."""
-        pending = _encode(Stored(caller, False, now))
-        try:
-            await kv.create(request_id, pending)
-            return None
-        except KeyWrongLastSequenceError:
-            pass
-        entry = await kv.get(request_id)
-        stored = _stored.decode(entry.value)
-
-        def refuse(refusal: Refusal) -> tuple[bytes, Refusal]:
-            return self._respond_plain(request_id, caller, now, refusal), refusal
-
-        if stored.caller != caller:
-            return refuse(Refusal(Reason.REPLAYED, "request id already used by another caller"))
-        if stored.done:
-            return stored.response, None
-        in_progress = Refusal(Reason.REPLAYED, "request in progress", retryable=True,
-                              retry_after_ms=250)
-        if now - stored.since_ms < self._lease_ms:
-            return refuse(in_progress)
-        try:  # the earlier claimant died mid-request; take over its claim
-            await kv.update(request_id, pending, last=entry.revision)
-        except KeyWrongLastSequenceError:
-            return refuse(in_progress)
-        return None
-
-    async def _stored(self, kv: Any, request_id: str, caller: str) -> bytes | None:
-        try:
-            entry = await kv.get(request_id)
-        except KeyNotFoundError:
-            return None
-        stored = _stored.decode(entry.value)
-        return stored.response if stored.done and stored.caller == caller else None
 
     def _record(
         self,
@@ -462,21 +536,10 @@ class Gate:
             ),
         )
 
-    def _respond_plain(self, request_id: str, caller: str, now: int, refusal: Refusal) -> bytes:
-        return seal_response(
-            self.signer,
-            Response(
-                v=VERSION,
-                issuer=self.signer.did,
-                audience=caller,
-                request_id=request_id,
-                request_hash=b"",
-                outcome="refused",
-                audit=f"max://record/{request_id}",
-                at_ms=now,
-                refusal=refusal,
-            ),
-        )
+
+def _valid_trace(traceparent: str) -> str:
+    """A traceparent fit for a NATS header and an audit record, or ""."""
+    return traceparent if is_valid_traceparent(traceparent) else ""
 
 
 def _attempt_id(request_id: str, digest: bytes) -> str:

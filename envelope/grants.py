@@ -171,14 +171,14 @@ def delegate(
 def _verified(signed: bytes, keys: KeyRing, cache: GrantCache) -> tuple[bytes, Grant] | Refusal:
     try:
         outer = _signed.decode(signed)
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         return Refusal(Reason.MALFORMED, f"grant: {error}")
     ref = hashlib.sha256(outer.payload).digest()
     if (grant := cache.verified.get(ref)) is not None:
         return ref, grant
     try:
         grant = _grant.decode(outer.payload)
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         return Refusal(Reason.MALFORMED, f"grant: {error}")
     key = keys.lookup(grant.issuer)
     if key is None:

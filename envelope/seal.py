@@ -3,33 +3,43 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Container, Sequence
 
 import msgspec
 import nacl.exceptions
 
-from envelope.budget import Budget, Ledger, check_budget, read_budget
+from envelope.budget import Budget, Ledger, check_balance, check_caveats, read_budget
 from envelope.grants import Chain, GrantCache, pae, verify_chain
 from envelope.keys import KeyRing, Signer, public_key_from_did
 from envelope.trace import is_valid_traceparent
-from envelope.treaty import TreatyLimiter, VerifiedTreaty, check_treaty, verify_treaty
+from envelope.treaty import (
+    TreatyLimiter,
+    VerifiedTreaty,
+    check_scope,
+    rate_refusal,
+    verify_treaty,
+)
 from streams.audit import Outcome
+from streams.ids import check_id
 from streams.replies import Reason, Refusal
 
 __all__ = [
     "ENVELOPE_TYPE",
+    "REPLAYED",
     "RESPONSE_TYPE",
     "VERSION",
     "Header",
     "NonceCache",
     "Opened",
+    "Pending",
     "Policy",
     "Response",
     "Trust",
     "Wire",
+    "admit",
     "allow_all",
     "block",
+    "check_envelope",
     "open_envelope",
     "open_response",
     "request_hash",
@@ -40,7 +50,6 @@ __all__ = [
 ENVELOPE_TYPE = b"application/vnd.maestro.envelope.v1+msgpack"
 RESPONSE_TYPE = b"application/vnd.maestro.response.v1+msgpack"
 VERSION = 1
-_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # also a KV key and a Nats-Msg-Id
 
 
 class Header(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -212,6 +221,24 @@ def _with(refusal: Refusal, evidence: dict[str, str]) -> Refusal:
     return msgspec.structs.replace(refusal, evidence={**refusal.evidence, **evidence})
 
 
+class Pending(msgspec.Struct, frozen=True):
+    """An envelope that passed every stateless check; what the stateful ones (replay, treaty
+    rate, ledger) need to finish it. The gate runs those against shared KV state, open_envelope
+    against in-process state: the same three steps in the same order (`admit`)."""
+
+    opened: Opened
+    nonce_key: bytes  # sha256(caller || nonce)
+    keep_until_ms: int  # the envelope can no longer pass the time check after this
+    treaty: VerifiedTreaty | None
+    claims: dict[str, str]
+
+    def refuse(self, refusal: Refusal) -> Refusal:
+        return _with(refusal, self.claims)
+
+
+REPLAYED = Refusal(Reason.REPLAYED, "nonce already seen")
+
+
 def open_envelope(
     data: bytes,
     *,
@@ -227,13 +254,58 @@ def open_envelope(
     `capability` is what the subject the bytes arrived on stands for. Refusals produced before the
     signature held carry no `caller` in their evidence: a forged request is never attributed.
     """
+    pending = check_envelope(data, trust=trust, capability=capability, now_ms=now_ms)
+    if isinstance(pending, Refusal):
+        return pending
+    return admit(pending, seen=seen, limiter=limiter, ledger=ledger, now_ms=now_ms)
+
+
+def admit(
+    pending: Pending, *, seen: Seen, limiter: TreatyLimiter, ledger: Ledger, now_ms: int
+) -> Opened | Refusal:
+    """The stateful checks on in-process state; envelope/shared.py has their KV twin."""
+    # 10. replay: the key lives as long as the envelope could still pass step 9
+    if seen(pending.nonce_key, pending.keep_until_ms, now_ms):
+        return pending.refuse(REPLAYED)
+    # 13. treaty rate
+    if pending.treaty is not None and (
+        wait_ms := limiter.admit(pending.treaty.ref, rate_per_s=pending.treaty.terms.rate_per_s,
+                                 burst=pending.treaty.terms.burst, now_ms=now_ms)
+    ):
+        return pending.refuse(rate_refusal(wait_ms))
+    # 14. the caller's balance; reserved only once everything else passed
+    opened = pending.opened
+    if (refused := check_balance(opened.budget, ledger.remaining(opened.caller))) is not None:
+        return pending.refuse(refused)
+    if opened.budget is not None and opened.budget.tokens:
+        ledger.reserve(opened.caller, opened.budget.tokens)
+    return opened
+
+
+def check_envelope(
+    data: bytes, *, trust: Trust, capability: str, now_ms: int
+) -> Pending | Refusal:
+    """The checks that need no state: size, decode, signature, header, audience, capability,
+    time, grant chain, policy, treaty scope and budget caveats. Never raises on any bytes."""
+    try:
+        return _check_envelope(data, trust=trust, capability=capability, now_ms=now_ms)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError, TypeError,
+            OverflowError) as error:
+        # Every decoder above is guarded; this net is for bytes a decoder or key parser chokes
+        # on in a way not foreseen: malformed, never an exception out of the gate.
+        return Refusal(Reason.MALFORMED, f"{type(error).__name__}: {error}"[:200])
+
+
+def _check_envelope(
+    data: bytes, *, trust: Trust, capability: str, now_ms: int
+) -> Pending | Refusal:
     # 1. size, before spending anything on the bytes
     if len(data) > trust.max_bytes:
         return Refusal(Reason.OVERSIZE, f"{len(data)} bytes > {trust.max_bytes}")
     # 2. outer decode
     try:
         wire = _wire.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         return Refusal(Reason.MALFORMED, str(error))
     # 3. key lookup (kid is a hint: it only chooses which key to try)
     if public_key_from_did(wire.kid) is None:
@@ -251,35 +323,25 @@ def open_envelope(
     # 5. strict decode of what was signed
     try:
         signed = _signed.decode(wire.payload)
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         return Refusal(Reason.MALFORMED, f"signed payload: {error}")
     header = signed.header
     # 6. the signer is who the header says; from here on a refusal may name the caller
     if header.caller != wire.kid:
         return Refusal(Reason.BAD_SIGNATURE, "kid and signed caller differ")
+    if not is_valid_traceparent(header.traceparent):
+        # The traceparent goes into NATS headers downstream: an invalid one is not repeated.
+        return Refusal(Reason.MALFORMED, "header: traceparent",
+                       evidence={**_claims(header), "traceparent": ""})
     claims = _claims(header)
-    if (
-        header.v != VERSION
-        or not is_valid_traceparent(header.traceparent)
-        or _REQUEST_ID.fullmatch(header.request_id) is None
-        or len(header.nonce) < 12
-    ):
-        return Refusal(
-            Reason.MALFORMED, "header: version, traceparent, request_id or nonce", evidence=claims
-        )
-    refused = _check_signed(
-        header,
-        signed,
-        data,
-        claims,
-        trust=trust,
-        capability=capability,
-        now_ms=now_ms,
-        seen=seen,
-        limiter=limiter,
-        ledger=ledger,
-    )
-    return _with(refused, claims) if isinstance(refused, Refusal) else refused
+    if (bad_id := check_id(header.request_id, "request_id")) is not None:
+        # The id becomes a KV key and a Nats-Msg-Id: the gate audits this under the hash.
+        return _with(bad_id, claims)
+    if header.v != VERSION or len(header.nonce) < 12:
+        return Refusal(Reason.MALFORMED, "header: version or nonce", evidence=claims)
+    pending = _check_signed(header, signed, data, claims, trust=trust, capability=capability,
+                            now_ms=now_ms)
+    return _with(pending, claims) if isinstance(pending, Refusal) else pending
 
 
 def _check_signed(
@@ -291,10 +353,7 @@ def _check_signed(
     trust: Trust,
     capability: str,
     now_ms: int,
-    seen: Seen,
-    limiter: TreatyLimiter,
-    ledger: Ledger,
-) -> Opened | Refusal:
+) -> Pending | Refusal:
     # 7. audience
     if header.audience != trust.audience:
         return Refusal(Reason.WRONG_AUDIENCE, f"sealed for {header.audience}")
@@ -310,13 +369,8 @@ def _check_signed(
         return Refusal(Reason.EXPIRED, "envelope expired", retryable=True)
     if now_ms < header.issued_at_ms - trust.skew_ms:
         return Refusal(Reason.NOT_YET_VALID, "issued in the future beyond clock skew")
-    # 10. replay: the key lives as long as the envelope could still pass step 9
-    if seen(
-        request_hash(header.caller.encode() + header.nonce),
-        header.expires_at_ms + trust.skew_ms,
-        now_ms,
-    ):
-        return Refusal(Reason.REPLAYED, "nonce already seen")
+    # (10. replay runs in `admit`, once the stateless checks held: a request that fails them
+    # spends neither a nonce nor a treaty token, and replicas ask their shared store less.)
     # 11. grant chain (a foreign root counts only under a treaty signed by one of our roots)
     treaty: VerifiedTreaty | None = None
     roots: Container[str] = trust.roots
@@ -353,28 +407,30 @@ def _check_signed(
     # 12. policy
     if (refused := trust.policy(header, chain)) is not None:
         return refused
-    # 13. treaty scope and rate
-    if (
-        treaty is not None
-        and (refused := check_treaty(treaty, header.capability, limiter, now_ms)) is not None
-    ):
+    # 13. treaty scope (its rate runs in `admit`)
+    if treaty is not None and (refused := check_scope(treaty, header.capability)) is not None:
         return refused
-    # 14. budget, read from the signed body bytes; reserved only once everything else passed
+    # 14. budget, read from the signed body bytes, against the grant's caveats
     body = bytes(signed.body)
     budget = read_budget(body)
     if isinstance(budget, Refusal):
         return budget
-    if (refused := check_budget(budget, chain.caveats, header.caller, ledger)) is not None:
+    if (refused := check_caveats(budget, chain.caveats)) is not None:
         return refused
-    if budget is not None and budget.tokens is not None:
-        ledger.reserve(header.caller, budget.tokens)
-    return Opened(
+    opened = Opened(
         header=header,
         body=body,
         request_hash=request_hash(data),
         chain=chain,
         budget=budget,
         treaty=None if treaty is None else treaty.ref,
+    )
+    return Pending(
+        opened=opened,
+        nonce_key=request_hash(header.caller.encode() + header.nonce),
+        keep_until_ms=header.expires_at_ms + trust.skew_ms,
+        treaty=treaty,
+        claims=claims,
     )
 
 
@@ -412,7 +468,7 @@ def open_response(
     """
     try:
         wire = _wire.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         return Refusal(Reason.MALFORMED, f"response: {error}")
     key = keys.lookup(issuer) if wire.kid == issuer else None
     if key is None:
@@ -422,7 +478,7 @@ def open_response(
         response = _response.decode(wire.payload)
     except nacl.exceptions.CryptoError:
         return Refusal(Reason.BAD_SIGNATURE, "response signature does not verify")
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         return Refusal(Reason.MALFORMED, f"response: {error}")
     ours = (response.audience == caller and response.request_id == request_id) or (
         response.request_hash == request_hash(request)

@@ -20,9 +20,11 @@ __all__ = [
     "Treaty",
     "TreatyLimiter",
     "admit",
+    "check_scope",
     "check_treaty",
     "countersign",
     "propose_treaty",
+    "rate_refusal",
     "take",
     "treaty_ref",
     "verify_treaty",
@@ -91,7 +93,7 @@ def verify_treaty(
     try:
         signed = _signed.decode(data)
         terms = _terms.decode(signed.payload)
-    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         return Refusal(Reason.MALFORMED, f"treaty: {error}")
     ref = hashlib.sha256(signed.payload).digest()
     if terms.host not in roots:
@@ -156,11 +158,19 @@ def check_treaty(
     treaty: VerifiedTreaty, capability: str, limiter: TreatyLimiter, now_ms: int
 ) -> Refusal | None:
     """Scope first (a call outside scope must not spend the partner's rate), then the rate."""
+    if (refused := check_scope(treaty, capability)) is not None:
+        return refused
+    wait_ms = admit(limiter, treaty, now_ms)
+    return rate_refusal(wait_ms) if wait_ms else None
+
+
+def check_scope(treaty: VerifiedTreaty, capability: str) -> Refusal | None:
     if not any(covers(granted, capability) for granted in treaty.terms.scope):
         return Refusal(Reason.OUTSIDE_TREATY, f"{capability} is outside the treaty's scope")
-    wait_ms = admit(limiter, treaty, now_ms)
-    if wait_ms:
-        return Refusal(
-            Reason.RATE_LIMITED, "treaty rate exceeded", retryable=True, retry_after_ms=wait_ms
-        )
     return None
+
+
+def rate_refusal(wait_ms: int) -> Refusal:
+    return Refusal(
+        Reason.RATE_LIMITED, "treaty rate exceeded", retryable=True, retry_after_ms=wait_ms
+    )

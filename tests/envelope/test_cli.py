@@ -6,7 +6,7 @@ import msgspec
 import pytest
 from typer.testing import CliRunner
 
-from envelope.cli import keys_app
+from envelope.cli import keys_app, parse_ref
 from envelope.grants import SignedGrant, grant_ref
 
 runner = CliRunner()
@@ -52,3 +52,19 @@ def test_grant_mints_a_signed_grant_for_a_did(tmp_path: Path) -> None:
     assert made.exit_code == 0, made.output
     assert json.loads(made.output)["grant"] == grant_ref(out.read_bytes()).hex()
     assert msgspec.msgpack.decode(out.read_bytes(), type=SignedGrant).sig
+
+
+def test_revoke_refuses_what_is_neither_a_ref_nor_a_grant_file(tmp_path: Path) -> None:
+    assert runner.invoke(keys_app, ["revoke", "not-a-ref"]).exit_code != 0
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00not msgpack")
+    assert runner.invoke(keys_app, ["revoke", str(junk)]).exit_code != 0
+
+
+def test_revoke_takes_the_grant_file_as_its_ref(tmp_path: Path) -> None:
+    made = runner.invoke(keys_app, ["new", "root", "--dir", str(tmp_path), "--json"])
+    did = json.loads(made.output)["did"]
+    out = tmp_path / "g.grant"
+    minted = runner.invoke(keys_app, ["grant", "root", "--to", did, "--capability", "moon:*",
+                                      "--out", str(out), "--dir", str(tmp_path), "--json"])
+    assert parse_ref(str(out)).hex() == json.loads(minted.output)["grant"]

@@ -1,0 +1,212 @@
+"""Limits a gate's replicas share: nonces, treaty rate buckets and budget balances in JetStream KV.
+
+Per-process state would let each replica grant a caller its full allowance, so N replicas meant N
+times the treaty rate, N chances to replay a nonce and N budgets. Here every replica reads and
+writes the same keys with optimistic concurrency: a nonce is a KV `create` (the first replica
+wins); a bucket or a balance is read with its revision and written back with `update(last=...)`,
+re-read and re-decided on conflict. The pure steps (`take`, `check_balance`) are the in-memory
+ones, so both stores decide alike. `MemoryLimits` keeps the in-process state for tests and
+single-process tools.
+
+Buckets (JetStream KV), both in the gate's Space:
+- `envelope_nonces` (streams/config.py NONCES): key = sha256(caller||nonce) hex, TTL >= max
+  envelope lifetime + 2 * skew (an envelope issued up to `skew` ahead of our clock stays valid
+  `max_ttl + skew` after it expires);
+- `envelope_limits` (LIMITS below): `rate.<treaty ref hex>` -> Bucket, `ledger.<caller>` -> int.
+  No TTL: a rate bucket may hold a zero-rate treaty's lifetime allowance, a balance is money.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Protocol
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from envelope.budget import Budget, Ledger, MemoryLedger, check_balance
+from envelope.seal import REPLAYED, NonceCache, Opened, Pending
+from envelope.treaty import Bucket, TreatyLimiter, rate_refusal, take
+from streams.config import NONCES, BucketSpec
+from streams.replies import Reason, Refusal
+from streams.subjects import Space
+
+__all__ = [
+    "LIMITS",
+    "KvLimits",
+    "Limits",
+    "MemoryLimits",
+    "admit_shared",
+    "ledger_key",
+    "set_balance",
+]
+
+LIMITS = BucketSpec("envelope_limits")
+ROOT_SPACE = Space()
+_CONFLICT_RETRIES = 16  # replicas racing on one key; each retry re-reads, so progress is certain
+
+_bucket = msgspec.msgpack.Decoder(Bucket)
+_int = msgspec.msgpack.Decoder(int)
+_encode = msgspec.msgpack.encode
+
+
+class Limits(Protocol):
+    """The three stateful checks of an envelope, in the order `admit_shared` runs them."""
+
+    async def start(self, *, keep_ms: int) -> None:
+        """Open what the store needs; nonces must be kept at least `keep_ms`."""
+        ...
+
+    async def seen(self, key: bytes, keep_until_ms: int, now_ms: int) -> bool:
+        """True if this (caller, nonce) key was seen before; otherwise remember it."""
+        ...
+
+    async def take(self, key: bytes, *, rate_per_s: float, burst: int, now_ms: int) -> int:
+        """A token from the treaty's bucket: 0 if admitted, else ms until one exists."""
+        ...
+
+    async def spend(self, caller: str, budget: Budget | None) -> Refusal | None:
+        """Check the caller's balance and reserve the budget's tokens, atomically."""
+        ...
+
+
+async def admit_shared(pending: Pending, limits: Limits, now_ms: int) -> Opened | Refusal:
+    """seal.admit, on a Limits store: replay, treaty rate, balance (same order, same answers)."""
+    if await limits.seen(pending.nonce_key, pending.keep_until_ms, now_ms):
+        return pending.refuse(REPLAYED)
+    if pending.treaty is not None and (
+        wait_ms := await limits.take(pending.treaty.ref, rate_per_s=pending.treaty.terms.rate_per_s,
+                                     burst=pending.treaty.terms.burst, now_ms=now_ms)
+    ):
+        return pending.refuse(rate_refusal(wait_ms))
+    if (refused := await limits.spend(pending.opened.caller, pending.opened.budget)) is not None:
+        return pending.refuse(refused)
+    return pending.opened
+
+
+class MemoryLimits:
+    """The in-process state of one gate (what every gate had before): not shared by replicas."""
+
+    def __init__(self, *, nonces: NonceCache | None = None, limiter: TreatyLimiter | None = None,
+                 ledger: Ledger | None = None) -> None:
+        self.nonces = nonces if nonces is not None else NonceCache()
+        self.limiter = limiter if limiter is not None else TreatyLimiter()
+        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
+
+    async def start(self, *, keep_ms: int) -> None:
+        return None
+
+    async def seen(self, key: bytes, keep_until_ms: int, now_ms: int) -> bool:
+        return self.nonces(key, keep_until_ms, now_ms)
+
+    async def take(self, key: bytes, *, rate_per_s: float, burst: int, now_ms: int) -> int:
+        return self.limiter.admit(key, rate_per_s=rate_per_s, burst=burst, now_ms=now_ms)
+
+    async def spend(self, caller: str, budget: Budget | None) -> Refusal | None:
+        if (refused := check_balance(budget, self.ledger.remaining(caller))) is not None:
+            return refused
+        if budget is not None and budget.tokens:
+            self.ledger.reserve(caller, budget.tokens)
+        return None
+
+
+def ledger_key(caller: str) -> str:
+    """KV keys take `[-/_=.A-Za-z0-9]`: a did:key's multibase part fits, anything else is hashed."""
+    tail = caller.removeprefix("did:key:")
+    if caller.startswith("did:key:") and tail.isascii() and tail.isalnum():
+        return f"ledger.{tail}"
+    return f"ledger.h{hashlib.sha256(caller.encode()).hexdigest()}"
+
+
+class KvLimits:
+    """Limits in JetStream KV, shared by every gate of a service that uses the same Space."""
+
+    def __init__(self, js: JetStreamContext, *, space: Space = ROOT_SPACE,
+                 nonces_bucket: str = NONCES.name, limits_bucket: str = LIMITS.name) -> None:
+        self._js = js
+        self._names = (space.bucket(nonces_bucket), space.bucket(limits_bucket))
+        self._nonces: Any = None
+        self._limits: Any = None
+        self.conflicts = 0  # lost optimistic updates, re-read and retried (a contention gauge)
+
+    async def start(self, *, keep_ms: int) -> None:
+        """Open both buckets; refuse to run on a nonce bucket that forgets too early."""
+        self._nonces = await self._js.key_value(self._names[0])
+        self._limits = await self._js.key_value(self._names[1])
+        ttl_s = (await self._nonces.status()).ttl
+        if ttl_s and ttl_s * 1000 < keep_ms:
+            raise RuntimeError(
+                f"bucket {self._names[0]} keeps nonces {ttl_s:.0f} s, envelopes need {keep_ms} ms"
+            )
+
+    async def seen(self, key: bytes, keep_until_ms: int, now_ms: int) -> bool:
+        # The bucket's TTL stands in for keep_until_ms (checked >= the longest one in start()).
+        try:
+            await self._nonces.create(key.hex(), b"")
+        except KeyWrongLastSequenceError:
+            return True
+        return False
+
+    async def take(self, key: bytes, *, rate_per_s: float, burst: int, now_ms: int) -> int:
+        name = f"rate.{key.hex()}"
+        for _ in range(_CONFLICT_RETRIES):
+            bucket, revision = await self._read(name, _bucket)
+            if bucket is _UNREADABLE:
+                return _CONTENDED_MS  # fail closed: never a fresh full bucket in its place
+            after, wait_ms = take(bucket, rate_per_s=rate_per_s, burst=burst, now_ms=now_ms)
+            if wait_ms:
+                # Not written: a refused take changes nothing a later take would see (below one
+                # token, refilling from the old time or from now gives the same count).
+                return wait_ms
+            if await self._write(name, after, revision):
+                return 0
+        return _CONTENDED_MS
+
+    async def spend(self, caller: str, budget: Budget | None) -> Refusal | None:
+        name = ledger_key(caller)
+        for _ in range(_CONFLICT_RETRIES):
+            left, revision = await self._read(name, _int)
+            if left is _UNREADABLE:
+                return Refusal(Reason.UNAVAILABLE, f"ledger entry {name} is unreadable")
+            if (refused := check_balance(budget, left)) is not None:
+                return refused
+            if left is None or budget is None or not budget.tokens:
+                return None  # unmetered, or nothing to reserve
+            if await self._write(name, left - budget.tokens, revision):
+                return None
+        return Refusal(Reason.UNAVAILABLE, "ledger contended; try again", retryable=True,
+                       retry_after_ms=_CONTENDED_MS)
+
+    async def _read(self, name: str, decoder: msgspec.msgpack.Decoder[Any]) -> tuple[Any, int]:
+        """(value, revision), or (None, 0) when absent; the revision is what `_write` checks."""
+        try:
+            entry = await self._limits.get(name)
+        except KeyNotFoundError:  # also a deleted or purged key (KeyDeletedError)
+            return None, 0
+        try:
+            return decoder.decode(entry.value or b""), entry.revision
+        except msgspec.DecodeError:
+            return _UNREADABLE, entry.revision
+
+    async def _write(self, name: str, value: object, revision: int) -> bool:
+        try:
+            if revision:
+                await self._limits.update(name, _encode(value), last=revision)
+            else:
+                await self._limits.create(name, _encode(value))
+        except KeyWrongLastSequenceError:
+            self.conflicts += 1
+            return False
+        return True
+
+
+_CONTENDED_MS = 50
+_UNREADABLE = object()  # a value we never wrote: the check fails closed
+
+
+async def set_balance(js: JetStreamContext, caller: str, tokens: int, *,
+                      space: Space = ROOT_SPACE, bucket: str = LIMITS.name) -> None:
+    """Give a caller an account of `tokens` (operators); without one a caller is unmetered."""
+    kv = await js.key_value(space.bucket(bucket))
+    await kv.put(ledger_key(caller), _encode(tokens))
