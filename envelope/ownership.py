@@ -18,14 +18,13 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from streams.config import BucketSpec
+from streams.config import OWNERS
 from streams.ids import check_id
 from streams.replies import Reason, Refusal
 from streams.subjects import Space
 
 __all__ = ["OWNERS", "Ownership"]
 
-OWNERS = BucketSpec("envelope_owners")  # no TTL: an id is owned as long as it can be named
 ROOT_SPACE = Space()
 
 

@@ -28,7 +28,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from envelope.budget import Budget, Ledger, MemoryLedger, check_balance
 from envelope.seal import REPLAYED, NonceCache, Opened, Pending
 from envelope.treaty import Bucket, TreatyLimiter, rate_refusal, take
-from streams.config import NONCES, BucketSpec
+from streams.config import LIMITS, NONCES
 from streams.replies import Reason, Refusal
 from streams.subjects import Space
 
@@ -42,7 +42,6 @@ __all__ = [
     "set_balance",
 ]
 
-LIMITS = BucketSpec("envelope_limits")
 ROOT_SPACE = Space()
 _CONFLICT_RETRIES = 16  # replicas racing on one key; each retry re-reads, so progress is certain
 

@@ -80,7 +80,9 @@ def open_statement(
     try:
         statement = _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
-        return Refusal(Reason.MALFORMED, f"not a signed statement: {error}")
+        return Refusal(Reason.MALFORMED, f"not a signed statement: {str(error)[:200]}")
+    except RecursionError:
+        return Refusal(Reason.MALFORMED, "not a signed statement: nested too deeply")
     accepted = authors(statement.by) if callable(authors) else statement.by in authors
     if not accepted:
         return Refusal(Reason.FORGED, f"{kind.decode()} by {statement.by[:80]!r}, "

@@ -12,6 +12,7 @@ from typing import TypeVar
 import msgspec
 from nats.aio.client import Client as Nats
 
+from envelope.body import decode_body
 from envelope.gate import Gate
 from envelope.keys import Signer
 from envelope.seal import Opened, Trust
@@ -114,10 +115,7 @@ class ReplayReply(msgspec.Struct, frozen=True):
 
 
 def _decode(body: bytes, type_: type[T]) -> T | Refusal:
-    try:
-        return msgspec.msgpack.decode(body, type=type_)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as error:
-        return Refusal(Reason.MALFORMED, str(error))
+    return decode_body(body, type_)
 
 
 def _reply(workflow_id: str, outcome: Decided[MoonEvent, WorkflowState] | Refusal
@@ -130,12 +128,15 @@ def _reply(workflow_id: str, outcome: Decided[MoonEvent, WorkflowState] | Refusa
 
 def moon_gate(
     nc: Nats, engine: Engine, *, signer: Signer, trust: Trust,
-    clock: Callable[[], int] | None = None,
+    clock: Callable[[], int] | None = None, shared_limits: bool = True,
 ) -> Gate:
     """MOON's methods behind the gate. Each handler's command reaches the engine as coming from
     the gate, with the caller and the capability the route checked: the engine then holds a
     workflow id to the caller that dispatched it (moon/authority.py)."""
-    gate = Gate(nc, service="moon", signer=signer, trust=trust, space=engine.space)
+    # Replicas of the engine share nonces, treaty rates and budgets (KV): two of them never
+    # double a caller's allowance.
+    gate = Gate(nc, service="moon", signer=signer, trust=trust, space=engine.space,
+                shared_limits=shared_limits)
     now = clock or engine.clock
 
     def source(opened: Opened, capability: str) -> FromGate:

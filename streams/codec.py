@@ -42,6 +42,8 @@ class Codec(Generic[T]):
             return self._decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             return Undecodable(seq=seq, subject=subject, error=_explain(error, data))
+        except RecursionError:
+            return Undecodable(seq=seq, subject=subject, error="nested too deeply")
 
 
 def _explain(error: Exception, data: bytes) -> str:

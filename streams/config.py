@@ -47,6 +47,9 @@ class StreamSpec:
     max_age_s: float | None = None
     schedules: bool = False
     ttl: bool = False
+    max_bytes: int | None = None
+    max_msg_size: int | None = None
+    discard_new: bool = False
 
     def config(self, space: Space, replicas: int = 1) -> api.StreamConfig:
         return api.StreamConfig(
@@ -62,6 +65,9 @@ class StreamSpec:
             max_age=self.max_age_s,
             allow_msg_schedules=True if self.schedules else None,
             allow_msg_ttl=True if self.ttl else None,
+            max_bytes=self.max_bytes,
+            max_msg_size=self.max_msg_size or -1,
+            discard=api.DiscardPolicy.NEW if self.discard_new else api.DiscardPolicy.OLD,
         )
 
 
@@ -72,7 +78,10 @@ class BucketSpec:
     ttl_s: float | None = None
 
 
-INTENTS = StreamSpec("INTENTS", (subjects.intent("*", "*"),), max_age_s=30 * DAY_S)
+# Bounded in bytes and per message: a flood makes publishes fail visibly (discard new) rather
+# than drop intents already acknowledged; a message is the gate's 64 KiB cap plus headers.
+INTENTS = StreamSpec("INTENTS", (subjects.intent("*", "*"),), max_age_s=30 * DAY_S,
+                     max_bytes=256 * 1024 * 1024, max_msg_size=66_560, discard_new=True)
 MOON = StreamSpec("MOON", (subjects.workflow_events(),), journal=True)
 # Timers live beside the commands they fire into: a schedule's target must be in its stream.
 MOON_CMD = StreamSpec(
@@ -80,6 +89,7 @@ MOON_CMD = StreamSpec(
     ("moon.cmd.>", "moon.timer.>"),
     retention=api.RetentionPolicy.WORK_QUEUE,
     schedules=True,
+    max_msg_size=1024 * 1024,  # a replan of a 10,000-step plan fits; a flood of giants does not
 )
 WORK = StreamSpec("WORK", ("work.>",), retention=api.RetentionPolicy.WORK_QUEUE)
 PLANS = StreamSpec("PLANS", (subjects.plan_events(),), journal=True)
@@ -100,8 +110,12 @@ CLAIMS = BucketSpec("moon_claims", ttl_s=7 * DAY_S)
 # Executor id -> its did:key, capabilities and trust, each entry a statement signed by an
 # organisation root or operator (envelope/registry.py): who may report for which work order.
 EXECUTORS = BucketSpec("moon_executors", history=5)
+# Shared by gate replicas (envelope/shared.py, envelope/ownership.py): treaty rate buckets and
+# budget balances; which caller owns an id.
+LIMITS = BucketSpec("envelope_limits")
+OWNERS = BucketSpec("envelope_owners")
 BUCKETS: tuple[BucketSpec, ...] = (SNAPSHOTS, WORKFLOWS, BOARD, NONCES, REVOKED, OUTCOMES,
-                                   CLAIMS, EXECUTORS)
+                                   CLAIMS, EXECUTORS, LIMITS, OWNERS)
 
 
 class StreamConflict(RuntimeError):
@@ -118,6 +132,7 @@ def _differences(
     fields_ = (
         "subjects", "retention", "storage", "num_replicas", "duplicate_window", "deny_delete",
         "deny_purge", "allow_direct", "max_age", "allow_msg_schedules", "allow_msg_ttl",
+        "max_bytes", "max_msg_size", "discard",
     )
     out: dict[str, tuple[object, object]] = {}
     for name in fields_:
@@ -126,6 +141,10 @@ def _differences(
             a, b = sorted(a or []), sorted(b or [])
         if name == "max_age":
             a, b = a or 0, b or 0
+        if name in ("max_bytes", "max_msg_size"):
+            a, b = a if a and a > 0 else -1, b if b and b > 0 else -1
+        if name == "discard":
+            a, b = a or api.DiscardPolicy.OLD, b or api.DiscardPolicy.OLD
         if name in ("allow_msg_schedules", "allow_msg_ttl", "allow_direct"):
             a, b = bool(a), bool(b)
         if a != b:
