@@ -57,8 +57,12 @@ class Limits(Protocol):
         """Open what the store needs; nonces must be kept at least `keep_ms`."""
         ...
 
-    async def seen(self, key: bytes, keep_until_ms: int, now_ms: int) -> bool:
-        """True if this (caller, nonce) key was seen before; otherwise remember it."""
+    async def seen(self, key: bytes, keep_until_ms: int, now_ms: int, *,
+                   request: bytes = b"") -> bool:
+        """True if this (caller, nonce) key was seen before on another request; otherwise
+        remember it. The same bytes again (`request`, their hash) are a retry, not a replay:
+        the gate's outcome store answers it with the first final answer, or runs it again if
+        the first attempt never got one."""
         ...
 
     async def take(self, key: bytes, *, rate_per_s: float, burst: int, now_ms: int) -> int:
@@ -72,7 +76,8 @@ class Limits(Protocol):
 
 async def admit_shared(pending: Pending, limits: Limits, now_ms: int) -> Opened | Refusal:
     """seal.admit, on a Limits store: replay, treaty rate, balance (same order, same answers)."""
-    if await limits.seen(pending.nonce_key, pending.keep_until_ms, now_ms):
+    if await limits.seen(pending.nonce_key, pending.keep_until_ms, now_ms,
+                         request=pending.opened.request_hash):
         return pending.refuse(REPLAYED)
     if pending.treaty is not None and (
         wait_ms := await limits.take(pending.treaty.ref, rate_per_s=pending.treaty.terms.rate_per_s,
@@ -96,7 +101,8 @@ class MemoryLimits:
     async def start(self, *, keep_ms: int) -> None:
         return None
 
-    async def seen(self, key: bytes, keep_until_ms: int, now_ms: int) -> bool:
+    async def seen(self, key: bytes, keep_until_ms: int, now_ms: int, *,
+                   request: bytes = b"") -> bool:
         return self.nonces(key, keep_until_ms, now_ms)
 
     async def take(self, key: bytes, *, rate_per_s: float, burst: int, now_ms: int) -> int:
@@ -139,12 +145,19 @@ class KvLimits:
                 f"bucket {self._names[0]} keeps nonces {ttl_s:.0f} s, envelopes need {keep_ms} ms"
             )
 
-    async def seen(self, key: bytes, keep_until_ms: int, now_ms: int) -> bool:
+    async def seen(self, key: bytes, keep_until_ms: int, now_ms: int, *,
+                   request: bytes = b"") -> bool:
         # The bucket's TTL stands in for keep_until_ms (checked >= the longest one in start()).
         try:
-            await self._nonces.create(key.hex(), b"")
+            await self._nonces.create(key.hex(), request)
         except KeyWrongLastSequenceError:
-            return True
+            if not request:
+                return True
+            try:
+                entry = await self._nonces.get(key.hex())
+            except Exception:  # expired between the two calls: no evidence of a replay
+                return True
+            return bool(entry.value != request)
         return False
 
     async def take(self, key: bytes, *, rate_per_s: float, burst: int, now_ms: int) -> int:

@@ -411,8 +411,11 @@ class Engine:
                        workflow: str = "") -> Refusal:
         """One audit record per refused command, accepted or not as who it claims to be."""
         digest = hashlib.sha256(raw)
+        # The same bytes refused for another reason (sent on another subject) are another
+        # record: the id, which deduplicates redeliveries, names both.
+        record_id = hashlib.sha256(refusal.reason.value.encode() + digest.digest()).hexdigest()
         record = AuditRecord(
-            id=f"moon-cmd-{digest.hexdigest()[:40]}", service="moon", method=kind or "command",
+            id=f"moon-cmd-{record_id[:40]}", service="moon", method=kind or "command",
             outcome="refused", request_hash=digest.digest(), caller=caller,
             caller_verified=bool(caller), capability="", traceparent="", at=self.clock(),
             reason=refusal.reason, code=refusal.code, detail=refusal.detail[:500],
