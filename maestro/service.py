@@ -211,7 +211,7 @@ class Maestro:
         )
         self.moon = Client(self.nc, self.signer, {"moon": self.moon_did}, grant=(self.grant,),
                            space=space, timeout_s=10)
-        self.effects = Effects(self.js, space)
+        self.effects = Effects(self.js, space, self.signer)
         self._stopping = asyncio.Event()
         self.revised = asyncio.Condition()
 
