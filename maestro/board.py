@@ -11,6 +11,12 @@ applies the fresh quotes to the board offers before planning. `award` sends the 
 on `maestro.award.<executor>`; the bidder acknowledges and the caller journals the acknowledged
 Award in PLANS. Bids are self-reported terms; trust, organisation and capacity always come from
 the board, never from a bid.
+
+Who says so: an offer, a bid and an award acknowledgement are each a statement signed by the
+executor's own key (OFFER, BID, AWARD_ACK), and count only when that key is the one the
+operator-signed registry (`envelope.registry`) holds for the executor they name. The trust an
+offer is planned with is the registry's; capabilities the registry does not let it serve are
+dropped. Anything else on the board or the bus is skipped and logged, never planned with.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 import msgspec
 import nats.errors
@@ -30,6 +37,9 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from envelope.keys import KeyRing, Signer
+from envelope.registry import Registration, Registry
+from envelope.statement import OFFER, open_statement, sign_statement
 from maestro.goal import CapabilityOffer, Goal, Offer
 from streams import subjects
 from streams.config import BOARD
@@ -37,6 +47,8 @@ from streams.replies import Reason, Refusal
 from streams.subjects import Space
 
 __all__ = [
+    "AWARD_ACK",
+    "BID",
     "Advertiser",
     "Award",
     "AwardAck",
@@ -50,12 +62,16 @@ __all__ = [
     "awarded_offers",
     "call_for_bids",
     "cfp_subject",
+    "open_signed",
     "price",
     "refresh_offers",
     "tender",
 ]
 
 log = structlog.get_logger("maestro.board")
+# Statement kinds of the market, beside envelope.statement.OFFER (a kind binds one meaning).
+BID = b"maestro.bid.v1"  # a bid, by its executor
+AWARD_ACK = b"maestro.award_ack.v1"  # an award acknowledgement (or refusal), by its executor
 
 
 # --- messages ------------------------------------------------------------------------------
@@ -125,10 +141,47 @@ _award_decoder = msgspec.json.Decoder(Award)
 _ack_decoder = msgspec.json.Decoder(AwardAck)
 _offer_decoder = msgspec.json.Decoder(Offer)
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
+T = TypeVar("T")
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _anyone(_: str) -> bool:
+    return True  # the author is checked against the registry once the body names the executor
+
+
+async def open_signed(
+    data: bytes, kind: bytes, decoder: msgspec.json.Decoder[T], executor_of: Callable[[T], str],
+    registry: Registry, *, keys: KeyRing, now_ms: int,
+) -> tuple[T, Registration] | Refusal:
+    """A market statement whose signature holds and whose author is the key the registry holds
+    for the executor it names (valid now), with that registration."""
+    verified = open_statement(data, kind, keys=keys, authors=_anyone)
+    if isinstance(verified, Refusal):
+        return verified
+    try:
+        value = decoder.decode(verified.body)
+    except _DECODE_ERRORS as error:
+        return Refusal(Reason.MALFORMED, f"{kind.decode()}: {error}")
+    executor = executor_of(value)
+    entry = registry.get(executor) or await registry.fetch(executor)
+    if entry is None or entry.executor != executor:
+        return Refusal(Reason.UNKNOWN_KEY, f"{executor[:64]!r} is not a registered executor")
+    if entry.did != verified.author:
+        return Refusal(Reason.FORGED, f"{kind.decode()} for {executor!r} signed by another key")
+    if not entry.valid_at(now_ms):
+        return Refusal(Reason.EXPIRED, f"the registration of {executor!r} has expired")
+    return value, entry
+
+
+def _as_registered(offer: Offer, entry: Registration) -> Offer | None:
+    """The offer as MAESTRO plans with it: the registry's trust, its capabilities only."""
+    served = tuple(c for c in offer.capabilities if entry.serves(c.capability))
+    if not served:
+        return None
+    return msgspec.structs.replace(offer, trust=entry.trust, capabilities=served)
 
 
 # --- subjects ------------------------------------------------------------------------------
@@ -152,12 +205,19 @@ def _board_key(executor: str) -> str:
 
 
 class Board:
-    """The live offers of one space, kept in its BOARD bucket (`bucket=` names another one)."""
+    """The live offers of one space, kept in its BOARD bucket (`bucket=` names another one).
 
-    def __init__(self, js: JetStreamContext, space: Space, *, bucket: str | None = None) -> None:
+    Reading (`live`) needs the `registry` the offers are verified against; publishing needs
+    only the executor's key."""
+
+    def __init__(self, js: JetStreamContext, space: Space, *, registry: Registry | None = None,
+                 bucket: str | None = None, keys: KeyRing | None = None) -> None:
         self.js = js
         self.space = space
         self.bucket = bucket or space.bucket(BOARD.name)
+        self.registry = registry
+        self.keys = keys or KeyRing()
+        self.rejected: dict[str, str] = {}  # board key -> why its entry was not believed
         self._kv: KeyValue | None = None
 
     async def _store(self) -> KeyValue:
@@ -171,11 +231,32 @@ class Board:
         ttl = status.ttl
         return float(ttl) if ttl else None
 
-    async def publish(self, offer: Offer) -> int:
-        """Put (or refresh) an offer under its executor's key; returns the KV revision."""
+    async def publish(self, offer: Offer, signer: Signer) -> int:
+        """Put (or refresh) an offer, signed by its executor's `signer`, under the executor's
+        key; returns the KV revision."""
         kv = await self._store()
-        revision: int = await kv.put(_board_key(offer.executor), _encoder.encode(offer))
+        signed = sign_statement(signer, OFFER, _encoder.encode(offer))
+        revision: int = await kv.put(_board_key(offer.executor), signed)
         return revision
+
+    async def _believe(self, key: str, value: bytes) -> Offer | None:
+        assert self.registry is not None
+        opened = await open_signed(value, OFFER, _offer_decoder, lambda o: o.executor,
+                                   self.registry, keys=self.keys, now_ms=_now_ms())
+        why = opened.detail if isinstance(opened, Refusal) else ""
+        offer = None
+        if not isinstance(opened, Refusal):
+            if _board_key(opened[0].executor) != key:
+                why = f"an offer for {opened[0].executor!r} under another executor's key"
+            elif (offer := _as_registered(*opened)) is None:
+                why = "offers no capability its registration lets it serve"
+        if offer is None:
+            if self.rejected.get(key) != why:
+                log.warning("offer_rejected", key=key, why=why)
+            self.rejected[key] = why
+            return None
+        self.rejected.pop(key, None)
+        return offer
 
     async def withdraw(self, executor_id: str) -> None:
         """Take an executor off the board now rather than at TTL expiry."""
@@ -183,18 +264,21 @@ class Board:
         await kv.delete(_board_key(executor_id))
 
     async def live(self, timeout_s: float = 5.0) -> tuple[Offer, ...]:
-        """Every current offer, sorted by executor. An empty bucket gives (); an entry that does
-        not decode as an Offer is skipped (one broken executor must not blank the board).
+        """Every current offer that verifies, as registered, sorted by executor. An empty bucket
+        gives (); an entry that is not a signed offer of its registered executor is skipped
+        and named in `rejected` (one broken or forged entry must not blank the board).
 
         The end of the initial values is the entry with nothing pending after it, not nats-py's
         "init done" marker: that marker can arrive before the first entry when the consumer info
         reply overtakes the deliveries (seen on a loaded machine), which read as an empty board.
         """
+        if self.registry is None:
+            raise ValueError("a board without a registry cannot tell an offer from a forgery")
         kv = await self._store()
         if (await kv.status()).stream_info.state.messages == 0:
             return ()
         watcher = await kv.watchall()
-        offers: dict[str, Offer] = {}
+        entries: dict[str, bytes] = {}
         try:
             while True:
                 try:
@@ -204,19 +288,16 @@ class Board:
                 if entry is None:
                     continue
                 if entry.operation is None and entry.value is not None:
-                    try:
-                        offer = _offer_decoder.decode(entry.value)
-                    except _DECODE_ERRORS:
-                        offer = None
-                    if offer is not None:
-                        offers[entry.key] = offer
+                    entries[entry.key] = entry.value
                 else:
-                    offers.pop(entry.key, None)  # withdrawn or expired
+                    entries.pop(entry.key, None)  # withdrawn or expired
                 if entry.delta == 0:
                     break
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
-        return tuple(sorted(offers.values(), key=lambda o: o.executor))
+        offers = [o for key, value in entries.items()
+                  if (o := await self._believe(key, value)) is not None]
+        return tuple(sorted(offers, key=lambda o: o.executor))
 
 
 class Advertiser:
@@ -231,11 +312,13 @@ class Advertiser:
         board: Board,
         offer: Offer,
         *,
+        signer: Signer,
         interval_s: float | None = None,
         withdraw_on_stop: bool = True,
     ) -> None:
         self.board = board
         self.offer = offer
+        self.signer = signer  # the executor's own key: it signs every refresh
         self.interval_s = interval_s
         self.withdraw_on_stop = withdraw_on_stop
         self.published = 0
@@ -254,7 +337,7 @@ class Advertiser:
         try:
             while True:
                 try:
-                    await self.board.publish(self.offer)
+                    await self.board.publish(self.offer, self.signer)
                     self.published += 1
                 except (nats.errors.Error, OSError) as error:  # a broker hiccup: try next tick
                     log.warning("advertise failed", executor=self.offer.executor, error=str(error))
@@ -267,7 +350,7 @@ class Advertiser:
 
     async def start(self) -> Advertiser:
         """Publish once (so the offer is live when this returns), then refresh in a task."""
-        await self.board.publish(self.offer)
+        await self.board.publish(self.offer, self.signer)
         self.published += 1
         name = f"advertise:{self.offer.executor}"
         self._task = asyncio.create_task(self._after_first(), name=name)
@@ -408,11 +491,15 @@ async def call_for_bids(
     cfp: CallForBids,
     timeout_s: float,
     *,
+    registry: Registry,
     expected: int | None = None,
+    keys: KeyRing | None = None,
 ) -> list[Bid]:
     """Publish `cfp` on `maestro.cfp.<plan>` and gather the bids that arrive within `timeout_s`
-    (or until `expected` executors have bid). One bid per executor (its last); bids for another
-    plan or that do not decode are ignored. No bidder at all gives []."""
+    (or until `expected` executors have bid). One bid per executor (its last); a bid counts
+    only when signed by its executor's registered key, for this plan, quoting capabilities
+    the registration lets it serve; the others are logged and ignored. No bidder gives []."""
+    keys = keys or KeyRing()
     if cfp.bids_due_ms is None:
         cfp = msgspec.structs.replace(cfp, bids_due_ms=_now_ms() + int(timeout_s * 1000))
     inbox = nc.new_inbox()
@@ -430,12 +517,15 @@ async def call_for_bids(
                 msg = await sub.next_msg(timeout=remaining)
             except nats.errors.TimeoutError:
                 break
-            try:
-                bid = _bid_decoder.decode(msg.data)
-            except _DECODE_ERRORS:
+            opened = await open_signed(msg.data, BID, _bid_decoder, lambda b: b.executor,
+                                       registry, keys=keys, now_ms=_now_ms())
+            if isinstance(opened, Refusal):
+                log.warning("bid_rejected", plan=cfp.plan, why=opened.detail)
                 continue
-            if bid.plan == cfp.plan:
-                bids[bid.executor] = bid
+            bid, entry = opened
+            quotes = tuple(q for q in bid.quotes if entry.serves(q.capability))
+            if bid.plan == cfp.plan and quotes:
+                bids[bid.executor] = msgspec.structs.replace(bid, quotes=quotes)
     finally:
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
@@ -449,13 +539,16 @@ async def award(
     executor_id: str,
     steps: Sequence[str],
     *,
+    registry: Registry,
     quotes: Sequence[CapabilityOffer] = (),
     timeout_s: float = 2.0,
+    keys: KeyRing | None = None,
 ) -> Award | Refusal:
     """Bind `steps` of `plan_id` to `executor_id` (request/reply on `maestro.award.<executor>`).
 
     Returns the Award the executor acknowledged (with the quotes it is bound to), its refusal,
-    or an UNAVAILABLE refusal when no bidder answers. The caller journals the Award.
+    or an UNAVAILABLE refusal when no bidder answers. An answer not signed by the executor's
+    registered key is a FORGED refusal: it binds nobody. The caller journals the Award.
     """
     request = Award(
         plan=plan_id,
@@ -475,10 +568,14 @@ async def award(
     except nats.errors.TimeoutError:
         detail = f"{executor_id} did not acknowledge in {timeout_s}s"
         return Refusal(Reason.UNAVAILABLE, detail, retryable=True, evidence=evidence)
-    try:
-        ack = _ack_decoder.decode(reply.data)
-    except _DECODE_ERRORS as error:
-        return Refusal(Reason.MALFORMED, f"award ack does not decode: {error}", evidence=evidence)
+    opened = await open_signed(reply.data, AWARD_ACK, _ack_decoder, lambda a: a.executor,
+                               registry, keys=keys or KeyRing(), now_ms=_now_ms())
+    if isinstance(opened, Refusal):
+        return Refusal(Reason.FORGED if opened.reason is not Reason.MALFORMED else opened.reason,
+                       f"award ack from {executor_id}: {opened.detail}", evidence=evidence)
+    ack = opened[0]
+    if ack.executor != executor_id:
+        return Refusal(Reason.FORGED, "award ack names another executor", evidence=evidence)
     if ack.refusal is not None:
         return ack.refusal
     if ack.award is None or ack.award.plan != plan_id or ack.award.executor != executor_id:
@@ -504,6 +601,7 @@ class Bidder:
         space: Space,
         offer: Offer,
         *,
+        signer: Signer,
         load: Callable[[], int] = lambda: 0,
         valid_for_ms: int = 30_000,
         surge: float = 0.5,
@@ -512,6 +610,7 @@ class Bidder:
         self.nc = nc
         self.space = space
         self.offer = offer
+        self.signer = signer  # the executor's own key: it signs every bid and acknowledgement
         self.load = load
         self.valid_for_ms = valid_for_ms
         self.surge = surge
@@ -566,7 +665,7 @@ class Bidder:
             return
         self._expire(now)
         self.bids[cfp.plan] = bid
-        await msg.respond(_encoder.encode(bid))
+        await msg.respond(sign_statement(self.signer, BID, _encoder.encode(bid)))
 
     def decide(self, request: Award, now_ms: int) -> AwardAck:
         """Accept at the bid terms (or board terms without a bid); refuse an expired bid, steps
@@ -608,4 +707,4 @@ class Bidder:
             if self.on_award is not None:
                 self.on_award(ack.award)
         if msg.reply:
-            await msg.respond(_encoder.encode(ack))
+            await msg.respond(sign_statement(self.signer, AWARD_ACK, _encoder.encode(ack)))
