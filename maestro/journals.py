@@ -198,7 +198,7 @@ async def deviation_at(js: JetStreamContext, space: Space, workflow_id: str, seq
     if seq <= 0:
         return Refusal(Reason.UNKNOWN_EVENT, f"no journal message at seq {seq}")
     try:
-        msg = await js.get_msg(space.stream(MOON.name), seq)
+        msg = await js.get_msg(space.stream(MOON.name), seq, direct=True)
     except Exception:  # NotFoundError, or deleted
         return Refusal(Reason.UNKNOWN_EVENT, f"no journal message at seq {seq}")
     wanted = space.subject(subjects.workflow_event(workflow_id, "deviation"))
