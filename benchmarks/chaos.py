@@ -60,7 +60,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(ROOT))  # tests.moon.fault_world: the fault tests' process and log helpers
 from moon import journal, replay, workflow  # noqa: E402
 from moon.effects import Effects  # noqa: E402
-from moon.engine import WorkflowSummary, now_ms, summary  # noqa: E402
+from moon.clock import local_ms as now_ms  # noqa: E402
+from moon.engine import WorkflowSummary, summary  # noqa: E402
 from moon.worker import Handler, NonRetryable, Result, StepContext, Worker  # noqa: E402
 from moon.workflow import WorkflowState, is_terminal  # noqa: E402
 from streams.broker import EmbeddedBroker, connect, free_port, open_connection  # noqa: E402

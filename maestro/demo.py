@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from envelope.local import local_trust
+from envelope.registry import Registry
 from maestro.board import Bid, Bidder
 from maestro.gantt import anticipation_table, gantt
 from maestro.goal import Goal, Offer, load_goal, load_offers
@@ -28,6 +30,7 @@ from moon import replay
 from moon.engine import Engine
 from moon.gateway import moon_gate
 from moon.journal import journal
+from moon.local import local_registry, local_walls, register_local_executor
 from moon.service import running
 from moon.worker import Handler, NonRetryable, Result, StepContext, Worker
 from streams.audit import AuditRecord
@@ -63,8 +66,7 @@ def _handler(offer: Offer, goal: Goal, fail_once: set[str]) -> Handler:
     return run
 
 
-async def _progress(console: Console, js: Any, space: Space, wf: str, done: asyncio.Event) -> None:
-    store = journal(js, space)
+async def _progress(console: Console, store: Any, wf: str, done: asyncio.Event) -> None:
     async for item in store.subscribe(store.layout.filter(wf), from_seq=1):
         if isinstance(item, Undecodable):
             continue
@@ -94,6 +96,15 @@ async def _audit_trail(console: Console, js: Any, space: Space) -> None:
     console.print(table)
 
 
+@contextlib.asynccontextmanager
+async def _registry(js: Any, space: Space, trust: Any) -> AsyncIterator[Registry]:
+    registry = await local_registry(js, space, trust)
+    try:
+        yield registry
+    finally:
+        await registry.stop()
+
+
 async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
     console = console or Console()
     goal = load_goal(EXAMPLES / "goal.yaml")
@@ -110,7 +121,9 @@ async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
             contextlib.AsyncExitStack() as market:
         js = nc.jetstream()
         await ensure_streams(js, Topology(space=space))
-        engine = Engine(nc, space=space)
+        walls = local_walls(trust, writer=True)
+        registry = await market.enter_async_context(_registry(js, space, trust))
+        engine = Engine(nc, walls=walls, registry=registry, space=space)
 
         async def live_offers() -> tuple[Offer, ...]:
             return offers
@@ -135,10 +148,15 @@ async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
         fail_once = {f"{victim[1]}/{victim[0]}"}
         console.print(f"injecting one failure: [red]{victim[1]}[/] will fail step "
                       f"[bold]{victim[0]}[/]; MAESTRO must replan around it")
-        workers = [Worker(nc, executor_id=o.executor, space=space, watts=o.watts,
-                          handlers={c.capability: _handler(o, goal, fail_once)
-                                    for c in o.capabilities} | _undo(o, goal, fail_once),
-                          capacity=o.capacity) for o in offers]
+        workers = []
+        for o in offers:
+            handlers = ({c.capability: _handler(o, goal, fail_once) for c in o.capabilities}
+                        | _undo(o, goal, fail_once))
+            signer = await register_local_executor(js, space, trust, data_dir, o.executor,
+                                                   capabilities=handlers,
+                                                   trust_level=o.trust)
+            workers.append(Worker(nc, executor_id=o.executor, handlers=handlers, signer=signer,
+                                  space=space, watts=o.watts, capacity=o.capacity))
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(running(lambda r: engine.run(ready=r), engine.stop))
             await stack.enter_async_context(gate.serving())
@@ -155,7 +173,8 @@ async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
                           f"allocated {allocated.orders} signed work orders; dispatched as "
                           f"[bold]{wf}[/] (audit {allocated.audit})")
             done = asyncio.Event()
-            follower = asyncio.ensure_future(_progress(console, js, space, wf, done))
+            follower = asyncio.ensure_future(
+                _progress(console, journal(js, space, walls), wf, done))
             final = await engine.wait_terminal(wf, 120)
             done.set()
             with contextlib.suppress(Exception):
@@ -166,7 +185,7 @@ async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
             for step, move in revised.moved.items():
                 console.print(f"   {step}: {move}", style="cyan")
         await _audit_trail(console, js, space)
-        loaded = await journal(js, space).read(wf)
+        loaded = await journal(js, space, walls).read(wf)
         decisions = [i.value for i in loaded.items]
         mismatches = replay.verify(decisions)
         replayed = replay.fold(decisions)

@@ -121,17 +121,22 @@ async def _serve(data_dir: Path | None, concurrency: int, metrics_port: int | No
     from envelope.local import local_trust  # noqa: PLC0415 - keep `moon tail` start-up light
     from moon.engine import Engine  # noqa: PLC0415
     from moon.gateway import moon_gate  # noqa: PLC0415
+    from moon.local import local_registry, local_walls  # noqa: PLC0415
     from moon.service import serve_engine  # noqa: PLC0415
 
     home = data_dir or home_dir()
     trust = local_trust(home)
+    space = space_from_env()
     async with connect(data_dir=home, name="moon-engine") as nc:
         js = nc.jetstream()
-        await ensure_streams(js, Topology(space=space_from_env(), replicas=replicas_from_env()))
-        engine = Engine(nc, space=space_from_env(), concurrency=concurrency)
+        await ensure_streams(js, Topology(space=space, replicas=replicas_from_env()))
+        registry = await local_registry(js, space, trust)
+        engine = Engine(nc, walls=local_walls(trust, writer=True), registry=registry,
+                        space=space, concurrency=concurrency)
         gate = moon_gate(nc, engine, signer=trust.moon, trust=trust.trust_for(trust.moon))
         async with gate.serving():
             await serve_engine(engine, metrics_port=metrics_port)
+        await registry.stop()
     return 0
 
 
@@ -165,12 +170,17 @@ async def _worker(data_dir: Path | None, executor: str, capabilities: list[str],
         from moon.demo_handlers import echo  # noqa: PLC0415
 
         handler = echo
-    async with connect(data_dir=data_dir, name=f"moon-worker-{executor}") as nc:
-        await ensure_streams(nc.jetstream(),
-                             Topology(space=space_from_env(), replicas=replicas_from_env()))
+    from envelope.local import local_trust  # noqa: PLC0415
+    from moon.local import register_local_executor  # noqa: PLC0415
+
+    home = data_dir or home_dir()
+    space = space_from_env()
+    async with connect(data_dir=home, name=f"moon-worker-{executor}") as nc:
+        signer = await register_local_executor(
+            nc.jetstream(), space, local_trust(home), home, executor, capabilities=capabilities,
+            now_ms=int(time.time() * 1000))
         worker = Worker(nc, executor_id=executor, handlers=dict.fromkeys(capabilities, handler),
-                        space=space_from_env(), watts=watts, capacity=capacity,
-                        replicas=replicas_from_env())
+                        signer=signer, space=space, watts=watts, capacity=capacity)
         await serve_worker(worker, metrics_port=metrics_port)
     return 0
 
@@ -200,12 +210,16 @@ def worker_command(
 # --- commands against the journal ------------------------------------------------------------
 
 
-async def _submit(nc: Any, command: Any) -> Any:
-    """An operator's command runs through the engine in this process. It may be a retry of one
-    whose first run died after journaling: `redelivered` re-sends its timers and orders then."""
-    from moon.engine import Engine  # noqa: PLC0415
+async def _gate(data_dir: Path | None, method: str, body: Any, *,
+                request_id: str | None = None, name: str = "moon-admin") -> Any:
+    """An operator's action goes through MOON's gate, signed with the data dir's operator key:
+    checked and audited like any caller's, and retried safely (same request id, first answer)."""
+    from moon.operator import operator_call  # noqa: PLC0415
 
-    return await Engine(nc, space=space_from_env()).submit(command, redelivered=True)
+    home = data_dir or home_dir()
+    async with connect(data_dir=home, name=name) as nc:
+        return await operator_call(nc, home, space_from_env(), f"moon.{method}", body,
+                                   request_id=request_id)
 
 
 def _run(coro: Any) -> Any:
@@ -217,13 +231,21 @@ def _run(coro: Any) -> Any:
 
 async def _dispatch(path: Path, data_dir: Path | None) -> Any:
     from moon.dispatch_file import load_dispatch  # noqa: PLC0415
+    from moon.gateway import Budget, DispatchRequest  # noqa: PLC0415
 
     data = await asyncio.to_thread(path.read_bytes)
-    command = load_dispatch(data, now_ms=int(time.time() * 1000))
-    async with connect(data_dir=data_dir, name="moon-dispatch") as nc:
-        await ensure_streams(nc.jetstream(),
-                             Topology(space=space_from_env(), replicas=replicas_from_env()))
-        outcome = await _submit(nc, command)
+    now = int(time.time() * 1000)
+    command = load_dispatch(data, now_ms=now)
+    budget = None
+    if command.budget_tokens is not None or command.deadline_ms is not None:
+        budget = Budget(tokens=command.budget_tokens,
+                        deadline_ms=command.deadline_ms - now if command.deadline_ms else None)
+    request = DispatchRequest(steps=command.steps, workflow_id=command.workflow_id,
+                              budget=budget, plan_id=command.plan_id,
+                              plan_revision=command.plan_revision,
+                              on_failure=command.on_failure)
+    outcome = await _gate(data_dir, "dispatch", request, request_id=command.command_id,
+                          name="moon-dispatch")
     return command.workflow_id, outcome
 
 
@@ -235,19 +257,36 @@ def dispatch_command(
     """Dispatch a workflow from a file; prints its id (idempotent by the file's request id)."""
     from streams.replies import Refusal  # noqa: PLC0415
 
-    workflow_id, outcome = _run(_dispatch(file, data_dir))
+    _, outcome = _run(_dispatch(file, data_dir))
     if isinstance(outcome, Refusal):
         err.print(f"refused ({outcome.reason.value}, {outcome.code}): {outcome.detail}",
                   markup=False)
         raise typer.Exit(2)
-    print(_json({"workflow_id": workflow_id, "version": outcome.version}))
+    print(_json({"workflow_id": outcome.workflow_id, "version": outcome.version,
+                 "status": outcome.status}))
+
+
+def _reader_walls(data_dir: Path | None) -> Any:
+    from envelope.local import local_trust  # noqa: PLC0415
+    from moon.local import local_walls  # noqa: PLC0415
+
+    return local_walls(local_trust(data_dir or home_dir()))
 
 
 async def _load(workflow_id: str, data_dir: Path | None, upto: int | None = None) -> Any:
+    """The workflow's verified journal; a message the engine did not sign stops the read with
+    one line naming its sequence (the workflow is quarantined), never a traceback."""
     from moon.journal import journal  # noqa: PLC0415
+    from streams.store import Unreadable  # noqa: PLC0415
 
     async with connect(data_dir=data_dir, name="moon-read") as nc:
-        return await journal(nc.jetstream(), space_from_env()).read(workflow_id, upto=upto)
+        try:
+            return await journal(nc.jetstream(), space_from_env(),
+                                 _reader_walls(data_dir)).read(workflow_id, upto=upto)
+        except Unreadable as bad:
+            err.print(f"moon: workflow {workflow_id} is quarantined: journal seq {bad.seq} "
+                      f"does not verify ({bad.detail[:200]})", markup=False)
+            raise typer.Exit(3) from None
 
 
 def _state_table(state: Any) -> Any:
@@ -388,16 +427,10 @@ def diff_command(workflow_id: str, a: int, b: int, data_dir: DataDir = None) -> 
 
 
 async def _fork(workflow_id: str, at_seq: int, new_id: str, data_dir: Path | None) -> Any:
-    from moon import replay  # noqa: PLC0415
-    from moon.journal import journal  # noqa: PLC0415
+    from moon.gateway import ForkRequest  # noqa: PLC0415
 
-    async with connect(data_dir=data_dir, name="moon-fork") as nc:
-        loaded = await journal(nc.jetstream(), space_from_env()).read(workflow_id, upto=at_seq)
-        if not loaded.items:
-            return None
-        state = replay.fold(i.value for i in loaded.items)
-        command = replay.fork(state, new_id, int(time.time() * 1000))
-        return await _submit(nc, command)
+    return await _gate(data_dir, "fork", ForkRequest(workflow_id=workflow_id, at_seq=at_seq,
+                                                     new_workflow_id=new_id), name="moon-fork")
 
 
 @app.command("fork")
@@ -411,9 +444,6 @@ def fork_command(
     from streams.replies import Refusal  # noqa: PLC0415
 
     outcome = _run(_fork(workflow_id, at_seq, new_id, data_dir))
-    if outcome is None:
-        err.print(f"moon fork: unknown workflow {workflow_id!r}", markup=False)
-        raise typer.Exit(1)
     if isinstance(outcome, Refusal):
         err.print(f"refused ({outcome.reason.value}): {outcome.detail}", markup=False)
         raise typer.Exit(2)
@@ -421,14 +451,11 @@ def fork_command(
 
 
 async def _command(workflow_id: str, kind: str, reason: str, data_dir: Path | None) -> Any:
-    from streams.moon_events import Cancel, Compensate  # noqa: PLC0415
+    from moon.gateway import CancelRequest, CompensateRequest  # noqa: PLC0415
 
-    at = int(time.time() * 1000)
-    cid = f"{kind}-{workflow_id}-{at}"
-    command = (Compensate if kind == "compensate" else Cancel)(
-        command_id=cid, workflow_id=workflow_id, at_ms=at, reason=reason)
-    async with connect(data_dir=data_dir, name="moon-admin") as nc:
-        return await _submit(nc, command)
+    request = (CompensateRequest if kind == "compensate" else CancelRequest)(
+        workflow_id=workflow_id, reason=reason)
+    return await _gate(data_dir, kind, request)
 
 
 def _admin(workflow_id: str, kind: str, reason: str, data_dir: Path | None) -> None:
@@ -438,7 +465,8 @@ def _admin(workflow_id: str, kind: str, reason: str, data_dir: Path | None) -> N
     if isinstance(outcome, Refusal):
         err.print(f"refused ({outcome.reason.value}): {outcome.detail}", markup=False)
         raise typer.Exit(2)
-    print(_json({"workflow_id": workflow_id, "events": [type(e).__name__ for e in outcome.events]}))
+    print(_json({"workflow_id": workflow_id, "status": outcome.status,
+                 "version": outcome.version}))
 
 
 @app.command("compensate")

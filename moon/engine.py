@@ -1,11 +1,20 @@
 """The engine service: commands in, decisions journaled, work orders and timers out.
 
-Order of effects for every command: decide and append (the journal is the truth), then arm
-timers, then send orders (beside the workflow-index put), then acknowledge the command. A crash
-anywhere before the ack brings the command back; the decider then decides nothing (same command
-id) and the engine arms the timers and re-sends the orders of the state it folds, both
-deduplicated (same timer command ids, `Nats-Msg-Id` on orders). Several engines may share the
-durable consumer: optimistic concurrency on the journal keeps them correct.
+Order of effects for every command: authorize, decide and append (the journal is the truth),
+then arm timers, then send orders (beside the workflow-index put), then answer or acknowledge.
+A crash anywhere before the answer brings the command back; the decider then decides nothing
+(same command id) and the engine arms the timers and re-sends the orders of the state it folds,
+both deduplicated (same timer command ids, `Nats-Msg-Id` on orders). Several engines may share
+the work: optimistic concurrency on the journal keeps them correct.
+
+Where commands come from, and how each is authenticated before `decide` (moon/authority.py):
+- the gate, in process (dispatch, cancel, compensate, checkpoint): the caller's envelope;
+- executors, as signed requests on `moon.report.<executor>.<wf>.<kind>` (moon/reports.py): the
+  registry's key for the executor the subject names, then the attempt's binding;
+- MOON_CMD: timer firings signed by an engine, replans and compensations signed by MAESTRO.
+Anything else, or anything whose kind or workflow differs from its subject, is refused with an
+audit record and never looped on. A workflow whose journal holds a message that does not verify
+is quarantined: its status names the sequence, and every other workflow goes on.
 """
 
 from __future__ import annotations
@@ -13,8 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +32,22 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
+from envelope.registry import Registry
+from envelope.statement import COMMAND, REPORT, TIMER, open_statement
 from moon import journal, workflow
+from moon.authority import (
+    FromEngine,
+    FromExecutor,
+    FromPlanner,
+    Source,
+    Walls,
+    authorize,
+)
+from moon.clock import BrokerClock
 from moon.effects import COMMANDS, Effects, in_flight_orders
+from moon.reports import RETRY_HEADER, ReportReply, parse_report_subject
 from moon.workflow import (
     WorkflowState,
     is_terminal,
@@ -46,20 +66,21 @@ from streams.moon_events import (
     FireTimer,
     MoonCommand,
     MoonEvent,
+    StartStep,
     StepCompleted,
+    TimerRequest,
     command_kind,
 )
 from streams.replies import CODES, Reason, Refusal
-from streams.subjects import Space
+from streams.store import Unreadable
+from streams.subjects import Space, reports
 
-__all__ = ["Engine", "WorkflowSummary", "follow_until_terminal", "now_ms"]
+__all__ = ["Engine", "WorkflowSummary", "follow_until_terminal"]
 
 log = structlog.get_logger("moon.engine")
 ENGINE_CONSUMER = "moon-engine"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+TIMER_EARLY_MS = 1_000  # schedules have one-second precision
+CONSUMER_CHECK_S = 2.0
 
 
 class WorkflowSummary(msgspec.Struct, frozen=True):
@@ -73,6 +94,7 @@ class WorkflowSummary(msgspec.Struct, frozen=True):
     updated_ms: int
     plan_id: str | None = None
     tokens: int = 0
+    detail: str = ""  # why a workflow is quarantined
 
 
 def summary(state: WorkflowState, version: int, at_ms: int) -> WorkflowSummary:
@@ -98,28 +120,45 @@ class Stats:
     duplicates: int = 0
     deviations: int = 0
     orders: int = 0
+    quarantined: int = 0
+
+
+# MOON_CMD kinds: what each must be signed as, and by whom.
+_SIGNED_AS: dict[str, tuple[bytes, str]] = {
+    "fire_timer": (TIMER, "engines"),
+    "replan": (COMMAND, "planners"),
+    "compensate": (COMMAND, "planners"),
+}
 
 
 @dataclass
 class Engine:
     nc: Client
+    walls: Walls
+    registry: Registry
     space: Space = field(default_factory=Space)
     concurrency: int = 256
     # Commands a dead engine held come back after this: short, since handling one twice is
     # harmless (it decides nothing the second time).
     ack_wait_s: float = 5.0
-    clock_ms: Callable[[], int] = now_ms
+    clock_ms: Callable[[], int] | None = None  # default: the broker's clock (moon/clock.py)
     stats: Stats = field(default_factory=Stats)
 
     def __post_init__(self) -> None:
+        if self.walls.signer is None:
+            raise ValueError("an engine needs its key: it signs what it journals")
         self.js = self.nc.jetstream()
-        self.runner = journal.runner(self.js, self.space)
-        self.effects = Effects(self.js, self.space)
+        self.runner = journal.runner(self.js, self.space, self.walls)
+        self.effects = Effects(self.js, self.space, self.walls.signer)
+        self.broker_clock = BrokerClock(
+            self.nc, f"$JS.API.STREAM.INFO.{self.space.stream('MOON_CMD')}")
+        self.clock: Callable[[], int] = self.clock_ms or self.broker_clock
         self._locks: dict[str, _Held] = {}
         self._slots = asyncio.Semaphore(self.concurrency)
         self._index: Any = None
         self._stopping = asyncio.Event()
-        self.consuming = False  # between subscribing and stopping: what `health` reports
+        self.quarantined: dict[str, str] = {}
+        self.consuming = False  # commands and reports are being taken: what `health` reports
 
     async def _workflows(self) -> Any:
         if self._index is None:
@@ -129,15 +168,15 @@ class Engine:
     # --- the one path every command takes ------------------------------------------------------
 
     async def submit(
-        self, command: MoonCommand, *, redelivered: bool = False
+        self, command: MoonCommand, *, source: Source, redelivered: bool = False
     ) -> Decided[MoonEvent, WorkflowState] | Refusal:
-        """Decide, journal, send effects. Safe to call again with the same command: pass
-        `redelivered=True` when it may have been handled before (a redelivery, a caller's
+        """Authorize, decide, journal, send effects. Safe to call again with the same command:
+        pass `redelivered=True` when it may have been handled before (a redelivery, a caller's
         retry), so that a decision journaled by a handling that died before its effects gets
         its timers and orders sent now."""
         kind = command_kind(command)
         with metrics.COMMAND_SECONDS.labels(kind).time():
-            outcome = await self._submit(command, redelivered=redelivered)
+            outcome = await self._submit(command, source, redelivered=redelivered)
         match outcome:
             case Refusal():
                 metrics.COMMANDS.labels(kind, "refused").inc()
@@ -151,11 +190,19 @@ class Engine:
         return outcome
 
     async def _submit(
-        self, command: MoonCommand, *, redelivered: bool
+        self, command: MoonCommand, source: Source, *, redelivered: bool
     ) -> Decided[MoonEvent, WorkflowState] | Refusal:
         wf = command.workflow_id
+        if (why := self.quarantined.get(wf)) is not None:
+            return Refusal(Reason.QUARANTINED, why)
         async with self._lock(wf):
-            outcome = await self.runner.handle(wf, command, key=command.command_id)
+            try:
+                outcome = await self.runner.handle(
+                    wf, command, key=command.command_id,
+                    check=lambda c, state: authorize(c, source, state),
+                )
+            except Unreadable as bad:
+                return await self._quarantine(bad)
             if isinstance(outcome, Refusal):
                 self.stats.refusals += 1
                 return outcome
@@ -165,13 +212,13 @@ class Engine:
                 orders = work_orders(state, outcome.events)
                 moot = moot_timers(state, outcome.events)
                 # Timers before orders: an order never runs without its timeout armed.
-                await self.effects.schedule(timers(state, outcome.events), self.clock_ms())
+                await self.effects.schedule(timers(state, outcome.events), self.clock())
                 self.stats.deviations += sum(isinstance(e, Deviation) for e in outcome.events)
             elif redelivered or outcome.duplicate:
                 # The first handling may have journaled but not sent: arm again every timer the
                 # state waits on, then re-send what is in flight (both are deduplicated).
                 self.stats.duplicates += 1
-                await self.effects.schedule(pending_timers(state), self.clock_ms())
+                await self.effects.schedule(pending_timers(state), self.clock())
                 orders = in_flight_orders(state)
                 moot = []
             else:
@@ -183,6 +230,29 @@ class Engine:
                                             self.effects.cancel(moot))
             self.stats.orders += sent
             return outcome
+
+    async def _quarantine(self, bad: Unreadable) -> Refusal:
+        """A journal message that does not decode or verify: the workflow cannot be folded
+        past it, so it stops here, visibly, instead of being retried forever."""
+        why = f"journal seq {bad.seq} does not verify: {bad.detail[:300]}"
+        refusal = Refusal(Reason.QUARANTINED, why, evidence={"seq": str(bad.seq)})
+        if bad.aggregate in self.quarantined:
+            return refusal
+        self.quarantined[bad.aggregate] = why
+        self.stats.quarantined += 1
+        log.error("workflow_quarantined", workflow=bad.aggregate, seq=bad.seq, detail=bad.detail)
+        entry = WorkflowSummary(workflow_id=bad.aggregate, status="quarantined", steps=0,
+                                completed=0, version=bad.seq, updated_ms=self.clock(),
+                                detail=why)
+        with contextlib.suppress(Exception):  # the refusal's audit record names it anyway
+            await (await self._workflows()).put(bad.aggregate, msgspec.json.encode(entry))
+        await self._publish_audit(AuditRecord(
+            id=f"moon-quarantine-{bad.aggregate}-{bad.seq}", service="moon", method="journal",
+            outcome="refused", request_hash=b"", caller="", caller_verified=False,
+            capability="", traceparent="", at=self.clock(), reason=Reason.QUARANTINED,
+            code=CODES[Reason.QUARANTINED], detail=why, result_ref=f"moon.wf.{bad.aggregate}",
+        ))
+        return refusal
 
     @contextlib.asynccontextmanager
     async def _lock(self, workflow_id: str) -> AsyncIterator[None]:
@@ -202,114 +272,230 @@ class Engine:
 
     async def _index_put(self, state: WorkflowState, version: int) -> None:
         index = await self._workflows()
-        entry = summary(state, version, self.clock_ms())
+        entry = summary(state, version, self.clock())
         await index.put(state.workflow_id, msgspec.json.encode(entry))
 
-    # --- the command consumer ------------------------------------------------------------------
+    # --- executors' reports (request/reply) ----------------------------------------------------
+
+    async def _on_report(self, msg: Msg) -> None:
+        outcome = await self._report(msg)
+        reply = ReportReply.refused(outcome) if isinstance(outcome, Refusal) else outcome
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(msgspec.json.encode(reply))
+
+    async def _report(self, msg: Msg) -> ReportReply | Refusal:
+        parsed = parse_report_subject(self.space, msg.subject)
+        if isinstance(parsed, Refusal):
+            return await self._refused("report", parsed, msg.data)
+        executor, wf, kind = parsed
+        registration = await self.registry.fetch(executor)
+        if registration is None or not registration.valid_at(self.clock()):
+            return await self._refused(kind, Refusal(
+                Reason.UNKNOWN_KEY, f"no registered executor {executor!r}"), msg.data)
+        verified = open_statement(msg.data, REPORT, keys=self.walls.keys,
+                                  authors={registration.did})
+        if isinstance(verified, Refusal):
+            return await self._refused(kind, verified, msg.data)
+        command = COMMANDS.try_decode(verified.body)
+        if isinstance(command, Undecodable):
+            return await self._refused(kind, Refusal(Reason.MALFORMED, command.error), msg.data,
+                                       caller=verified.author)
+        if command_kind(command) != kind or command.workflow_id != wf:
+            return await self._refused(kind, Refusal(
+                Reason.WRONG_SUBJECT, f"{command_kind(command)} for {command.workflow_id} on "
+                                      f"{msg.subject}"), msg.data, caller=verified.author)
+        self.stats.commands += 1
+        # The engine's clock stamps what happened when: an executor's clock is not trusted
+        # to say whether its report was late.
+        command = msgspec.structs.replace(command, at_ms=self.clock())
+        retry = bool(msg.headers and msg.headers.get(RETRY_HEADER))
+        try:
+            outcome = await self.submit(command, source=FromExecutor(registration),
+                                        redelivered=retry)
+        except Exception as error:
+            self._deferred(command, error)
+            return Refusal(Reason.UNAVAILABLE, type(error).__name__, retryable=True)
+        if isinstance(outcome, Refusal):
+            return await self._refused(kind, outcome, msg.data, caller=verified.author,
+                                       workflow=wf)
+        if isinstance(command, StartStep):
+            step = outcome.state.steps.get(command.step)
+            run = (step is not None and step.attempt == command.attempt
+                   and step.start_id == command.command_id and not is_terminal(outcome.state))
+            return ReportReply(ok=True, run=run)
+        return ReportReply(ok=True)
+
+    # --- MOON_CMD: timers and MAESTRO's commands ------------------------------------------------
 
     async def _on_command(self, msg: Msg) -> None:
-        decoded = COMMANDS.try_decode(msg.data, seq=msg.metadata.sequence.stream,
-                                      subject=msg.subject)
-        if isinstance(decoded, Undecodable):
-            metrics.COMMANDS.labels("unknown", "malformed").inc()
-            try:
-                await self._audit_bad(msg, decoded)
-            except Exception:  # broker blip: the garbage comes back and is audited then
-                log.exception("audit_failed", seq=decoded.seq)
-                return
-            with contextlib.suppress(Exception):
-                await msg.term()  # redelivering garbage would never help
-            return
+        outcome = await self._command(msg)
+        if outcome is None:
+            return  # not settled: it comes back
+        with contextlib.suppress(Exception):
+            await (msg.ack() if outcome else msg.term())
+
+    async def _command(self, msg: Msg) -> bool | None:
+        """True: handled (ack). False: refused for good (term: redelivering never helps).
+        None: leave it unacknowledged, it is redelivered."""
+        parts = self.space.unprefix(msg.subject).split(".")
+        kind = parts[3] if len(parts) == 4 else ""
+        if kind not in _SIGNED_AS:
+            refusal = Refusal(Reason.WRONG_SUBJECT, f"MOON_CMD takes no {kind or msg.subject!r}")
+            return await self._settle_refused("command", refusal, msg.data)
+        statement_kind, who = _SIGNED_AS[kind]
+        verified = open_statement(msg.data, statement_kind, keys=self.walls.keys,
+                                  authors=getattr(self.walls, who))
+        if isinstance(verified, Refusal):
+            return await self._settle_refused(kind, verified, msg.data)
+        command = COMMANDS.try_decode(verified.body)
+        if isinstance(command, Undecodable):
+            return await self._settle_refused(kind, Refusal(Reason.MALFORMED, command.error),
+                                              msg.data, caller=verified.author)
+        if command_kind(command) != kind or command.workflow_id != parts[2]:
+            refusal = Refusal(Reason.WRONG_SUBJECT,
+                              f"{command_kind(command)} for {command.workflow_id} on {msg.subject}")
+            return await self._settle_refused(kind, refusal, msg.data, caller=verified.author)
         self.stats.commands += 1
-        if isinstance(decoded, FireTimer) and decoded.at_ms < (now := self.clock_ms()):
-            # A timer handled late (no engine was running when it fired) decides as of now, so
-            # a retry it schedules gets a deadline in the future, not one already past.
-            decoded = msgspec.structs.replace(decoded, at_ms=now)
+        now = self.clock()
+        source: Source
+        if isinstance(command, FireTimer):
+            if command.at_ms > now + TIMER_EARLY_MS:
+                # Fired before it is due by our clock (the broker's, as best we know it): arm it
+                # again rather than decide a timeout early.
+                await self.effects.schedule([TimerRequest(
+                    workflow_id=command.workflow_id, kind=command.kind, at_ms=command.at_ms,
+                    step=command.step, attempt=command.attempt)], now)
+                return True
+            # Handled late (no engine was running when it fired): decide as of now, so a retry
+            # it schedules gets a deadline in the future, not one already past.
+            command = msgspec.structs.replace(command, at_ms=max(command.at_ms, now))
+            source = FromEngine(verified.author)
+        else:
+            command = msgspec.structs.replace(command, at_ms=now)
+            source = FromPlanner(verified.author)
         try:
-            outcome = await self.submit(decoded, redelivered=msg.metadata.num_delivered > 1)
+            outcome = await self.submit(command, source=source,
+                                        redelivered=msg.metadata.num_delivered > 1)
         except Exception as error:
-            if isinstance(error, NoStreamResponseError | nats.errors.TimeoutError | TimeoutError):
-                # The journal has no leader (an election, a broker restart): expected, and
-                # frequent while it lasts, so one line each rather than a traceback each.
-                log.warning("command_deferred", workflow=decoded.workflow_id,
-                            command=decoded.command_id, error=type(error).__name__)
-            else:
-                log.exception("command_failed", workflow=decoded.workflow_id,
-                              command=decoded.command_id)
-            metrics.COMMANDS.labels(command_kind(decoded), "failed").inc()
+            self._deferred(command, error)
             with contextlib.suppress(Exception):  # broker gone: it redelivers anyway
                 await msg.nak(delay=1)
-            return
+            return None
         if isinstance(outcome, Refusal):
-            try:
-                await self._audit_refusal(decoded, outcome, msg.data)
-            except Exception:  # not acked: it comes back, is refused again and audited then
-                log.exception("audit_failed", workflow=decoded.workflow_id)
-                return
-        with contextlib.suppress(Exception):
-            await msg.ack()
+            return await self._settle_refused(kind, outcome, msg.data, caller=verified.author,
+                                              workflow=command.workflow_id)
+        return True
 
-    async def _audit_bad(self, msg: Msg, bad: Undecodable) -> None:
-        digest = hashlib.sha256(msg.data).hexdigest()
+    def _deferred(self, command: MoonCommand, error: Exception) -> None:
+        if isinstance(error, NoStreamResponseError | nats.errors.TimeoutError | TimeoutError):
+            # The journal has no leader (an election, a broker restart): expected, and
+            # frequent while it lasts, so one line each rather than a traceback each.
+            log.warning("command_deferred", workflow=command.workflow_id,
+                        command=command.command_id, error=type(error).__name__)
+        else:
+            log.exception("command_failed", workflow=command.workflow_id,
+                          command=command.command_id)
+        metrics.COMMANDS.labels(command_kind(command), "failed").inc()
+
+    async def _settle_refused(self, kind: str, refusal: Refusal, raw: bytes, *,
+                              caller: str = "", workflow: str = "") -> bool | None:
+        try:
+            await self._refused(kind, refusal, raw, caller=caller, workflow=workflow)
+        except Exception:  # not settled: it comes back, is refused again and audited then
+            log.exception("audit_failed", kind=kind)
+            return None
+        return False
+
+    async def _refused(self, kind: str, refusal: Refusal, raw: bytes, *, caller: str = "",
+                       workflow: str = "") -> Refusal:
+        """One audit record per refused command, accepted or not as who it claims to be."""
+        digest = hashlib.sha256(raw)
         record = AuditRecord(
-            id=f"moon-cmd-{digest[:32]}", service="moon", method="command", outcome="refused",
-            request_hash=bytes.fromhex(digest), caller="", caller_verified=False, capability="",
-            traceparent="", at=self.clock_ms(), reason=Reason.MALFORMED,
-            code=CODES[Reason.MALFORMED], detail=bad.error[:500],
+            id=f"moon-cmd-{digest.hexdigest()[:40]}", service="moon", method=kind or "command",
+            outcome="refused", request_hash=digest.digest(), caller=caller,
+            caller_verified=bool(caller), capability="", traceparent="", at=self.clock(),
+            reason=refusal.reason, code=refusal.code, detail=refusal.detail[:500],
+            result_ref=f"moon.wf.{workflow}" if workflow else "",
         )
         await self._publish_audit(record)
-        log.warning("command_malformed", seq=bad.seq, subject=bad.subject, error=bad.error)
-
-    async def _audit_refusal(self, command: MoonCommand, refusal: Refusal, raw: bytes) -> None:
-        kind = command_kind(command)
-        record = AuditRecord(
-            id=f"{command.command_id}-refused", service="moon", method=kind, outcome="refused",
-            request_hash=hashlib.sha256(raw).digest(), caller="", caller_verified=False,
-            capability="", traceparent="", at=self.clock_ms(), reason=refusal.reason,
-            code=refusal.code, detail=refusal.detail[:500],
-            result_ref=f"moon.wf.{command.workflow_id}",
-        )
-        await self._publish_audit(record)
-        log.info("command_refused", workflow=command.workflow_id, kind=kind,
-                 reason=refusal.reason.value, detail=refusal.detail)
+        metrics.COMMANDS.labels(kind or "unknown", "refused").inc()
+        log.info("command_refused", kind=kind, workflow=workflow or None,
+                 reason=refusal.reason.value, detail=refusal.detail[:200])
+        return refusal
 
     async def _publish_audit(self, record: AuditRecord) -> None:
         subject = self.space.subject(audit_subject(record.service, record.method, record.outcome))
         await self.js.publish(subject, msgspec.json.encode(record),
                               headers={"Nats-Msg-Id": record.id})
 
+    # --- running -------------------------------------------------------------------------------
+
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
-        """Consume commands until cancelled; every message is handled in its own task."""
-        durable = self.space.consumer(ENGINE_CONSUMER)
+        """Take commands and reports until stopped; every message is handled in its own task.
+        A consumer someone deleted is noticed and made again (health fails meanwhile)."""
+        await self.broker_clock.sync()
         async with asyncio.TaskGroup() as tasks:
 
-            async def on_msg(msg: Msg) -> None:
-                await self._slots.acquire()
-                task = tasks.create_task(self._on_command(msg))
-                task.add_done_callback(lambda _: self._slots.release())
+            def spawn(
+                handle: Callable[[Msg], Coroutine[Any, Any, None]],
+            ) -> Callable[[Msg], Awaitable[None]]:
+                async def on_msg(msg: Msg) -> None:
+                    await self._slots.acquire()
+                    task = tasks.create_task(handle(msg))
+                    task.add_done_callback(lambda _: self._slots.release())
+                return on_msg
 
-            sub = await self.js.subscribe(
-                self.space.subject("moon.cmd.>"),
-                stream=self.space.stream("MOON_CMD"),
-                durable=durable,
-                queue=durable,
-                cb=on_msg,
-                manual_ack=True,
-                pending_msgs_limit=100_000,
-                config=api.ConsumerConfig(
-                    ack_wait=self.ack_wait_s, max_ack_pending=self.concurrency * 4,
-                    max_deliver=-1,
-                ),
-            )
-            self.consuming = True
-            if ready is not None:
-                ready.set()
+            clock = tasks.create_task(self.broker_clock.run())
+            reports_sub = await self.nc.subscribe(
+                self.space.subject(reports()), queue=self.space.consumer(ENGINE_CONSUMER),
+                cb=spawn(self._on_report), pending_msgs_limit=100_000)
             try:
-                await self._stopping.wait()
+                first = True
+                while not self._stopping.is_set():
+                    sub = await self._subscribe_commands(spawn(self._on_command))
+                    self.consuming = True
+                    if first and ready is not None:
+                        ready.set()
+                    first = False
+                    await self._until_stopped_or_lost()
+                    self.consuming = False
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
             finally:
                 self.consuming = False
+                clock.cancel()
                 with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+                    await reports_sub.unsubscribe()
+
+    async def _subscribe_commands(self, cb: Callable[[Msg], Awaitable[None]]) -> Any:
+        durable = self.space.consumer(ENGINE_CONSUMER)
+        return await self.js.subscribe(
+            self.space.subject("moon.cmd.>"),
+            stream=self.space.stream("MOON_CMD"),
+            durable=durable,
+            queue=durable,
+            cb=cb,
+            manual_ack=True,
+            pending_msgs_limit=100_000,
+            config=api.ConsumerConfig(
+                ack_wait=self.ack_wait_s, max_ack_pending=self.concurrency * 4, max_deliver=-1,
+            ),
+        )
+
+    async def _until_stopped_or_lost(self) -> None:
+        stream, durable = self.space.stream("MOON_CMD"), self.space.consumer(ENGINE_CONSUMER)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), CONSUMER_CHECK_S)
+                return
+            try:
+                await self.js.consumer_info(stream, durable)
+            except NotFoundError:
+                log.error("consumer_lost", consumer=durable)
+                return
+            except Exception as error:  # broker away: the client reconnects; check again
+                log.debug("consumer_check_failed", error=repr(error))
 
     def stop(self) -> None:
         """Graceful: stop taking commands, let the ones in hand finish, then return from run()."""
@@ -321,8 +507,8 @@ class Engine:
 
     async def wait_terminal(self, workflow_id: str, timeout_s: float = 60.0) -> WorkflowState:
         """Follow the workflow's journal until it ends; the state is the fold of what was read."""
-        return await asyncio.wait_for(follow_until_terminal(self.js, self.space, workflow_id),
-                                      timeout_s)
+        return await asyncio.wait_for(
+            follow_until_terminal(self.js, self.space, self.walls, workflow_id), timeout_s)
 
 
 def _count_events(events: Iterable[MoonEvent]) -> None:
@@ -338,13 +524,13 @@ def _count_events(events: Iterable[MoonEvent]) -> None:
 
 
 async def follow_until_terminal(
-    js: JetStreamContext, space: Space, workflow_id: str
+    js: JetStreamContext, space: Space, walls: Walls, workflow_id: str
 ) -> WorkflowState:
-    store = journal.journal(js, space)
+    store = journal.journal(js, space, walls)
     state = workflow.initial
     async for item in store.subscribe(store.layout.filter(workflow_id), from_seq=1):
         if isinstance(item, Undecodable):
-            continue
+            raise Unreadable(workflow_id, item.seq, item.subject, item.error)
         state = workflow.apply(state, item.value)
         if is_terminal(state):
             return state

@@ -16,25 +16,32 @@ from envelope.gate import Gate
 from envelope.keys import Signer
 from envelope.seal import Opened, Trust
 from moon import replay
-from moon.engine import Engine, now_ms
+from moon.authority import FromGate
+from moon.engine import Engine
 from moon.journal import journal
-from moon.workflow import WorkflowState
+from moon.workflow import MAX_STEPS, WorkflowState
 from streams.decider import Decided
+from streams.ids import check_id
 from streams.moon_events import (
+    Cancel,
     CheckpointStep,
     Compensate,
+    Decision,
     Dispatch,
     MoonEvent,
     OnFailure,
     StepSpec,
 )
 from streams.replies import Reason, Refusal
+from streams.store import Loaded, Unreadable
 
 __all__ = [
+    "CancelRequest",
     "CheckpointRequest",
     "CompensateRequest",
     "DispatchReply",
     "DispatchRequest",
+    "ForkRequest",
     "ReplayReply",
     "ReplayRequest",
     "moon_gate",
@@ -69,6 +76,20 @@ class DispatchReply(msgspec.Struct, frozen=True):
 class CompensateRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     workflow_id: str
     reason: str = ""
+
+
+class CancelRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    workflow_id: str
+    reason: str = ""
+
+
+class ForkRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A new workflow that starts from `workflow_id`'s state at journal sequence `at_seq`,
+    with the steps completed by then carried over (an operator's action: moon:admin)."""
+
+    workflow_id: str
+    at_seq: int
+    new_workflow_id: str
 
 
 class CheckpointRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -108,19 +129,32 @@ def _reply(workflow_id: str, outcome: Decided[MoonEvent, WorkflowState] | Refusa
 
 
 def moon_gate(
-    nc: Nats, engine: Engine, *, signer: Signer, trust: Trust, clock: Callable[[], int] = now_ms
+    nc: Nats, engine: Engine, *, signer: Signer, trust: Trust,
+    clock: Callable[[], int] | None = None,
 ) -> Gate:
+    """MOON's methods behind the gate. Each handler's command reaches the engine as coming from
+    the gate, with the caller and the capability the route checked: the engine then holds a
+    workflow id to the caller that dispatched it (moon/authority.py)."""
     gate = Gate(nc, service="moon", signer=signer, trust=trust, space=engine.space)
+    now = clock or engine.clock
+
+    def source(opened: Opened, capability: str) -> FromGate:
+        return FromGate(caller=opened.caller, capability=capability)
 
     async def dispatch(opened: Opened) -> DispatchReply | Refusal:
         request = _decode(opened.body, DispatchRequest)
         if isinstance(request, Refusal):
             return request
-        at = clock()
+        workflow_id = request.workflow_id or f"wf-{opened.request_id}"
+        if refused := check_id(workflow_id, "workflow_id"):
+            return refused
+        if refused := _bounded(request.steps):
+            return refused
+        at = now()
         deadline = request.budget.deadline_ms if request.budget else None
         command = Dispatch(
             command_id=opened.request_id,
-            workflow_id=request.workflow_id or f"wf-{opened.request_id}",
+            workflow_id=workflow_id,
             at_ms=at,
             steps=request.steps,
             deadline_ms=at + deadline if deadline else None,
@@ -128,37 +162,73 @@ def moon_gate(
             plan_id=request.plan_id,
             plan_revision=request.plan_revision,
             on_failure=request.on_failure,
+            owner=opened.caller,
         )
         # A caller retries a request whose first handling may have died after the append:
         # `redelivered` makes a decision of nothing new re-send the workflow's timers and orders.
-        return _reply(command.workflow_id, await engine.submit(command, redelivered=True))
+        return _reply(workflow_id, await engine.submit(
+            command, source=source(opened, "moon:dispatch"), redelivered=True))
 
     async def compensate(opened: Opened) -> DispatchReply | Refusal:
         request = _decode(opened.body, CompensateRequest)
         if isinstance(request, Refusal):
             return request
+        if refused := check_id(request.workflow_id, "workflow_id"):
+            return refused
         return _reply(request.workflow_id, await engine.submit(Compensate(
-            command_id=opened.request_id, workflow_id=request.workflow_id, at_ms=clock(),
+            command_id=opened.request_id, workflow_id=request.workflow_id, at_ms=now(),
             reason=request.reason or f"requested by {opened.caller}",
-        ), redelivered=True))
+        ), source=source(opened, "moon:admin"), redelivered=True))
+
+    async def cancel(opened: Opened) -> DispatchReply | Refusal:
+        request = _decode(opened.body, CancelRequest)
+        if isinstance(request, Refusal):
+            return request
+        if refused := check_id(request.workflow_id, "workflow_id"):
+            return refused
+        return _reply(request.workflow_id, await engine.submit(Cancel(
+            command_id=opened.request_id, workflow_id=request.workflow_id, at_ms=now(),
+            reason=request.reason or f"cancelled by {opened.caller}",
+        ), source=source(opened, "moon:cancel"), redelivered=True))
 
     async def checkpoint(opened: Opened) -> DispatchReply | Refusal:
         request = _decode(opened.body, CheckpointRequest)
         if isinstance(request, Refusal):
             return request
+        if refused := check_id(request.workflow_id, "workflow_id"):
+            return refused
         return _reply(request.workflow_id, await engine.submit(CheckpointStep(
-            command_id=opened.request_id, workflow_id=request.workflow_id, at_ms=clock(),
+            command_id=opened.request_id, workflow_id=request.workflow_id, at_ms=now(),
             step=request.step, attempt=request.attempt, state=request.state,
-        )))
+        ), source=source(opened, "moon:checkpoint")))
+
+    async def fork(opened: Opened) -> DispatchReply | Refusal:
+        request = _decode(opened.body, ForkRequest)
+        if isinstance(request, Refusal):
+            return request
+        for value, what in ((request.workflow_id, "workflow_id"),
+                            (request.new_workflow_id, "new_workflow_id")):
+            if refused := check_id(value, what):
+                return refused
+        loaded = await _read(engine, request.workflow_id, request.at_seq)
+        if isinstance(loaded, Refusal):
+            return loaded
+        state = replay.fold(item.value for item in loaded.items)
+        command = msgspec.structs.replace(
+            replay.fork(state, request.new_workflow_id, now()),
+            command_id=opened.request_id, owner=opened.caller)
+        return _reply(request.new_workflow_id, await engine.submit(
+            command, source=source(opened, "moon:admin"), redelivered=True))
 
     async def replay_(opened: Opened) -> ReplayReply | Refusal:
         request = _decode(opened.body, ReplayRequest)
         if isinstance(request, Refusal):
             return request
-        loaded = await journal(engine.js, engine.space).read(request.workflow_id,
-                                                             upto=request.to_seq)
-        if not loaded.items:
-            return Refusal(Reason.UNKNOWN_WORKFLOW, request.workflow_id)
+        if refused := check_id(request.workflow_id, "workflow_id"):
+            return refused
+        loaded = await _read(engine, request.workflow_id, request.to_seq)
+        if isinstance(loaded, Refusal):
+            return loaded
         decisions = [item.value for item in loaded.items]
         state = replay.fold(decisions)
         bad = len(replay.verify(decisions)) if request.verify else 0
@@ -167,6 +237,24 @@ def moon_gate(
 
     gate.route("dispatch", dispatch)
     gate.route("compensate", compensate, capability="moon:admin")
+    gate.route("cancel", cancel)
     gate.route("checkpoint", checkpoint)
+    gate.route("fork", fork, capability="moon:admin")
     gate.route("replay", replay_, capability="moon:read")
     return gate
+
+
+def _bounded(steps: tuple[StepSpec, ...]) -> Refusal | None:
+    if len(steps) > MAX_STEPS:
+        return Refusal(Reason.OVERSIZE, f"{len(steps)} steps: at most {MAX_STEPS} per dispatch")
+    return None
+
+
+async def _read(engine: Engine, workflow_id: str, upto: int | None) -> Loaded[Decision] | Refusal:
+    try:
+        loaded = await journal(engine.js, engine.space, engine.walls).read(workflow_id, upto=upto)
+    except Unreadable as bad:
+        return Refusal(Reason.QUARANTINED, str(bad), evidence={"seq": str(bad.seq)})
+    if not loaded.items:
+        return Refusal(Reason.UNKNOWN_WORKFLOW, workflow_id)
+    return loaded

@@ -2,20 +2,20 @@
 
 A handler gets a `StepContext`: its idempotency key (`workflow/step/attempt`), the results of the
 steps it depends on, the last checkpoint of an earlier attempt, and `checkpoint()`/`heartbeat()`.
-Results go back as commands on MOON_CMD; the engine ignores reports for stale attempts.
+Reports are statements signed by this executor's key (moon/reports.py), sent to the engine as
+requests and answered once the decision they cause is journaled; the engine accepts them only
+from the executor the attempt is bound to, and ignores reports for stale attempts.
 
-An attempt runs at most once, a step at least once. Before running an order the worker claims its
-idempotency key in the `moon_claims` bucket (a create, so exactly one claimant wins, and the claim
-is journaled like any JetStream write). A redelivered order whose key is claimed is acked, not
-run, whoever claimed it and whatever happened since. Why not remember keys per process, or ack the
-order before reporting: a redelivery reaches another executor of the pool, or this one after a
-kill -9, and a broker restart can rewind the work consumer or forget the order's `Nats-Msg-Id`
-(the engine re-sends in-flight orders); every one of those re-ran an attempt whose side effects
-were done. Why claim before running, not after: a "done" mark written after the side effect
-leaves a window (effect done, mark not yet stored) in which a kill makes the effect happen twice.
-What a claim costs: an attempt whose executor dies is not run again under the same key; the
-engine's step timeout or heartbeat timeout settles it and schedules the next attempt, which gets
-the last checkpoint. Give long steps a heartbeat timeout so that takes seconds, not `timeout_ms`.
+An attempt runs at most once, a step at least once. Before running an order the worker reports
+its start, and runs the attempt only if the engine answers that the start the journal holds for
+that attempt is this one (`run`): the journal's optimistic concurrency makes exactly one start
+win, whichever pool member or redelivery sent it. The start's command id carries this process's
+incarnation, so a redelivered order after a kill -9 (or at another member of the pool) is told
+"not yours" and acked unrun. Why not run first and report after: a kill between the side effect
+and the report would run it twice. What this costs: an attempt whose executor dies is not run
+again under the same key; the engine's step timeout or heartbeat timeout settles it and
+schedules the next attempt, which gets the last checkpoint. Give long steps a heartbeat timeout
+so that takes seconds, not `timeout_ms`.
 Three kinds of executor share this loop: an in-process Python handler, a subprocess command and
 an HTTP call (see `subprocess_handler` and `http_handler`).
 """
@@ -24,26 +24,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import time
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 import msgspec
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js import api
 
-from moon.effects import ORDERS, Effects
+from envelope.keys import Signer
+from moon.effects import ORDERS
+from moon.reports import RETRY_HEADER, Report, ReportReply, report_subject, seal_report
 from streams import metrics, subjects
 from streams.codec import Undecodable
-from streams.config import CLAIMS, ensure_bucket
 from streams.moon_events import (
     CheckpointStep,
     CompleteStep,
@@ -53,6 +51,7 @@ from streams.moon_events import (
     Usage,
     WorkOrder,
 )
+from streams.replies import Reason
 from streams.subjects import Space
 
 __all__ = [
@@ -61,14 +60,13 @@ __all__ = [
     "Result",
     "StepContext",
     "Worker",
-    "claims_bucket",
     "http_handler",
     "subprocess_handler",
 ]
 
 log = structlog.get_logger("moon.worker")
 SEEN_KEYS = 100_000
-T = TypeVar("T")
+REPORT_TIMEOUT_S = 2.0
 BACKOFF_S = (0.1, 2.0)  # first and longest pause between sends while the broker is away
 
 
@@ -127,6 +125,7 @@ class StepContext:
 
 
 Handler = Callable[[StepContext], Awaitable[Result | bytes]]
+_reply = msgspec.json.Decoder(ReportReply)
 
 
 def _now_ms() -> int:
@@ -137,84 +136,82 @@ def _claim_key(order: WorkOrder) -> str:
     return ("undo:" if order.compensation else "") + order.idempotency_key
 
 
-def _kv_key(claim: str) -> str:
-    # Step ids may hold ':', which KV keys may not: a digest is always a valid key.
-    return hashlib.sha256(claim.encode()).hexdigest()[:40]
-
-
-async def claims_bucket(js: JetStreamContext, space: Space, replicas: int = 1) -> Any:
-    """The bucket of claimed idempotency keys, made as `ensure_streams` would if it is missing."""
-    await ensure_bucket(js, space, CLAIMS, replicas)
-    return await js.key_value(space.bucket(CLAIMS.name))
-
-
-async def _persist(deadline_ms: int, attempt: Callable[[], Awaitable[T]], *, what: str,
-                   key: str) -> T | None:
-    """Try until the broker answers, riding out a restart; None once the order's deadline has
-    passed, since the engine's step timeout has settled that attempt by then."""
-    pause = BACKOFF_S[0]
-    while True:
-        try:
-            return await attempt()
-        except Exception as error:  # timeouts, no responders, reconnecting
-            if _now_ms() > deadline_ms:
-                log.warning(what, key=key, error=repr(error))
-                return None
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, BACKOFF_S[1])
-
-
 async def _quietly(settle: Callable[[], Awaitable[object]]) -> None:
-    """Ack, nak or term: a broker that is away redelivers later, which the claim makes safe."""
+    """Ack, nak or term: a broker that is away redelivers later, which the start makes safe."""
     with contextlib.suppress(Exception):
         await settle()
 
 
 @dataclass
 class Worker:
-    """One executor process: serves capabilities, bound to its own orders and shared pools."""
+    """One executor process: serves capabilities, bound to its own orders and shared pools.
+    `signer` is the executor's own key, the one the registry names for `executor_id`."""
 
     nc: Client
     executor_id: str
     handlers: dict[str, Handler]
+    signer: Signer
     space: Space = field(default_factory=Space)
     watts: float = 0.0
     capacity: int = 8
     # Orders of a capability in flight across the whole pool (the sum of its capacities): more
     # would sit in a busy worker's buffer while their deadlines run and others idle.
     pool_capacity: int = 64
-    replicas: int = 1  # of the claims bucket, if this worker is the first to need it
     # An order a dead broker node delivered, or whose ack it took with it, comes back after
-    # this; the claim makes the redelivery harmless and _keep_alive marks running steps in
-    # progress every ack_wait/3. At 30 s the pool got no orders for 30 s after a node's kill -9.
+    # this; the journaled start makes the redelivery harmless and _keep_alive marks running
+    # steps in progress every ack_wait/3. At 30 s the pool got no orders for 30 s after a
+    # node's kill -9.
     ack_wait_s: float = 5.0
     executed: int = 0  # attempts this process ran to completion: for stats
 
     def __post_init__(self) -> None:
         self.js = self.nc.jetstream()
-        self.effects = Effects(self.js, self.space)
         self._slots = asyncio.Semaphore(self.capacity)
         self._stopping = asyncio.Event()
-        # Keys this process has settled: spares the claim's round trip for a redelivery that
-        # comes back here. Bounded, oldest out; the claims bucket is the record that counts.
+        # Keys this process has settled: spares the start's round trip for a redelivery that
+        # comes back here. Bounded, oldest out; the journal is the record that counts.
         self._seen: dict[str, None] = {}
-        self._claims: Any = None
         self._incarnation = uuid.uuid4().hex[:12]
 
-    async def send(self, command: Any) -> None:
-        await self.effects.send_command(command)
+    async def request(self, report: Report, *, retry: bool = False) -> ReportReply:
+        """One signed report, answered by the engine once what it causes is journaled."""
+        headers = {RETRY_HEADER: "1"} if retry else None
+        msg = await self.nc.request(report_subject(self.space, self.executor_id, report),
+                                    seal_report(self.signer, report), timeout=REPORT_TIMEOUT_S,
+                                    headers=headers)
+        return _reply.decode(msg.data)
 
-    async def deliver(self, order: WorkOrder, command: Any) -> bool:
-        """Send a report for `order`; False if the broker stayed away past its deadline."""
-        async def send() -> bool:
-            await self.send(command)
-            return True
+    async def send(self, report: Report) -> None:
+        """Once, best effort (heartbeats)."""
+        await self.request(report)
 
-        return await _persist(order.deadline_ms, send, what="report_lost",
-                              key=f"{order.idempotency_key} {command.command_id}") is not None
+    async def deliver(self, order: WorkOrder, report: Report) -> ReportReply | None:
+        """Send a report until the engine answers it; None if it stayed away past the order's
+        deadline (the engine's step timeout has settled that attempt by then). A retry after an
+        unanswered try is marked, so the engine re-sends what the first may have left unsent."""
+        pause, retry = BACKOFF_S[0], False
+        while True:
+            try:
+                answer = await self.request(report, retry=retry)
+            except Exception as error:  # timeouts, no responders, reconnecting
+                failure = repr(error)
+            else:
+                if answer.ok or answer.reason != Reason.UNAVAILABLE.value:
+                    if not answer.ok:
+                        log.warning("report_refused", key=order.idempotency_key,
+                                    command=report.command_id, reason=answer.reason,
+                                    detail=answer.detail)
+                    return answer
+                failure = answer.detail
+            if _now_ms() > order.deadline_ms:
+                log.warning("report_lost", key=order.idempotency_key, command=report.command_id,
+                            error=failure)
+                return None
+            retry = True
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, BACKOFF_S[1])
 
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
-        self._claims = await claims_bucket(self.js, self.space, self.replicas)
         subs = []
         async with asyncio.TaskGroup() as tasks:
 
@@ -272,41 +269,24 @@ class Worker:
         if key in self._seen:
             await _quietly(msg.ack)  # run (or running) here already
             return
-        claimed = await self._claim(key, order.deadline_ms)
-        if claimed is None:
-            return  # the broker stayed away past the deadline: a redelivery is acked unrun
+        start = StartStep(
+            command_id=f"start/{key}/{self._incarnation}", at_ms=_now_ms(),
+            workflow_id=order.workflow_id, step=order.step, attempt=order.attempt,
+            executor=self.executor_id,
+        )
+        answer = await self.deliver(order, start)
+        if answer is None:
+            return  # the engine stayed away past the deadline: a redelivery is acked unrun
         self._seen[key] = None
         if len(self._seen) > SEEN_KEYS:
             del self._seen[next(iter(self._seen))]
-        if claimed:
+        if answer.run:
             await self._run(order, handler, msg)
         await _quietly(msg.ack)
-
-    async def _claim(self, key: str, deadline_ms: int) -> bool | None:
-        """True: ours to run. False: claimed before (here or elsewhere, finished or not).
-        None: the broker did not answer before the order's deadline."""
-        token = f"{self.executor_id} {self._incarnation} {uuid.uuid4().hex[:12]}".encode()
-        return await _persist(deadline_ms, lambda: self._try_claim(_kv_key(key), token),
-                              what="claim_unanswered", key=key)
-
-    async def _try_claim(self, name: str, token: bytes) -> bool:
-        try:
-            await self._claims.create(name, token)
-        except KeyWrongLastSequenceError:
-            # Taken; by this very call if an earlier try landed and only its reply was lost.
-            entry = await self._claims.get(name)
-            return bool(entry.value == token)
-        return True
 
     async def _run(self, order: WorkOrder, handler: Handler, msg: Msg) -> None:
         wf, step, attempt = order.workflow_id, order.step, order.attempt
         key = order.idempotency_key
-        if not await self.deliver(order, StartStep(
-            command_id=f"start/{key}", at_ms=_now_ms(), workflow_id=wf, step=step,
-            attempt=attempt, executor=self.executor_id,
-        )):
-            return  # past its deadline: the engine has moved on to the next attempt
-
         beat = asyncio.ensure_future(self._keep_alive(order, msg))
         started = time.perf_counter()
         report: FailStep | CompleteStep

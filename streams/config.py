@@ -17,13 +17,13 @@ from streams.subjects import Space
 
 __all__ = [
     "AUDIT",
+    "EXECUTORS",
     "INTENTS",
     "JOURNALS",
     "MOON",
     "MOON_CMD",
     "PLANS",
     "WORK",
-    "EXECUTORS",
     "BucketSpec",
     "StreamConflict",
     "StreamSpec",

@@ -86,9 +86,17 @@ class Runner(Generic[C, E, S, B]):
         self._remember(aggregate, loaded.version, state)
         return loaded.version, state
 
-    async def handle(self, aggregate: str, command: C, *, key: str) -> Decided[E, S] | Refusal:
+    async def handle(
+        self, aggregate: str, command: C, *, key: str,
+        check: Callable[[C, S], Refusal | None] | None = None,
+    ) -> Decided[E, S] | Refusal:
+        """`check` authorizes the command against the state it would be decided on (who may
+        do this to this aggregate now), before every attempt, so a retry after a conflict is
+        checked against the newer state too."""
         version, state = await self.load(aggregate)
         for _ in range(self.attempts):
+            if check is not None and (refused := check(command, state)) is not None:
+                return refused
             decision = self.decider.decide(command, state)
             if isinstance(decision, Refusal):
                 return decision

@@ -20,7 +20,7 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from streams.codec import Codec, Undecodable
 from streams.replies import Conflict
-from streams.store import Appended, Layout, Loaded, Stored
+from streams.store import Appended, Layout, Loaded, Stored, decode_stored
 
 __all__ = ["JetStreamStore", "last_sequence", "ordered_read"]
 
@@ -162,10 +162,7 @@ class JetStreamStore(Generic[T]):
         if target <= after:
             return Loaded(version=after if upto is None else min(after, target or after), items=[])
         rows = await ordered_read(self._js, self.layout.stream, wanted, after=after, upto=target)
-        items = [
-            Stored(seq=s, subject=subj, time_ms=t, value=self.codec.decode(data))
-            for s, subj, t, data in rows
-        ]
+        items = [decode_stored(self.codec, aggregate, row) for row in rows]
         return Loaded(version=items[-1].seq if items else after, items=items)
 
     async def append(

@@ -143,6 +143,7 @@ class Dispatch(MoonCommandBase, frozen=True, tag="moon.dispatch"):
     on_failure: OnFailure = "wait"
     completed: tuple[CarriedStep, ...] = ()  # forks start with these done
     forked_from: str | None = None
+    owner: str | None = None  # the gate's caller: the workflow id is theirs
 
 
 class StartStep(MoonCommandBase, frozen=True, tag="moon.start_step"):
@@ -234,6 +235,7 @@ class Dispatched(MoonEventBase, frozen=True, tag="moon.dispatched"):
     on_failure: OnFailure = "wait"
     completed: tuple[CarriedStep, ...] = ()
     forked_from: str | None = None
+    owner: str | None = None
 
 
 class StepScheduled(MoonEventBase, frozen=True, tag="moon.step.scheduled"):
@@ -247,6 +249,7 @@ class StepStarted(MoonEventBase, frozen=True, tag="moon.step.started"):
     step: str
     attempt: int
     executor: str
+    command_id: str = ""  # the start that won: its sender, and only it, runs the attempt
 
 
 class StepHeartbeat(MoonEventBase, frozen=True, tag="moon.step.heartbeat"):

@@ -7,6 +7,7 @@ beginning, so deleting every snapshot (or changing `evolve`) changes no answer, 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -56,11 +57,27 @@ class MemorySnapshots(Generic[S]):
         self.data[aggregate] = _encode(version, self.stamp, state)
 
 
-class KvSnapshots(Generic[S]):
-    """Snapshots in a JetStream KV bucket (created by ensure_streams with direct gets)."""
+def _plain(aggregate: str, data: bytes) -> bytes:
+    return data
 
-    def __init__(self, js: JetStreamContext, bucket: str, state_type: Any, stamp: str) -> None:
+
+def _unplain(aggregate: str, data: bytes) -> bytes | None:
+    return data
+
+
+class KvSnapshots(Generic[S]):
+    """Snapshots in a JetStream KV bucket (created by ensure_streams with direct gets).
+
+    `seal`/`unseal` wrap what is stored: MOON signs each snapshot with the engine's key, bound
+    to its aggregate and to the journal sequence it folds, and `unseal` returns None for one
+    it did not write, which is then ignored like a snapshot of other code (fold from scratch).
+    """
+
+    def __init__(self, js: JetStreamContext, bucket: str, state_type: Any, stamp: str, *,
+                 seal: Callable[[str, bytes], bytes] = _plain,
+                 unseal: Callable[[str, bytes], bytes | None] = _unplain) -> None:
         self._js, self._bucket, self.state_type, self.stamp = js, bucket, state_type, stamp
+        self._seal, self._unseal = seal, unseal
         self._kv: Any = None
 
     async def _store(self) -> Any:
@@ -76,11 +93,12 @@ class KvSnapshots(Generic[S]):
             return None
         if not entry.value:
             return None
-        return _decode(entry.value, self.state_type, self.stamp)
+        opened = self._unseal(aggregate, entry.value)
+        return None if opened is None else _decode(opened, self.state_type, self.stamp)
 
     async def save(self, aggregate: str, version: int, state: S) -> None:
         kv = await self._store()
-        await kv.put(aggregate, _encode(version, self.stamp, state))
+        await kv.put(aggregate, self._seal(aggregate, _encode(version, self.stamp, state)))
 
     async def delete_all(self) -> None:
         kv = await self._store()

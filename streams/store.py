@@ -23,6 +23,7 @@ __all__ = [
     "Loaded",
     "MemoryStore",
     "Stored",
+    "Unreadable",
     "subject_matches",
 ]
 
@@ -34,6 +35,26 @@ class Stored(msgspec.Struct, Generic[T], frozen=True):
     subject: str
     time_ms: int
     value: T
+
+
+class Unreadable(Exception):
+    """An aggregate's journal holds a message this reader cannot decode or verify: the
+    aggregate cannot be folded past it. Names where it is, so it can be quarantined."""
+
+    def __init__(self, aggregate: str, seq: int, subject: str, detail: str) -> None:
+        super().__init__(f"{aggregate}: journal seq {seq} on {subject}: {detail}")
+        self.aggregate, self.seq, self.subject, self.detail = aggregate, seq, subject, detail
+
+
+def decode_stored(codec: Codec[T], aggregate: str, row: tuple[int, str, int, bytes]
+                  ) -> Stored[T]:
+    """A journal row of `aggregate` decoded, or Unreadable: a reader never skips a message
+    it cannot read, since the state after it would be a guess."""
+    seq, subject, time_ms, data = row
+    decoded = codec.try_decode(data, seq=seq, subject=subject)
+    if isinstance(decoded, Undecodable):
+        raise Unreadable(aggregate, seq, subject, decoded.error)
+    return Stored(seq=seq, subject=subject, time_ms=time_ms, value=decoded)
 
 
 class Appended(msgspec.Struct, frozen=True):
@@ -109,7 +130,7 @@ class MemoryStore(Generic[T]):
     async def read(self, aggregate: str, *, after: int = 0, upto: int | None = None) -> Loaded[T]:
         wanted = self.layout.filter(aggregate)
         items = [
-            Stored(seq=s, subject=subj, time_ms=t, value=self.codec.decode(data))
+            decode_stored(self.codec, aggregate, (s, subj, t, data))
             for s, subj, t, data in self._log
             if s > after and (upto is None or s <= upto) and subject_matches(wanted, subj)
         ]

@@ -19,6 +19,8 @@ __all__ = [
     "moon_cmd",
     "plan_event",
     "plan_events",
+    "report",
+    "reports",
     "timer",
     "token",
     "work",
@@ -60,6 +62,16 @@ def deviations() -> str:
 
 def moon_cmd(workflow: str, kind: str) -> str:
     return f"moon.cmd.{workflow}.{kind}"
+
+
+def report(executor: str, workflow: str, kind: str) -> str:
+    """An executor's report to the engine (request/reply): the executor's token in the subject
+    lets the broker hold each executor to its own subjects; the signature does the rest."""
+    return f"moon.report.{token(executor)}.{workflow}.{kind}"
+
+
+def reports() -> str:
+    return "moon.report.>"
 
 
 def timer(workflow: str, name: str) -> str:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from moon.engine import Engine, now_ms
+from moon.clock import local_ms as now_ms
+from moon.engine import Engine
 from streams.broker import find_server_binary
 from streams.moon_events import FailStep, RetryPolicy
 

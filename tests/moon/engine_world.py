@@ -10,11 +10,17 @@ from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 
-from moon.engine import Engine, now_ms
+from moon.authority import Source
+from moon.clock import local_ms as now_ms
+from streams.decider import Decided
+from moon.engine import Engine
 from moon.service import running
 from moon.worker import Handler, Worker
-from streams.moon_events import Dispatch, RetryPolicy, StepSpec
+from streams.moon_events import Dispatch, MoonCommand, RetryPolicy, StepSpec
+from streams.replies import Refusal
 from streams.subjects import Space
+
+from .. import walls as tw
 
 _ids = itertools.count()
 
@@ -40,16 +46,43 @@ def step(id_: str, capability: str = "work", needs: tuple[str, ...] = (), **opti
     return StepSpec(id=id_, capability=capability, needs=needs, **options)
 
 
+class OperatorEngine(Engine):
+    """An engine whose `submit` defaults to what the gate hands it for the operator: tests
+    dispatch as an operator would through the gate; reports and timers still come over the
+    bus, signed, and are checked as in production."""
+
+    async def submit(self, command: MoonCommand, *, source: Source | None = None,
+                     redelivered: bool = False) -> Decided | Refusal:  # type: ignore[override]
+        return await super().submit(command, source=source or tw.operator(self.space),
+                                    redelivered=redelivered)
+
+
+async def new_engine(nc: Client, space: Space, **options) -> OperatorEngine:
+    registry = await tw.registry_for(nc.jetstream(), space)
+    return OperatorEngine(nc, walls=tw.walls_for(space), registry=registry, space=space,
+                          **options)
+
+
 @contextlib.asynccontextmanager
-async def engine(nc: Client, space: Space) -> AsyncIterator[Engine]:
-    eng = Engine(nc, space=space)
-    async with running(lambda ready: eng.run(ready=ready), eng.stop):
-        yield eng
+async def engine(nc: Client, space: Space, **options) -> AsyncIterator[OperatorEngine]:
+    eng = await new_engine(nc, space, **options)
+    try:
+        async with running(lambda ready: eng.run(ready=ready), eng.stop):
+            yield eng
+    finally:
+        await eng.registry.stop()
+
+
+async def new_worker(nc: Client, space: Space, handlers: dict[str, Handler],
+                     executor_id: str = "x1", **options) -> Worker:
+    signer = await tw.executor(nc.jetstream(), space, executor_id, handlers)
+    return Worker(nc, executor_id=executor_id, handlers=handlers, signer=signer, space=space,
+                  **options)
 
 
 @contextlib.asynccontextmanager
 async def worker(nc: Client, space: Space, handlers: dict[str, Handler], executor_id: str = "x1",
                  **options) -> AsyncIterator[Worker]:
-    w = Worker(nc, executor_id=executor_id, handlers=handlers, space=space, **options)
+    w = await new_worker(nc, space, handlers, executor_id, **options)
     async with running(lambda ready: w.run(ready=ready), w.stop):
         yield w

@@ -27,9 +27,11 @@ from moon.engine import ENGINE_CONSUMER
 from moon.workflow import WorkflowState, is_terminal
 from streams import subjects
 from streams.config import MOON
-from streams.jetstream_store import last_sequence, ordered_read
+from streams.jetstream_store import JetStreamStore, last_sequence, ordered_read
 from streams.moon_events import Decision
 from streams.subjects import Space
+
+from .. import walls as tw
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,9 +63,9 @@ def counts(path: Path, tag: str) -> Counter[str]:
 
 def _env(url: str, space: Space, home: Path | None = None) -> dict[str, str]:
     env = dict(os.environ, NATS_URL=url, MAESTRO_SPACE=space.prefix, PYTHONPATH=str(ROOT))
-    env.pop("MAESTRO_HOME", None)
-    if home is not None:
-        env["MAESTRO_HOME"] = str(home)  # the engine's gate keys, out of the working tree
+    # The namespace's keys (tests/walls.py): the engine, the executors and the test itself
+    # sign and verify with the same trust material.
+    env["MAESTRO_HOME"] = str(home or tw.home_for(space))
     return env
 
 
@@ -126,16 +128,23 @@ async def engine_bound(js: JetStreamContext, space: Space, timeout_s: float = 30
 # --- the journal, read directly ---------------------------------------------------------------
 
 
+def _journal(js: JetStreamContext, space: Space) -> JetStreamStore[Decision]:
+    return moon_journal.journal(js, space, tw.walls_for(space, writer=False))
+
+
 async def decisions(js: JetStreamContext, space: Space, workflow_id: str) -> list[Decision]:
-    loaded = await moon_journal.journal(js, space).read(workflow_id)
+    loaded = await _journal(js, space).read(workflow_id)
     return [item.value for item in loaded.items]
 
 
 async def raw_journal(js: JetStreamContext, space: Space,
                       workflow_id: str) -> list[tuple[int, bytes]]:
-    """(stream seq, encoded decision) pairs: what a reader saw acknowledged, byte for byte."""
-    loaded = await moon_journal.journal(js, space).read(workflow_id)
-    return [(item.seq, moon_journal.DECISIONS.encode(item.value)) for item in loaded.items]
+    """(stream seq, stored bytes) pairs: what a reader saw acknowledged, byte for byte."""
+    stream, filter_ = space.stream(MOON.name), space.subject(subjects.workflow_events(workflow_id))
+    upto = await last_sequence(js, stream, filter_)
+    rows = await ordered_read(js, stream, filter_, after=0, upto=upto)
+    await _journal(js, space).read(workflow_id)  # and every one of them verifies
+    return [(seq, data) for seq, _, _, data in rows]
 
 
 async def journal_rows(js: JetStreamContext, space: Space,
@@ -202,9 +211,16 @@ async def _serve_counter(log: Path, executor: str, ticks: int, tick_s: float) ->
         record(log, f"done {ctx.key} {ticks}")
         return Result(output=str(ticks).encode())
 
+    from envelope.local import local_trust  # noqa: PLC0415
+    from moon.local import register_local_executor  # noqa: PLC0415
+    from streams.broker import home_dir  # noqa: PLC0415
+
+    space = space_from_env()
     async with connect(name=f"fault-{executor}") as nc:
-        worker = Worker(nc, executor_id=executor, handlers={"count": count},
-                        space=space_from_env())
+        signer = await register_local_executor(nc.jetstream(), space, local_trust(home_dir()),
+                                               home_dir(), executor, capabilities=["count"])
+        worker = Worker(nc, executor_id=executor, handlers={"count": count}, signer=signer,
+                        space=space)
         await serve_worker(worker)
 
 

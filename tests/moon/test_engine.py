@@ -6,13 +6,13 @@ import asyncio
 import random
 
 from moon import replay
-from moon.engine import Engine, now_ms
 from moon.journal import journal
 from moon.worker import Result, StepContext
 from streams.decider import Decided
 from streams.replies import Reason, Refusal
 
-from .engine_world import SideEffects, dispatch, engine, step, worker
+from .. import walls as tw
+from .engine_world import SideEffects, dispatch, engine, new_engine, now_ms, step, worker
 
 
 async def test_a_three_step_chain_completes_and_replays_to_the_live_state(nc, js, space):
@@ -32,7 +32,7 @@ async def test_a_three_step_chain_completes_and_replays_to_the_live_state(nc, js
     assert final.steps["c"].result == b"ab+c" or final.steps["c"].result.endswith(b"c")
     assert final.usage.tokens == 30
     assert all(n == 1 for n in effects.runs.values())
-    loaded = await journal(js, space).read(command.workflow_id)
+    loaded = await journal(js, space, tw.walls_for(space)).read(command.workflow_id)
     decisions = [item.value for item in loaded.items]
     assert replay.fold(decisions) == final
     assert replay.verify(decisions) == []
@@ -46,12 +46,12 @@ async def test_dispatching_the_same_request_twice_starts_one_workflow(nc, js, sp
     assert isinstance(first, Decided)
     assert isinstance(again, Decided)
     assert again.events == [] or again.duplicate
-    loaded = await journal(js, space).read(command.workflow_id)
+    loaded = await journal(js, space, tw.walls_for(space)).read(command.workflow_id)
     assert len(loaded.items) == 1
 
 
 async def test_a_dag_with_a_cycle_is_refused_with_its_path(nc, js, space):
-    eng = Engine(nc, space=space)
+    eng = await new_engine(nc, space)
     outcome = await eng.submit(dispatch([step("a", needs=("b",)), step("b", needs=("a",))]))
     assert isinstance(outcome, Refusal)
     assert outcome.reason is Reason.CYCLE
@@ -82,7 +82,7 @@ async def test_a_50_step_dag_with_random_failures_completes_and_replays_exactly(
     assert final.status == "completed"
     assert all(s.status == "completed" for s in final.steps.values())
     assert all(effects.runs[k] == 1 for k in completed_keys)
-    decisions = [i.value for i in (await journal(js, space).read(command.workflow_id)).items]
+    decisions = [i.value for i in (await journal(js, space, tw.walls_for(space)).read(command.workflow_id)).items]
     assert replay.fold(decisions) == final
     assert replay.verify(decisions) == []
 

@@ -17,8 +17,7 @@ import msgspec
 import pytest
 
 from moon import replay
-from moon.effects import Effects
-from moon.engine import now_ms
+from moon.clock import local_ms as now_ms
 from moon.worker import NonRetryable, Result, StepContext
 from streams.audit import AuditRecord
 from streams.broker import open_connection
@@ -36,8 +35,9 @@ from streams.moon_events import (
     StepStarted,
     StepTimedOut,
 )
-from streams.replies import Reason
+from streams.replies import Reason, Refusal
 
+from .. import walls as tw
 from . import fault_world as fw
 from .engine_world import dispatch, engine, step, worker
 
@@ -80,7 +80,6 @@ async def test_engine_killed_9_twenty_times_loses_nothing_and_reruns_nothing(
         await asyncio.sleep(rng.uniform(0.005, 0.03))
         return Result(output=ctx.order.step.encode(), tokens=1)
 
-    sender = Effects(js, space)
     workflows: list[str] = []
     seen: dict[str, list[tuple[int, bytes]]] = {}
     log = tmp_path / "engine.log"
@@ -89,7 +88,7 @@ async def test_engine_killed_9_twenty_times_loses_nothing_and_reruns_nothing(
             for _ in range(4):  # new work arrives while engines die
                 command = dispatch([step("a"), step("b", needs=("a",)), step("c", needs=("a",)),
                                     step("d", needs=("b", "c"))])
-                await sender.send_command(command)  # acknowledged by JetStream: must finish
+                await tw.send_dispatch(nc, space, command)  # acknowledged: must finish
                 workflows.append(command.workflow_id)
             proc = fw.spawn_engine(nats_url, space, log)
             await asyncio.sleep(rng.uniform(0.6, 1.4))  # start-up is ~0.5 s: dies mid-work
@@ -124,11 +123,11 @@ async def test_an_executor_killed_mid_step_is_retried_from_its_last_checkpoint(
     log = tmp_path / "effects.log"
     long_step = step("long", capability="count", heartbeat_timeout_ms=1000, timeout_ms=30_000,
                      retry=FAST_RETRY)
-    async with engine(nc, space):
+    async with engine(nc, space) as eng:
         first = fw.spawn_counter(nats_url, space, log, executor="w1", ticks=12, tick_s=0.15)
         try:
             command = dispatch([long_step])
-            await Effects(js, space).send_command(command)
+            await eng.submit(command)
             wf = command.workflow_id
 
             async def three_checkpoints() -> bool:
@@ -320,9 +319,8 @@ async def test_a_hanging_step_times_out_late_and_is_retried_or_failed_across_a_r
             failing = dispatch(
                 [step("s", timeout_ms=1000, retry=RetryPolicy(maximum_attempts=1))],
                 on_failure="fail")
-            sender = Effects(js, space)
             for command in (retried, failing):
-                await sender.send_command(command)
+                await tw.send_dispatch(nc, space, command)
 
             async def both_started() -> bool:
                 for c in (retried, failing):
@@ -378,39 +376,41 @@ async def test_bad_input_is_refused_audited_and_the_engine_keeps_serving(nc, js,
     async def work(ctx: StepContext) -> Result:
         return Result(output=b"ok")
 
-    sender = Effects(js, space)
-    async with engine(nc, space) as eng, worker(nc, space, {"work": work}):
+    async with engine(nc, space) as eng, worker(nc, space, {"work": work}) as w:
         good = dispatch([step("a")])
-        await sender.send_command(good)
+        await eng.submit(good)
         await eng.wait_terminal(good.workflow_id, 20)
         at = now_ms()
-        await sender.send_command(CompleteStep(
+        unknown = await w.request(CompleteStep(
             command_id="bad-unknown-wf", workflow_id="no-such-workflow", at_ms=at, step="a",
             attempt=1))
-        await sender.send_command(FailStep(
+        settled = await w.request(FailStep(
             command_id="bad-settled", workflow_id=good.workflow_id, at_ms=at, step="a",
             attempt=1, error="too late"))
         await js.publish(space.subject(f"moon.cmd.{good.workflow_id}.complete_step"),
                          b"\x00{not json at all")
-        await sender.send_command(dispatch([step("x", needs=("y",)), step("y", needs=("x",))],
+        cyclic = await eng.submit(dispatch([step("x", needs=("y",)), step("y", needs=("x",))],
                                            workflow_id="cyclic"))
-        await sender.send_command(dispatch([step("x", needs=("ghost",))],
-                                           workflow_id="dangling"))
-        audits = await _audits(js, space, 5)
+        dangling = await eng.submit(dispatch([step("x", needs=("ghost",))],
+                                             workflow_id="dangling"))
+        audits = await _audits(js, space, 3)
         after = dispatch([step("a"), step("b", needs=("a",))])  # still serving
-        await sender.send_command(after)
+        await eng.submit(after)
         final = await eng.wait_terminal(after.workflow_id, 20)
     assert final.status == "completed"
+    assert (unknown.ok, unknown.reason) == (False, Reason.UNKNOWN_WORKFLOW.value)
+    assert (settled.ok, settled.reason) == (False, Reason.ALREADY_SETTLED.value)
+    # Straight to the engine a refused dispatch is a value; the gate audits it (test_gateway).
+    assert isinstance(cyclic, Refusal) and cyclic.reason is Reason.CYCLE
+    assert isinstance(dangling, Refusal) and dangling.reason is Reason.UNKNOWN_DEPENDENCY
     by_subject = Counter(subject for subject, _ in audits)
     assert by_subject == Counter({
         "audit.moon.complete_step.refused": 1, "audit.moon.fail_step.refused": 1,
-        "audit.moon.command.refused": 1, "audit.moon.dispatch.refused": 2,
+        "audit.moon.command.refused": 1,
     }), audits
     reasons = {r.result_ref or r.method: r.reason for _, r in audits}
     assert reasons["moon.wf.no-such-workflow"] is Reason.UNKNOWN_WORKFLOW
     assert reasons[f"moon.wf.{good.workflow_id}"] is Reason.ALREADY_SETTLED
-    assert reasons["command"] is Reason.MALFORMED
-    assert reasons["moon.wf.cyclic"] is Reason.CYCLE
-    assert reasons["moon.wf.dangling"] is Reason.UNKNOWN_DEPENDENCY
+    assert reasons["command"] is Reason.WRONG_SUBJECT  # MOON_CMD takes no executor reports
     assert all(r.outcome == "refused" and r.detail for _, r in audits)
     assert await fw.decisions(js, space, "cyclic") == []

@@ -66,6 +66,7 @@ from streams.moon_events import (
 from streams.replies import Reason, Refusal
 
 W = "w1"
+LATER = 10**9
 _ids = itertools.count()
 
 
@@ -103,6 +104,9 @@ def fail(step: str, attempt: int = 1, error: str = "boom", **kw: Any) -> FailSte
 
 
 def fire(kind: str, step: str = "", attempt: int = 0, **kw: Any) -> FireTimer:
+    """A timer firing; unless told when, long after anything is due (timers never fire early:
+    the decider ignores one that does)."""
+    kw.setdefault("at_ms", LATER)
     result: FireTimer = c(FireTimer, kind=kind, step=step, attempt=attempt, **kw)
     return result
 
@@ -206,7 +210,7 @@ def test_dispatch_refuses_malformed_graphs_and_policies() -> None:
     assert isinstance(out := when(initial, dispatch(bad)), Refusal)
     assert out.reason is Reason.MALFORMED
     assert isinstance(out := when(initial, dispatch(spec("a"), workflow_id="w.1")), Refusal)
-    assert out.reason is Reason.MALFORMED
+    assert out.reason is Reason.INVALID_ID
     out = when(initial, dispatch(spec("a"), at_ms=10, deadline_ms=10))
     assert isinstance(out, Refusal) and out.reason is Reason.DEADLINE_INFEASIBLE
 
@@ -619,9 +623,12 @@ def test_checkpoints_are_journaled_and_an_identical_one_is_not() -> None:
 
 def test_a_start_is_journaled_once() -> None:
     state = given(dispatch(spec("a")))
-    events, state = then(state, c(StartStep, step="a", attempt=1, executor="x", at_ms=4))
-    assert events == [StepStarted(at_ms=4, step="a", attempt=1, executor="x")]
+    start = c(StartStep, step="a", attempt=1, executor="x", at_ms=4)
+    events, state = then(state, start)
+    assert events == [StepStarted(at_ms=4, step="a", attempt=1, executor="x",
+                                  command_id=start.command_id)]
     assert state.steps["a"].status == "running"
+    assert state.steps["a"].start_id == start.command_id  # only its sender runs the attempt
     assert when(state, c(StartStep, step="a", attempt=1, executor="x")) == []
 
 

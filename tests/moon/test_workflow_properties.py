@@ -113,7 +113,10 @@ def clean_run(data: st.DataObject) -> tuple[list[MoonCommand], list[Decision], W
                 )
         elif action == "retry":
             attempt = state.steps[k].attempt + 1
-            command = FireTimer(**base, kind="retry_backoff", step=k, attempt=attempt)
+            # A backoff timer fires once due, never earlier (the decider ignores an early one).
+            due = state.steps[k].retry_due_ms or 0
+            command = FireTimer(**{**base, "at_ms": max(clock, due)}, kind="retry_backoff",
+                                step=k, attempt=attempt)
         elif action == "compensate":
             compensated = True
             command = Compensate(**base, reason="property")

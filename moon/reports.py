@@ -1,0 +1,76 @@
+"""Executor reports: signed by the executor, sent to the engine as requests, answered after the
+decision they cause is journaled (so the answer is the report's durable acceptance).
+
+A report is a statement of kind REPORT by the executor's own key, on
+`moon.report.<executor>.<workflow>.<kind>`; the engine checks the key against the registry entry
+of the executor the subject names, then that the command's kind and workflow match the subject,
+then (moon/authority.py) that the attempt is bound to that executor.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import msgspec
+
+from envelope.keys import Signer
+from envelope.statement import REPORT, sign_statement
+from moon.effects import COMMANDS
+from streams import subjects
+from streams.moon_events import (
+    CheckpointStep,
+    CompleteStep,
+    FailStep,
+    Heartbeat,
+    StartStep,
+    command_kind,
+)
+from streams.replies import Reason, Refusal
+from streams.subjects import Space
+
+__all__ = [
+    "REPORT_KINDS",
+    "RETRY_HEADER",
+    "Report",
+    "ReportReply",
+    "parse_report_subject",
+    "report_subject",
+    "seal_report",
+]
+
+Report: TypeAlias = StartStep | Heartbeat | CheckpointStep | CompleteStep | FailStep
+REPORT_KINDS = frozenset({"start_step", "heartbeat", "checkpoint_step", "complete_step",
+                          "fail_step"})
+
+
+RETRY_HEADER = "Moon-Retry"  # a report sent again after an unanswered try: re-send effects
+
+
+class ReportReply(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The engine's answer. `run` answers a start: True only to the sender of the start the
+    journal holds for the attempt, so an attempt runs at most once."""
+
+    ok: bool
+    run: bool = False
+    reason: str = ""
+    detail: str = ""
+
+    @staticmethod
+    def refused(refusal: Refusal) -> ReportReply:
+        return ReportReply(ok=False, reason=refusal.reason.value, detail=refusal.detail)
+
+
+def report_subject(space: Space, executor: str, report: Report) -> str:
+    return space.subject(subjects.report(executor, report.workflow_id, command_kind(report)))
+
+
+def seal_report(signer: Signer, report: Report) -> bytes:
+    return sign_statement(signer, REPORT, COMMANDS.encode(report))
+
+
+def parse_report_subject(space: Space, subject: str) -> tuple[str, str, str] | Refusal:
+    """(executor token, workflow id, kind) of a report subject."""
+    parts = space.unprefix(subject).split(".")
+    if len(parts) != 5 or parts[:2] != ["moon", "report"] or parts[4] not in REPORT_KINDS:
+        return Refusal(Reason.WRONG_SUBJECT, f"not a report subject: {subject[:120]}")
+    return parts[2], parts[3], parts[4]
