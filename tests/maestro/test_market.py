@@ -19,7 +19,7 @@ from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext
 from typer.testing import CliRunner
 
-from envelope.local import LocalTrust, local_trust
+from envelope.local import LocalTrust
 from maestro.anticipate import Anticipation, anticipate
 from maestro.board import Award, Bid, Bidder
 from maestro.cli import app
@@ -39,6 +39,7 @@ from streams.plan_events import (
 )
 from streams.replies import Reason, Refusal
 from streams.subjects import Space
+from tests import walls as tw
 from tests.maestro.conftest import EXAMPLES, Executors, executors, offer
 
 from ..moon.engine_world import engine
@@ -113,7 +114,7 @@ async def test_bids_change_the_chosen_executor_and_the_award_binds_the_winner(
 ) -> None:
     """cheap advertised 1 but bids 9 now; dear bids its 5: the plan goes to dear, at 5."""
     assert {a.executor for a in plan_goal(GOAL, BOARD).plan.assignments} == {"cheap"}
-    trust = local_trust(tmp_path)
+    trust = tw.trust_for(space)
     async with executors(js, space, "cheap", "dear") as known:
         await _bids_change_the_winner(nc, js, space, trust, known)
 
@@ -157,7 +158,7 @@ async def test_a_plan_refused_at_the_bid_prices_journals_those_bids(
     goal = msgspec.structs.replace(GOAL, budget=Budget(tokens=10_000, cost=10))
     assert plan_goal(goal, board).decision == "planned"
     async with executors(js, space, "only") as known:
-        maestro = _maestro(nc, space, local_trust(tmp_path), board, known=known)
+        maestro = _maestro(nc, space, tw.trust_for(space), board, known=known)
         async with Bidder(nc, space, offer("only", ("work", 300, 9), capacity=3),
                           signer=known.key("only")):
             outcome = await maestro.plan(goal, plan_id="p1")
@@ -174,7 +175,7 @@ async def test_a_silent_executor_keeps_its_board_price_unless_bids_are_required(
 ) -> None:
     """cheap runs no Bidder: planned at its board price and never awarded; strict: excluded.
     (The goal sets no budget nor deadline: dispatched without one.)"""
-    trust = local_trust(tmp_path)
+    trust = tw.trust_for(space)
     unbounded = msgspec.structs.replace(GOAL, budget=Budget(), deadline_ms=None)
     async with executors(js, space, "cheap", "dear") as known:
         lenient = _maestro(nc, space, trust, BOARD, known=known)
@@ -196,7 +197,7 @@ async def test_an_award_refusal_refuses_the_allocation_and_dispatches_nothing(
 ) -> None:
     """x's bid expires before the award: the allocation is refused with x's reason, y's ack is
     kept as evidence, and MOON never hears of the plan."""
-    trust = local_trust(tmp_path)
+    trust = tw.trust_for(space)
     board = tuple(msgspec.structs.replace(o, bids=True)
                   for o in (offer("x", ("work", 300, 1)), offer("y", ("check", 300, 1))))
     async with executors(js, space, "x", "y") as known:
@@ -245,7 +246,7 @@ async def test_the_journaled_plan_carries_its_anticipation(
     """Backups and p(on time) ride in PlanProposed: the seeded estimate, not recomputed later."""
     board = (offer("home", ("work", 300, 1), reliability=0.6, capacity=3),
              offer("away", ("work", 300, 5), reliability=0.99, capacity=3))
-    maestro = _maestro(nc, space, local_trust(tmp_path), board, Market(bid_timeout_s=0))
+    maestro = _maestro(nc, space, tw.trust_for(space), board, Market(bid_timeout_s=0))
     outcome = await maestro.plan(GOAL, plan_id="p1")
     assert outcome.decision == "planned"
     proposed = _one(await _journal(maestro, "p1"), PlanProposed)

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 
-from envelope.local import local_trust
 from maestro.goal import Budget, CapabilityOffer, Goal, Offer, Step
 from maestro.service import Allocated, Maestro
 from moon.gateway import moon_gate
@@ -17,6 +16,7 @@ from moon.service import running
 from moon.worker import Result
 from streams.codec import Undecodable
 from streams.moon_events import StepScheduled, StepStarted
+from tests import walls as tw
 
 from ..moon.engine_world import engine, worker
 
@@ -44,7 +44,7 @@ GOAL = Goal(
 
 
 async def _started(js, space, wf: str, step: str, executor: str) -> None:
-    store = journal(js, space)
+    store = journal(js, space, tw.walls_for(space, writer=False))
     async for item in store.subscribe(store.layout.filter(wf), from_seq=1):
         if isinstance(item, Undecodable):
             continue
@@ -56,7 +56,7 @@ async def _started(js, space, wf: str, step: str, executor: str) -> None:
 async def test_an_executor_dies_mid_plan_and_the_revision_moves_the_rest(
     nc, js, space, nats_url, tmp_path
 ):
-    trust = local_trust(tmp_path)
+    trust = tw.trust_for(space)  # the keys the engine and the `moon worker` below use
     runs: list[str] = []
 
     async def backup(ctx):
@@ -68,7 +68,8 @@ async def test_an_executor_dies_mid_plan_and_the_revision_moves_the_rest(
 
     maestro = Maestro(nc, trust.maestro, trust.maestro_grant, trust.moon.did, live_offers,
                       space=space)
-    env = {**os.environ, "NATS_URL": nats_url, "MAESTRO_SPACE": space.prefix}
+    env = {**os.environ, "NATS_URL": nats_url, "MAESTRO_SPACE": space.prefix,
+           "MAESTRO_HOME": str(tw.home_for(space))}
     dying = subprocess.Popen(
         [sys.executable, "-c", "from moon.cli import main; main()", "worker", "--id", "x1",
          "-c", "work", "--exec", f"{sys.executable} -c \"{SLOW_ON_B}\""],
@@ -95,7 +96,8 @@ async def test_an_executor_dies_mid_plan_and_the_revision_moves_the_rest(
     assert revised.moved == {"b": "x1 -> x2", "c": "x1 -> x2"}
     assert final.steps["b"].executor == "x2"
     assert final.steps["c"].executor == "x2"
-    decisions = [i.value for i in (await journal(js, space).read(wf)).items]
+    decisions = [i.value for i in
+                 (await journal(js, space, tw.walls_for(space, writer=False)).read(wf)).items]
     scheduled_a = [e for d in decisions for e in d.events
                    if isinstance(e, StepScheduled) and e.step == "a"]
     assert len(scheduled_a) == 1  # the completed step was reused, never re-run
