@@ -374,8 +374,9 @@ async def award(
     opened = await open_signed(reply.data, AWARD_ACK, _ack_decoder, lambda a: a.executor,
                                registry, keys=keys or KeyRing(), now_ms=_now_ms())
     if isinstance(opened, Refusal):
-        return Refusal(Reason.FORGED if opened.reason is not Reason.MALFORMED else opened.reason,
-                       f"award ack from {executor_id}: {opened.detail}", evidence=evidence)
+        # Unsigned, signed by another key, or not an ack: not the executor's answer.
+        return Refusal(Reason.FORGED, f"award ack from {executor_id}: {opened.detail}",
+                       evidence=evidence)
     ack = opened[0]
     if ack.executor != executor_id:
         return Refusal(Reason.FORGED, "award ack names another executor", evidence=evidence)

@@ -13,11 +13,21 @@ from nats.aio.msg import Msg
 from envelope.local import executor_key, local_trust
 from envelope.registry import Registration, Registry, register
 from envelope.statement import OFFER, sign_statement
-from maestro.board import Board, cfp_subject, price
+from maestro.board import (
+    AWARD_ACK,
+    Award,
+    AwardAck,
+    Board,
+    award,
+    award_subject,
+    cfp_subject,
+    price,
+)
 from maestro.goal import Budget, CapabilityOffer, Goal, Offer, Step
 from maestro.policy import Policy, StepTrust
 from maestro.service import Maestro, Market
 from streams.config import BOARD
+from streams.replies import Reason, Refusal
 
 from .maestro_world import stranger
 
@@ -107,3 +117,29 @@ async def test_a_bid_not_signed_by_the_bidder_is_not_a_bid(nc, js, space, tmp_pa
     finally:
         await sub.unsubscribe()
         await registry.stop()
+
+
+async def test_an_award_acknowledged_by_anyone_but_the_executor_binds_nobody(
+    nc, js, space, tmp_path
+):
+    """Whoever answers first on `maestro.award.<executor>` is not the executor: an ack that its
+    registered key did not sign is a forged refusal, never an Award MAESTRO would journal."""
+    trust = local_trust(tmp_path)
+    honest_key = executor_key(tmp_path, "honest")
+    await register(js, trust.operator, Registration("honest", honest_key.did), space=space)
+    registry = await Registry(js, registrars=trust.registrars, space=space).start()
+    bound = Award(plan="p1", executor="honest", steps=("a",),
+                  quotes=(CapabilityOffer("work", duration_ms=300, rate=0),))
+    ack = msgspec.json.encode(AwardAck(plan="p1", executor="honest", award=bound))
+    for answer in (ack, sign_statement(stranger(), AWARD_ACK, ack)):
+        async def respond(msg: Msg, answer: bytes = answer) -> None:
+            await msg.respond(answer)
+
+        sub = await nc.subscribe(space.subject(award_subject("honest")), cb=respond)
+        try:
+            got = await award(nc, space, "p1", "honest", ["a"], registry=registry)
+        finally:
+            await sub.unsubscribe()
+        assert isinstance(got, Refusal), got
+        assert got.reason is Reason.FORGED
+    await registry.stop()
