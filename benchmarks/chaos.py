@@ -58,13 +58,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.modules.pop("moon", None)
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))  # tests.moon.fault_world: the fault tests' process and log helpers
+from envelope.client import Client  # noqa: E402
+from envelope.local import local_trust  # noqa: E402
 from moon import journal, replay, workflow  # noqa: E402
-from moon.effects import Effects  # noqa: E402
 from moon.clock import local_ms as now_ms  # noqa: E402
 from moon.engine import WorkflowSummary, summary  # noqa: E402
+from moon.local import local_walls, register_local_executor  # noqa: E402
 from moon.worker import Handler, NonRetryable, Result, StepContext, Worker  # noqa: E402
 from moon.workflow import WorkflowState, is_terminal  # noqa: E402
-from streams.broker import EmbeddedBroker, connect, free_port, open_connection  # noqa: E402
+from streams.broker import (  # noqa: E402
+    EmbeddedBroker,
+    connect,
+    free_port,
+    home_dir,
+    open_connection,
+)
 from streams.config import WORKFLOWS, Topology, ensure_streams  # noqa: E402
 from streams.moon_events import (  # noqa: E402
     Decision,
@@ -77,6 +85,7 @@ from streams.moon_events import (  # noqa: E402
     StepTimedOut,
 )
 from streams.subjects import Space  # noqa: E402
+from tests import walls as tw  # noqa: E402
 from tests.moon import fault_world as fw  # noqa: E402
 
 T = TypeVar("T")
@@ -164,8 +173,12 @@ def handlers(log: Path, executor: str) -> dict[str, Handler]:
 async def serve_executor(log: Path, executor: str) -> None:
     from moon.service import serve_worker  # noqa: PLC0415 - the driver never needs it
 
+    home = home_dir()
     async with connect(name=f"chaos-{executor}") as nc:
-        worker = Worker(nc, executor_id=executor, handlers=handlers(log, executor), space=SPACE,
+        table = handlers(log, executor)
+        signer = await patiently(lambda: register_local_executor(
+            nc.jetstream(), SPACE, local_trust(home), home, executor, capabilities=table))
+        worker = Worker(nc, executor_id=executor, handlers=table, signer=signer, space=SPACE,
                         ack_wait_s=EXECUTOR_ACK_WAIT_S)
         await serve_worker(worker)
 
@@ -229,7 +242,8 @@ class Fleet:
                 child.proc = fw.spawn_engine(url, SPACE, child.out, home=self.run_dir / "home")
             case "executor":
                 child.starting()
-                child.proc = spawn_executor(url, self.effects_log, child.name, child.out)
+                child.proc = spawn_executor(url, self.effects_log, child.name, child.out,
+                                            home=self.run_dir / "home")
             case _:
                 raise AssertionError(child.kind)
 
@@ -286,8 +300,11 @@ class Fleet:
         await asyncio.to_thread(self.broker.stop)
 
 
-def spawn_executor(url: str, log: Path, name: str, out: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, NATS_URL=url, MAESTRO_SPACE=SPACE.prefix, PYTHONPATH=str(ROOT))
+def spawn_executor(url: str, log: Path, name: str, out: Path, *,
+                   home: Path) -> subprocess.Popen[bytes]:
+    # The engine's data dir: its keys register the executor and verify its reports.
+    env = dict(os.environ, NATS_URL=url, MAESTRO_SPACE=SPACE.prefix, PYTHONPATH=str(ROOT),
+               MAESTRO_HOME=str(home))
     return subprocess.Popen(
         [sys.executable, __file__, "executor", str(log), "--id", name],
         env=env, stdout=out.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT,
@@ -328,6 +345,7 @@ class Reader:
     """Everything read from the journal so far, as stored, and the states it folds to."""
 
     js: Any
+    codec: Any  # the journal's, verifying each message as the engine's
     seen: dict[int, tuple[str, bytes]] = field(default_factory=dict)
     last: int = 0
     states: dict[str, WorkflowState] = field(default_factory=dict)
@@ -338,7 +356,7 @@ class Reader:
         for seq, wf, data in rows:
             self.seen[seq] = (wf, data)
             state = self.states.get(wf, workflow.initial)
-            self.states[wf] = workflow.apply(state, journal.DECISIONS.decode(data))
+            self.states[wf] = workflow.apply(state, self.codec.decode(data))
             self.last = seq
 
 
@@ -428,8 +446,8 @@ def check_journal(tally: Tally, reader: Reader, final: dict[int, tuple[str, byte
     tally.unseen_inserted = sum(seq <= top and seq not in reader.seen for seq in final)
 
 
-async def check_replay(tally: Tally, js: Any, finals: Journals) -> None:
-    runner = journal.runner(js, SPACE)
+async def check_replay(tally: Tally, js: Any, finals: Journals, walls: Any) -> None:
+    runner = journal.runner(js, SPACE, walls)
     snapshots = runner.snapshots
     assert snapshots is not None
     index = await patiently(lambda: js.key_value(SPACE.bucket(WORKFLOWS.name)))
@@ -437,7 +455,8 @@ async def check_replay(tally: Tally, js: Any, finals: Journals) -> None:
         decisions = [decision for _, decision in journal_]
         version, folded = journal_[-1][0], replay.fold(decisions)
         tally.verify_mismatches += len(replay.verify(decisions))
-        read = await patiently(lambda wf=wf: fw.decisions(js, SPACE, wf))
+        read = [item.value for item in (await patiently(
+            lambda wf=wf: journal.journal(js, SPACE, walls).read(wf))).items]
         tally.fold_vs_read += replay.fold(read) != folded
         loaded = await patiently(lambda wf=wf: runner.load(wf, use_cache=False))
         tally.engine_view_mismatches += loaded != (version, folded)
@@ -525,11 +544,15 @@ async def chaos(config: Config, run_dir: Path) -> Tally:
         await fw.short_ack_wait_engine_consumer(js, SPACE, ack_wait_s=ENGINE_ACK_WAIT_S)
         for name in ["engine", *executors]:
             await fleet.spawn(fleet.children[name])
-        reader = Reader(js)
+        trust = local_trust(run_dir / "home")
+        walls = local_walls(trust)
+        reader = Reader(js, journal.SignedDecisions(walls))
         supervisor = asyncio.ensure_future(fleet.supervise())
         try:
             gap = 0.8 * sum(pause for pause, _, _ in schedule) / max(1, config.workflows)
-            sent = asyncio.ensure_future(dispatch_all(Effects(js, SPACE), plans, gap))
+            operator = Client(nc, trust.operator, trust.services, grant=(trust.operator_grant,),
+                              space=SPACE, ttl_ms=120_000)
+            sent = asyncio.ensure_future(dispatch_all(operator, plans, gap))
             for pause, target, down_s in schedule:
                 await asyncio.sleep(pause)
                 await reader.catch_up()  # what a reader saw acknowledged before this kill
@@ -541,7 +564,7 @@ async def chaos(config: Config, run_dir: Path) -> Tally:
             supervisor.cancel()
         tally.kills, tally.exits = dict(fleet.kills), dict(fleet.exits)
         tally.hung = dict(fleet.hung)
-        await final_checks(tally, js, reader, plans, run_dir / "effects.log")
+        await final_checks(tally, js, reader, plans, log=run_dir / "effects.log", walls=walls)
     finally:
         with contextlib.suppress(Exception):
             await nc.close()
@@ -555,10 +578,12 @@ async def _expected(error: Exception) -> None:
     """Connection errors are the point of this run; `patiently` deals with what they break."""
 
 
-async def dispatch_all(effects: Effects, plans: list[Plan], gap_s: float) -> None:
+async def dispatch_all(operator: Client, plans: list[Plan], gap_s: float) -> None:
+    """Durable intents through the gate: once JetStream acknowledges one, it must end."""
     for item in plans:
         command = item.dispatch()
-        await patiently(lambda c=command: effects.send_command(c))  # acknowledged: must end
+        await patiently(lambda c=command: operator.publish_intent(
+            "moon.dispatch", tw.request_from(c), request_id=c.command_id))
         await asyncio.sleep(gap_s)
 
 
@@ -571,15 +596,15 @@ async def settle(reader: Reader, workflows: list[str], timeout_s: float) -> None
         await asyncio.sleep(0.5)
 
 
-async def final_checks(tally: Tally, js: Any, reader: Reader, plans: list[Plan],
-                       log: Path) -> None:
+async def final_checks(tally: Tally, js: Any, reader: Reader, plans: list[Plan], *,
+                       log: Path, walls: Any) -> None:
     rows = await patiently(lambda: fw.journal_rows(js, SPACE))
     finals: Journals = defaultdict(list)
     for seq, wf, data in rows:
-        finals[wf].append((seq, journal.DECISIONS.decode(data)))
+        finals[wf].append((seq, reader.codec.decode(data)))
     check_journal(tally, reader, {seq: (wf, data) for seq, wf, data in rows})
     check_effects(tally, log, finals, plans)
-    await check_replay(tally, js, finals)
+    await check_replay(tally, js, finals, walls)
     verdict(tally, plans, reader)
 
 

@@ -46,8 +46,8 @@ from streams.subjects import Space
 # Run as `python benchmarks/moon.py`, this file would shadow the `moon` package.
 sys.modules.pop("moon", None)
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-from moon.effects import Effects  # noqa: E402
 from moon.clock import local_ms as now_ms  # noqa: E402
+from moon.effects import Effects  # noqa: E402
 from moon.engine import ENGINE_CONSUMER, Engine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from moon.clock import local_ms as now_ms
-from moon.engine import Engine
 from streams.broker import find_server_binary
-from streams.moon_events import FailStep, RetryPolicy
+from streams.moon_events import FailStep, RetryPolicy, StartStep
 
-from .moon.engine_world import dispatch, step
+from . import walls as tw
+from .moon.engine_world import dispatch, new_engine, step
 
 ROOT = Path(__file__).resolve().parents[1]
 KILLS, WORKFLOWS = 20, 40
@@ -77,10 +77,13 @@ async def test_a_timer_lost_between_the_append_and_the_schedule_is_armed_on_rede
     the retry_backoff schedule reached it, the engine was killed before its publish timed out; the
     next engine got the command back, decided nothing (seen) and re-sent in-flight orders only.
     The step stayed in backoff with no timer and no order: the workflow never ended."""
-    first = Engine(nc, space=space)
+    first = await new_engine(nc, space)
     command = dispatch([step("s", retry=RetryPolicy(maximum_attempts=3,
                                                     initial_interval_ms=60_000))])
     await first.submit(command)
+    x1 = await tw.as_executor(js, space, "x1", ["work"])
+    await first.submit(StartStep(command_id="start-s-1", workflow_id=command.workflow_id,
+                                 at_ms=now_ms(), step="s", attempt=1, executor="x1"), source=x1)
     failed = FailStep(command_id="fail-s-1", workflow_id=command.workflow_id, at_ms=now_ms(),
                       step="s", attempt=1, error="flaky")
 
@@ -89,8 +92,9 @@ async def test_a_timer_lost_between_the_append_and_the_schedule_is_armed_on_rede
 
     first.effects.schedule = killed  # type: ignore[method-assign]
     with pytest.raises(ConnectionError):
-        await first.submit(failed)  # journaled: StepFailed(will_retry), RetryScheduled
-    await Engine(nc, space=space).submit(failed, redelivered=True)  # the command comes back
+        await first.submit(failed, source=x1)  # journaled: StepFailed(will_retry), RetryScheduled
+    again = await new_engine(nc, space)
+    await again.submit(failed, source=x1, redelivered=True)  # the command comes back
     info = await js.stream_info(space.stream("MOON_CMD"), subjects_filter=space.subject(">"))
     armed = [s for s in (info.state.subjects or {}) if ".retry_backoff." in s]
     assert armed, info.state.subjects

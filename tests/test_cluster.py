@@ -24,9 +24,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from moon import replay
-from moon.effects import Effects
 from moon.engine import Engine
-from moon.journal import DECISIONS
+from moon.journal import SignedDecisions
 from moon.service import running as service
 from moon.worker import Result, StepContext, Worker
 from moon.workflow import WorkflowState, is_terminal
@@ -35,8 +34,10 @@ from streams.cluster import EmbeddedCluster
 from streams.config import MOON, Topology, ensure_streams
 from streams.jetstream_store import last_sequence, ordered_read
 from streams.moon_events import Decision, Dispatch, StepCompleted
+from streams.replies import Refusal
 from streams.subjects import Space
 
+from . import walls as tw
 from .moon.engine_world import dispatch, step
 
 WORKFLOWS = 200
@@ -71,8 +72,10 @@ async def journals(js: JetStreamContext, space: Space) -> Journals:
     return out
 
 
-def decoded(raw: list[tuple[int, bytes]]) -> list[Decision]:
-    return [DECISIONS.decode(data) for _, data in raw]
+def decoded(raw: list[tuple[int, bytes]], space: Space) -> list[Decision]:
+    """Each stored message verified as the engine's (the journal is signed)."""
+    codec = SignedDecisions(tw.walls_for(space, writer=False))
+    return [codec.decode(data) for _, data in raw]
 
 
 async def wait_all_terminal(js: JetStreamContext, space: Space, workflows: list[str],
@@ -83,7 +86,7 @@ async def wait_all_terminal(js: JetStreamContext, space: Space, workflows: list[
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
             now = await journals(js, space)
-            pending = sum(not is_terminal(replay.fold(decoded(now[wf]))) for wf in workflows)
+            pending = sum(not is_terminal(replay.fold(decoded(now[wf], space))) for wf in workflows)
             if pending == 0:
                 return now
         await asyncio.sleep(1.0)
@@ -99,12 +102,14 @@ def alive(task: asyncio.Task[None], name: str) -> None:
         pytest.fail(f"{name} stopped mid-run: {error!r}")
 
 
-async def submit(sender: Effects, command: Dispatch, timeout_s: float = 30.0) -> None:
-    """Publish until JetStream acknowledges; the same command id makes a re-send a no-op."""
+async def submit(eng: Engine, command: Dispatch, timeout_s: float = 30.0) -> None:
+    """Dispatch as the gate does, until the journal takes it; the same command id makes a
+    re-send a no-op."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            await sender.send_command(command)
+            outcome = await eng.submit(command, source=tw.operator(eng.space), redelivered=True)
+            assert not isinstance(outcome, Refusal), outcome
             return
         except Exception:
             if time.monotonic() > deadline:
@@ -183,9 +188,10 @@ async def test_killing_the_journal_leader_mid_run_loses_nothing_and_every_workfl
     commands = [dispatch([step("a"), step("b", needs=("a",)), step("c", needs=("a",))])
                 for _ in range(WORKFLOWS)]
     workflows = [c.workflow_id for c in commands]
-    sender = Effects(js, space)
-    eng = Engine(engine_nc, space=space)
-    workers = [Worker(nc, executor_id=f"x{i}", handlers={"work": work}, space=space, capacity=8)
+    eng = Engine(engine_nc, walls=tw.walls_for(space), space=space,
+                 registry=await tw.registry_for(engine_nc.jetstream(), space))
+    workers = [Worker(nc, executor_id=f"x{i}", handlers={"work": work}, space=space, capacity=8,
+                      signer=await tw.executor(js, space, f"x{i}", ["work"]))
                for i, nc in enumerate(pool)]
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -197,7 +203,7 @@ async def test_killing_the_journal_leader_mid_run_loses_nothing_and_every_workfl
             await assert_replicated(js, space)
             started = time.monotonic()
             for command in commands[: WORKFLOWS // 2]:
-                await submit(sender, command)
+                await submit(eng, command)
             # Mid-run: a third of all steps done, the first half of the workflows still going.
             await wait_until(lambda: len(runs) >= WORKFLOWS * STEPS // 3, timeout_s=60)
             seen = await journals(js, space)  # acknowledged before the kill
@@ -206,7 +212,7 @@ async def test_killing_the_journal_leader_mid_run_loses_nothing_and_every_workfl
             await asyncio.to_thread(cluster.kill, victim)
             killed_at = time.monotonic()
             for command in commands[WORKFLOWS // 2 :]:
-                await submit(sender, command)  # while the cluster elects new leaders
+                await submit(eng, command)  # while the cluster elects new leaders
             done = await wait_all_terminal(js, space, workflows, timeout_s=120)
             ended_at = time.monotonic()
             for name, task in tasks.items():
@@ -215,7 +221,7 @@ async def test_killing_the_journal_leader_mid_run_loses_nothing_and_every_workfl
         print(f"\nkilled node {victim} (the engine's: {target}) at {killed_at - started:.1f}s with "
               f"{sum(map(len, seen.values()))} decisions journaled; all {WORKFLOWS} workflows "
               f"ended {ended_at - killed_at:.1f}s later")
-        check(workflows, seen, done, live, runs)
+        check(workflows, seen, done, live, runs, space=space)
         # The killed node comes back on its store and catches up on every stream.
         await asyncio.to_thread(cluster.restart, victim)
         names = await space_streams(js, space)
@@ -231,9 +237,9 @@ async def test_killing_the_journal_leader_mid_run_loses_nothing_and_every_workfl
 
 
 def check(workflows: list[str], seen: Journals, done: Journals,
-          live: dict[str, WorkflowState], runs: Counter[str]) -> None:
+          live: dict[str, WorkflowState], runs: Counter[str], *, space: Space) -> None:
     for wf in workflows:
-        decisions = decoded(done[wf])
+        decisions = decoded(done[wf], space)
         final = replay.fold(decisions)
         assert final.status == "completed", (wf, final.status)
         assert done[wf][: len(seen[wf])] == seen[wf], f"{wf}: an acknowledged decision is gone"

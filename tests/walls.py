@@ -15,8 +15,8 @@ from nats.js import JetStreamContext
 from envelope.client import Client as EnvelopeClient
 from envelope.keys import Signer
 from envelope.local import LocalTrust, local_trust
-from envelope.registry import Registry
-from moon.authority import FromGate, Walls
+from envelope.registry import Registration, Registry
+from moon.authority import FromExecutor, FromGate, Walls
 from moon.gateway import Budget, DispatchReply, DispatchRequest
 from moon.local import local_registry, local_walls, register_local_executor
 from streams.moon_events import Dispatch
@@ -91,3 +91,11 @@ async def call_dispatch(nc: Client, space: Space, command: Dispatch) -> Dispatch
     reply = await operator_client(nc, space).call("moon.dispatch", request_from(command),
                                                   request_id=command.command_id)
     return reply if isinstance(reply, Refusal) else reply.result(DispatchReply)
+
+
+async def as_executor(js: JetStreamContext, space: Space, executor_id: str,
+                      capabilities: Iterable[str] = ()) -> FromExecutor:
+    """What the engine hands `authorize` for a report this registered executor signed."""
+    signer = await executor(js, space, executor_id, capabilities)
+    return FromExecutor(Registration(executor=executor_id, did=signer.did,
+                                     capabilities=tuple(capabilities)))

@@ -16,8 +16,8 @@ from moon.service import running
 from moon.worker import Result
 from streams.codec import Undecodable
 from streams.moon_events import StepScheduled, StepStarted
-from tests import walls as tw
 
+from .. import walls as tw
 from ..moon.engine_world import engine, worker
 
 SLOW_ON_B = (
@@ -56,7 +56,7 @@ async def _started(js, space, wf: str, step: str, executor: str) -> None:
 async def test_an_executor_dies_mid_plan_and_the_revision_moves_the_rest(
     nc, js, space, nats_url, tmp_path
 ):
-    trust = tw.trust_for(space)  # the keys the engine and the `moon worker` below use
+    trust = tw.trust_for(space)  # the engine's walls trust this MAESTRO key and engine key
     runs: list[str] = []
 
     async def backup(ctx):
@@ -96,8 +96,8 @@ async def test_an_executor_dies_mid_plan_and_the_revision_moves_the_rest(
     assert revised.moved == {"b": "x1 -> x2", "c": "x1 -> x2"}
     assert final.steps["b"].executor == "x2"
     assert final.steps["c"].executor == "x2"
-    decisions = [i.value for i in
-                 (await journal(js, space, tw.walls_for(space, writer=False)).read(wf)).items]
+    loaded = await journal(js, space, tw.walls_for(space, writer=False)).read(wf)
+    decisions = [i.value for i in loaded.items]
     scheduled_a = [e for d in decisions for e in d.events
                    if isinstance(e, StepScheduled) and e.step == "a"]
     assert len(scheduled_a) == 1  # the completed step was reused, never re-run

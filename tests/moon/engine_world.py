@@ -12,10 +12,10 @@ from nats.aio.client import Client
 
 from moon.authority import Source
 from moon.clock import local_ms as now_ms
-from streams.decider import Decided
 from moon.engine import Engine
 from moon.service import running
 from moon.worker import Handler, Worker
+from streams.decider import Decided
 from streams.moon_events import Dispatch, MoonCommand, RetryPolicy, StepSpec
 from streams.replies import Refusal
 from streams.subjects import Space

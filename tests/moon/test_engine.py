@@ -82,7 +82,8 @@ async def test_a_50_step_dag_with_random_failures_completes_and_replays_exactly(
     assert final.status == "completed"
     assert all(s.status == "completed" for s in final.steps.values())
     assert all(effects.runs[k] == 1 for k in completed_keys)
-    decisions = [i.value for i in (await journal(js, space, tw.walls_for(space)).read(command.workflow_id)).items]
+    loaded = await journal(js, space, tw.walls_for(space)).read(command.workflow_id)
+    decisions = [i.value for i in loaded.items]
     assert replay.fold(decisions) == final
     assert replay.verify(decisions) == []
 

@@ -6,12 +6,11 @@ import asyncio
 
 from envelope.client import Client
 from envelope.local import local_trust
-from moon.engine import Engine
 from moon.gateway import DispatchReply, ReplayReply, moon_gate
 from moon.worker import Result
 from streams.replies import Reason, Refusal
 
-from .engine_world import engine, step, worker
+from .engine_world import engine, new_engine, step, worker
 
 
 def body(steps, **extra) -> dict:
@@ -52,7 +51,7 @@ async def test_a_signed_dispatch_runs_once_and_replays(nc, js, space, tmp_path):
 
 async def test_an_unsigned_dispatch_is_refused_and_audited(nc, js, space, tmp_path):
     trust = local_trust(tmp_path)
-    eng = Engine(nc, space=space)
+    eng = await new_engine(nc, space)
     gate = moon_gate(nc, eng, signer=trust.moon, trust=trust.trust_for(trust.moon))
     async with gate.serving():
         answer = await nc.request(space.subject("map.moon.dispatch"), b"not an envelope",
@@ -80,7 +79,7 @@ async def test_a_retried_dispatch_whose_first_handling_died_after_the_append_sti
     client = Client(nc, trust.operator, trust.services, grant=(trust.operator_grant,),
                     space=space)
     request_id, _, sealed = client.seal("moon.dispatch", body([step("a")]))
-    dying = Engine(nc, space=space)
+    dying = await new_engine(nc, space)
     dying.effects.schedule = killed  # type: ignore[method-assign]
     async with moon_gate(nc, dying, signer=trust.moon,
                          trust=trust.trust_for(trust.moon)).serving():

@@ -15,12 +15,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from moon.effects import Effects
 from moon.worker import Result, StepContext
 from streams.config import Topology, ensure_streams
 from streams.health import Health, probe
 
 from .. import service_world as sw
+from .. import walls as tw
 from . import fault_world as fw
 from .engine_world import dispatch, step, worker
 
@@ -49,7 +49,7 @@ async def test_moon_serve_answers_health_counts_work_and_stops_on_sigterm(
 
         command = dispatch([step("a"), step("b", needs=("a",))])
         async with worker(nc, space, {"work": work}):
-            await Effects(js, space).send_command(command)
+            await tw.send_dispatch(nc, space, command)
             finals = await fw.wait_all_terminal(js, space, [command.workflow_id], timeout_s=30)
         assert finals[command.workflow_id].status == "completed"
 
@@ -89,11 +89,14 @@ async def test_health_names_the_failing_check(nc, space):
 
 
 async def test_serve_engine_fails_instead_of_waiting_when_the_engine_cannot_start(nc):
+    from envelope.registry import Registry  # noqa: PLC0415
     from moon.engine import Engine  # noqa: PLC0415
     from moon.service import serve_engine  # noqa: PLC0415
     from streams.subjects import Space  # noqa: PLC0415
 
-    engine = Engine(nc, space=Space("nostreams"))  # no MOON_CMD stream: subscribing fails
+    nowhere = Space("nostreams")  # no MOON_CMD stream: subscribing fails
+    engine = Engine(nc, walls=tw.walls_for(nowhere), space=nowhere,
+                    registry=Registry(nc.jetstream(), registrars=frozenset(), space=nowhere))
     loop = asyncio.get_running_loop()
     try:
         with pytest.raises(Exception) as caught:
