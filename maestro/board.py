@@ -28,6 +28,7 @@ from envelope.registry import Registration, Registry
 from envelope.statement import OFFER, sign_statement
 from maestro.goal import Offer
 from maestro.market import (
+    AWARD,
     AWARD_ACK,
     BID,
     Award,
@@ -52,6 +53,7 @@ from streams.replies import Refusal
 from streams.subjects import Space
 
 __all__ = [
+    "AWARD",
     "AWARD_ACK",
     "BID",
     "Advertiser",

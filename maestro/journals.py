@@ -217,7 +217,6 @@ class Workflow(msgspec.Struct, frozen=True):
 
     state: WorkflowState
     forged: tuple[int, ...] = ()
-    seqs: frozenset[int] = frozenset()
 
 
 async def read_workflow(js: JetStreamContext, space: Space, workflow_id: str, *,
@@ -230,14 +229,12 @@ async def read_workflow(js: JetStreamContext, space: Space, workflow_id: str, *,
     rows = await ordered_read(js, stream, wanted, after=0, upto=last) if last else []
     decisions: list[Decision] = []
     forged: list[int] = []
-    seqs: set[int] = set()
     for seq, _, _, data in rows:
         decision = open_decision(data, engines=engines, keys=keys)
         if isinstance(decision, Refusal) or decision.command.workflow_id != workflow_id:
             forged.append(seq)
             continue
         decisions.append(decision)
-        seqs.add(seq)
     if forged:
         log.warning("forged_journal_messages", workflow=workflow_id, seqs=forged[:16])
-    return Workflow(state=replay.fold(decisions), forged=tuple(forged), seqs=frozenset(seqs))
+    return Workflow(state=replay.fold(decisions), forged=tuple(forged))

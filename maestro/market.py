@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import TypeVar
 
 import msgspec
@@ -39,6 +39,7 @@ from streams.replies import Reason, Refusal
 from streams.subjects import Space
 
 __all__ = [
+    "AWARD",
     "AWARD_ACK",
     "BID",
     "Award",
@@ -62,6 +63,7 @@ log = structlog.get_logger("maestro.market")
 # Statement kinds of the market, beside envelope.statement.OFFER (a kind binds one meaning).
 BID = b"maestro.bid.v1"  # a bid, by its executor
 AWARD_ACK = b"maestro.award_ack.v1"  # an award acknowledgement (or refusal), by its executor
+AWARD = b"maestro.award.v1"  # a binding award, by the planner that makes it
 
 # --- messages ------------------------------------------------------------------------------
 
@@ -343,6 +345,7 @@ async def award(
     steps: Sequence[str],
     *,
     registry: Registry,
+    signer: Signer,
     quotes: Sequence[CapabilityOffer] = (),
     timeout_s: float = 2.0,
     keys: KeyRing | None = None,
@@ -351,7 +354,9 @@ async def award(
 
     Returns the Award the executor acknowledged (with the quotes it is bound to), its refusal,
     or an UNAVAILABLE refusal when no bidder answers. An answer not signed by the executor's
-    registered key is a FORGED refusal: it binds nobody. The caller journals the Award.
+    registered key is a FORGED refusal: it binds nobody. The award itself is signed by the
+    planner's `signer`, so a Bidder that names its planners binds itself to nobody else's.
+    The caller journals the Award.
     """
     request = Award(
         plan=plan_id,
@@ -363,7 +368,8 @@ async def award(
     evidence = {"plan": plan_id, "executor": executor_id}
     try:
         reply = await nc.request(
-            space.subject(award_subject(executor_id)), _encoder.encode(request), timeout=timeout_s
+            space.subject(award_subject(executor_id)),
+            sign_statement(signer, AWARD, _encoder.encode(request)), timeout=timeout_s,
         )
     except nats.errors.NoRespondersError:
         detail = f"{executor_id} takes no awards"
@@ -410,8 +416,11 @@ class Bidder:
         valid_for_ms: int = 30_000,
         surge: float = 0.5,
         on_award: Callable[[Award], None] | None = None,
+        planners: Container[str] | None = None,
     ) -> None:
         self.nc = nc
+        # Whose awards bind this executor (MAESTRO's DIDs); None: any signed award (tests).
+        self.planners = planners
         self.space = space
         self.offer = offer
         self.signer = signer  # the executor's own key: it signs every bid and acknowledgement
@@ -499,8 +508,13 @@ class Bidder:
         return AwardAck(plan=request.plan, executor=me, award=bound)
 
     async def _on_award(self, msg: Msg) -> None:
+        verified = open_statement(msg.data, AWARD, keys=KeyRing(),
+                                  authors=_anyone if self.planners is None else self.planners)
+        if isinstance(verified, Refusal):
+            log.warning("award_rejected", subject=msg.subject, why=verified.detail)
+            return  # not a planner's award: no answer binds anyone
         try:
-            request = _award_decoder.decode(msg.data)
+            request = _award_decoder.decode(verified.body)
         except _DECODE_ERRORS as error:
             log.warning("award does not decode", subject=msg.subject, error=str(error))
             return

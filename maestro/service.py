@@ -320,7 +320,7 @@ class Maestro:
             assert self.registry is not None  # only bidders get awards, and bids need it
             got = await award(self.nc, self.space, plan_id, executor, steps, quotes=quotes,
                               timeout_s=self.market.award_timeout_s, registry=self.registry,
-                              keys=self.keys)
+                              signer=self.signer, keys=self.keys)
             if isinstance(got, Award):
                 return got
             return Refusal(got.reason, f"{executor} refused its award for {', '.join(steps)}: "

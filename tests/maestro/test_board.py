@@ -232,13 +232,18 @@ async def test_award_is_acknowledged_by_the_right_executor(
 async def _award_round(nc: Client, space: Space, known: Executors) -> None:
     seen: list[Award] = []
     registry = known.registry
+
+    async def bind(plan: str, executor: str, steps: list[str], **options: object
+                   ) -> Award | Refusal:
+        return await award(nc, space, plan, executor, steps, registry=registry,
+                           signer=known.registrar, **options)  # type: ignore[arg-type]
     a = Bidder(nc, space, offer("a", ("search", 500, 10)), signer=known.key("a"))
     b = Bidder(nc, space, offer("b", ("search", 400, 20)), load=lambda: 1, on_award=seen.append,
                signer=known.key("b"))
     async with a, b:
         bids = {bid.executor: bid for bid in await call_for_bids(
             nc, space, CFP, 1.0, expected=2, registry=registry)}
-        bound = await award(nc, space, "p1", "b", ["s1", "s3"], registry=registry)
+        bound = await bind("p1", "b", ["s1", "s3"])
         assert isinstance(bound, Award)
         assert bound.executor == "b"
         assert bound.steps == ("s1", "s3")
@@ -246,18 +251,18 @@ async def _award_round(nc: Client, space: Space, known: Executors) -> None:
         assert b.awards == [bound] == seen
         assert a.awards == []
 
-        unbid = await award(nc, space, "p1", "a", ["s2"], registry=registry)
+        unbid = await bind("p1", "a", ["s2"])
         assert isinstance(unbid, Refusal)
         assert unbid.reason is Reason.UNKNOWN_STEP
         cheaper = (CapabilityOffer("search", 400, rate=1),)
-        haggled = await award(nc, space, "p1", "b", ["s1"], quotes=cheaper, registry=registry)
+        haggled = await bind("p1", "b", ["s1"], quotes=cheaper)
         assert isinstance(haggled, Refusal)
         assert haggled.reason is Reason.CONTRADICTORY_EVIDENCE
-        at_board = await award(nc, space, "p2", "a", ["x"], registry=registry)  # board terms
+        at_board = await bind("p2", "a", ["x"])  # board terms
         assert isinstance(at_board, Award)
         assert at_board.quotes == a.offer.capabilities
 
-    gone = await award(nc, space, "p1", "b", ["s1"], timeout_s=0.5, registry=registry)
+    gone = await bind("p1", "b", ["s1"], timeout_s=0.5)
     assert isinstance(gone, Refusal)
     assert gone.reason is Reason.UNAVAILABLE
 

@@ -7,7 +7,10 @@ price 0, and it won every step.
 
 from __future__ import annotations
 
+import contextlib
+
 import msgspec
+import nats.errors
 from nats.aio.msg import Msg
 
 from envelope.local import executor_key, local_trust
@@ -17,6 +20,7 @@ from maestro.board import (
     AWARD_ACK,
     Award,
     AwardAck,
+    Bidder,
     Board,
     award,
     award_subject,
@@ -137,9 +141,37 @@ async def test_an_award_acknowledged_by_anyone_but_the_executor_binds_nobody(
 
         sub = await nc.subscribe(space.subject(award_subject("honest")), cb=respond)
         try:
-            got = await award(nc, space, "p1", "honest", ["a"], registry=registry)
+            got = await award(nc, space, "p1", "honest", ["a"], registry=registry,
+                              signer=trust.maestro)
         finally:
             await sub.unsubscribe()
         assert isinstance(got, Refusal), got
         assert got.reason is Reason.FORGED
     await registry.stop()
+
+
+async def test_a_bidder_binds_itself_only_to_its_planners_awards(nc, js, space, tmp_path):
+    """An award is a commitment: a Bidder that names MAESTRO's DIDs answers no award MAESTRO
+    did not sign (unsigned, or signed by anyone else), and records none."""
+    trust = local_trust(tmp_path)
+    key = executor_key(tmp_path, "honest")
+    await register(js, trust.operator, Registration("honest", key.did), space=space)
+    registry = await Registry(js, registrars=trust.registrars, space=space).start()
+    bidder = Bidder(nc, space, _offer("honest", 5), signer=key, planners=trust.planners)
+    try:
+        async with bidder:
+            unsigned = Award(plan="p1", executor="honest", steps=("a",))
+            with contextlib.suppress(nats.errors.TimeoutError):
+                await nc.request(space.subject(award_subject("honest")),
+                                 msgspec.json.encode(unsigned), timeout=0.5)
+            forged = await award(nc, space, "p1", "honest", ["a"], registry=registry,
+                                 signer=stranger(), timeout_s=0.5)
+            assert isinstance(forged, Refusal)
+            assert forged.reason is Reason.UNAVAILABLE  # nobody answered it
+            assert bidder.awards == []
+            real = await award(nc, space, "p1", "honest", ["a"], registry=registry,
+                               signer=trust.maestro)
+            assert isinstance(real, Award), real
+            assert bidder.awards == [real]
+    finally:
+        await registry.stop()
