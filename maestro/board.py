@@ -1,42 +1,61 @@
-"""The executor board (MAT) and the call for bids (MARKET) over NATS.
+"""The executor board (MAT): each executor keeps its Offer in the space's BOARD KV bucket under
+its own key. The bucket has a TTL, so an executor that stops refreshing (an `Advertiser` re-puts
+every ttl/3) drops out: the board is a liveness view, not a registry.
 
-MAT: each executor keeps its Offer in the space's BOARD KV bucket under its own key. The bucket
-has a TTL, so an executor that stops refreshing (an `Advertiser` re-puts every ttl/3) drops out:
-the board is a liveness view, not a registry.
+Who says so: an offer is a statement signed by the executor's own key (OFFER), and counts only
+when that key is the one the operator-signed registry (`envelope.registry`) holds for the
+executor it names. The trust an offer is planned with is the registry's; capabilities the
+registry does not let it serve are dropped. Anything else on the board is skipped and logged.
 
-MARKET (contract net, Smith 1980): MAESTRO publishes a `CallForBids` on `maestro.cfp.<plan>` with
-a reply inbox and gathers the `Bid`s that arrive before a timeout (request-many). A `Bidder` next
-to each executor answers from its Offer with a pure pricing function (`price`). `refresh_offers`
-applies the fresh quotes to the board offers before planning. `award` sends the binding `Award`
-on `maestro.award.<executor>`; the bidder acknowledges and the caller journals the acknowledged
-Award in PLANS. Bids are self-reported terms; trust, organisation and capacity always come from
-the board, never from a bid.
+The call for bids lives in maestro/market.py; its names are re-exported here, where callers
+have always found them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
-from collections.abc import Callable, Iterable, Sequence
 
 import msgspec
 import nats.errors
 import structlog
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from maestro.goal import CapabilityOffer, Goal, Offer
+from envelope.keys import KeyRing, Signer
+from envelope.registry import Registration, Registry
+from envelope.statement import OFFER, sign_statement
+from maestro.goal import Offer
+from maestro.market import (
+    AWARD,
+    AWARD_ACK,
+    BID,
+    Award,
+    AwardAck,
+    Bid,
+    Bidder,
+    CallForBids,
+    CfpStep,
+    award,
+    award_subject,
+    awarded_offers,
+    call_for_bids,
+    cfp_subject,
+    open_signed,
+    price,
+    refresh_offers,
+    tender,
+)
 from streams import subjects
 from streams.config import BOARD
-from streams.replies import Reason, Refusal
+from streams.replies import Refusal
 from streams.subjects import Space
 
 __all__ = [
+    "AWARD",
+    "AWARD_ACK",
+    "BID",
     "Advertiser",
     "Award",
     "AwardAck",
@@ -50,98 +69,27 @@ __all__ = [
     "awarded_offers",
     "call_for_bids",
     "cfp_subject",
+    "open_signed",
     "price",
     "refresh_offers",
     "tender",
 ]
 
 log = structlog.get_logger("maestro.board")
-
-
-# --- messages ------------------------------------------------------------------------------
-
-
-class CfpStep(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One step put out to tender: its capability and the goal's own estimates."""
-
-    id: str
-    capability: str
-    duration_ms: int = 0
-    tokens: int = 0
-
-
-class CallForBids(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A task announcement. `deadline_ms` is the plan's deadline (relative, as in Goal);
-    `bids_due_ms` is the wall-clock time (epoch ms) after which the caller stops listening."""
-
-    plan: str
-    steps: tuple[CfpStep, ...]
-    deadline_ms: int | None = None
-    bids_due_ms: int | None = None
-
-
-class Bid(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """An executor's terms for the steps of a call it can run, one quote per capability.
-
-    A quote uses the CapabilityOffer pricing (cost = rate + ceil(rate_per_s * duration / 1000)).
-    The terms hold until `valid_until_ms` (epoch ms); an Award after that may be declined.
-    """
-
-    plan: str
-    executor: str
-    steps: tuple[str, ...]
-    quotes: tuple[CapabilityOffer, ...]
-    valid_until_ms: int
-    load: int = 0
-
-
-class Award(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The binding commitment: `executor` runs `steps` of `plan` at `quotes`.
-
-    Sent with empty quotes it means "at your bid price" (or board price when there was no bid);
-    the acknowledged Award always carries the quotes the executor bound itself to.
-    """
-
-    plan: str
-    executor: str
-    steps: tuple[str, ...]
-    quotes: tuple[CapabilityOffer, ...] = ()
-    awarded_ms: int = 0
-
-
-class AwardAck(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The bidder's answer: the Award as bound, or a refusal saying why not."""
-
-    plan: str
-    executor: str
-    award: Award | None = None
-    refusal: Refusal | None = None
-
-
 _encoder = msgspec.json.Encoder()
-_cfp_decoder = msgspec.json.Decoder(CallForBids)
-_bid_decoder = msgspec.json.Decoder(Bid)
-_award_decoder = msgspec.json.Decoder(Award)
-_ack_decoder = msgspec.json.Decoder(AwardAck)
 _offer_decoder = msgspec.json.Decoder(Offer)
-_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-# --- subjects ------------------------------------------------------------------------------
-
-
-def cfp_subject(plan: str = "*") -> str:
-    """`maestro.cfp.<plan>` (unprefixed); `*` is what bidders subscribe to."""
-    return f"maestro.cfp.{plan if plan == '*' else subjects.token(plan)}"
-
-
-def award_subject(executor: str) -> str:
-    """`maestro.award.<executor>` (unprefixed): where one executor takes its awards."""
-    return f"maestro.award.{subjects.token(executor)}"
+def _as_registered(offer: Offer, entry: Registration) -> Offer | None:
+    """The offer as MAESTRO plans with it: the registry's trust, its capabilities only."""
+    served = tuple(c for c in offer.capabilities if entry.serves(c.capability))
+    if not served:
+        return None
+    return msgspec.structs.replace(offer, trust=entry.trust, capabilities=served)
 
 
 def _board_key(executor: str) -> str:
@@ -152,12 +100,19 @@ def _board_key(executor: str) -> str:
 
 
 class Board:
-    """The live offers of one space, kept in its BOARD bucket (`bucket=` names another one)."""
+    """The live offers of one space, kept in its BOARD bucket (`bucket=` names another one).
 
-    def __init__(self, js: JetStreamContext, space: Space, *, bucket: str | None = None) -> None:
+    Reading (`live`) needs the `registry` the offers are verified against; publishing needs
+    only the executor's key."""
+
+    def __init__(self, js: JetStreamContext, space: Space, *, registry: Registry | None = None,
+                 bucket: str | None = None, keys: KeyRing | None = None) -> None:
         self.js = js
         self.space = space
         self.bucket = bucket or space.bucket(BOARD.name)
+        self.registry = registry
+        self.keys = keys or KeyRing()
+        self.rejected: dict[str, str] = {}  # board key -> why its entry was not believed
         self._kv: KeyValue | None = None
 
     async def _store(self) -> KeyValue:
@@ -171,11 +126,32 @@ class Board:
         ttl = status.ttl
         return float(ttl) if ttl else None
 
-    async def publish(self, offer: Offer) -> int:
-        """Put (or refresh) an offer under its executor's key; returns the KV revision."""
+    async def publish(self, offer: Offer, signer: Signer) -> int:
+        """Put (or refresh) an offer, signed by its executor's `signer`, under the executor's
+        key; returns the KV revision."""
         kv = await self._store()
-        revision: int = await kv.put(_board_key(offer.executor), _encoder.encode(offer))
+        signed = sign_statement(signer, OFFER, _encoder.encode(offer))
+        revision: int = await kv.put(_board_key(offer.executor), signed)
         return revision
+
+    async def _believe(self, key: str, value: bytes) -> Offer | None:
+        assert self.registry is not None
+        opened = await open_signed(value, OFFER, _offer_decoder, lambda o: o.executor,
+                                   self.registry, keys=self.keys, now_ms=_now_ms())
+        why = opened.detail if isinstance(opened, Refusal) else ""
+        offer = None
+        if not isinstance(opened, Refusal):
+            if _board_key(opened[0].executor) != key:
+                why = f"an offer for {opened[0].executor!r} under another executor's key"
+            elif (offer := _as_registered(*opened)) is None:
+                why = "offers no capability its registration lets it serve"
+        if offer is None:
+            if self.rejected.get(key) != why:
+                log.warning("offer_rejected", key=key, why=why)
+            self.rejected[key] = why
+            return None
+        self.rejected.pop(key, None)
+        return offer
 
     async def withdraw(self, executor_id: str) -> None:
         """Take an executor off the board now rather than at TTL expiry."""
@@ -183,18 +159,21 @@ class Board:
         await kv.delete(_board_key(executor_id))
 
     async def live(self, timeout_s: float = 5.0) -> tuple[Offer, ...]:
-        """Every current offer, sorted by executor. An empty bucket gives (); an entry that does
-        not decode as an Offer is skipped (one broken executor must not blank the board).
+        """Every current offer that verifies, as registered, sorted by executor. An empty bucket
+        gives (); an entry that is not a signed offer of its registered executor is skipped
+        and named in `rejected` (one broken or forged entry must not blank the board).
 
         The end of the initial values is the entry with nothing pending after it, not nats-py's
         "init done" marker: that marker can arrive before the first entry when the consumer info
         reply overtakes the deliveries (seen on a loaded machine), which read as an empty board.
         """
+        if self.registry is None:
+            raise ValueError("a board without a registry cannot tell an offer from a forgery")
         kv = await self._store()
         if (await kv.status()).stream_info.state.messages == 0:
             return ()
         watcher = await kv.watchall()
-        offers: dict[str, Offer] = {}
+        entries: dict[str, bytes] = {}
         try:
             while True:
                 try:
@@ -204,19 +183,16 @@ class Board:
                 if entry is None:
                     continue
                 if entry.operation is None and entry.value is not None:
-                    try:
-                        offer = _offer_decoder.decode(entry.value)
-                    except _DECODE_ERRORS:
-                        offer = None
-                    if offer is not None:
-                        offers[entry.key] = offer
+                    entries[entry.key] = entry.value
                 else:
-                    offers.pop(entry.key, None)  # withdrawn or expired
+                    entries.pop(entry.key, None)  # withdrawn or expired
                 if entry.delta == 0:
                     break
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
-        return tuple(sorted(offers.values(), key=lambda o: o.executor))
+        offers = [o for key, value in entries.items()
+                  if (o := await self._believe(key, value)) is not None]
+        return tuple(sorted(offers, key=lambda o: o.executor))
 
 
 class Advertiser:
@@ -231,11 +207,13 @@ class Advertiser:
         board: Board,
         offer: Offer,
         *,
+        signer: Signer,
         interval_s: float | None = None,
         withdraw_on_stop: bool = True,
     ) -> None:
         self.board = board
         self.offer = offer
+        self.signer = signer  # the executor's own key: it signs every refresh
         self.interval_s = interval_s
         self.withdraw_on_stop = withdraw_on_stop
         self.published = 0
@@ -254,7 +232,7 @@ class Advertiser:
         try:
             while True:
                 try:
-                    await self.board.publish(self.offer)
+                    await self.board.publish(self.offer, self.signer)
                     self.published += 1
                 except (nats.errors.Error, OSError) as error:  # a broker hiccup: try next tick
                     log.warning("advertise failed", executor=self.offer.executor, error=str(error))
@@ -267,7 +245,7 @@ class Advertiser:
 
     async def start(self) -> Advertiser:
         """Publish once (so the offer is live when this returns), then refresh in a task."""
-        await self.board.publish(self.offer)
+        await self.board.publish(self.offer, self.signer)
         self.published += 1
         name = f"advertise:{self.offer.executor}"
         self._task = asyncio.create_task(self._after_first(), name=name)
@@ -289,323 +267,3 @@ class Advertiser:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-# --- MARKET: pricing (pure) ----------------------------------------------------------------
-
-
-def _surcharged(value: int, factor: float) -> int:
-    return math.ceil(value * factor - 1e-9)
-
-
-def price(
-    offer: Offer,
-    cfp: CallForBids,
-    *,
-    load: int = 0,
-    now_ms: int,
-    valid_for_ms: int = 30_000,
-    surge: float = 0.5,
-) -> Bid | None:
-    """The bid an executor makes for a call, or None when it offers none of its capabilities.
-
-    Rates scale with utilisation: factor = 1 + surge * load / capacity (an idle executor bids
-    its board price, a full one `1 + surge` times it). Durations are the offer's own, or the
-    largest step estimate for that capability when the offer quotes none.
-    """
-    terms = {c.capability: c for c in offer.capabilities}
-    steps = [s for s in cfp.steps if s.capability in terms]
-    if not steps:
-        return None
-    factor = 1.0 + surge * max(load, 0) / max(offer.capacity, 1)
-    quotes: list[CapabilityOffer] = []
-    for capability in dict.fromkeys(s.capability for s in steps):
-        term = terms[capability]
-        duration = term.duration_ms
-        if duration is None:
-            duration = max(s.duration_ms for s in steps if s.capability == capability)
-        quotes.append(
-            CapabilityOffer(
-                capability=capability,
-                duration_ms=duration,
-                rate=_surcharged(term.rate, factor),
-                rate_per_s=_surcharged(term.rate_per_s, factor),
-                tokens_factor=term.tokens_factor,
-            )
-        )
-    return Bid(
-        plan=cfp.plan,
-        executor=offer.executor,
-        steps=tuple(s.id for s in steps),
-        quotes=tuple(quotes),
-        valid_until_ms=now_ms + valid_for_ms,
-        load=load,
-    )
-
-
-def refresh_offers(
-    offers: Iterable[Offer],
-    bids: Iterable[Bid],
-    *,
-    require_bid: bool = False,
-    now_ms: int | None = None,
-) -> tuple[Offer, ...]:
-    """Offers with each bidder's quoted capabilities replaced by its bid terms.
-
-    Capabilities a bid does not quote keep their board terms. An executor that did not bid keeps
-    its board price, or is dropped with `require_bid`. Bids from executors not on the board are
-    ignored (the board is where trust lives); bids expired at `now_ms` count as no bid. When an
-    executor bid more than once, the bid valid longest wins.
-    """
-    latest: dict[str, Bid] = {}
-    for bid in bids:
-        if now_ms is not None and bid.valid_until_ms < now_ms:
-            continue
-        held = latest.get(bid.executor)
-        if held is None or bid.valid_until_ms >= held.valid_until_ms:
-            latest[bid.executor] = bid
-    out: list[Offer] = []
-    for offer in offers:
-        fresh = latest.get(offer.executor)
-        if fresh is None:
-            if not require_bid:
-                out.append(offer)
-            continue
-        out.append(_with_terms(offer, fresh.quotes))
-    return tuple(out)
-
-
-def awarded_offers(offers: Iterable[Offer], awards: Iterable[Award]) -> tuple[Offer, ...]:
-    """Offers with each awarded executor held to the quotes it acknowledged (the bid is binding,
-    so a replan prices its steps at those terms, not at whatever the board says now)."""
-    bound: dict[str, list[CapabilityOffer]] = {}
-    for a in awards:
-        bound.setdefault(a.executor, []).extend(a.quotes)
-    return tuple(_with_terms(o, bound[o.executor]) if o.executor in bound else o for o in offers)
-
-
-def _with_terms(offer: Offer, quotes: Iterable[CapabilityOffer]) -> Offer:
-    quoted = {q.capability: q for q in quotes}
-    capabilities = tuple(quoted.get(c.capability, c) for c in offer.capabilities)
-    return msgspec.structs.replace(offer, capabilities=capabilities)
-
-
-def tender(plan_id: str, goal: Goal) -> CallForBids:
-    """The call for bids for every step of a goal, with the goal's own estimates."""
-    steps = tuple(
-        CfpStep(s.id, s.capability, duration_ms=s.duration_ms, tokens=s.tokens)
-        for s in goal.steps
-    )
-    return CallForBids(plan=plan_id, steps=steps, deadline_ms=goal.deadline_ms)
-
-
-# --- MARKET: the manager's side ------------------------------------------------------------
-
-
-async def call_for_bids(
-    nc: Client,
-    space: Space,
-    cfp: CallForBids,
-    timeout_s: float,
-    *,
-    expected: int | None = None,
-) -> list[Bid]:
-    """Publish `cfp` on `maestro.cfp.<plan>` and gather the bids that arrive within `timeout_s`
-    (or until `expected` executors have bid). One bid per executor (its last); bids for another
-    plan or that do not decode are ignored. No bidder at all gives []."""
-    if cfp.bids_due_ms is None:
-        cfp = msgspec.structs.replace(cfp, bids_due_ms=_now_ms() + int(timeout_s * 1000))
-    inbox = nc.new_inbox()
-    sub: Subscription = await nc.subscribe(inbox)
-    bids: dict[str, Bid] = {}
-    try:
-        await nc.publish(space.subject(cfp_subject(cfp.plan)), _encoder.encode(cfp), reply=inbox)
-        loop = asyncio.get_running_loop()
-        until = loop.time() + timeout_s
-        while expected is None or len(bids) < expected:
-            remaining = until - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                msg = await sub.next_msg(timeout=remaining)
-            except nats.errors.TimeoutError:
-                break
-            try:
-                bid = _bid_decoder.decode(msg.data)
-            except _DECODE_ERRORS:
-                continue
-            if bid.plan == cfp.plan:
-                bids[bid.executor] = bid
-    finally:
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
-    return list(bids.values())
-
-
-async def award(
-    nc: Client,
-    space: Space,
-    plan_id: str,
-    executor_id: str,
-    steps: Sequence[str],
-    *,
-    quotes: Sequence[CapabilityOffer] = (),
-    timeout_s: float = 2.0,
-) -> Award | Refusal:
-    """Bind `steps` of `plan_id` to `executor_id` (request/reply on `maestro.award.<executor>`).
-
-    Returns the Award the executor acknowledged (with the quotes it is bound to), its refusal,
-    or an UNAVAILABLE refusal when no bidder answers. The caller journals the Award.
-    """
-    request = Award(
-        plan=plan_id,
-        executor=executor_id,
-        steps=tuple(steps),
-        quotes=tuple(quotes),
-        awarded_ms=_now_ms(),
-    )
-    evidence = {"plan": plan_id, "executor": executor_id}
-    try:
-        reply = await nc.request(
-            space.subject(award_subject(executor_id)), _encoder.encode(request), timeout=timeout_s
-        )
-    except nats.errors.NoRespondersError:
-        detail = f"{executor_id} takes no awards"
-        return Refusal(Reason.UNAVAILABLE, detail, retryable=True, evidence=evidence)
-    except nats.errors.TimeoutError:
-        detail = f"{executor_id} did not acknowledge in {timeout_s}s"
-        return Refusal(Reason.UNAVAILABLE, detail, retryable=True, evidence=evidence)
-    try:
-        ack = _ack_decoder.decode(reply.data)
-    except _DECODE_ERRORS as error:
-        return Refusal(Reason.MALFORMED, f"award ack does not decode: {error}", evidence=evidence)
-    if ack.refusal is not None:
-        return ack.refusal
-    if ack.award is None or ack.award.plan != plan_id or ack.award.executor != executor_id:
-        detail = "award ack names another plan or executor"
-        return Refusal(Reason.MALFORMED, detail, evidence=evidence)
-    return ack.award
-
-
-# --- MARKET: the executor's side -----------------------------------------------------------
-
-
-class Bidder:
-    """Answers calls for bids from its Offer and acknowledges its awards.
-
-    `load` reports current in-flight work (e.g. from the Worker) for the surge pricing; `offer`
-    may be reassigned while running. Accepted awards are kept in `awards` and passed to
-    `on_award` when given.
-    """
-
-    def __init__(
-        self,
-        nc: Client,
-        space: Space,
-        offer: Offer,
-        *,
-        load: Callable[[], int] = lambda: 0,
-        valid_for_ms: int = 30_000,
-        surge: float = 0.5,
-        on_award: Callable[[Award], None] | None = None,
-    ) -> None:
-        self.nc = nc
-        self.space = space
-        self.offer = offer
-        self.load = load
-        self.valid_for_ms = valid_for_ms
-        self.surge = surge
-        self.on_award = on_award
-        self.bids: dict[str, Bid] = {}
-        self.awards: list[Award] = []
-        self._subs: list[Subscription] = []
-
-    async def start(self) -> Bidder:
-        self._subs = [
-            await self.nc.subscribe(self.space.subject(cfp_subject()), cb=self._on_cfp),
-            await self.nc.subscribe(
-                self.space.subject(award_subject(self.offer.executor)), cb=self._on_award
-            ),
-        ]
-        await self.nc.flush()
-        log.info("bidding", executor=self.offer.executor)
-        return self
-
-    async def stop(self) -> None:
-        for sub in self._subs:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
-        self._subs = []
-
-    async def __aenter__(self) -> Bidder:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def _expire(self, now_ms: int) -> None:
-        for plan in [p for p, b in self.bids.items() if b.valid_until_ms < now_ms]:
-            del self.bids[plan]
-
-    async def _on_cfp(self, msg: Msg) -> None:
-        if not msg.reply:
-            return
-        try:
-            cfp = _cfp_decoder.decode(msg.data)
-        except _DECODE_ERRORS as error:
-            log.warning("call for bids does not decode", subject=msg.subject, error=str(error))
-            return
-        now = _now_ms()
-        if cfp.bids_due_ms is not None and cfp.bids_due_ms < now:
-            return  # the caller has stopped listening
-        bid = price(
-            self.offer, cfp, load=self.load(), now_ms=now, valid_for_ms=self.valid_for_ms,
-            surge=self.surge,
-        )
-        if bid is None:
-            return
-        self._expire(now)
-        self.bids[cfp.plan] = bid
-        await msg.respond(_encoder.encode(bid))
-
-    def decide(self, request: Award, now_ms: int) -> AwardAck:
-        """Accept at the bid terms (or board terms without a bid); refuse an expired bid, steps
-        that were not bid for, or quotes other than the bid's."""
-        me = self.offer.executor
-        evidence = {"plan": request.plan, "executor": me}
-
-        def refuse(reason: Reason, detail: str) -> AwardAck:
-            refusal = Refusal(reason, detail, evidence=evidence)
-            return AwardAck(plan=request.plan, executor=me, refusal=refusal)
-
-        if request.executor != me:
-            return refuse(Reason.WRONG_AUDIENCE, f"award for {request.executor} reached {me}")
-        bid = self.bids.get(request.plan)
-        if bid is not None and bid.valid_until_ms < now_ms:
-            return refuse(Reason.EXPIRED, f"the bid for {request.plan} expired")
-        if bid is not None:
-            unbid = sorted(set(request.steps) - set(bid.steps))
-            if unbid:
-                return refuse(Reason.UNKNOWN_STEP, f"no bid for steps {', '.join(unbid)}")
-            terms = bid.quotes
-        else:
-            terms = self.offer.capabilities
-        if request.quotes and any(q not in terms for q in request.quotes):
-            return refuse(Reason.CONTRADICTORY_EVIDENCE, "award quotes differ from the bid")
-        bound = msgspec.structs.replace(request, quotes=request.quotes or terms)
-        return AwardAck(plan=request.plan, executor=me, award=bound)
-
-    async def _on_award(self, msg: Msg) -> None:
-        try:
-            request = _award_decoder.decode(msg.data)
-        except _DECODE_ERRORS as error:
-            log.warning("award does not decode", subject=msg.subject, error=str(error))
-            return
-        ack = self.decide(request, _now_ms())
-        if ack.award is not None:
-            self.awards.append(ack.award)
-            log.info("awarded", plan=request.plan, executor=ack.executor, steps=request.steps)
-            if self.on_award is not None:
-                self.on_award(ack.award)
-        if msg.reply:
-            await msg.respond(_encoder.encode(ack))

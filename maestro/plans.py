@@ -8,6 +8,7 @@ import msgspec
 
 from streams.plan_events import (
     AllocationRefused,
+    Foreign,
     PlanAllocated,
     PlanBatch,
     PlanEvent,
@@ -19,7 +20,16 @@ from streams.plan_events import (
 )
 from streams.replies import Reason, Refusal
 
-__all__ = ["PlanState", "Record", "apply", "decide", "evolve", "initial", "may_allocate"]
+__all__ = [
+    "PlanState",
+    "Record",
+    "apply",
+    "decide",
+    "evolve",
+    "initial",
+    "may_act",
+    "may_allocate",
+]
 
 Status: TypeAlias = Literal[
     "none", "planned", "awaiting_ratification", "rejected", "refused", "allocated"
@@ -39,6 +49,8 @@ class PlanState(msgspec.Struct, frozen=True):
     bids: bytes = b""  # JSON: the bids the plan was made with
     anticipation: bytes = b""  # JSON: backups and p(on time) of the proposed plan
     awards: bytes = b""  # JSON: the awards the executors acknowledged at allocation
+    owner: str = ""  # the DID that created the plan id
+    foreign: tuple[int, ...] = ()  # PLANS sequences of messages MAESTRO did not write here
 
 
 initial = PlanState()
@@ -49,6 +61,8 @@ class Record(msgspec.Struct, frozen=True):
 
     command_id: str
     events: tuple[PlanEvent, ...]
+    caller: str = ""  # who asks; a new plan id becomes theirs
+    admin: bool = False  # MAESTRO itself, or a caller holding the admin capability
 
 
 def evolve(state: PlanState, event: PlanEvent) -> PlanState:
@@ -58,9 +72,10 @@ def evolve(state: PlanState, event: PlanEvent) -> PlanState:
             status: Status = "awaiting_ratification" if event.awaiting_ratification else "planned"
             return replace(state, plan_id=event.plan_id, status=status, goal=event.goal,
                            offers=event.offers, plan=event.plan, bids=event.bids,
-                           anticipation=event.anticipation)
+                           anticipation=event.anticipation, owner=event.owner)
         case PlanRefused():
-            return replace(state, plan_id=event.plan_id, status="refused", goal=event.goal)
+            return replace(state, plan_id=event.plan_id, status="refused", goal=event.goal,
+                           owner=event.owner)
         case PlanRatified(approved=approved):
             return replace(state, status="planned" if approved else "rejected")
         case PlanAllocated():
@@ -73,6 +88,15 @@ def evolve(state: PlanState, event: PlanEvent) -> PlanState:
             return state
         case _:
             assert_never(event)
+
+
+def may_act(state: PlanState, caller: str, *, admin: bool) -> Refusal | None:
+    """A plan id is its creator's: anyone else (but an admin) is refused before anything
+    happens, and a new one is anybody's to take."""
+    if admin or state.status == "none" or caller == state.owner:
+        return None
+    return Refusal(Reason.NOT_OWNER, f"plan {state.plan_id} belongs to another caller",
+                   evidence={"plan": state.plan_id})
 
 
 def may_allocate(state: PlanState) -> Refusal | None:
@@ -108,6 +132,8 @@ def _allowed(state: PlanState, event: PlanEvent) -> Refusal | None:
 
 
 def decide(command: Record, state: PlanState) -> list[PlanEvent] | Refusal:
+    if (refusal := may_act(state, command.caller, admin=command.admin)) is not None:
+        return refusal
     if command.command_id in state.seen:
         return []
     for event in command.events:
@@ -117,7 +143,12 @@ def decide(command: Record, state: PlanState) -> list[PlanEvent] | Refusal:
     return list(command.events)
 
 
-def apply(state: PlanState, batch: PlanBatch) -> PlanState:
+def apply(state: PlanState, batch: PlanBatch | Foreign) -> PlanState:
+    """Fold one PLANS message; one MAESTRO did not write is named, never folded."""
+    if isinstance(batch, Foreign):
+        return msgspec.structs.replace(state, foreign=(*state.foreign, batch.seq)[-64:])
+    if batch.command_id in state.seen:
+        return state  # the same decision twice (a copy): it happened once
     for event in batch.events:
         state = evolve(state, event)
     return msgspec.structs.replace(state, seen=(*state.seen, batch.command_id)[-256:])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
+import hashlib
 import random
 import time
 from collections import deque
@@ -23,34 +23,37 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from envelope.client import Client
-from envelope.keys import Signer
+from envelope.keys import KeyRing, Signer
+from envelope.registry import Registry
 from maestro import plans
+from maestro.allocation import (
+    Allocated,
+    Market,
+    check_plan_id,
+    progress,
+    rates,
+    refused_allocation,
+    steps_for,
+)
 from maestro.anticipate import Anticipation
 from maestro.board import Award, Bid, award, awarded_offers, call_for_bids, refresh_offers, tender
 from maestro.goal import Goal, Offer
+from maestro.journals import PlanEntry, SignedPlans, deviation_at, open_deviations, read_workflow
 from maestro.orders import BindingOrder, sign_order
 from maestro.plan import Plan
 from maestro.planner import Outcome, plan_goal
 from maestro.policy import Policy
-from maestro.problem import Done, Progress, Running
 from maestro.solve import SolveOptions
-from moon import replay
-from moon.authority import Walls
 from moon.effects import Effects
 from moon.gateway import DispatchReply
-from moon.journal import SignedDecisions, journal
-from moon.workflow import WorkflowState
 from streams import metrics, subjects
-from streams.codec import Codec, Undecodable
+from streams.codec import Codec
 from streams.config import MOON, PLANS
 from streams.decider import Decided, Decider, Runner
-from streams.jetstream_store import JetStreamStore
 from streams.moon_events import (
     Compensate,
     Deviation,
     Replan,
-    RetryPolicy,
-    StepSpec,
 )
 from streams.plan_events import (
     AllocationRefused,
@@ -68,11 +71,24 @@ from streams.replies import Reason, Refusal
 from streams.store import Layout
 from streams.subjects import Space
 
-__all__ = ["REPLAN_ON", "REPLAN_TIME_LIMIT_S", "Allocated", "Maestro", "Market", "steps_for"]
+__all__ = [
+    "ADMIN",
+    "REPLAN_ON",
+    "REPLAN_TIME_LIMIT_S",
+    "Allocated",
+    "Maestro",
+    "Market",
+    "check_plan_id",
+    "steps_for",
+]
 
 log = structlog.get_logger("maestro")
 REPLAN_ON = {"failed", "executor_lost", "late"}
+# Acts on any plan, whoever created it: operators (their `*` grant covers it), never a tenant
+# holding `maestro:*` (which does not).
+ADMIN = "admin:maestro"
 BATCHES: Codec[PlanBatch] = Codec(PlanBatch)
+MAX_DELIVERIES = 5  # a genuine deviation whose replan keeps failing is dropped after this
 PLAN_DECIDER: Decider[plans.Record, PlanEvent, plans.PlanState] = Decider(
     decide=plans.decide, evolve=plans.evolve, initial=plans.initial
 )
@@ -80,34 +96,6 @@ PLAN_DECIDER: Decider[plans.Record, PlanEvent, plans.PlanState] = Decider(
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class Allocated(msgspec.Struct, frozen=True):
-    plan_id: str
-    workflow_id: str
-    orders: int
-    audit: str = ""
-    awards: int = 0  # how many executors acknowledged a binding award
-
-
-class Market(msgspec.Struct, frozen=True):
-    """How MAESTRO tenders a plan's steps (contract net) and binds the winners.
-
-    `plan` calls for bids on `maestro.cfp.<plan>` and listens `bid_timeout_s` (less when every
-    executor on the board with a wanted capability has bid). An executor that does not bid in
-    time keeps its board offer: the offer it keeps alive on the board is a standing quote, and
-    an executor that runs no Bidder (a plain `moon worker`) must stay plannable. `require_bid`
-    is the strict contract net instead: only executors that bid are planned.
-
-    `allocate` sends a binding award to each chosen executor that bid, for its steps at its bid
-    terms; one refusal refuses the allocation. Executors that did not bid get no award (nobody
-    would answer it): the signed work order at the board price is what binds them.
-    `bid_timeout_s = 0` turns the call off: board prices, no awards.
-    """
-
-    bid_timeout_s: float = 0.3
-    award_timeout_s: float = 2.0
-    require_bid: bool = False
 
 
 # A deviation wants an answer now: the SGS plan is there in milliseconds and CP-SAT gets a short
@@ -119,63 +107,6 @@ REPLAN_TIME_LIMIT_S = 0.1
 _BIDS = msgspec.json.Decoder(list[Bid])
 _AWARDS = msgspec.json.Decoder(list[Award])
 _ANTICIPATION = msgspec.json.Decoder(Anticipation)
-
-
-def steps_for(goal: Goal, plan: Plan, *, heartbeat_ms: int = 3_000) -> tuple[StepSpec, ...]:
-    """The plan as a DAG MOON can run: each step bound to its executor, with time to finish."""
-    where = {a.step: a for a in plan.assignments}
-    out = []
-    for step in goal.steps:
-        a = where.get(step.id)
-        planned = (a.end - a.start) if a else step.duration_ms
-        out.append(StepSpec(
-            id=step.id, capability=step.capability, needs=step.needs,
-            executor=a.executor if a else None, compensation=step.compensation,
-            # Room for a slow attempt, never less than the timer granularity (1 s) allows.
-            timeout_ms=max(3 * planned, 5_000), heartbeat_timeout_ms=heartbeat_ms,
-            retry=RetryPolicy(maximum_attempts=2, initial_interval_ms=200),
-            tokens_estimate=step.tokens,
-        ))
-    return tuple(out)
-
-
-def _progress(state: WorkflowState, excluded: set[str]) -> list[Progress]:
-    assert state.dispatched is not None
-    t0 = state.dispatched.at_ms
-    out: list[Progress] = []
-    for name, s in state.steps.items():
-        if s.status == "completed" and s.executor:
-            start = (s.started_at or t0) - t0
-            out.append(Done(step=name, executor=s.executor, start_ms=start,
-                            end_ms=start + max(s.usage.wall_ms, 1)))
-        elif s.status == "running" and s.executor and s.executor not in excluded:
-            out.append(Running(step=name, executor=s.executor,
-                               start_ms=(s.started_at or t0) - t0))
-    return out
-
-
-def _rates(goal: Goal, offers: Sequence[Offer], plan: Plan) -> dict[str, int]:
-    """The agreed price of each step: its executor's terms (bid, award or board) for the step's
-    capability over the planned duration, as the model priced it."""
-    capability = {s.id: s.capability for s in goal.steps}
-    terms = {(o.executor, c.capability): c for o in offers for c in o.capabilities}
-    out: dict[str, int] = {}
-    for a in plan.assignments:
-        term = terms.get((a.executor, capability.get(a.step, "")))
-        if term is not None:
-            out[a.step] = term.rate + math.ceil(term.rate_per_s * (a.end - a.start) / 1000)
-    return out
-
-
-def _refused_allocation(plan_id: str, refusals: Sequence[Refusal]) -> Refusal:
-    """One refusal for the caller: the first executor's reason, every executor's detail."""
-    first = refusals[0]
-    if len(refusals) == 1:
-        return first
-    return Refusal(first.reason, "; ".join(r.detail for r in refusals),
-                   retryable=all(r.retryable for r in refusals),
-                   evidence={"plan": plan_id, "executors": ",".join(
-                       r.evidence.get("executor", "") for r in refusals)})
 
 
 @dataclass
@@ -196,6 +127,15 @@ class Maestro:
     market: Market = field(default_factory=Market)
     replan_options: SolveOptions | None = None  # None: `options` with a REPLAN_TIME_LIMIT_S cap
     anticipation_samples: int = 1000
+    # The executor registry: bids and award acknowledgements count only when signed by the key
+    # registered for their executor. None: no call for bids (nothing could be verified).
+    registry: Registry | None = None
+    # Whose MOON journal messages are believed (default: `moon_did`), and who writes PLANS
+    # (default: this MAESTRO's own key; replicas sharing PLANS name each other).
+    engines: frozenset[str] | None = None
+    planners: frozenset[str] | None = None
+    keys: KeyRing = field(default_factory=KeyRing)
+    forged_deviations: int = 0  # journal messages on the deviation subjects that did not verify
 
     def __post_init__(self) -> None:
         self.js = self.nc.jetstream()
@@ -205,29 +145,52 @@ class Maestro:
             subject=lambda plan, kind: space.subject(subjects.plan_event(plan, kind)),
             filter=lambda plan: space.subject(subjects.plan_events(plan)),
         )
-        self.runner: Runner[plans.Record, PlanEvent, plans.PlanState, PlanBatch] = Runner(
-            decider=PLAN_DECIDER, store=JetStreamStore(self.js, layout, BATCHES),
+        self._engines = self.engines if self.engines is not None else frozenset({self.moon_did})
+        self.plans = SignedPlans(self.js, layout, self.signer, keys=self.keys, planners=(
+            self.planners if self.planners is not None else frozenset({self.signer.did})))
+        self.runner: Runner[plans.Record, PlanEvent, plans.PlanState, PlanEntry] = Runner(
+            decider=PLAN_DECIDER, store=self.plans,
             pack=lambda cmd, events: PlanBatch(command_id=cmd.command_id, events=list(events)),
             apply=plans.apply, kind=lambda events: plan_kind(list(events)),
         )
         self.moon = Client(self.nc, self.signer, {"moon": self.moon_did}, grant=(self.grant,),
                            space=space, timeout_s=10)
-        self.effects = Effects(self.js, space, self.signer)  # MAESTRO signs its commands
-        # The MOON journal is believed only as the engine signed it.
-        self.moon_walls = Walls(engines=frozenset({self.moon_did}),
-                                planners=frozenset({self.signer.did}), registrars=frozenset())
-        self._decisions = SignedDecisions(self.moon_walls)
+        self.effects = Effects(self.js, space, self.signer)
         self._stopping = asyncio.Event()
         self.revised = asyncio.Condition()
 
-    async def _record(self, plan_id: str, command_id: str, *events: PlanEvent
+    def new_plan_id(self, caller: str, request_id: str) -> str:
+        """A plan id nobody can take first: derived from the caller and its request id under
+        MAESTRO's key (ed25519 signatures are deterministic), so a retried request names the
+        same plan and no one without the key can compute it."""
+        mark = self.signer.sign(b"maestro.plan-id\0" + caller.encode() + b"\0" +
+                                request_id.encode())
+        return "p-" + hashlib.sha256(mark).hexdigest()[:32]
+
+    async def _record(self, plan_id: str, command_id: str, *events: PlanEvent,
+                      caller: str = "", admin: bool = True
                       ) -> Decided[PlanEvent, plans.PlanState] | Refusal:
-        return await self.runner.handle(plan_id, plans.Record(command_id, events), key=command_id)
+        if (refused := check_plan_id(plan_id)) is not None:
+            return refused
+        record = plans.Record(command_id, events, caller=caller, admin=admin)
+        return await self.runner.handle(plan_id, record, key=command_id)
 
     # --- maestro.plan / ratify / allocate ------------------------------------------------------
 
-    async def plan(self, goal: Goal, *, plan_id: str, command_id: str | None = None) -> Outcome:
-        """Tender the steps, plan at the refreshed prices, journal the plan with its bids."""
+    async def plan(self, goal: Goal, *, plan_id: str, command_id: str | None = None,
+                   caller: str | None = None) -> Outcome:
+        """Tender the steps, plan at the refreshed prices, journal the plan with its bids.
+
+        `caller` becomes the plan's owner (None: MAESTRO itself, e.g. the demo); a plan id that
+        exists already is refused before any tender or solve."""
+        owner = caller or self.signer.did
+        if (refused := check_plan_id(plan_id)) is not None:
+            return Outcome("refused", Plan(status="unknown"), (refused,))
+        _, existing = await self.runner.load(plan_id)
+        if existing.status != "none":
+            refusal = plans.may_act(existing, owner, admin=False) or Refusal(
+                Reason.ALREADY_EXISTS, plan_id)
+            return Outcome("refused", Plan(status="unknown"), (refusal,))
         board = tuple(await self.offers())
         bids = await self._call_for_bids(plan_id, goal, board)
         at = self.clock_ms()
@@ -244,7 +207,7 @@ class Maestro:
         event: PlanEvent
         if outcome.decision == "refused":
             event = PlanRefused(at_ms=at, plan_id=plan_id, reasons=outcome.reasons,
-                                goal=msgspec.json.encode(goal), bids=journaled_bids)
+                                goal=msgspec.json.encode(goal), bids=journaled_bids, owner=owner)
         else:
             foreseen = outcome.anticipation
             event = PlanProposed(
@@ -253,8 +216,10 @@ class Maestro:
                 awaiting_ratification=outcome.decision == "awaiting_ratification",
                 reasons=outcome.reasons, bids=journaled_bids,
                 anticipation=msgspec.json.encode(foreseen) if foreseen is not None else b"",
+                owner=owner,
             )
-        recorded = await self._record(plan_id, command_id or f"plan-{plan_id}", event)
+        recorded = await self._record(plan_id, command_id or f"plan-{plan_id}", event,
+                                      caller=owner, admin=False)
         metrics.PLANS.labels(outcome.decision if not isinstance(recorded, Refusal)
                              else "refused").inc()
         if isinstance(recorded, Refusal):
@@ -266,34 +231,43 @@ class Maestro:
     async def _call_for_bids(self, plan_id: str, goal: Goal, board: Sequence[Offer]
                              ) -> tuple[Bid, ...]:
         """The bids that arrived in time, sorted by executor (so the journal is stable)."""
-        if self.market.bid_timeout_s <= 0:
-            return ()
+        if self.market.bid_timeout_s <= 0 or self.registry is None:
+            return ()  # without the registry no bid can be told from a forgery
         wanted = {s.capability for s in goal.steps}
         expected = sum(o.bids and any(c.capability in wanted for c in o.capabilities)
                        for o in board)
         if expected == 0:
             return ()
         bids = await call_for_bids(self.nc, self.space, tender(plan_id, goal),
-                                   self.market.bid_timeout_s, expected=expected)
+                                   self.market.bid_timeout_s, expected=expected,
+                                   registry=self.registry, keys=self.keys)
         return tuple(sorted(bids, key=lambda b: b.executor))
 
-    async def ratify(self, plan_id: str, *, approved: bool, by: str, command_id: str
-                     ) -> plans.PlanState | Refusal:
+    async def ratify(self, plan_id: str, *, approved: bool, by: str, command_id: str,
+                     admin: bool = False) -> plans.PlanState | Refusal:
+        """`by` ratifies: the plan's owner, or an admin."""
         recorded = await self._record(plan_id, command_id, PlanRatified(
-            at_ms=self.clock_ms(), plan_id=plan_id, approved=approved, by=by))
+            at_ms=self.clock_ms(), plan_id=plan_id, approved=approved, by=by),
+            caller=by, admin=admin)
         return recorded if isinstance(recorded, Refusal) else recorded.state
 
-    async def allocate(self, plan_id: str, *, command_id: str | None = None
-                       ) -> Allocated | Refusal:
+    async def allocate(self, plan_id: str, *, command_id: str | None = None,
+                       caller: str | None = None, admin: bool = False) -> Allocated | Refusal:
         """Binding awards to the bidders, signed orders journaled on PLANS, then MOON dispatch.
 
         An executor that refuses its award refuses the allocation: the refusal is journaled and
         nothing is dispatched. Awards already acknowledged by others stay on record as evidence
         (the Bidder protocol has no release; with no work order they lead to no work).
+        `caller` must own the plan (None: MAESTRO itself) unless `admin`.
         """
+        if (refused := check_plan_id(plan_id)) is not None:
+            return refused
         _, state = await self.runner.load(plan_id)
         if state.status == "none":
             return Refusal(Reason.UNKNOWN_PLAN, plan_id)
+        who, admin = (caller, admin) if caller is not None else (self.signer.did, True)
+        if (refused := plans.may_act(state, who, admin=admin)) is not None:
+            return refused
         goal = msgspec.json.decode(state.goal, type=Goal)
         plan = msgspec.json.decode(state.plan, type=Plan)
         if state.status == "allocated":
@@ -311,15 +285,15 @@ class Maestro:
             log.warning("award_refused", plan=plan_id, refusals=[r.detail for r in refusals])
             await self._record(plan_id, f"refuse-{key}", AllocationRefused(
                 at_ms=self.clock_ms(), plan_id=plan_id, reasons=tuple(refusals), awards=awards))
-            return _refused_allocation(plan_id, refusals)
+            return refused_allocation(plan_id, refusals)
         workflow_id = f"wf-{plan_id}"
         offers = msgspec.json.decode(state.offers, type=tuple[Offer, ...])
-        rates = _rates(goal, awarded_offers(offers, acked), plan)
+        priced = rates(goal, awarded_offers(offers, acked), plan)
         backups = ({b.step: b.executor for b in _ANTICIPATION.decode(state.anticipation).backups}
                    if state.anticipation else {})
         orders = tuple(sign_order(self.signer, BindingOrder(
             plan_id=plan_id, revision=0, workflow_id=workflow_id, step=a.step,
-            executor=a.executor, start_ms=a.start, end_ms=a.end, rate=rates.get(a.step, 0),
+            executor=a.executor, start_ms=a.start, end_ms=a.end, rate=priced.get(a.step, 0),
             idempotency_key=f"{workflow_id}/{a.step}", backup=backups.get(a.step),
         )) for a in plan.assignments)
         recorded = await self._record(plan_id, key, PlanAllocated(
@@ -343,8 +317,10 @@ class Maestro:
         async def one(executor: str, steps: list[str]) -> Award | Refusal:
             wanted = {capability[s] for s in steps}
             quotes = tuple(q for q in by[executor].quotes if q.capability in wanted)
+            assert self.registry is not None  # only bidders get awards, and bids need it
             got = await award(self.nc, self.space, plan_id, executor, steps, quotes=quotes,
-                              timeout_s=self.market.award_timeout_s)
+                              timeout_s=self.market.award_timeout_s, registry=self.registry,
+                              signer=self.signer, keys=self.keys)
             if isinstance(got, Award):
                 return got
             return Refusal(got.reason, f"{executor} refused its award for {', '.join(steps)}: "
@@ -393,12 +369,36 @@ class Maestro:
                 assert_never(answer)
         return answer
 
+    async def replan(self, workflow_id: str, seq: int, *, caller: str, admin: bool = False
+                     ) -> PlanRevised | Refusal | None:
+        """`maestro.replan`: act on the deviation journaled at MOON `seq` for `workflow_id`,
+        read back and verified as the engine's; only the owner of the plan the workflow runs
+        (or an admin) may ask. Nothing about the deviation is taken from the caller."""
+        found = await deviation_at(self.js, self.space, workflow_id, seq,
+                                   engines=self._engines, keys=self.keys)
+        if isinstance(found, Refusal):
+            return found
+        plan_id = found.deviation.plan_id
+        if not plan_id or check_plan_id(plan_id) is not None:
+            return Refusal(Reason.UNKNOWN_PLAN, f"workflow {workflow_id} runs no plan")
+        _, pstate = await self.runner.load(plan_id)
+        if pstate.status == "none" or pstate.workflow_id != workflow_id:
+            return Refusal(Reason.UNKNOWN_PLAN,
+                           f"workflow {workflow_id} runs no plan MAESTRO allocated")
+        if (refused := plans.may_act(pstate, caller, admin=admin)) is not None:
+            return refused
+        return await self.on_deviation(found.deviation)
+
     async def _on_deviation(self, deviation: Deviation) -> PlanRevised | Refusal | None:
+        """`deviation` is the engine's (the caller verified it); whether it still matters and
+        which plan it is about are read here, from journals that verify."""
         if deviation.kind not in REPLAN_ON or not deviation.plan_id:
             return None
+        if check_plan_id(deviation.plan_id) is not None:
+            return None
         wf = deviation.workflow_id
-        loaded = await journal(self.js, self.space, self.moon_walls).read(wf)
-        state = replay.fold(i.value for i in loaded.items)
+        state = (await read_workflow(self.js, self.space, wf, engines=self._engines,
+                                     keys=self.keys)).state
         step = state.steps.get(deviation.step)
         # Stale or already handled: the workflow ended, moved to a newer revision, or recovered.
         if state.status != "running" or state.plan_revision != deviation.plan_revision:
@@ -407,6 +407,11 @@ class Maestro:
             return None
         _, pstate = await self.runner.load(deviation.plan_id)
         if pstate.status != "allocated":
+            return None
+        if pstate.workflow_id != wf:
+            # Anyone may dispatch a workflow naming any plan id: its deviations are its own.
+            log.warning("deviation_of_another_plan", plan=deviation.plan_id, workflow=wf,
+                        runs=pstate.workflow_id)
             return None
         goal = msgspec.json.decode(pstate.goal, type=Goal)
         previous = msgspec.json.decode(pstate.plan, type=Plan)
@@ -420,7 +425,7 @@ class Maestro:
         elapsed = self.clock_ms() - state.dispatched.at_ms
         outcome = await asyncio.to_thread(
             plan_goal, goal, offers, policy=self.policy, options=self._replan_options(),
-            excluded=excluded, progress=_progress(state, excluded), now_ms=max(elapsed, 0))
+            excluded=excluded, progress=progress(state, excluded), now_ms=max(elapsed, 0))
         revision = pstate.revision + 1
         why = f"{deviation.kind} of {deviation.step} on {deviation.executor}: {deviation.detail}"
         key = f"revise-{deviation.plan_id}-{revision}"
@@ -460,17 +465,33 @@ class Maestro:
         limit = min(self.options.time_limit_s, REPLAN_TIME_LIMIT_S)
         return msgspec.structs.replace(self.options, time_limit_s=limit)
 
+    def _workflow_of(self, subject: str) -> str:
+        parts = self.space.unprefix(subject).split(".")
+        return parts[2] if len(parts) == 4 and parts[:2] == ["moon", "wf"] else ""
+
     async def _on_journal(self, msg: Msg) -> None:
-        decision = self._decisions.try_decode(msg.data)
-        if not isinstance(decision, Undecodable):
-            for event in decision.events:
-                if isinstance(event, Deviation):
-                    try:
-                        await self.on_deviation(event)
-                    except Exception:
-                        log.exception("replan_failed", workflow=event.workflow_id)
-                        await msg.nak(delay=1)
-                        return
+        """Act only on an engine-signed decision holding deviations of the subject's workflow;
+        anything else is named, counted and acked (never acted on, never redelivered)."""
+        wf = self._workflow_of(msg.subject)
+        found = (open_deviations(msg.data, wf, engines=self._engines, keys=self.keys) if wf
+                 else Refusal(Reason.WRONG_SUBJECT, msg.subject[:120]))
+        if isinstance(found, Refusal):
+            self.forged_deviations += 1
+            log.warning("deviation_rejected", subject=msg.subject[:120],
+                        seq=msg.metadata.sequence.stream, reason=found.reason.value,
+                        detail=found.detail)
+            await msg.ack()
+            return
+        for event in found:
+            try:
+                await self.on_deviation(event)
+            except Exception:
+                log.exception("replan_failed", workflow=event.workflow_id)
+                if msg.metadata.num_delivered < MAX_DELIVERIES:
+                    await msg.nak(delay=1)
+                    return
+                log.error("deviation_dropped", workflow=event.workflow_id,
+                          seq=msg.metadata.sequence.stream)
         await msg.ack()
 
     async def run_replanner(self, *, ready: asyncio.Event | None = None) -> None:

@@ -14,6 +14,7 @@ from streams.replies import Refusal
 
 __all__ = [
     "AllocationRefused",
+    "Foreign",
     "PlanAllocated",
     "PlanBatch",
     "PlanEvent",
@@ -40,6 +41,7 @@ class PlanProposed(PlanEventBase, frozen=True, tag="maestro.plan.proposed"):
     # Added later, hence last and defaulted: journals written before them still decode.
     bids: bytes = b""  # the executors' bids the plan used (contract net), as JSON; b"": none
     anticipation: bytes = b""  # backups, retry slack, p(on time) for this plan, as JSON
+    owner: str = ""  # the DID of the caller that created the plan id: only it (or an admin) acts
 
 
 class PlanRefused(PlanEventBase, frozen=True, tag="maestro.plan.refused"):
@@ -47,6 +49,7 @@ class PlanRefused(PlanEventBase, frozen=True, tag="maestro.plan.refused"):
     reasons: tuple[Refusal, ...]
     goal: bytes = b""
     bids: bytes = b""  # the bids the refused attempt was priced with, as JSON; b"": none
+    owner: str = ""  # a refused plan id stays its creator's
 
 
 class PlanRatified(PlanEventBase, frozen=True, tag="maestro.plan.ratified"):
@@ -104,10 +107,25 @@ PlanEvent: TypeAlias = (
 
 
 class PlanBatch(msgspec.Struct, frozen=True):
-    """One PLANS message: the id of the request that caused it and its events."""
+    """One PLANS message: the id of the request that caused it and its events.
+
+    On the wire it is the body of a PLAN_DECISION statement signed by MAESTRO, and `after` is
+    the stream sequence of the plan's previous message when it was appended (the optimistic
+    concurrency check guarantees it): a copy of a genuine message appended anywhere else, or
+    later, does not sit after the sequence it names, so a fold tells it from the original.
+    """
 
     command_id: str
     events: list[PlanEvent]
+    after: int = 0
+
+
+class Foreign(msgspec.Struct, frozen=True):
+    """A PLANS message MAESTRO did not write there: unsigned, signed by someone else, about
+    another plan, or a copy out of place. Folded as nothing; `seq` names it."""
+
+    seq: int
+    detail: str
 
 
 _KINDS: dict[type, str] = {

@@ -11,6 +11,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.kv import KV_PURGE
 
+from envelope.registry import Registration, Registry, register
 from maestro.board import (
     Advertiser,
     Award,
@@ -28,7 +29,7 @@ from maestro.board import (
 from maestro.goal import CapabilityOffer, Offer
 from streams.replies import Reason, Refusal
 from streams.subjects import Space
-from tests.maestro.conftest import offer
+from tests.maestro.conftest import Executors, executors, offer
 
 CFP = CallForBids(
     plan="p1",
@@ -97,15 +98,39 @@ def test_refresh_offers_applies_bid_terms() -> None:
 
 
 async def test_published_offer_is_live_and_withdrawn(js: JetStreamContext, space: Space) -> None:
-    board = Board(js, space)
-    assert await board.live() == ()
-    a, b = offer("acme-b", ("search", 5, 1)), offer("acme-a", ("write", 9, 2))
-    await board.publish(a)
-    await board.publish(b)
-    assert await board.live() == (b, a)  # sorted by executor
-    assert await board.ttl_s() == 15.0
-    await board.withdraw("acme-b")
-    assert await board.live() == (b,)
+    async with executors(js, space, "acme-a", "acme-b") as known:
+        board = Board(js, space, registry=known.registry)
+        assert await board.live() == ()
+        a, b = offer("acme-b", ("search", 5, 1)), offer("acme-a", ("write", 9, 2))
+        await board.publish(a, known.key("acme-b"))
+        await board.publish(b, known.key("acme-a"))
+        assert await board.live() == (b, a)  # sorted by executor
+        assert await board.ttl_s() == 15.0
+        await board.withdraw("acme-b")
+        assert await board.live() == (b,)
+
+
+async def test_the_board_plans_with_registered_trust_and_capabilities(
+    js: JetStreamContext, space: Space
+) -> None:
+    """An offer is believed as registered: the registry's trust, only the capabilities the
+    registration lets it serve; an executor left with none is not on the board."""
+    async with executors(js, space, "a", "b") as known:
+        for name in ("a", "b"):
+            await register(js, known.registrar, Registration(
+                name, known.key(name).did, capabilities=("search",), trust=0.3), space=space)
+        # A registry started now has loaded the new entries.
+        registry = await Registry(js, registrars={known.registrar.did}, space=space).start()
+        try:
+            board = Board(js, space, registry=registry)
+            await board.publish(offer("a", ("search", 5, 1), ("write", 9, 2)), known.key("a"))
+            await board.publish(offer("b", ("write", 9, 2)), known.key("b"))
+            live = await board.live()
+        finally:
+            await registry.stop()
+        assert [(o.executor, o.trust) for o in live] == [("a", 0.3)]
+        assert [c.capability for c in live[0].capabilities] == ["search"]
+        assert "no capability" in board.rejected["b"]
 
 
 async def test_offer_not_refreshed_expires(js: JetStreamContext, space: Space) -> None:
@@ -113,41 +138,49 @@ async def test_offer_not_refreshed_expires(js: JetStreamContext, space: Space) -
     kv = await js.create_key_value(
         api.KeyValueConfig(bucket=bucket, ttl=1.0, limit_marker_ttl=1.0)
     )
-    board = Board(js, space, bucket=bucket)
-    await board.publish(offer("fleeting", ("search", 5, 1)))
-    assert [o.executor for o in await board.live()] == ["fleeting"]
-    watcher = await kv.watch("fleeting")
+    async with executors(js, space, "fleeting") as known:
+        board = Board(js, space, registry=known.registry, bucket=bucket)
+        await board.publish(offer("fleeting", ("search", 5, 1)), known.key("fleeting"))
+        assert [o.executor for o in await board.live()] == ["fleeting"]
+        watcher = await kv.watch("fleeting")
+        await _expires(watcher)
+        assert await board.live() == ()
+
+
+async def _expires(watcher: object) -> None:
 
     async def expired() -> None:
         while True:
-            entry = await watcher.updates(timeout=10)  # type: ignore[no-untyped-call]
+            entry = await watcher.updates(timeout=10)  # type: ignore[attr-defined]
             if entry is not None and entry.operation == KV_PURGE:
                 return
 
     try:
         await asyncio.wait_for(expired(), timeout=10)  # the server's MaxAge marker
     finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-    assert await board.live() == ()
+        await watcher.stop()  # type: ignore[attr-defined]
 
 
 async def test_advertiser_keeps_an_offer_alive(js: JetStreamContext, space: Space) -> None:
     bucket = space.bucket("board_adv")
     await js.create_key_value(api.KeyValueConfig(bucket=bucket, ttl=1.0))
-    board = Board(js, space, bucket=bucket)
-    mine = offer("steady", ("search", 5, 1))
-    async with Advertiser(board, mine) as advertiser:  # ttl/3 = 0.33 s
-        assert await board.live() == (mine,)
-        await asyncio.sleep(1.8)  # well past the TTL
-        assert await board.live() == (mine,)
-        assert advertiser.published >= 3
-    assert await board.live() == ()  # withdrawn on stop
+    async with executors(js, space, "steady") as known:
+        board = Board(js, space, registry=known.registry, bucket=bucket)
+        mine = offer("steady", ("search", 5, 1))
+        async with Advertiser(board, mine, signer=known.key("steady")) as advertiser:
+            assert await board.live() == (mine,)  # ttl/3 = 0.33 s between refreshes
+            await asyncio.sleep(1.8)  # well past the TTL
+            assert await board.live() == (mine,)
+            assert advertiser.published >= 3
+        assert await board.live() == ()  # withdrawn on stop
 
 
 # --- MARKET --------------------------------------------------------------------------------
 
 
-async def test_call_for_bids_keeps_only_timely_bids(nc: Client, space: Space) -> None:
+async def test_call_for_bids_keeps_only_timely_bids(
+    nc: Client, js: JetStreamContext, space: Space
+) -> None:
     late_sent = asyncio.Event()
     slow_offer = offer("slow", ("search", 100, 1))
 
@@ -159,12 +192,15 @@ async def test_call_for_bids_keeps_only_timely_bids(nc: Client, space: Space) ->
         late_sent.set()
 
     slow_sub = await nc.subscribe(space.subject(cfp_subject()), cb=slow)
-    a = Bidder(nc, space, offer("a", ("search", 500, 10)))
-    b = Bidder(nc, space, offer("b", ("write", 900, 50)), load=lambda: 1)
-    outsider = Bidder(nc, Space(space.prefix + "other"), offer("o", ("search", 1, 1)))
-    async with a, b, outsider:
-        bids = await call_for_bids(nc, space, CFP, timeout_s=1.0)
-        await asyncio.wait_for(late_sent.wait(), timeout=5)
+    async with executors(js, space, "a", "b", "o", "slow") as known:
+        a = Bidder(nc, space, offer("a", ("search", 500, 10)), signer=known.key("a"))
+        b = Bidder(nc, space, offer("b", ("write", 900, 50)), load=lambda: 1,
+                   signer=known.key("b"))
+        outsider = Bidder(nc, Space(space.prefix + "other"), offer("o", ("search", 1, 1)),
+                          signer=known.key("o"))
+        async with a, b, outsider:
+            bids = await call_for_bids(nc, space, CFP, timeout_s=1.0, registry=known.registry)
+            await asyncio.wait_for(late_sent.wait(), timeout=5)
     await slow_sub.unsubscribe()
     assert sorted(bid.executor for bid in bids) == ["a", "b"]
     by = {bid.executor: bid for bid in bids}
@@ -172,22 +208,42 @@ async def test_call_for_bids_keeps_only_timely_bids(nc: Client, space: Space) ->
     assert by["b"].quotes == (CapabilityOffer("write", 900, rate=75),)  # load 1 of capacity 1
 
 
-async def test_call_for_bids_stops_at_expected(nc: Client, space: Space) -> None:
-    async with Bidder(nc, space, offer("a", ("search", 500, 10))):
-        started = asyncio.get_running_loop().time()
-        bids = await call_for_bids(nc, space, CFP, timeout_s=10.0, expected=1)
-        assert asyncio.get_running_loop().time() - started < 5.0
-    assert [bid.executor for bid in bids] == ["a"]
-    assert await call_for_bids(nc, space, CFP, timeout_s=0.2) == []  # nobody listening
+async def test_call_for_bids_stops_at_expected(
+    nc: Client, js: JetStreamContext, space: Space
+) -> None:
+    async with executors(js, space, "a") as known:
+        async with Bidder(nc, space, offer("a", ("search", 500, 10)), signer=known.key("a")):
+            started = asyncio.get_running_loop().time()
+            bids = await call_for_bids(nc, space, CFP, timeout_s=10.0, expected=1,
+                                       registry=known.registry)
+            assert asyncio.get_running_loop().time() - started < 5.0
+        assert [bid.executor for bid in bids] == ["a"]
+        nobody = await call_for_bids(nc, space, CFP, timeout_s=0.2, registry=known.registry)
+        assert nobody == []  # nobody listening
 
 
-async def test_award_is_acknowledged_by_the_right_executor(nc: Client, space: Space) -> None:
+async def test_award_is_acknowledged_by_the_right_executor(
+    nc: Client, js: JetStreamContext, space: Space
+) -> None:
+    async with executors(js, space, "a", "b") as known:
+        await _award_round(nc, space, known)
+
+
+async def _award_round(nc: Client, space: Space, known: Executors) -> None:
     seen: list[Award] = []
-    a = Bidder(nc, space, offer("a", ("search", 500, 10)))
-    b = Bidder(nc, space, offer("b", ("search", 400, 20)), load=lambda: 1, on_award=seen.append)
+    registry = known.registry
+
+    async def bind(plan: str, executor: str, steps: list[str], **options: object
+                   ) -> Award | Refusal:
+        return await award(nc, space, plan, executor, steps, registry=registry,
+                           signer=known.registrar, **options)  # type: ignore[arg-type]
+    a = Bidder(nc, space, offer("a", ("search", 500, 10)), signer=known.key("a"))
+    b = Bidder(nc, space, offer("b", ("search", 400, 20)), load=lambda: 1, on_award=seen.append,
+               signer=known.key("b"))
     async with a, b:
-        bids = {bid.executor: bid for bid in await call_for_bids(nc, space, CFP, 1.0, expected=2)}
-        bound = await award(nc, space, "p1", "b", ["s1", "s3"])
+        bids = {bid.executor: bid for bid in await call_for_bids(
+            nc, space, CFP, 1.0, expected=2, registry=registry)}
+        bound = await bind("p1", "b", ["s1", "s3"])
         assert isinstance(bound, Award)
         assert bound.executor == "b"
         assert bound.steps == ("s1", "s3")
@@ -195,32 +251,35 @@ async def test_award_is_acknowledged_by_the_right_executor(nc: Client, space: Sp
         assert b.awards == [bound] == seen
         assert a.awards == []
 
-        unbid = await award(nc, space, "p1", "a", ["s2"])
+        unbid = await bind("p1", "a", ["s2"])
         assert isinstance(unbid, Refusal)
         assert unbid.reason is Reason.UNKNOWN_STEP
         cheaper = (CapabilityOffer("search", 400, rate=1),)
-        haggled = await award(nc, space, "p1", "b", ["s1"], quotes=cheaper)
+        haggled = await bind("p1", "b", ["s1"], quotes=cheaper)
         assert isinstance(haggled, Refusal)
         assert haggled.reason is Reason.CONTRADICTORY_EVIDENCE
-        at_board = await award(nc, space, "p2", "a", ["x"])  # no call: board terms
+        at_board = await bind("p2", "a", ["x"])  # board terms
         assert isinstance(at_board, Award)
         assert at_board.quotes == a.offer.capabilities
 
-    gone = await award(nc, space, "p1", "b", ["s1"], timeout_s=0.5)
+    gone = await bind("p1", "b", ["s1"], timeout_s=0.5)
     assert isinstance(gone, Refusal)
     assert gone.reason is Reason.UNAVAILABLE
 
 
 @pytest.mark.parametrize("executor", ["acme.researcher", "a b"])
-async def test_odd_executor_ids_still_work(
-    js: JetStreamContext, nc: Client, space: Space, executor: str
+async def test_executor_ids_that_are_no_token_never_reach_the_board(
+    js: JetStreamContext, space: Space, executor: str
 ) -> None:
-    board = Board(js, space)
-    mine = offer(executor, ("search", 5, 1))
-    await board.publish(mine)
-    assert await board.live() == (mine,)
-    async with Bidder(nc, space, mine):
-        bound = await award(nc, space, "p9", executor, ["s1"])
-    assert isinstance(bound, Award)
-    await board.withdraw(executor)
-    assert await board.live() == ()
+    """An id with a dot or a space cannot be registered, so an offer under it, signed or not,
+    is never believed (once it would have been folded into a token and shared a key)."""
+    from envelope.keys import signer_from_seed  # noqa: PLC0415
+
+    key = signer_from_seed(bytes(32))
+    with pytest.raises(ValueError, match="executor id"):
+        await register(js, key, Registration(executor, key.did), space=space)
+    async with executors(js, space) as known:
+        board = Board(js, space, registry=known.registry)
+        await board.publish(offer(executor, ("search", 5, 1)), key)
+        assert await board.live() == ()
+        assert board.rejected

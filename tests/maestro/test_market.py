@@ -19,7 +19,7 @@ from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext
 from typer.testing import CliRunner
 
-from envelope.local import LocalTrust, local_trust
+from envelope.local import LocalTrust
 from maestro.anticipate import Anticipation, anticipate
 from maestro.board import Award, Bid, Bidder
 from maestro.cli import app
@@ -39,7 +39,8 @@ from streams.plan_events import (
 )
 from streams.replies import Reason, Refusal
 from streams.subjects import Space
-from tests.maestro.conftest import EXAMPLES, offer
+from tests import walls as tw
+from tests.maestro.conftest import EXAMPLES, Executors, executors, offer
 
 from ..moon.engine_world import engine
 
@@ -59,12 +60,13 @@ BOARD = tuple(msgspec.structs.replace(o, bids=True) for o in (
 
 
 def _maestro(nc: Nats, space: Space, trust: LocalTrust, board: Sequence[Offer],
-             market: Market | None = None) -> Maestro:
+             market: Market | None = None, *, known: Executors | None = None) -> Maestro:
     async def offers() -> Sequence[Offer]:
         return board
 
     return Maestro(nc, trust.maestro, trust.maestro_grant, trust.moon.did, offers, space=space,
-                   market=market or Market(), options=SolveOptions(time_limit_s=2.0, workers=2))
+                   market=market or Market(), options=SolveOptions(time_limit_s=2.0, workers=2),
+                   registry=known.registry if known is not None else None)
 
 
 @contextlib.asynccontextmanager
@@ -112,10 +114,17 @@ async def test_bids_change_the_chosen_executor_and_the_award_binds_the_winner(
 ) -> None:
     """cheap advertised 1 but bids 9 now; dear bids its 5: the plan goes to dear, at 5."""
     assert {a.executor for a in plan_goal(GOAL, BOARD).plan.assignments} == {"cheap"}
-    trust = local_trust(tmp_path)
-    maestro = _maestro(nc, space, trust, BOARD)
-    cheap = Bidder(nc, space, offer("cheap", ("work", 300, 9), capacity=3))
-    dear = Bidder(nc, space, BOARD[1])
+    trust = tw.trust_for(space)
+    async with executors(js, space, "cheap", "dear") as known:
+        await _bids_change_the_winner(nc, js, space, trust, known)
+
+
+async def _bids_change_the_winner(nc: Nats, js: JetStreamContext, space: Space,
+                                  trust: LocalTrust, known: Executors) -> None:
+    maestro = _maestro(nc, space, trust, BOARD, known=known)
+    cheap = Bidder(nc, space, offer("cheap", ("work", 300, 9), capacity=3),
+                   signer=known.key("cheap"))
+    dear = Bidder(nc, space, BOARD[1], signer=known.key("dear"))
     async with _moon(nc, space, trust), cheap, dear:
         outcome = await maestro.plan(GOAL, plan_id="p1")
         assert outcome.decision == "planned", outcome.reasons
@@ -148,9 +157,11 @@ async def test_a_plan_refused_at_the_bid_prices_journals_those_bids(
     board = (msgspec.structs.replace(offer("only", ("work", 300, 1), capacity=3), bids=True),)
     goal = msgspec.structs.replace(GOAL, budget=Budget(tokens=10_000, cost=10))
     assert plan_goal(goal, board).decision == "planned"
-    maestro = _maestro(nc, space, local_trust(tmp_path), board)
-    async with Bidder(nc, space, offer("only", ("work", 300, 9), capacity=3)):
-        outcome = await maestro.plan(goal, plan_id="p1")
+    async with executors(js, space, "only") as known:
+        maestro = _maestro(nc, space, tw.trust_for(space), board, known=known)
+        async with Bidder(nc, space, offer("only", ("work", 300, 9), capacity=3),
+                          signer=known.key("only")):
+            outcome = await maestro.plan(goal, plan_id="p1")
     assert outcome.decision == "refused"
     assert {r.reason for r in outcome.reasons} == {Reason.OVER_BUDGET}
     refused = _one(await _journal(maestro, "p1"), PlanRefused)
@@ -164,15 +175,16 @@ async def test_a_silent_executor_keeps_its_board_price_unless_bids_are_required(
 ) -> None:
     """cheap runs no Bidder: planned at its board price and never awarded; strict: excluded.
     (The goal sets no budget nor deadline: dispatched without one.)"""
-    trust = local_trust(tmp_path)
-    lenient = _maestro(nc, space, trust, BOARD)
-    strict = _maestro(nc, space, trust, BOARD, Market(require_bid=True))
-    dear = Bidder(nc, space, BOARD[1])
+    trust = tw.trust_for(space)
     unbounded = msgspec.structs.replace(GOAL, budget=Budget(), deadline_ms=None)
-    async with _moon(nc, space, trust), dear:
-        silent = await lenient.plan(unbounded, plan_id="p1")
-        allocated = await lenient.allocate("p1")
-        required = await strict.plan(GOAL, plan_id="p2")
+    async with executors(js, space, "cheap", "dear") as known:
+        lenient = _maestro(nc, space, trust, BOARD, known=known)
+        strict = _maestro(nc, space, trust, BOARD, Market(require_bid=True), known=known)
+        dear = Bidder(nc, space, BOARD[1], signer=known.key("dear"))
+        async with _moon(nc, space, trust), dear:
+            silent = await lenient.plan(unbounded, plan_id="p1")
+            allocated = await lenient.allocate("p1")
+            required = await strict.plan(GOAL, plan_id="p2")
     assert {a.executor for a in silent.plan.assignments} == {"cheap"}
     assert isinstance(allocated, Allocated), allocated
     assert allocated.awards == 0  # the only bidder was not chosen; cheap is bound by its order
@@ -185,12 +197,18 @@ async def test_an_award_refusal_refuses_the_allocation_and_dispatches_nothing(
 ) -> None:
     """x's bid expires before the award: the allocation is refused with x's reason, y's ack is
     kept as evidence, and MOON never hears of the plan."""
-    trust = local_trust(tmp_path)
+    trust = tw.trust_for(space)
     board = tuple(msgspec.structs.replace(o, bids=True)
                   for o in (offer("x", ("work", 300, 1)), offer("y", ("check", 300, 1))))
-    maestro = _maestro(nc, space, trust, board)
-    x = Bidder(nc, space, board[0], valid_for_ms=1_500)
-    y = Bidder(nc, space, board[1])
+    async with executors(js, space, "x", "y") as known:
+        await _award_refused(nc, js, space, trust, known, board=board)
+
+
+async def _award_refused(nc: Nats, js: JetStreamContext, space: Space, trust: LocalTrust,
+                         known: Executors, *, board: tuple[Offer, ...]) -> None:
+    maestro = _maestro(nc, space, trust, board, known=known)
+    x = Bidder(nc, space, board[0], valid_for_ms=1_500, signer=known.key("x"))
+    y = Bidder(nc, space, board[1], signer=known.key("y"))
     async with _moon(nc, space, trust), x, y:
         outcome = await maestro.plan(TWO_KINDS, plan_id="p1")
         assert outcome.decision == "planned", outcome.reasons
@@ -228,7 +246,7 @@ async def test_the_journaled_plan_carries_its_anticipation(
     """Backups and p(on time) ride in PlanProposed: the seeded estimate, not recomputed later."""
     board = (offer("home", ("work", 300, 1), reliability=0.6, capacity=3),
              offer("away", ("work", 300, 5), reliability=0.99, capacity=3))
-    maestro = _maestro(nc, space, local_trust(tmp_path), board, Market(bid_timeout_s=0))
+    maestro = _maestro(nc, space, tw.trust_for(space), board, Market(bid_timeout_s=0))
     outcome = await maestro.plan(GOAL, plan_id="p1")
     assert outcome.decision == "planned"
     proposed = _one(await _journal(maestro, "p1"), PlanProposed)
