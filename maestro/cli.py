@@ -124,13 +124,21 @@ def board_command(
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
 ) -> None:
     """Live executors and their offers (the MAT board, a KV bucket with liveness)."""
+    from envelope.local import local_trust  # noqa: PLC0415
     from maestro.board import Board  # noqa: PLC0415
+    from moon.local import local_registry  # noqa: PLC0415
     from streams.broker import connect  # noqa: PLC0415
     from streams.config import space_from_env  # noqa: PLC0415
 
     async def live() -> Any:
         async with connect(data_dir=data_dir, name="maestro-board") as nc:
-            return await Board(nc.jetstream(), space_from_env()).live()
+            js, space = nc.jetstream(), space_from_env()
+            # Offers are believed only as the registry has the executor (its key and trust).
+            registry = await local_registry(js, space, local_trust(data_dir or home_dir()))
+            try:
+                return await Board(js, space, registry=registry).live()
+            finally:
+                await registry.stop()
 
     for offer in asyncio.run(live()):
         caps = ", ".join(c.capability for c in offer.capabilities)
@@ -165,13 +173,17 @@ async def _serve(data_dir: Path | None, offers_path: Path | None,
     async with connect(data_dir=home, name="maestro") as nc:
         js = nc.jetstream()
         await ensure_streams(js, Topology(space=space, replicas=replicas_from_env()))
-        board = Board(js, space)
+        from moon.local import local_registry  # noqa: PLC0415
+
+        registry = await local_registry(js, space, trust)
+        board = Board(js, space, registry=registry)
 
         async def offers() -> Any:
             return static or await board.live()
 
         maestro = Maestro(nc, trust.maestro, trust.maestro_grant, trust.moon.did, offers,
-                          space=space)
+                          space=space, registry=registry, engines=trust.engines,
+                          planners=trust.planners)
         gate = maestro_gate(nc, maestro, signer=trust.maestro,
                             trust=trust.trust_for(trust.maestro))
         on_sigterm(maestro.stop)

@@ -129,14 +129,23 @@ async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
             return offers
 
         maestro = Maestro(nc, trust.maestro, trust.maestro_grant, trust.moon.did, live_offers,
-                          space=space)
+                          space=space, registry=registry)
         gate = moon_gate(nc, engine, signer=trust.moon, trust=trust.trust_for(trust.moon))
         console.print(f"goal [bold]{goal.name}[/]: {len(goal.steps)} steps, deadline "
                       f"{(goal.deadline_ms or 0) / 1000:g}s, budget {goal.budget.cost} cost units")
         # Every demo executor answers calls for bids; MAESTRO plans at the prices they bid.
+        fail_once: set[str] = set()
+        handlers_of, signers = {}, {}
+        for o in offers:
+            handlers_of[o.executor] = ({c.capability: _handler(o, goal, fail_once)
+                                        for c in o.capabilities} | _undo(o, goal, fail_once))
+            signers[o.executor] = await register_local_executor(
+                js, space, trust, data_dir, o.executor, capabilities=handlers_of[o.executor],
+                trust_level=o.trust)
         for o in offers:
             await market.enter_async_context(
-                Bidder(nc, space, o, load=(lambda: 1) if o.executor == BUSY else (lambda: 0)))
+                Bidder(nc, space, o, load=(lambda: 1) if o.executor == BUSY else (lambda: 0),
+                       signer=signers[o.executor], planners=trust.planners))
         outcome = await maestro.plan(goal, plan_id=plan_id)
         if outcome.decision != "planned":
             for reason in outcome.reasons:
@@ -145,18 +154,12 @@ async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
         await _show_plan(console, maestro, plan_id=plan_id, goal=goal, offers=offers,
                          outcome=outcome)
         victim = _victim(outcome.plan, goal, offers)
-        fail_once = {f"{victim[1]}/{victim[0]}"}
+        fail_once.add(f"{victim[1]}/{victim[0]}")
         console.print(f"injecting one failure: [red]{victim[1]}[/] will fail step "
                       f"[bold]{victim[0]}[/]; MAESTRO must replan around it")
-        workers = []
-        for o in offers:
-            handlers = ({c.capability: _handler(o, goal, fail_once) for c in o.capabilities}
-                        | _undo(o, goal, fail_once))
-            signer = await register_local_executor(js, space, trust, data_dir, o.executor,
-                                                   capabilities=handlers,
-                                                   trust_level=o.trust)
-            workers.append(Worker(nc, executor_id=o.executor, handlers=handlers, signer=signer,
-                                  space=space, watts=o.watts, capacity=o.capacity))
+        workers = [Worker(nc, executor_id=o.executor, handlers=handlers_of[o.executor],
+                          signer=signers[o.executor], space=space, watts=o.watts,
+                          capacity=o.capacity) for o in offers]
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(running(lambda r: engine.run(ready=r), engine.stop))
             await stack.enter_async_context(gate.serving())
