@@ -40,15 +40,17 @@ from nats.aio.msg import Msg
 
 from streams.broker import EmbeddedBroker, open_connection
 from streams.config import Topology, ensure_streams
-from streams.moon_events import CompleteStep, Dispatch, RetryPolicy, StepSpec
+from streams.moon_events import Compensate, Dispatch, RetryPolicy, StepSpec
 from streams.subjects import Space
 
 # Run as `python benchmarks/moon.py`, this file would shadow the `moon` package.
 sys.modules.pop("moon", None)
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.walls: the trust homes
 from moon.clock import local_ms as now_ms  # noqa: E402
 from moon.effects import Effects  # noqa: E402
 from moon.engine import ENGINE_CONSUMER, Engine  # noqa: E402
+from tests import walls as tw  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW_STREAM, RAW_SUBJECT = "BENCH_RAW", "bench.raw"
@@ -107,7 +109,7 @@ class Completions:
 
 def child_env(url: str, space: Space) -> dict[str, str]:
     return dict(os.environ, NATS_URL=url, MAESTRO_SPACE=space.prefix, PYTHONPATH=str(ROOT),
-                LOG_LEVEL="warning")
+                LOG_LEVEL="warning", MAESTRO_HOME=str(tw.home_for(space)))
 
 
 def spawn(args: list[str], url: str, space: Space, log: Path) -> subprocess.Popen[bytes]:
@@ -150,10 +152,11 @@ async def bench_dispatch(nc: Client, run: int, args: argparse.Namespace,
         await js.publish(raw_subject, PAYLOAD)
 
     # --- dispatch latency and throughput (Engine.submit, no consumer loop needed) -----------
-    engine = Engine(nc, space=space)
+    engine = Engine(nc, walls=tw.walls_for(space), space=space,
+                    registry=await tw.registry_for(js, space))
 
     async def submit(i: int, tag: str) -> None:
-        await engine.submit(dispatch(f"{tag}{i}"))
+        await engine.submit(dispatch(f"{tag}{i}"), source=tw.operator(space))
 
     await timed_sequential(lambda i: submit(i, "warm"), 50)
     lat = await timed_sequential(lambda i: submit(i, "lat"), args.n)
@@ -182,9 +185,8 @@ async def bench_e2e(nc: Client, url: str, run: int, args: argparse.Namespace, *,
         done = Completions()
         done.target = args.workflows
         sub = await nc.subscribe(e2e.subject("moon.wf.*.completed"), cb=done.on_msg)
-        sender = Effects(js, e2e)
         start = time.perf_counter()
-        await asyncio.gather(*(sender.send_command(dispatch(f"e{i}", args.steps))
+        await asyncio.gather(*(tw.send_dispatch(nc, e2e, dispatch(f"e{i}", args.steps))
                                for i in range(args.workflows)))
         await asyncio.wait_for(done.done.wait(), 300)
         r["e2e_steps_per_s"] = args.workflows * args.steps / (time.perf_counter() - start)
@@ -201,16 +203,21 @@ async def bench_recovery(nc: Client, run: int, args: argparse.Namespace,
     js = nc.jetstream()
     cold = Space(f"c{run}")
     await ensure_streams(js, Topology(space=cold))
-    first = Engine(nc, space=cold)
-    await lanes(lambda i: first.submit(dispatch(f"c{i}")), 16, args.recover)
-    sender = Effects(js, cold)
-    await asyncio.gather(*(sender.send_command(CompleteStep(
-        command_id=f"done/c{i}/s0/1", workflow_id=f"c{i}", at_ms=now_ms(), step="s0",
-        attempt=1, result=b"ok")) for i in range(args.recover)))
+    registry = await tw.registry_for(js, cold)
+    first = Engine(nc, walls=tw.walls_for(cold), registry=registry, space=cold)
+    await lanes(lambda i: first.submit(dispatch(f"c{i}"), source=tw.operator(cold)), 16,
+                args.recover)
+    # A backlog the engine finds when it starts: MAESTRO-signed compensations on MOON_CMD
+    # (executors' reports wait at the executor, retried, when no engine answers).
+    sender = Effects(js, cold, tw.trust_for(cold).maestro)
+    await asyncio.gather(*(sender.send_command(Compensate(
+        command_id=f"undo/c{i}", workflow_id=f"c{i}", at_ms=now_ms(), reason="bench"))
+        for i in range(args.recover)))
     done = Completions()
     done.target = args.recover
-    sub = await nc.subscribe(cold.subject("moon.wf.*.completed"), cb=done.on_msg)
-    fresh = Engine(nc, space=cold)  # empty cache: every workflow is folded from the journal
+    sub = await nc.subscribe(cold.subject("moon.wf.*.compensated"), cb=done.on_msg)
+    # Empty cache: every workflow is folded from the journal.
+    fresh = Engine(nc, walls=tw.walls_for(cold), registry=registry, space=cold)
     ready = asyncio.Event()
     start = time.perf_counter()
     task = asyncio.ensure_future(fresh.run(ready=ready))
