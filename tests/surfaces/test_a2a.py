@@ -115,3 +115,40 @@ async def test_a_local_agent_dispatches_without_envelopes_and_gets_the_task(nc, 
                 task = await client.get_task(GetTaskRequest(id=task_id))
                 assert task.status.state == TaskState.TASK_STATE_COMPLETED
                 await client.close()
+
+
+async def test_cancel_task_compensates_the_workflow_through_the_gate(nc, js, space, tmp_path):
+    import asyncio  # noqa: PLC0415
+
+    from a2a.types.a2a_pb2 import (  # noqa: PLC0415
+        CancelTaskRequest,
+        GetTaskRequest,
+        SendMessageConfiguration,
+    )
+
+    async with world(nc, space, tmp_path) as w:
+        port = free_port()
+        held = {"id": "b", "capability": "nobody-serves-this", "needs": ["a"]}
+        async with serving(_app(w, port, caller=w.operator), port) as url, \
+                httpx.AsyncClient(timeout=30) as http:
+            client = await create_client(url, ClientConfig(streaming=False, httpx_client=http))
+            request = message({"skill": "dispatch", "intent": {"steps": [step("a"), held]}})
+            request.configuration.CopyFrom(SendMessageConfiguration(return_immediately=True))
+            task_id = ""
+            async for event in client.send_message(request):
+                task_id = event.task.id
+
+            async def dispatched() -> None:
+                while not any(a.name == "step:a" for a in (await client.get_task(  # noqa: ASYNC110
+                        GetTaskRequest(id=task_id))).artifacts):
+                    await asyncio.sleep(0.05)  # polling the task, as an A2A client does
+
+            await asyncio.wait_for(dispatched(), 20)
+            canceled = await client.cancel_task(CancelTaskRequest(id=task_id))
+            assert canceled.status.state == TaskState.TASK_STATE_CANCELED
+            await client.close()
+        workflow_id = next(s.workflow_id for s in await w.reads.workflows())
+        assert (await w.reads.workflow(workflow_id))[1].status in ("compensating", "compensated")
+        compensations = [r for r in await w.reads.audit(limit=50) if r.method == "compensate"]
+        assert [(r.outcome, r.caller) for r in compensations] == [("accepted",
+                                                                  w.trust.operator.did)]
