@@ -4,8 +4,8 @@ Run: .venv/bin/python -m benchmarks.surfaces [--n 300] [--rounds 3] [--clients 1
 
 One embedded nats-server, a MOON engine and its gate, and the surfaces' app on a loopback uvicorn
 (httptools), all in this process (as `maestro up` runs them); the three paths alternate call by
-call so machine load hits them alike. Latency is sequential (seal, send, verified answer); throughput is
-`--clients` concurrent callers. Target: HTTP adds at most 1 ms p50 over native.
+call so machine load hits them alike. Latency is sequential (seal, send, verified answer);
+throughput is `--clients` concurrent callers. Target: HTTP adds at most 1 ms p50 over native.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ import msgspec
 import structlog
 import uvicorn
 from mcp import Client as McpClient
+from nats.aio.client import Client as Nats
 
 from envelope.client import Client
-from envelope.local import local_trust
+from envelope.local import LocalTrust, local_trust
 from moon.engine import Engine
 from moon.gateway import moon_gate
 from moon.service import running
@@ -49,7 +50,7 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
 
-async def _app(nc, space: Space, tmp: Path, port: int):  # type: ignore[no-untyped-def]
+async def _app(nc: Nats, space: Space, tmp: Path, port: int):  # type: ignore[no-untyped-def]
     from starlette.applications import Starlette  # noqa: PLC0415
     from starlette.routing import Mount  # noqa: PLC0415
 
@@ -87,10 +88,10 @@ async def main() -> None:
                                                    http="httptools"))
             serve = asyncio.get_running_loop().create_task(server.serve())
             async with running(lambda r: engine.run(ready=r), engine.stop), gate.serving():
-                while not server.started:
+                while not server.started:  # noqa: ASYNC110 - uvicorn only flips this flag
                     await asyncio.sleep(0.01)
-                await measure(args, nc, trust, gateway, caller, space,
-                              f"http://127.0.0.1:{port}")
+                await measure(args, nc, trust=trust, gateway=gateway, caller=caller, space=space,
+                              url=f"http://127.0.0.1:{port}")
             server.should_exit = True
             await serve
         finally:
@@ -98,8 +99,8 @@ async def main() -> None:
             broker.stop()
 
 
-async def measure(args: argparse.Namespace, nc, trust, gateway: Gateway, caller: Caller,  # type: ignore[no-untyped-def]
-                  space: Space, url: str) -> None:
+async def measure(args: argparse.Namespace, nc: Nats, *, trust: LocalTrust, gateway: Gateway,
+                  caller: Caller, space: Space, url: str) -> None:
     native = Client(nc, trust.operator, trust.services, grant=(trust.operator_grant,),
                     space=space)
     async with httpx.AsyncClient(base_url=url, timeout=30,
