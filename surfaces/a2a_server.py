@@ -174,7 +174,7 @@ class _Executor(AgentExecutor):
     async def _follow(self, workflow_id: str, updater: TaskUpdater, say: Say) -> None:
         """Status and step results from the workflow index and journal until it settles."""
         reads = self.surface.reads
-        kv = await reads._workflows()
+        kv = await reads.index()
         shown: set[str] = set()
         watcher = await kv.watch(workflow_id)
         try:

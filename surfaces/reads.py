@@ -58,7 +58,8 @@ class Reads:
         ), BATCHES)  # fmt: skip
         self._index: Any = None
 
-    async def _workflows(self) -> Any:
+    async def index(self) -> Any:
+        """The workflow index bucket (a KV handle), opened once."""
         if self._index is None:
             self._index = await self.js.key_value(self.space.bucket(WORKFLOWS.name))
         return self._index
@@ -66,7 +67,7 @@ class Reads:
     # -- workflows ------------------------------------------------------------------------------
 
     async def workflows(self, *, status: str | None = None) -> list[WorkflowSummary]:
-        kv = await self._workflows()
+        kv = await self.index()
         try:
             keys = await kv.keys()
         except Exception:  # nats-py raises NoKeysError for an empty bucket
@@ -82,7 +83,7 @@ class Reads:
         return sorted(out, key=lambda s: s.updated_ms)
 
     async def summary(self, workflow_id: str) -> WorkflowSummary | None:
-        kv = await self._workflows()
+        kv = await self.index()
         try:
             entry = await kv.get(workflow_id)
         except NotFoundError:
