@@ -73,8 +73,9 @@ _RAW = _Bytes()
 class SignedPlans:
     """The PLANS event store (the `EventStore[PlanEntry]` port), signed and verified."""
 
-    def __init__(self, js: JetStreamContext, layout: Layout, signer: Signer, *,
+    def __init__(self, js: JetStreamContext, layout: Layout, signer: Signer | None, *,
                  planners: Container[str], keys: KeyRing | None = None) -> None:
+        """`signer` None: a reader (the surfaces, the CLI), which never appends."""
         self._raw = JetStreamStore(js, layout, _RAW)
         self.layout = layout
         self._signer = signer
@@ -120,6 +121,8 @@ class SignedPlans:
                      kind: str) -> Appended | Conflict:
         if isinstance(value, Foreign):
             raise TypeError("a Foreign marker is never written")
+        if self._signer is None:
+            raise RuntimeError("only MAESTRO, with its key, writes the PLANS journal")
         stamped = msgspec.structs.replace(value, after=expected)
         data = sign_statement(self._signer, PLAN_DECISION, _batch_encode(stamped))
         return await self._raw.append(aggregate, data, expected=expected, key=key, kind=kind)

@@ -15,16 +15,18 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from maestro import plans
-from maestro.service import BATCHES
+from maestro.journals import SignedPlans
 from moon import replay
+from moon.authority import Walls
 from moon.engine import WorkflowSummary
 from moon.journal import journal
 from moon.workflow import WorkflowState
 from streams import subjects
 from streams.audit import AuditRecord
 from streams.config import AUDIT, PLANS, WORKFLOWS
-from streams.jetstream_store import JetStreamStore, last_sequence, ordered_read
+from streams.jetstream_store import last_sequence, ordered_read
 from streams.moon_events import command_kind
+from streams.plan_events import Foreign
 from streams.store import Layout
 from streams.subjects import Space
 from surfaces.forward import readable
@@ -48,14 +50,18 @@ def as_json(value: Any) -> Any:
 class Reads:
     """The read helpers over one namespace; `js` comes from the surface's own connection."""
 
-    def __init__(self, js: JetStreamContext, space: Space) -> None:
+    def __init__(self, js: JetStreamContext, space: Space, *, engines: frozenset[str],
+                 planners: frozenset[str]) -> None:
+        """The journals are read verified: MOON's as the `engines` signed it, PLANS as the
+        `planners` did (a message they did not write is never shown as theirs)."""
         self.js, self.space = js, space
-        self.moon = journal(js, space)
-        self.plans = JetStreamStore(js, Layout(
+        self.moon = journal(js, space, Walls(engines=engines, planners=planners,
+                                             registrars=frozenset()))
+        self.plans = SignedPlans(js, Layout(
             stream=space.stream(PLANS.name),
             subject=lambda plan, kind: space.subject(subjects.plan_event(plan, kind)),
             filter=lambda plan: space.subject(subjects.plan_events(plan)),
-        ), BATCHES)  # fmt: skip
+        ), None, planners=planners)  # fmt: skip
         self._index: Any = None
 
     async def index(self) -> Any:
@@ -127,9 +133,16 @@ class Reads:
 
     async def plan_events(self, plan_id: str) -> list[dict[str, Any]]:
         loaded = await self.plans.read(plan_id)
-        return [{"seq": item.seq, "at_ms": item.time_ms, "command": item.value.command_id,
-                 "events": [{"type": type(e).__name__, **as_json(e)} for e in item.value.events]}
-                for item in loaded.items]  # fmt: skip
+        out: list[dict[str, Any]] = []
+        for item in loaded.items:
+            entry = item.value
+            if isinstance(entry, Foreign):  # shown as what it is, never as MAESTRO's
+                out.append({"seq": item.seq, "at_ms": item.time_ms, "foreign": entry.detail})
+                continue
+            out.append({"seq": item.seq, "at_ms": item.time_ms, "command": entry.command_id,
+                        "events": [{"type": type(e).__name__, **as_json(e)}
+                                   for e in entry.events]})
+        return out
 
     # -- audit ----------------------------------------------------------------------------------
 

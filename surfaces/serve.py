@@ -52,7 +52,8 @@ def surfaces_app(
     no envelopes of their own) seal as; None serves HTTP and caller-sealed A2A only."""
     space = space or Space()
     gateway = Gateway(nc, services, space=space, keys=keys or KeyRing(), timeout_s=timeout_s)
-    reads = Reads(nc.jetstream(), space)
+    reads = Reads(nc.jetstream(), space, engines=frozenset({services["moon"]}),
+                  planners=frozenset({services["maestro"]}))
     a2a = A2aSurface(gateway, reads, caller, url=f"{base_url}/a2a")
     routes = [*http_routes(gateway, reads, max_body=max_body, base_url=base_url),
               *a2a.routes()]
@@ -126,7 +127,9 @@ async def _main(args: argparse.Namespace) -> None:
         space = space_from_env()
         if args.command == "mcp":
             gateway = Gateway(nc, services, space=space)
-            surface = McpSurface(gateway, Reads(nc.jetstream(), space), caller,
+            reads = Reads(nc.jetstream(), space, engines=frozenset({services["moon"]}),
+                          planners=frozenset({services["maestro"]}))
+            surface = McpSurface(gateway, reads, caller,
                                  inline_s=args.inline_s)
             await surface.run_stdio()
             return

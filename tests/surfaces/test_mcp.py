@@ -12,6 +12,7 @@ from mcp.client.stdio import StdioServerParameters
 
 from surfaces.mcp_server import McpSurface
 
+from .. import walls as tw
 from .world import ROOT, example_goal, goal_json, restricted, serving, step, world
 
 TOOLS = {"map.maestro.plan", "map.maestro.allocate", "map.maestro.replan", "map.moon.dispatch",
@@ -98,7 +99,7 @@ async def test_mcp_over_stdio_plans_dispatches_and_follows(nc, js, space, nats_u
     async with world(nc, space, tmp_path) as w:
         server = StdioServerParameters(
             command=sys.executable, args=["-m", "surfaces.serve", "mcp", "--data-dir",
-                                          str(tmp_path), "--inline-s", "0.05"],
+                                          str(tw.home_for(space)), "--inline-s", "0.05"],
             env={**os.environ, "NATS_URL": nats_url, "MAESTRO_SPACE": space.prefix},
             cwd=str(ROOT))
         async with Client(server) as client:

@@ -14,7 +14,7 @@ import msgspec
 import uvicorn
 from nats.aio.client import Client as Nats
 
-from envelope.local import LocalTrust, local_trust
+from envelope.local import LocalTrust
 from maestro.gateway import maestro_gate
 from maestro.goal import Goal, Offer, load_goal, load_offers
 from maestro.service import Maestro, Market
@@ -22,11 +22,14 @@ from maestro.solve import SolveOptions
 from moon.engine import Engine
 from moon.gateway import moon_gate
 from moon.service import running
-from moon.worker import Result, StepContext, Worker
+from moon.worker import Result, StepContext
 from streams.replies import Refusal
 from streams.subjects import Space
 from surfaces.forward import Caller, Gateway
 from surfaces.reads import Reads
+
+from .. import walls as tw
+from ..moon.engine_world import new_engine, new_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -73,23 +76,23 @@ def _handler(executor: str):
 @contextlib.asynccontextmanager
 async def world(nc: Nats, space: Space, tmp_path: Path) -> AsyncIterator[World]:
     """Both services behind their gates and one executor per example offer (plus `work`)."""
-    trust = local_trust(tmp_path)
+    trust = tw.trust_for(space)  # the keys the engine's walls and the registry trust
     offers = example_offers()
 
     async def board() -> tuple[Offer, ...]:
         return offers
 
-    engine = Engine(nc, space=space)
+    engine = await new_engine(nc, space)
     maestro = Maestro(nc, trust.maestro, trust.maestro_grant, trust.moon.did, board,
-                      space=space, market=Market(bid_timeout_s=0),
+                      space=space, market=Market(bid_timeout_s=0), registry=engine.registry,
                       options=SolveOptions(time_limit_s=1.0), anticipation_samples=50)
     moon = moon_gate(nc, engine, signer=trust.moon, trust=trust.trust_for(trust.moon))
     planner = maestro_gate(nc, maestro, signer=trust.maestro,
                            trust=trust.trust_for(trust.maestro))
-    workers = [Worker(nc, executor_id=o.executor, space=space, capacity=o.capacity,
-                      handlers={c.capability: _handler(o.executor) for c in o.capabilities})
-               for o in offers]
-    workers.append(Worker(nc, executor_id="x1", space=space, handlers={"work": _handler("x1")}))
+    workers = [await new_worker(nc, space, {c.capability: _handler(o.executor)
+                                            for c in o.capabilities}, o.executor,
+                                capacity=o.capacity) for o in offers]
+    workers.append(await new_worker(nc, space, {"work": _handler("x1")}, "x1"))
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(running(lambda r: engine.run(ready=r), engine.stop))
         await stack.enter_async_context(moon.serving())
@@ -97,7 +100,9 @@ async def world(nc: Nats, space: Space, tmp_path: Path) -> AsyncIterator[World]:
         for w in workers:
             await stack.enter_async_context(running(w.run_until_ready, w.stop))
         gateway = Gateway(nc, trust.services, space=space)
-        yield World(nc, space, trust, engine, maestro, gateway, Reads(nc.jetstream(), space))
+        reads = Reads(nc.jetstream(), space, engines=trust.engines, planners=trust.planners)
+        yield World(nc, space, trust, engine, maestro, gateway, reads)
+    await engine.registry.stop()
 
 
 def free_port() -> int:
