@@ -153,7 +153,7 @@ async def _serve(data_dir: Path | None, offers_path: Path | None,
     from maestro.gateway import maestro_gate  # noqa: PLC0415
     from maestro.goal import load_offers  # noqa: PLC0415
     from maestro.service import Maestro  # noqa: PLC0415
-    from moon.service import observed, on_sigterm  # noqa: PLC0415
+    from moon.service import observed, on_sigterm, running  # noqa: PLC0415
     from streams.broker import connect  # noqa: PLC0415
     from streams.config import (  # noqa: PLC0415
         Topology,
@@ -194,11 +194,16 @@ async def _serve(data_dir: Path | None, offers_path: Path | None,
         async def replanning() -> str | None:
             return None if maestro.consuming else "replanner not consuming deviations"
 
-        async with gate.serving(), observed(
+        # Health is served once the gate and the replanner are both taking work, so a probe
+        # never reads a service that is still starting as a failing one.
+        async with gate.serving(), running(
+            lambda ready: maestro.run_replanner(ready=ready), maestro.stop
+        ) as replanner, observed(
             nc, "maestro", space=space, metrics_port=metrics_port,
             checks={"gate": serving, "replanner": replanning},
         ):
-            await maestro.run_replanner()
+            await replanner
+        await registry.stop()
     return 0
 
 
