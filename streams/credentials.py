@@ -1,0 +1,153 @@
+"""Per-role NATS credentials: one NKey seed per role, 0600 files in a 0700 directory.
+
+NKeys rather than passwords: the server's config holds only public keys (a leaked config
+grants nothing), a client proves its key by signing the server's nonce (nothing replayable
+crosses the wire), and rotating a role is "new seed, rewrite the config, SIGHUP".
+
+Where a process finds its seed (streams/broker.py `open_connection`): an explicit path, else
+NATS_NKEY (a seed file, as the `nats` CLI reads it), else the credentials of an embedded broker
+this process started, else MAESTRO_CREDS (a directory of role seeds), else `<data_dir>/creds`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nkeys
+
+from streams.roles import Role, User, executor_role, parse_role, rights
+from streams.subjects import Space
+
+__all__ = [
+    "BASE_ROLES",
+    "CREDS_ENV",
+    "NKEY_ENV",
+    "add_executor",
+    "creds_dir",
+    "ensure_credentials",
+    "executors",
+    "public_key",
+    "remember",
+    "role_of",
+    "rotate",
+    "seed_file",
+    "users",
+]
+
+CREDS_ENV = "MAESTRO_CREDS"
+NKEY_ENV = "NATS_NKEY"
+BASE_ROLES: tuple[str, ...] = tuple(r.value for r in Role if r is not Role.EXECUTOR)
+_REGISTRY = "executors.json"  # executor id -> the capabilities its user may take orders for
+
+
+def creds_dir(data_dir: Path) -> Path:
+    """MAESTRO_CREDS when set (one directory shared by several brokers: tests), else
+    `<data_dir>/creds`."""
+    explicit = os.environ.get(CREDS_ENV)
+    return Path(explicit) if explicit else data_dir / "creds"
+
+
+def seed_file(directory: Path, role: str) -> Path:
+    """`engine.nk`, `executor-x1.nk`: one file per role (`:` is not for file names)."""
+    parse_role(role)  # refuses what is not a role
+    return directory / f"{role.replace(':', '-')}.nk"
+
+
+def _private_dir(directory: Path) -> None:
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Written 0600 from the first byte: never readable by others, not even for an instant."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    path.chmod(0o600)
+
+
+def _new_seed() -> str:
+    seed: bytes = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
+    return seed.decode()
+
+
+def public_key(seed: str) -> str:
+    pair = nkeys.from_seed(bytearray(seed.strip().encode()))
+    return str(pair.public_key.decode())
+
+
+def _ensure(directory: Path, role: str) -> Path:
+    path = seed_file(directory, role)
+    if not path.is_file():
+        write_private(path, _new_seed() + "\n")
+    return path
+
+
+def ensure_credentials(directory: Path, roles: Iterable[str] = BASE_ROLES) -> Path:
+    """Create what is missing (never overwrite: a running service holds those seeds)."""
+    _private_dir(directory)
+    for role in roles:
+        _ensure(directory, role)
+    return directory
+
+
+def rotate(directory: Path, role: str) -> Path:
+    """A new seed for `role`; the server accepts it once its config is rewritten and reloaded
+    (`EmbeddedBroker.reload`), and refuses the old one from then on."""
+    path = seed_file(directory, role)
+    write_private(path, _new_seed() + "\n")
+    return path
+
+
+def executors(directory: Path) -> dict[str, tuple[str, ...]]:
+    path = directory / _REGISTRY
+    if not path.is_file():
+        return {}
+    raw: Mapping[str, Any] = json.loads(path.read_text())
+    return {str(k): tuple(str(c) for c in v) for k, v in raw.items()}
+
+
+def add_executor(directory: Path, executor_id: str, capabilities: Sequence[str]) -> Path:
+    """Register an executor's user (its id and the pools it may take from) and its seed; a
+    second call updates the capabilities and keeps the seed."""
+    role = executor_role(executor_id)  # refuses an id that is not [A-Za-z0-9_-]{1,64}
+    _private_dir(directory)
+    registry = executors(directory)
+    registry[executor_id] = tuple(dict.fromkeys(capabilities))
+    write_private(directory / _REGISTRY, json.dumps(
+        {k: list(v) for k, v in sorted(registry.items())}, indent=1) + "\n")
+    return _ensure(directory, role)
+
+
+def users(directory: Path, space: Space) -> list[User]:
+    """Every user the server should know, from the seeds on disk: base roles, then executors."""
+    out: list[User] = []
+    for role in BASE_ROLES:
+        path = seed_file(directory, role)
+        out.append(User(role, public_key(path.read_text()), rights(role, space)))
+    for executor_id, capabilities in executors(directory).items():
+        role = executor_role(executor_id)
+        seed = seed_file(directory, role).read_text()
+        out.append(User(role, public_key(seed), rights(role, space, capabilities)))
+    return out
+
+
+# Which role a live connection authenticated as: `ensure_streams` asks, so that a service never
+# tries what only the admin may do (and says so in one line instead).
+_ROLES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def remember(nc: Any, role: str | None) -> None:
+    if role is not None:
+        _ROLES[nc] = role
+
+
+def role_of(nc: Any) -> str | None:
+    """The role `nc` connected as; None for a server without auth (anything goes there)."""
+    return _ROLES.get(nc)
