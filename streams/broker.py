@@ -187,6 +187,19 @@ class EmbeddedBroker:
         users = credentials.users(self.creds_dir, space)
         credentials.write_private(self.data_dir / "auth.conf", render_accounts(users))
 
+    def client_env(self, role: str = Role.ADMIN.value) -> dict[str, str]:
+        """What a child process needs to connect here as `role` (tests, benchmarks)."""
+        space = self.space if self.space is not None else _space_of(self.data_dir)
+        env = {"NATS_URL": self.url, "MAESTRO_SPACE": space.prefix}
+        if self.auth:
+            env[credentials.NKEY_ENV] = str(self.seed(role))
+        return env
+
+    def provision_executor(self, executor_id: str, capabilities: Sequence[str]) -> str:
+        """Add executor `executor_id`'s user and reload; returns its role (`executor:<id>`)."""
+        provision_executor(self.data_dir, executor_id, capabilities, creds=self.creds_dir)
+        return executor_role(executor_id)
+
     def reload(self) -> None:
         """Rewrite the users from the seeds on disk and SIGHUP the server: new and rotated keys
         are accepted, removed ones refused; connections of users still there stay up."""
@@ -342,12 +355,18 @@ async def _authorized(url: str, seed: Path, timeout_s: float) -> None:
 
 
 def provision_executor(
-    data_dir: Path, executor_id: str, capabilities: Sequence[str], *, timeout_s: float = 10.0
+    data_dir: Path,
+    executor_id: str,
+    capabilities: Sequence[str],
+    *,
+    creds: Path | None = None,
+    timeout_s: float = 10.0,
 ) -> Path:
     """Give executor `executor_id` a user of its own (its reports, its orders and those of its
     `capabilities`' pools, its board key) and return its seed file. A server running on
-    `data_dir` reloads its config and accepts the new user before this returns."""
-    directory = creds_dir(data_dir)
+    `data_dir` reloads its config and accepts the new user before this returns. `creds`: the
+    credentials directory when it is not the default (MAESTRO_CREDS, else <data_dir>/creds)."""
+    directory = creds or creds_dir(data_dir)
     seed = credentials.add_executor(directory, executor_id, capabilities)
     if (data_dir / "auth.conf").is_file():
         space = _space_of(data_dir)

@@ -187,6 +187,7 @@ class _On:
             f"$JS.API.DIRECT.GET.{stream}.>",
             f"$JS.API.STREAM.MSG.GET.{stream}",
             f"$JS.API.CONSUMER.CREATE.{stream}",
+            f"$JS.API.CONSUMER.INFO.{stream}.*",  # kv.keys() asks its watcher's pending count
             f"$JS.FC.{stream}.>",  # flow control answers of ordered consumers
         ]
 
