@@ -134,6 +134,10 @@ class EmbeddedBroker:
     auth: bool = True
     space: Space | None = None
     creds: Path | None = None
+    # For tests of deploy/ configs: more config text (an `include` of deploy/accounts.conf)
+    # and the server's environment (the `$NKEY_*` variables that config substitutes).
+    extra_config: str = ""
+    server_env: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -157,9 +161,11 @@ class EmbeddedBroker:
             credentials.ensure_credentials(self.creds_dir)
             self.write_auth()
             tail += 'include "auth.conf"\n'
-        credentials.write_private(config, self.config_text() + tail)
+        credentials.write_private(config, self.config_text() + tail + self.extra_config)
         log = (self.data_dir / "nats-server.log").open("ab")
-        self.process = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=log)
+        env = None if self.server_env is None else {**os.environ, **self.server_env}
+        self.process = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=log,
+                                        env=env)
         self._wait_until_listening(timeout_s)
         # Other commands on this data dir (moon tail, moon replay) attach instead of starting
         # a second server on the same store.

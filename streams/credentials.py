@@ -21,7 +21,7 @@ from typing import Any
 
 import nkeys
 
-from streams.roles import Role, User, executor_role, parse_role, rights
+from streams.roles import BASE_ROLES, User, executor_role, parse_role, rights
 from streams.subjects import Space
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
 
 CREDS_ENV = "MAESTRO_CREDS"
 NKEY_ENV = "NATS_NKEY"
-BASE_ROLES: tuple[str, ...] = tuple(r.value for r in Role if r is not Role.EXECUTOR)
 _REGISTRY = "executors.json"  # executor id -> the capabilities its user may take orders for
 
 

@@ -40,7 +40,7 @@ async def test_a_key_the_server_does_not_know_is_refused(secured: Secured, tmp_p
                            allow_reconnect=False)
 
 
-def test_credentials_are_private_files(secured: Secured):
+def test_credentials_are_private_files(secured: Secured, embedded_only):
     creds = secured.broker.creds_dir
     assert creds.stat().st_mode & 0o777 == 0o700
     for seed in creds.glob("*.nk"):
@@ -424,7 +424,7 @@ async def test_anyone_asks_a_service_how_it_is(secured: Secured):
 # --- provisioning an executor on a running server ---------------------------------------------
 
 
-async def test_a_provisioned_executor_works_after_reload_and_others_stay_up(secured: Secured):
+async def test_a_provisioned_executor_works_after_reload_and_others_stay_up(secured: Secured, embedded_only):
     space = secured.space
     engine = await secured.connect("engine")
     before = await secured.connect(secured.provision("x1", ["work"]))
@@ -442,7 +442,7 @@ async def test_a_provisioned_executor_works_after_reload_and_others_stay_up(secu
     await kv.put("x1", b"offer")
 
 
-async def test_a_rotated_key_is_refused_after_reload(secured: Secured):
+async def test_a_rotated_key_is_refused_after_reload(secured: Secured, embedded_only):
     old = secured.broker.seed("auditor").read_text()
     rotate(secured.broker.creds_dir, "auditor")
     secured.broker.reload()

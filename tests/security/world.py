@@ -19,11 +19,22 @@ from nats.aio.client import Client
 
 from streams.broker import EmbeddedBroker, open_connection
 from streams.config import Topology, ensure_streams
-from streams.credentials import NKEY_ENV
+from streams.credentials import (
+    NKEY_ENV,
+    add_executor,
+    ensure_credentials,
+    public_key,
+    rotate,
+    seed_file,
+)
+from streams.roles import BASE_ROLES, executor_role, nkey_variable, render_deploy
 from streams.subjects import Space
 
 BASELINE = os.environ.get("MAESTRO_SECURITY_BASELINE") == "1"
 DENY_S = 3.0  # how long a probe waits for the server's verdict before calling it allowed
+# The executors a deploy/-rendered server knows from its start (its keys come from the
+# environment, which a reload does not re-read).
+DEPLOYED_EXECUTORS = {"x1": ("work",), "x2": ("work", "gpu")}
 
 
 @dataclass
@@ -59,6 +70,7 @@ class Secured:
     space: Space
     clients: list[Client] = field(default_factory=list)
     violations: dict[int, Violations] = field(default_factory=dict)
+    mode: str = "embedded"  # or "deploy": deploy/accounts.conf's rendering, keys from env
 
     @classmethod
     async def start(cls, root: Path, space: Space) -> Secured:
@@ -68,6 +80,27 @@ class Secured:
         world = cls(broker, space)
         admin = await world.connect("admin")
         await ensure_streams(admin.jetstream(), Topology(space=space))
+        return world
+
+    @classmethod
+    async def start_deployed(cls, root: Path) -> Secured:
+        """A server configured as deploy/ is: render_deploy's accounts, included, each nkey a
+        `$NKEY_*` the server substitutes from its environment; production space (no prefix)."""
+        creds = ensure_credentials(root / "creds")
+        for executor_id, capabilities in DEPLOYED_EXECUTORS.items():
+            add_executor(creds, executor_id, capabilities)
+        roles = [*BASE_ROLES, *(executor_role(e) for e in DEPLOYED_EXECUTORS)]
+        env = {nkey_variable(r): public_key(seed_file(creds, r).read_text()) for r in roles}
+        env["NKEY_SYS"] = public_key(rotate(root, "admin").read_text())  # a key of its own
+        data = root / "nats"
+        data.mkdir(parents=True)
+        (data / "accounts.conf").write_text(render_deploy(DEPLOYED_EXECUTORS))
+        broker = EmbeddedBroker(data_dir=data, creds=creds, space=Space(), auth=False,
+                                extra_config='include "accounts.conf"\n', server_env=env)
+        await asyncio.to_thread(broker.start)
+        world = cls(broker, Space(), mode="deploy")
+        admin = await world.connect("admin")
+        await ensure_streams(admin.jetstream(), Topology(space=world.space))
         return world
 
     @property
@@ -87,7 +120,11 @@ class Secured:
         return nc
 
     def provision(self, executor_id: str, capabilities: list[str] | tuple[str, ...] = ()) -> str:
-        """Give an executor its user (reloading the server); returns its role."""
+        """Give an executor its user (reloading the server); returns its role. On a deploy/
+        server, one of the executors it started with."""
+        if self.mode == "deploy":
+            assert set(capabilities) <= set(DEPLOYED_EXECUTORS[executor_id]), executor_id
+            return executor_role(executor_id)
         return self.broker.provision_executor(executor_id, list(capabilities))
 
     def env(self, role: str) -> dict[str, str]:
