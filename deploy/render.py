@@ -18,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from streams.credentials import public_key, seed_file  # noqa: E402
+from streams.credentials import new_seed, public_key, seed_file, write_private  # noqa: E402
 from streams.roles import BASE_ROLES, executor_role, nkey_variable, render_deploy  # noqa: E402
 
 
@@ -38,10 +38,16 @@ def main() -> None:
     if args.keys is None:
         (HERE / "accounts.conf").write_text(text())
         return
+    lines = []
     for role in (*BASE_ROLES, *(executor_role(e) for e in executors())):
         seed = seed_file(args.keys, role)
-        print(f"{nkey_variable(role)}={public_key(seed.read_text())}")
-    print(f"NKEY_SYS={public_key(seed_file(args.keys, 'admin').read_text())}  # or a key of its own")
+        lines.append(f"{nkey_variable(role)}={public_key(seed.read_text())}")
+    # The system account's user (server monitoring): a key of its own, made here if missing.
+    system = args.keys / "sys.nk"
+    if not system.is_file():
+        write_private(system, new_seed() + "\n")
+    lines.append(f"NKEY_SYS={public_key(system.read_text())}")
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

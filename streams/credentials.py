@@ -32,12 +32,14 @@ __all__ = [
     "creds_dir",
     "ensure_credentials",
     "executors",
+    "new_seed",
     "public_key",
     "remember",
     "role_of",
     "rotate",
     "seed_file",
     "users",
+    "write_private",
 ]
 
 CREDS_ENV = "MAESTRO_CREDS"
@@ -71,7 +73,8 @@ def write_private(path: Path, text: str) -> None:
     path.chmod(0o600)
 
 
-def _new_seed() -> str:
+def new_seed() -> str:
+    """A fresh NKey user seed (`SU…`), from the OS's CSPRNG."""
     seed: bytes = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
     return seed.decode()
 
@@ -84,7 +87,7 @@ def public_key(seed: str) -> str:
 def _ensure(directory: Path, role: str) -> Path:
     path = seed_file(directory, role)
     if not path.is_file():
-        write_private(path, _new_seed() + "\n")
+        write_private(path, new_seed() + "\n")
     return path
 
 
@@ -100,7 +103,7 @@ def rotate(directory: Path, role: str) -> Path:
     """A new seed for `role`; the server accepts it once its config is rewritten and reloaded
     (`EmbeddedBroker.reload`), and refuses the old one from then on."""
     path = seed_file(directory, role)
-    write_private(path, _new_seed() + "\n")
+    write_private(path, new_seed() + "\n")
     return path
 
 
@@ -150,3 +153,61 @@ def remember(nc: Any, role: str | None) -> None:
 def role_of(nc: Any) -> str | None:
     """The role `nc` connected as; None for a server without auth (anything goes there)."""
     return _ROLES.get(nc)
+
+
+# --- the operator's commands: python -m streams.credentials … ------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """init | public ROLE | rotate ROLE | provision ID CAP… | ensure (see README)."""
+    import argparse  # noqa: PLC0415 - only the command line needs these
+    import asyncio  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from streams import broker, config  # noqa: PLC0415 - they import this module
+
+    parser = argparse.ArgumentParser(prog="python -m streams.credentials")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="the embedded broker's data dir (default MAESTRO_HOME or .maestro)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("init", help="create every base role's seed that is missing")
+    for name in ("public", "rotate"):
+        sub.add_parser(name, help=f"{name} a role's key").add_argument("role")
+    provision = sub.add_parser("provision", help="give an executor a user of its own")
+    provision.add_argument("executor_id")
+    provision.add_argument("capabilities", nargs="*")
+    ensure = sub.add_parser("ensure", help="as admin (NATS_URL, NATS_NKEY): make the streams")
+    ensure.add_argument("--replicas", type=int, default=None)
+    args = parser.parse_args(argv)
+    data_dir: Path = args.data_dir or broker.home_dir()
+    directory = creds_dir(data_dir)
+    out = sys.stdout
+    match args.command:
+        case "init":
+            ensure_credentials(directory)
+            out.write(f"{directory}\n")
+        case "public":
+            out.write(public_key(seed_file(directory, args.role).read_text()) + "\n")
+        case "rotate":
+            seed = rotate(directory, args.role)
+            if (data_dir / "auth.conf").is_file():
+                broker.EmbeddedBroker(data_dir=data_dir).reload()
+            out.write(public_key(seed.read_text()) + "\n")
+        case "provision":
+            seed = broker.provision_executor(data_dir, args.executor_id, args.capabilities)
+            out.write(f"{seed}\n")
+        case "ensure":
+            async def run() -> list[str]:
+                async with broker.connect(data_dir=data_dir, name="maestro-admin") as nc:
+                    topology = config.Topology(
+                        space=config.space_from_env(),
+                        replicas=args.replicas or config.replicas_from_env())
+                    return await config.ensure_streams(nc.jetstream(), topology)
+
+            for line in asyncio.run(run()):
+                out.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

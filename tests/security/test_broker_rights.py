@@ -424,7 +424,9 @@ async def test_anyone_asks_a_service_how_it_is(secured: Secured):
 # --- provisioning an executor on a running server ---------------------------------------------
 
 
-async def test_a_provisioned_executor_works_after_reload_and_others_stay_up(secured: Secured, embedded_only):
+async def test_a_provisioned_executor_works_after_reload_and_others_stay_up(
+    secured: Secured, embedded_only
+):
     space = secured.space
     engine = await secured.connect("engine")
     before = await secured.connect(secured.provision("x1", ["work"]))
