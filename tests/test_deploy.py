@@ -96,3 +96,20 @@ async def test_the_keys_come_from_the_environment(tmp_path, keys):
         await admin.close()
     finally:
         broker.stop()
+
+
+def test_every_service_connects_with_its_own_seed():
+    """No shared passwords left; each service is given one seed file, its own."""
+    import yaml
+
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    apps = {name: spec for name, spec in compose["services"].items() if "build" in spec}
+    assert set(apps) == {"init", "moon", "maestro", "executor"}
+    for name, spec in apps.items():
+        assert spec["environment"]["NATS_NKEY"].startswith("/run/secrets/"), name
+        assert len(spec["secrets"]) == 1, name
+    assert compose["secrets"]["admin_nkey"] == {"file": "./creds/admin.nk"}
+    for unit, seed in (("moon.service", "engine.nk"), ("moon-worker@.service", "executor-%i.nk")):
+        assert f"NATS_NKEY=/etc/maestro/creds/{seed}" in (DEPLOY / "systemd" / unit).read_text()
+    for text in [(DEPLOY / n).read_text() for n in ("docker-compose.yml", "accounts.conf")]:
+        assert "PASSWORD" not in text and "change-me" not in text
