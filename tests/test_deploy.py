@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nats
 import pytest
+import yaml
 
 from streams.broker import EmbeddedBroker, find_server_binary, open_connection
 from streams.credentials import add_executor, ensure_credentials, public_key, rotate, seed_file
@@ -100,8 +101,6 @@ async def test_the_keys_come_from_the_environment(tmp_path, keys):
 
 def test_every_service_connects_with_its_own_seed():
     """No shared passwords left; each service is given one seed file, its own."""
-    import yaml
-
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     apps = {name: spec for name, spec in compose["services"].items() if "build" in spec}
     assert set(apps) == {"init", "moon", "maestro", "executor"}
