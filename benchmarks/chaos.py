@@ -63,7 +63,13 @@ from moon.effects import Effects  # noqa: E402
 from moon.engine import WorkflowSummary, now_ms, summary  # noqa: E402
 from moon.worker import Handler, NonRetryable, Result, StepContext, Worker  # noqa: E402
 from moon.workflow import WorkflowState, is_terminal  # noqa: E402
-from streams.broker import EmbeddedBroker, connect, free_port, open_connection  # noqa: E402
+from streams.broker import (  # noqa: E402
+    EmbeddedBroker,
+    connect,
+    credentials_env,
+    free_port,
+    open_connection,
+)
 from streams.config import WORKFLOWS, Topology, ensure_streams  # noqa: E402
 from streams.moon_events import (  # noqa: E402
     Decision,
@@ -286,7 +292,8 @@ class Fleet:
 
 
 def spawn_executor(url: str, log: Path, name: str, out: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, NATS_URL=url, MAESTRO_SPACE=SPACE.prefix, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, NATS_URL=url, MAESTRO_SPACE=SPACE.prefix, PYTHONPATH=str(ROOT),
+               **credentials_env(url))
     return subprocess.Popen(
         [sys.executable, __file__, "executor", str(log), "--id", name],
         env=env, stdout=out.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT,

@@ -38,7 +38,7 @@ from pathlib import Path
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from streams.broker import EmbeddedBroker, open_connection
+from streams.broker import EmbeddedBroker, credentials_env, open_connection
 from streams.config import Topology, ensure_streams
 from streams.moon_events import CompleteStep, Dispatch, RetryPolicy, StepSpec
 from streams.subjects import Space
@@ -106,6 +106,7 @@ class Completions:
 
 def child_env(url: str, space: Space) -> dict[str, str]:
     return dict(os.environ, NATS_URL=url, MAESTRO_SPACE=space.prefix, PYTHONPATH=str(ROOT),
+                **credentials_env(url),
                 LOG_LEVEL="warning")
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "ServerTooOld",
     "check_server_version",
     "connect",
+    "credentials_env",
     "executor_role",
     "find_server_binary",
     "free_port",
@@ -309,6 +310,15 @@ async def open_connection(
 
 # Embedded servers this process started, by URL: their clients find the seeds without being told.
 _LOCAL: dict[str, Path] = {}
+
+
+def credentials_env(url: str | Sequence[str]) -> dict[str, str]:
+    """For a child process of this one that connects to `url`: MAESTRO_CREDS naming the seeds
+    of the embedded broker this process started there (empty for any other server)."""
+    for one in server_urls(url):
+        if one in _LOCAL:
+            return {credentials.CREDS_ENV: str(_LOCAL[one])}
+    return {}
 
 
 def _seed_for(urls: Sequence[str], role: str) -> Path | None:
