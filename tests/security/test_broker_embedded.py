@@ -8,7 +8,8 @@ import asyncio
 import nats
 import pytest
 
-from streams.broker import connect, provision_executor
+from streams.broker import connect, open_connection, provision_executor
+from streams.cluster import EmbeddedCluster
 from streams.config import Topology, ensure_streams
 from streams.credentials import CREDS_ENV, main, seed_file
 from streams.subjects import Space
@@ -62,3 +63,26 @@ async def test_rotating_a_role_on_a_running_embedded_server(home):
             pytest.fail("the rotated key was still accepted")
         async with connect(data_dir=home, role="auditor") as fresh:
             await fresh.flush()
+
+
+@pytest.mark.slow
+async def test_a_cluster_runs_with_roles_and_provisions_on_every_node(tmp_path):
+    """A 3-node cluster: one set of seeds, each node's users rendered for the space; an
+    executor provisioned on the live cluster is accepted by every node."""
+    space = Space("c1")
+    cluster = EmbeddedCluster(tmp_path / "cluster", space=space, creds=tmp_path / "creds")
+    await asyncio.to_thread(cluster.start)
+    try:
+        admin = await open_connection(cluster.urls, role="admin",
+                                      credentials_file=cluster.seed("admin"))
+        await ensure_streams(admin.jetstream(), Topology(space=space, replicas=3))
+        role = await asyncio.to_thread(cluster.provision_executor, "x1", ["work"])
+        for url in cluster.urls:
+            x1 = await open_connection(url, role=role, credentials_file=cluster.seed(role))
+            kv = await x1.jetstream().key_value(space.bucket("maestro_board"))
+            await kv.put("x1", b"offer")
+            await x1.close()
+        assert cluster.client_env("engine")["NATS_URL"] == cluster.url
+        await admin.close()
+    finally:
+        await asyncio.to_thread(cluster.stop)
