@@ -345,11 +345,15 @@ def _space_of(data_dir: Path) -> Space:
 def _signal_reload(data_dir: Path) -> bool:
     """SIGHUP the server whose pid file is in `data_dir`; False when none runs there."""
     pid_file = data_dir / "nats-server.pid"
-    if not pid_file.is_file():
-        return False
+    if not pid_file.is_file() or _running_embedded(data_dir) is None:
+        return False  # a pid file a kill -9 left behind: its number may be someone else's now
     try:
-        os.kill(int(pid_file.read_text().strip()), signal.SIGHUP)
-    except (ProcessLookupError, ValueError):
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        if cmdline.is_file() and b"nats-server" not in cmdline.read_bytes():
+            return False
+        os.kill(pid, signal.SIGHUP)
+    except (ProcessLookupError, ValueError, OSError):
         return False
     return True
 
