@@ -69,6 +69,7 @@ from moon.workflow import WorkflowState, is_terminal  # noqa: E402
 from streams.broker import (  # noqa: E402
     EmbeddedBroker,
     connect,
+    credentials_env,
     free_port,
     home_dir,
     open_connection,
@@ -304,7 +305,7 @@ def spawn_executor(url: str, log: Path, name: str, out: Path, *,
                    home: Path) -> subprocess.Popen[bytes]:
     # The engine's data dir: its keys register the executor and verify its reports.
     env = dict(os.environ, NATS_URL=url, MAESTRO_SPACE=SPACE.prefix, PYTHONPATH=str(ROOT),
-               MAESTRO_HOME=str(home))
+               MAESTRO_HOME=str(home), **credentials_env(url))
     return subprocess.Popen(
         [sys.executable, __file__, "executor", str(log), "--id", name],
         env=env, stdout=out.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT,

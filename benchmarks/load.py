@@ -66,7 +66,7 @@ from nats.aio.msg import Msg  # noqa: E402
 from envelope.client import Client  # noqa: E402
 from envelope.local import local_trust  # noqa: E402
 from moon.engine import ENGINE_CONSUMER  # noqa: E402
-from streams.broker import EmbeddedBroker, open_connection  # noqa: E402
+from streams.broker import EmbeddedBroker, credentials_env, open_connection  # noqa: E402
 from streams.config import WORKFLOWS, Topology, ensure_streams  # noqa: E402
 from streams.replies import Reason, Refusal  # noqa: E402
 from streams.subjects import Space  # noqa: E402
@@ -209,7 +209,8 @@ class World:
 
     def spawn(self, name: str, argv: list[str]) -> None:
         env = dict(os.environ, NATS_URL=self.broker.url, MAESTRO_SPACE=SPACE.prefix,
-                   MAESTRO_HOME=str(self.tmp), PYTHONPATH=str(ROOT))
+                   MAESTRO_HOME=str(self.tmp), PYTHONPATH=str(ROOT),
+                   **credentials_env(self.broker.url))
         out = self.log(name).open("ab")
         self.children[name] = subprocess.Popen([sys.executable, *argv], env=env, stdout=out,
                                                stderr=out, cwd=ROOT)

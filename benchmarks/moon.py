@@ -38,7 +38,7 @@ from pathlib import Path
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from streams.broker import EmbeddedBroker, open_connection
+from streams.broker import EmbeddedBroker, credentials_env, open_connection
 from streams.config import Topology, ensure_streams
 from streams.moon_events import Compensate, Dispatch, RetryPolicy, StepSpec
 from streams.subjects import Space
@@ -109,7 +109,8 @@ class Completions:
 
 def child_env(url: str, space: Space) -> dict[str, str]:
     return dict(os.environ, NATS_URL=url, MAESTRO_SPACE=space.prefix, PYTHONPATH=str(ROOT),
-                LOG_LEVEL="warning", MAESTRO_HOME=str(tw.home_for(space)))
+                LOG_LEVEL="warning", MAESTRO_HOME=str(tw.home_for(space)),
+                **credentials_env(url))
 
 
 def spawn(args: list[str], url: str, space: Space, log: Path) -> subprocess.Popen[bytes]:

