@@ -59,7 +59,7 @@ sys.modules.pop("moon", None)
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))  # tests.moon.fault_world: the fault tests' process and log helpers
 from envelope.client import Client  # noqa: E402
-from envelope.local import local_trust  # noqa: E402
+from envelope.local import executor_key, local_trust  # noqa: E402
 from moon import journal, replay, workflow  # noqa: E402
 from moon.clock import local_ms as now_ms  # noqa: E402
 from moon.engine import WorkflowSummary, summary  # noqa: E402
@@ -85,12 +85,14 @@ from streams.moon_events import (  # noqa: E402
     StepSpec,
     StepTimedOut,
 )
+from streams.roles import executor_role  # noqa: E402
 from streams.subjects import Space  # noqa: E402
 from tests import walls as tw  # noqa: E402
 from tests.moon import fault_world as fw  # noqa: E402
 
 T = TypeVar("T")
 SPACE = Space("chaos")
+CAPABILITIES = ("work", "count", "boom", "undo")
 KINDS = ("engine", "executor", "broker")
 FAILING_SHARE = 0.2
 ENGINE_ACK_WAIT_S = 2.0  # commands a killed engine held come back after this
@@ -174,13 +176,12 @@ def handlers(log: Path, executor: str) -> dict[str, Handler]:
 async def serve_executor(log: Path, executor: str) -> None:
     from moon.service import serve_worker  # noqa: PLC0415 - the driver never needs it
 
-    home = home_dir()
-    async with connect(name=f"chaos-{executor}") as nc:
-        table = handlers(log, executor)
-        signer = await patiently(lambda: register_local_executor(
-            nc.jetstream(), SPACE, local_trust(home), home, executor, capabilities=table))
-        worker = Worker(nc, executor_id=executor, handlers=table, signer=signer, space=SPACE,
-                        ack_wait_s=EXECUTOR_ACK_WAIT_S)
+    # Registered and given a broker user of its own by the driver: it runs with executor
+    # rights alone, its key from the engine's data dir.
+    signer = executor_key(home_dir(), executor)
+    async with connect(name=f"chaos-{executor}", role=executor_role(executor)) as nc:
+        worker = Worker(nc, executor_id=executor, handlers=handlers(log, executor),
+                        signer=signer, space=SPACE, ack_wait_s=EXECUTOR_ACK_WAIT_S)
         await serve_worker(worker)
 
 
@@ -240,7 +241,8 @@ class Fleet:
                 child.proc, child.ready = self.broker.process, True
             case "engine":
                 child.starting()
-                child.proc = fw.spawn_engine(url, SPACE, child.out, home=self.run_dir / "home")
+                child.proc = fw.spawn_engine(url, SPACE, child.out, home=self.run_dir / "home",
+                                             seed=self.broker.seed("engine"))
             case "executor":
                 child.starting()
                 child.proc = spawn_executor(url, self.effects_log, child.name, child.out,
@@ -534,7 +536,8 @@ async def chaos(config: Config, run_dir: Path) -> Tally:
     executors = [f"x{i + 1}" for i in range(config.executors)]
     schedule = kill_schedule(random.Random(f"{config.seed}/kills"), config.kills,
                              config.interval_s, executors)
-    broker = EmbeddedBroker(data_dir=run_dir / "nats", port=free_port())
+    # Least privilege: every role's rights rendered for the run's namespace.
+    broker = EmbeddedBroker(data_dir=run_dir / "nats", port=free_port(), space=SPACE)
     fleet = Fleet(broker, run_dir, run_dir / "effects.log", executors)
     await fleet.spawn(fleet.children["broker"])
     nc = await open_connection(broker.url, name="chaos-driver", error_cb=_expected)
@@ -543,9 +546,13 @@ async def chaos(config: Config, run_dir: Path) -> Tally:
     try:
         await ensure_streams(js, Topology(space=SPACE))
         await fw.short_ack_wait_engine_consumer(js, SPACE, ack_wait_s=ENGINE_ACK_WAIT_S)
+        trust = local_trust(run_dir / "home")
+        for name in executors:
+            await register_local_executor(js, SPACE, trust, run_dir / "home", name,
+                                          capabilities=CAPABILITIES)
+            await asyncio.to_thread(broker.provision_executor, name, CAPABILITIES)
         for name in ["engine", *executors]:
             await fleet.spawn(fleet.children[name])
-        trust = local_trust(run_dir / "home")
         walls = local_walls(trust)
         reader = Reader(js, journal.SignedDecisions(walls))
         supervisor = asyncio.ensure_future(fleet.supervise())

@@ -132,7 +132,7 @@ def parse_ref(ref: str) -> bytes:
 async def _revoke(ref: bytes, url: str | None, space: Space) -> int:
     from streams.broker import connect  # noqa: PLC0415 - only this command talks to NATS
 
-    async with connect(url, name="maestro-keys-revoke") as nc:
+    async with connect(url, name="maestro-keys-revoke", role="operator") as nc:
         return await revoke(nc.jetstream(), ref, space=space)
 
 

@@ -131,7 +131,7 @@ def board_command(
     from streams.config import space_from_env  # noqa: PLC0415
 
     async def live() -> Any:
-        async with connect(data_dir=data_dir, name="maestro-board") as nc:
+        async with connect(data_dir=data_dir, name="maestro-board", role="operator") as nc:
             js, space = nc.jetstream(), space_from_env()
             # Offers are believed only as the registry has the executor (its key and trust).
             registry = await local_registry(js, space, local_trust(data_dir or home_dir()))
@@ -170,7 +170,7 @@ async def _serve(data_dir: Path | None, offers_path: Path | None,
     if isinstance(static, Refusal):
         err.print(f"maestro: offers: {static.detail}", markup=False)
         return 1
-    async with connect(data_dir=home, name="maestro") as nc:
+    async with connect(data_dir=home, name="maestro", role="maestro") as nc:
         js = nc.jetstream()
         await ensure_streams(js, Topology(space=space, replicas=replicas_from_env()))
         from moon.local import local_registry  # noqa: PLC0415

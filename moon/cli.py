@@ -66,7 +66,7 @@ def _pretty(row: Row) -> Text:
 
 async def _tail(filter_: str, *, data_dir: Path | None, as_json: bool, **options: Any) -> int:
     out = Console(highlight=False)
-    async with connect(data_dir=data_dir, name="moon-tail") as nc:
+    async with connect(data_dir=data_dir, name="moon-tail", role="operator") as nc:
         js = nc.jetstream()
         async for item in rows(js, filter_, codecs=CODECS, space=space_from_env(), **options):
             if isinstance(item, Undecodable):
@@ -127,7 +127,7 @@ async def _serve(data_dir: Path | None, concurrency: int, metrics_port: int | No
     home = data_dir or home_dir()
     trust = local_trust(home)
     space = space_from_env()
-    async with connect(data_dir=home, name="moon-engine") as nc:
+    async with connect(data_dir=home, name="moon-engine", role="engine") as nc:
         js = nc.jetstream()
         await ensure_streams(js, Topology(space=space, replicas=replicas_from_env()))
         registry = await local_registry(js, space, trust)
@@ -172,13 +172,22 @@ async def _worker(data_dir: Path | None, executor: str, capabilities: list[str],
         handler = echo
     from envelope.local import local_trust  # noqa: PLC0415
     from moon.local import register_local_executor  # noqa: PLC0415
+    from streams.broker import provision_executor  # noqa: PLC0415
+    from streams.roles import executor_role  # noqa: PLC0415
 
     home = data_dir or home_dir()
     space = space_from_env()
-    async with connect(data_dir=home, name=f"moon-worker-{executor}") as nc:
+    # On this machine's stack the operator's key registers the executor's key (once per key)
+    # and, on the embedded broker, gives it a user of its own; the worker then runs with that
+    # user's rights alone. Elsewhere an operator does both beforehand.
+    async with connect(data_dir=home, name=f"moon-register-{executor}", role="operator") as op:
         signer = await register_local_executor(
-            nc.jetstream(), space, local_trust(home), home, executor, capabilities=capabilities,
+            op.jetstream(), space, local_trust(home), home, executor, capabilities=capabilities,
             now_ms=int(time.time() * 1000))
+    if (home / "auth.conf").is_file():
+        await asyncio.to_thread(provision_executor, home, executor, capabilities)
+    async with connect(data_dir=home, name=f"moon-worker-{executor}",
+                       role=executor_role(executor)) as nc:
         worker = Worker(nc, executor_id=executor, handlers=dict.fromkeys(capabilities, handler),
                         signer=signer, space=space, watts=watts, capacity=capacity)
         await serve_worker(worker, metrics_port=metrics_port)
@@ -217,7 +226,7 @@ async def _gate(data_dir: Path | None, method: str, body: Any, *,
     from moon.operator import operator_call  # noqa: PLC0415
 
     home = data_dir or home_dir()
-    async with connect(data_dir=home, name=name) as nc:
+    async with connect(data_dir=home, name=name, role="operator") as nc:
         return await operator_call(nc, home, space_from_env(), f"moon.{method}", body,
                                    request_id=request_id)
 
@@ -279,7 +288,7 @@ async def _load(workflow_id: str, data_dir: Path | None, upto: int | None = None
     from moon.journal import journal  # noqa: PLC0415
     from streams.store import Unreadable  # noqa: PLC0415
 
-    async with connect(data_dir=data_dir, name="moon-read") as nc:
+    async with connect(data_dir=data_dir, name="moon-read", role="operator") as nc:
         try:
             return await journal(nc.jetstream(), space_from_env(),
                                  _reader_walls(data_dir)).read(workflow_id, upto=upto)
@@ -344,7 +353,7 @@ def status_command(
 async def _list(data_dir: Path | None) -> list[Any]:
     from moon.engine import WorkflowSummary  # noqa: PLC0415
 
-    async with connect(data_dir=data_dir, name="moon-list") as nc:
+    async with connect(data_dir=data_dir, name="moon-list", role="operator") as nc:
         kv = await nc.jetstream().key_value(space_from_env().bucket(WORKFLOWS.name))
         try:
             keys = await kv.keys()

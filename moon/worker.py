@@ -30,6 +30,7 @@ import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import structlog
@@ -67,6 +68,7 @@ __all__ = [
 log = structlog.get_logger("moon.worker")
 SEEN_KEYS = 100_000
 REPORT_TIMEOUT_S = 2.0
+PULL_WAIT_S = 1.0  # a fetch waits this long for an order before asking again
 BACKOFF_S = (0.1, 2.0)  # first and longest pause between sends while the broker is away
 
 
@@ -212,39 +214,52 @@ class Worker:
             pause = min(pause * 2, BACKOFF_S[1])
 
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
+        """Pull orders from this executor's own consumer and its capabilities' pool consumers.
+        Pull, not push: a pool's push consumer delivers into one inbox, which on a broker with
+        per-user inboxes only its first member could read."""
         subs = []
+        own = f"exec-{subjects.token(self.executor_id)}"
+        filters = [(subjects.work(self.executor_id), own)]
+        filters += [(subjects.work_any(c), f"any-{subjects.token(c)}") for c in self.handlers]
+        for subject, name in filters:
+            # The executor's own consumer is its alone; a capability's is the pool's, and the
+            # first worker to create it sets its limit for all.
+            limit = self.capacity if name == own else self.pool_capacity
+            subs.append(await self.js.pull_subscribe(
+                self.space.subject(subject), durable=self.space.consumer(name),
+                stream=self.space.stream("WORK"),
+                config=api.ConsumerConfig(ack_wait=self.ack_wait_s, max_ack_pending=limit,
+                                          max_deliver=-1),
+            ))
         async with asyncio.TaskGroup() as tasks:
-
-            async def on_msg(msg: Msg) -> None:
-                await self._slots.acquire()
-                task = tasks.create_task(self._take(msg))
-                task.add_done_callback(lambda _: self._slots.release())
-
-            own = f"exec-{subjects.token(self.executor_id)}"
-            filters = [(subjects.work(self.executor_id), own)]
-            filters += [(subjects.work_any(c), f"any-{subjects.token(c)}") for c in self.handlers]
-            for subject, name in filters:
-                durable = self.space.consumer(name)
-                # The executor's own consumer is its alone; a capability's is the pool's, and
-                # the first worker to create it sets its limit for all.
-                limit = self.capacity if name == own else self.pool_capacity
-                subs.append(
-                    await self.js.subscribe(
-                        self.space.subject(subject), stream=self.space.stream("WORK"),
-                        durable=durable, queue=durable, cb=on_msg, manual_ack=True,
-                        config=api.ConsumerConfig(
-                            ack_wait=self.ack_wait_s, max_ack_pending=limit, max_deliver=-1
-                        ),
-                    )
-                )
+            pullers = [tasks.create_task(self._pull(sub, tasks)) for sub in subs]
             if ready is not None:
                 ready.set()
             try:
                 await self._stopping.wait()
             finally:
+                for puller in pullers:
+                    puller.cancel()
                 for sub in subs:
                     with contextlib.suppress(Exception):
                         await sub.unsubscribe()
+
+    async def _pull(self, sub: Any, tasks: asyncio.TaskGroup) -> None:
+        """Fetch as many orders as there are free slots, each run in its own task."""
+        while not self._stopping.is_set():
+            await self._slots.acquire()
+            try:
+                msgs = await sub.fetch(1, timeout=PULL_WAIT_S)
+            except Exception:  # nothing to take (timeout), or the broker is away: ask again
+                self._slots.release()
+                if not self.nc.is_connected:
+                    await asyncio.sleep(0.1)
+                continue
+            for msg in msgs:
+                task = tasks.create_task(self._take(msg))
+                task.add_done_callback(lambda _: self._slots.release())
+            if not msgs:
+                self._slots.release()
 
     def stop(self) -> None:
         self._stopping.set()

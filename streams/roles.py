@@ -239,7 +239,9 @@ def _gate(on: _On, service: str) -> list[str]:
     for method in GATE_METHODS[service]:
         out += on.durable(on.stream("INTENTS"), on.space.consumer(f"{service}_{method}"),
                           on.s(f"intent.{service}.{method}"))
-    for bucket in ("envelope_outcomes", "envelope_nonces"):
+    # Idempotency, replay and the limits replicas share (envelope/shared.py), and who owns
+    # which id (envelope/ownership.py).
+    for bucket in ("envelope_outcomes", "envelope_nonces", "envelope_limits", "envelope_owners"):
         out += [*on.lookup(on.kv_stream(bucket)), on.kv_key(bucket)]
     out += on.read(on.kv_stream("envelope_revoked"))  # the revocation watcher
     return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from streams.codec import Undecodable
 from streams.moon_events import StepScheduled, StepStarted
 
 from .. import walls as tw
+from ..moon import fault_world as fw
 from ..moon.engine_world import engine, worker
 
 SLOW_ON_B = (
@@ -68,8 +68,7 @@ async def test_an_executor_dies_mid_plan_and_the_revision_moves_the_rest(
 
     maestro = Maestro(nc, trust.maestro, trust.maestro_grant, trust.moon.did, live_offers,
                       space=space)
-    env = {**os.environ, "NATS_URL": nats_url, "MAESTRO_SPACE": space.prefix,
-           "MAESTRO_HOME": str(tw.home_for(space))}
+    env = fw._env(nats_url, space)
     dying = subprocess.Popen(
         [sys.executable, "-c", "from moon.cli import main; main()", "worker", "--id", "x1",
          "-c", "work", "--exec", f"{sys.executable} -c \"{SLOW_ON_B}\""],

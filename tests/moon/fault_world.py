@@ -27,8 +27,10 @@ from moon.engine import ENGINE_CONSUMER
 from moon.workflow import WorkflowState, is_terminal
 from streams import subjects
 from streams.config import MOON
+from streams.credentials import CREDS_ENV, NKEY_ENV, seed_file
 from streams.jetstream_store import JetStreamStore, last_sequence, ordered_read
 from streams.moon_events import Decision
+from streams.roles import inbox_prefix
 from streams.subjects import Space
 
 from .. import walls as tw
@@ -66,16 +68,25 @@ def _env(url: str, space: Space, home: Path | None = None) -> dict[str, str]:
     # The namespace's keys (tests/walls.py): the engine, the executors and the test itself
     # sign and verify with the same trust material.
     env["MAESTRO_HOME"] = str(home or tw.home_for(space))
+    # The session broker's roles are rendered for the root namespace, so a service spawned in
+    # a test's namespace runs with the admin's seed here; the least-privilege runs are
+    # tests/security, the demo, the cluster and the chaos tests, each on a broker of its own.
+    if (shared := os.environ.get(CREDS_ENV)) and NKEY_ENV not in env:
+        env[NKEY_ENV] = str(seed_file(Path(shared), "admin"))
     return env
 
 
-def spawn_engine(url: str, space: Space, log: Path,
-                 home: Path | None = None) -> subprocess.Popen[bytes]:
-    """`moon serve` as a child process: the thing a fault test kills -9."""
+def spawn_engine(url: str, space: Space, log: Path, home: Path | None = None, *,
+                 seed: Path | None = None) -> subprocess.Popen[bytes]:
+    """`moon serve` as a child process: the thing a fault test kills -9. `seed`: the broker
+    user it runs as (default: the session's admin, see `_env`)."""
     out = log.open("ab")
+    env = _env(url, space, home)
+    if seed is not None:
+        env[NKEY_ENV] = str(seed)
     return subprocess.Popen(
         [sys.executable, "-c", "from moon.cli import main; main()", "serve"],
-        env=_env(url, space, home), stdout=out, stderr=out, cwd=ROOT,
+        env=env, stdout=out, stderr=out, cwd=ROOT,
     )
 
 
@@ -105,7 +116,9 @@ async def short_ack_wait_engine_consumer(js: JetStreamContext, space: Space,
         space.stream("MOON_CMD"),
         api.ConsumerConfig(
             durable_name=durable, deliver_group=durable,
-            deliver_subject=f"_deliver.{durable}", filter_subject=space.subject("moon.cmd.>"),
+            # In the engine's own inbox space: the only subjects its broker user may read.
+            deliver_subject=f"{inbox_prefix('engine')}.deliver.{durable}",
+            filter_subject=space.subject("moon.cmd.>"),
             ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait_s, max_ack_pending=1024,
             max_deliver=-1,
         ),
