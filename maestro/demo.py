@@ -34,11 +34,12 @@ from moon.local import local_registry, local_walls, register_local_executor
 from moon.service import running
 from moon.worker import Handler, NonRetryable, Result, StepContext, Worker
 from streams.audit import AuditRecord
-from streams.broker import connect
+from streams.broker import connect, provision_executor
 from streams.codec import Undecodable
 from streams.config import Topology, ensure_streams
 from streams.jetstream_store import last_sequence, ordered_read
 from streams.replies import Refusal
+from streams.roles import executor_role
 from streams.subjects import Space
 
 __all__ = ["run_demo"]
@@ -117,34 +118,49 @@ async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
     stamp = time.strftime("%H%M%S")
     plan_id = f"demo-{stamp}"
     console.rule(f"[bold]MAESTRO + MOON demo[/] — embedded broker in {data_dir}")
-    async with connect(data_dir=data_dir, name="maestro-demo") as nc, \
+    # Every part of the story connects as its own broker user, with only its role's rights:
+    # the engine, MAESTRO, each executor, and this console as the operator.
+    async with connect(data_dir=data_dir, name="maestro-demo", role="operator") as nc, \
             contextlib.AsyncExitStack() as market:
         js = nc.jetstream()
         await ensure_streams(js, Topology(space=space))
+
+        async def as_role(role: str, name: str) -> Any:
+            return await market.enter_async_context(connect(data_dir=data_dir, name=name,
+                                                            role=role))
+
+        engine_nc = await as_role("engine", "moon-engine")
+        maestro_nc = await as_role("maestro", "maestro")
         walls = local_walls(trust, writer=True)
-        registry = await market.enter_async_context(_registry(js, space, trust))
-        engine = Engine(nc, walls=walls, registry=registry, space=space)
+        registry = await market.enter_async_context(_registry(engine_nc.jetstream(), space,
+                                                              trust))
+        engine = Engine(engine_nc, walls=walls, registry=registry, space=space)
 
         async def live_offers() -> tuple[Offer, ...]:
             return offers
 
-        maestro = Maestro(nc, trust.maestro, trust.maestro_grant, trust.moon.did, live_offers,
-                          space=space, registry=registry)
-        gate = moon_gate(nc, engine, signer=trust.moon, trust=trust.trust_for(trust.moon))
+        maestro = Maestro(maestro_nc, trust.maestro, trust.maestro_grant, trust.moon.did,
+                          live_offers, space=space, registry=registry)
+        gate = moon_gate(engine_nc, engine, signer=trust.moon, trust=trust.trust_for(trust.moon))
         console.print(f"goal [bold]{goal.name}[/]: {len(goal.steps)} steps, deadline "
                       f"{(goal.deadline_ms or 0) / 1000:g}s, budget {goal.budget.cost} cost units")
         # Every demo executor answers calls for bids; MAESTRO plans at the prices they bid.
         fail_once: set[str] = set()
-        handlers_of, signers = {}, {}
+        handlers_of, signers, links = {}, {}, {}
         for o in offers:
             handlers_of[o.executor] = ({c.capability: _handler(o, goal, fail_once)
                                         for c in o.capabilities} | _undo(o, goal, fail_once))
             signers[o.executor] = await register_local_executor(
                 js, space, trust, data_dir, o.executor, capabilities=handlers_of[o.executor],
                 trust_level=o.trust)
+            if (data_dir / "auth.conf").is_file():  # our embedded broker: a user of its own
+                await asyncio.to_thread(provision_executor, data_dir, o.executor,
+                                        list(handlers_of[o.executor]))
+            links[o.executor] = await as_role(executor_role(o.executor), o.executor)
         for o in offers:
             await market.enter_async_context(
-                Bidder(nc, space, o, load=(lambda: 1) if o.executor == BUSY else (lambda: 0),
+                Bidder(links[o.executor], space, o,
+                       load=(lambda: 1) if o.executor == BUSY else (lambda: 0),
                        signer=signers[o.executor], planners=trust.planners))
         outcome = await maestro.plan(goal, plan_id=plan_id)
         if outcome.decision != "planned":
@@ -157,7 +173,8 @@ async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
         fail_once.add(f"{victim[1]}/{victim[0]}")
         console.print(f"injecting one failure: [red]{victim[1]}[/] will fail step "
                       f"[bold]{victim[0]}[/]; MAESTRO must replan around it")
-        workers = [Worker(nc, executor_id=o.executor, handlers=handlers_of[o.executor],
+        workers = [Worker(links[o.executor], executor_id=o.executor,
+                          handlers=handlers_of[o.executor],
                           signer=signers[o.executor], space=space, watts=o.watts,
                           capacity=o.capacity) for o in offers]
         async with contextlib.AsyncExitStack() as stack:
