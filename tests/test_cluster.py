@@ -46,12 +46,14 @@ Journals = dict[str, list[tuple[int, bytes]]]
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
+def cluster(tmp_path: Path, space: Space) -> Iterator[EmbeddedCluster]:
     try:
         find_server_binary()
     except FileNotFoundError as error:
         pytest.skip(str(error))
-    nodes = EmbeddedCluster(tmp_path / "cluster").start()
+    # Rights rendered for the test's namespace, so every service runs with its role's alone.
+    nodes = EmbeddedCluster(tmp_path / "cluster", space=space,
+                            creds=tmp_path / "creds").start()
     try:
         yield nodes
     finally:
@@ -169,15 +171,21 @@ async def test_killing_the_journal_leader_mid_run_loses_nothing_and_every_workfl
     cluster: EmbeddedCluster, space: Space
 ):
     rng = random.Random(20240607)
-    admin = await open_connection(cluster.urls, name="cluster-test")
+    admin = await open_connection(cluster.urls, name="cluster-test",
+                                  credentials_file=cluster.seed("admin"))
     js = admin.jetstream()
     await ensure_streams(js, Topology(space=space, replicas=3))
     target = await cluster.stream_leader(js, space.stream(MOON.name))
     assert target is not None
     # The engine talks to the node that will die: its connection must fail over too.
     engine_nc = await open_connection(rotated(cluster.urls, target), name="engine",
-                                      dont_randomize=True)
-    pool: list[Client] = [await open_connection(cluster.urls, name=f"x{i}") for i in range(3)]
+                                      dont_randomize=True, role="engine",
+                                      credentials_file=cluster.seed("engine"))
+    pool: list[Client] = []
+    for i in range(3):
+        role = await asyncio.to_thread(cluster.provision_executor, f"x{i}", ["work"])
+        pool.append(await open_connection(cluster.urls, name=f"x{i}", role=role,
+                                          credentials_file=cluster.seed(role)))
     runs: Counter[str] = Counter()
 
     async def work(ctx: StepContext) -> Result:
