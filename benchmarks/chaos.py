@@ -308,6 +308,7 @@ def spawn_executor(url: str, log: Path, name: str, out: Path, *,
     # The engine's data dir: its keys register the executor and verify its reports.
     env = dict(os.environ, NATS_URL=url, MAESTRO_SPACE=SPACE.prefix, PYTHONPATH=str(ROOT),
                MAESTRO_HOME=str(home), **credentials_env(url))
+    env.pop("NATS_NKEY", None)  # its own executor user's seed, found by its role
     return subprocess.Popen(
         [sys.executable, __file__, "executor", str(log), "--id", name],
         env=env, stdout=out.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT,

@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 
 from streams.broker import EmbeddedBroker, find_server_binary, open_connection
 from streams.config import Topology, ensure_streams
-from streams.credentials import CREDS_ENV, ensure_credentials
+from streams.credentials import CREDS_ENV, NKEY_ENV, ensure_credentials, seed_file
 from streams.subjects import Space
 from tests.security.world import Secured
 
@@ -50,13 +50,19 @@ def plain_logs() -> Iterator[None]:
 def broker_credentials(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The role seeds of every broker the suite starts (0700 dir, 0600 files)."""
     directory = ensure_credentials(tmp_path_factory.mktemp("creds"))
-    saved = os.environ.get(CREDS_ENV)
+    saved = {name: os.environ.get(name) for name in (CREDS_ENV, NKEY_ENV)}
     os.environ[CREDS_ENV] = str(directory)
+    # The session broker's roles are rendered for the root namespace while each test works in
+    # a namespace of its own, so a process that asks for a role without naming its seed (a CLI,
+    # a service spawned by a test) connects with the admin's here. The least-privilege runs
+    # name their seeds: tests/security (`secured`), the demo, the cluster and chaos tests.
+    os.environ[NKEY_ENV] = str(seed_file(directory, "admin"))
     yield directory
-    if saved is None:
-        os.environ.pop(CREDS_ENV, None)
-    else:
-        os.environ[CREDS_ENV] = saved
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
