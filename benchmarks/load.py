@@ -273,7 +273,8 @@ async def wait_ready(nc: Nats, client: Client, timeout_s: float = 60) -> None:
         stream, durable = pending[0]
         with contextlib.suppress(Exception):  # not created yet
             info = await js.consumer_info(SPACE.stream(stream), SPACE.consumer(durable))
-            if info.push_bound:
+            # The engine's consumer is push (bound); executors pull (a fetch is waiting).
+            if info.push_bound or (info.num_waiting or 0) > 0:
                 pending.pop(0)
                 continue
         if loop.time() > deadline:

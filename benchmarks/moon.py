@@ -124,7 +124,7 @@ async def wait_bound(nc: Client, space: Space, stream: str, durable: str) -> Non
     for _ in range(300):
         try:
             info = await js.consumer_info(space.stream(stream), space.consumer(durable))
-            if info.push_bound:
+            if info.push_bound or (info.num_waiting or 0) > 0:  # push engine, pulling executors
                 return
         except Exception:  # not created yet
             pass
