@@ -181,6 +181,7 @@ async def serve_executor(log: Path, executor: str) -> None:
     signer = executor_key(home_dir(), executor)
     async with connect(name=f"chaos-{executor}", role=executor_role(executor)) as nc:
         worker = Worker(nc, executor_id=executor, handlers=handlers(log, executor),
+                        engines=local_trust(home_dir()).engines,
                         signer=signer, space=SPACE, ack_wait_s=EXECUTOR_ACK_WAIT_S)
         await serve_worker(worker)
 

@@ -26,6 +26,7 @@ __all__ = [
     "COMMAND",
     "DECISION",
     "OFFER",
+    "ORDER",
     "PLAN_DECISION",
     "REPORT",
     "SNAPSHOT",
@@ -39,6 +40,7 @@ __all__ = [
 # One kind per purpose; never reuse a kind for another meaning (the signature binds it).
 DECISION = b"moon.decision.v1"  # a journaled decision, by the engine
 REPORT = b"moon.report.v1"  # an executor's start/heartbeat/checkpoint/complete/fail
+ORDER = b"moon.order.v1"  # a binding work order, by the engine
 TIMER = b"moon.timer.v1"  # a timer firing the engine scheduled for itself
 COMMAND = b"moon.command.v1"  # a replan or compensation from MAESTRO
 SNAPSHOT = b"moon.snapshot.v1"  # a folded state bound to the journal sequence it folds

@@ -175,7 +175,8 @@ async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
                       f"[bold]{victim[0]}[/]; MAESTRO must replan around it")
         workers = [Worker(links[o.executor], executor_id=o.executor,
                           handlers=handlers_of[o.executor],
-                          signer=signers[o.executor], space=space, watts=o.watts,
+                          signer=signers[o.executor], engines=trust.engines, space=space,
+                          watts=o.watts,
                           capacity=o.capacity) for o in offers]
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(running(lambda r: engine.run(ready=r), engine.stop))

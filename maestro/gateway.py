@@ -69,11 +69,12 @@ def _admin(opened: Opened) -> bool:
     return covers(opened.chain.capability, ADMIN)
 
 
-def maestro_gate(nc: Nats, maestro: Maestro, *, signer: Signer, trust: Trust) -> Gate:
+def maestro_gate(nc: Nats, maestro: Maestro, *, signer: Signer, trust: Trust,
+                 shared_limits: bool = True) -> Gate:
     # Few at once: each plan is a CP-SAT solve with a wall-clock limit, and solves that share
-    # the cores find worse plans in that time.
+    # the cores find worse plans in that time. Replicas share nonces, rates and budgets (KV).
     gate = Gate(nc, service="maestro", signer=signer, trust=trust, space=maestro.space,
-                concurrency=4)
+                concurrency=4, shared_limits=shared_limits)
 
     async def plan(opened: Opened) -> PlanReply | Refusal:
         request = _decode(opened.body, PlanRequest)

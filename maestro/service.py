@@ -48,7 +48,7 @@ from moon.effects import Effects
 from moon.gateway import DispatchReply
 from streams import metrics, subjects
 from streams.codec import Codec
-from streams.config import MOON, PLANS
+from streams.config import DEVIATIONS, PLANS
 from streams.decider import Decided, Decider, Runner
 from streams.moon_events import (
     Compensate,
@@ -495,10 +495,11 @@ class Maestro:
         await msg.ack()
 
     async def run_replanner(self, *, ready: asyncio.Event | None = None) -> None:
-        """A durable consumer on `moon.wf.*.deviation`: nothing else of the journal is read."""
+        """A durable consumer on `moon.wf.*.deviation`, copied from the journal into the
+        DEVIATIONS stream (where no one else may make consumers): nothing else is read."""
         durable = self.space.consumer("maestro-replanner")
         sub = await self.js.subscribe(
-            self.space.subject(subjects.deviations()), stream=self.space.stream(MOON.name),
+            self.space.subject(subjects.deviations()), stream=self.space.stream(DEVIATIONS.name),
             durable=durable, queue=durable, cb=self._on_journal, manual_ack=True,
             config=api.ConsumerConfig(ack_wait=60, max_deliver=-1))
         self.consuming = True

@@ -189,7 +189,8 @@ async def _worker(data_dir: Path | None, executor: str, capabilities: list[str],
     async with connect(data_dir=home, name=f"moon-worker-{executor}",
                        role=executor_role(executor)) as nc:
         worker = Worker(nc, executor_id=executor, handlers=dict.fromkeys(capabilities, handler),
-                        signer=signer, space=space, watts=watts, capacity=capacity)
+                        signer=signer, engines=local_trust(home).engines, space=space,
+                        watts=watts, capacity=capacity)
         await serve_worker(worker, metrics_port=metrics_port)
     return 0
 

@@ -15,7 +15,7 @@ import msgspec
 from nats.js import JetStreamContext
 
 from envelope.keys import Signer
-from envelope.statement import COMMAND, TIMER, sign_statement
+from envelope.statement import COMMAND, ORDER, TIMER, sign_statement
 from moon.workflow import WorkflowState, work_orders
 from streams import subjects
 from streams.codec import Codec
@@ -85,9 +85,10 @@ class Effects:
         sent = 0
         for order in orders:
             key = ("undo:" if order.compensation else "") + order.idempotency_key
-            await self._js.publish(
-                self.order_subject(order), ORDERS.encode(order), headers={"Nats-Msg-Id": key}
-            )
+            # Signed: an executor runs only what an engine ordered (side effects are real).
+            data = sign_statement(self._signer, ORDER, ORDERS.encode(order))
+            await self._js.publish(self.order_subject(order), data,
+                                   headers={"Nats-Msg-Id": key})
             sent += 1
         return sent
 

@@ -38,7 +38,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
 
-from envelope.keys import Signer
+from envelope.keys import KeyRing, Signer
+from envelope.statement import ORDER, open_statement
+from moon.clock import BrokerClock
 from moon.effects import ORDERS
 from moon.reports import RETRY_HEADER, Report, ReportReply, report_subject, seal_report
 from streams import metrics, subjects
@@ -52,7 +54,7 @@ from streams.moon_events import (
     Usage,
     WorkOrder,
 )
-from streams.replies import Reason
+from streams.replies import Reason, Refusal
 from streams.subjects import Space
 
 __all__ = [
@@ -153,6 +155,7 @@ class Worker:
     executor_id: str
     handlers: dict[str, Handler]
     signer: Signer
+    engines: frozenset[str]  # whose work orders it runs: the engines' DIDs
     space: Space = field(default_factory=Space)
     watts: float = 0.0
     capacity: int = 8
@@ -174,6 +177,10 @@ class Worker:
         # comes back here. Bounded, oldest out; the journal is the record that counts.
         self._seen: dict[str, None] = {}
         self._incarnation = uuid.uuid4().hex[:12]
+        self._keys = KeyRing()
+        # Order deadlines are the engine's, by the broker's clock: compared on the same clock,
+        # a worker whose own clock is off neither drops live orders nor runs dead ones.
+        self.clock = BrokerClock(self.nc, f"$JS.API.STREAM.INFO.{self.space.stream('WORK')}")
 
     async def request(self, report: Report, *, retry: bool = False) -> ReportReply:
         """One signed report, answered by the engine once what it causes is journaled."""
@@ -205,7 +212,7 @@ class Worker:
                                     detail=answer.detail)
                     return answer
                 failure = answer.detail
-            if _now_ms() > order.deadline_ms:
+            if self.clock() > order.deadline_ms:
                 log.warning("report_lost", key=order.idempotency_key, command=report.command_id,
                             error=failure)
                 return None
@@ -217,6 +224,7 @@ class Worker:
         """Pull orders from this executor's own consumer and its capabilities' pool consumers.
         Pull, not push: a pool's push consumer delivers into one inbox, which on a broker with
         per-user inboxes only its first member could read."""
+        await self.clock.sync()
         subs = []
         own = f"exec-{subjects.token(self.executor_id)}"
         filters = [(subjects.work(self.executor_id), own)]
@@ -233,6 +241,7 @@ class Worker:
             ))
         async with asyncio.TaskGroup() as tasks:
             pullers = [tasks.create_task(self._pull(sub, tasks)) for sub in subs]
+            pullers.append(tasks.create_task(self.clock.run()))
             if ready is not None:
                 ready.set()
             try:
@@ -268,12 +277,18 @@ class Worker:
         await self.run(ready=ready)
 
     async def _take(self, msg: Msg) -> None:
-        order = ORDERS.try_decode(msg.data, seq=msg.metadata.sequence.stream, subject=msg.subject)
-        if isinstance(order, Undecodable):
-            log.warning("order_malformed", seq=order.seq, error=order.error)
+        verified = open_statement(msg.data, ORDER, keys=self._keys, authors=self.engines)
+        if isinstance(verified, Refusal):  # not an engine's order: never run, never redelivered
+            log.warning("order_refused", subject=msg.subject, reason=verified.reason.value,
+                        detail=verified.detail)
             await _quietly(msg.term)
             return
-        if order.deadline_ms and order.deadline_ms < _now_ms():
+        order = ORDERS.try_decode(verified.body, subject=msg.subject)
+        if isinstance(order, Undecodable):
+            log.warning("order_malformed", subject=order.subject, error=order.error)
+            await _quietly(msg.term)
+            return
+        if order.deadline_ms and order.deadline_ms < self.clock():
             await _quietly(msg.ack)  # the engine's timeout timer has settled this attempt
             return
         handler = self.handlers.get(order.capability)

@@ -131,7 +131,8 @@ class EmbeddedCluster:
         for node in self.nodes:
             if not node.running:
                 continue
-            nc = await open_connection(node.url, name="cluster-probe")
+            nc = await open_connection(node.url, name="cluster-probe",
+                                       credentials_file=self.seed("admin") if self.auth else None)
             try:
                 while not await _jetstream_answers(nc):
                     if time.monotonic() > deadline:

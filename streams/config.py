@@ -19,6 +19,7 @@ from streams.subjects import Space
 
 __all__ = [
     "AUDIT",
+    "DEVIATIONS",
     "EXECUTORS",
     "INTENTS",
     "JOURNALS",
@@ -53,11 +54,12 @@ class StreamSpec:
     max_bytes: int | None = None
     max_msg_size: int | None = None
     discard_new: bool = False
+    sources: tuple[tuple[str, str], ...] = ()  # (stream, subject filter) copied in, in order
 
     def config(self, space: Space, replicas: int = 1) -> api.StreamConfig:
         return api.StreamConfig(
             name=space.stream(self.name),
-            subjects=[space.subject(s) for s in self.subjects],
+            subjects=[space.subject(s) for s in self.subjects] or None,
             retention=self.retention,
             storage=api.StorageType.FILE,
             num_replicas=replicas,
@@ -71,6 +73,8 @@ class StreamSpec:
             max_bytes=self.max_bytes,
             max_msg_size=self.max_msg_size or -1,
             discard=api.DiscardPolicy.NEW if self.discard_new else api.DiscardPolicy.OLD,
+            sources=[api.StreamSource(name=space.stream(name), filter_subject=space.subject(f))
+                     for name, f in self.sources] or None,
         )
 
 
@@ -96,9 +100,15 @@ MOON_CMD = StreamSpec(
 )
 WORK = StreamSpec("WORK", ("work.>",), retention=api.RetentionPolicy.WORK_QUEUE)
 PLANS = StreamSpec("PLANS", (subjects.plan_events(),), journal=True)
+# The journal's deviations, copied in by the server: MAESTRO's durable lives here, on a stream
+# only MAESTRO may make consumers on. On MOON, which every reader may read, a reader could
+# re-point the durable while MAESTRO is down (consumer names ride in the create request's body,
+# which broker permissions cannot see). The copies are the engine's signed bytes.
+DEVIATIONS = StreamSpec("DEVIATIONS", (), max_age_s=30 * DAY_S,
+                        sources=(("MOON", subjects.deviations()),))
 AUDIT = StreamSpec("AUDIT", (subjects.audit_all(),), max_age_s=365 * DAY_S)
 
-STREAMS: tuple[StreamSpec, ...] = (INTENTS, MOON, MOON_CMD, WORK, PLANS, AUDIT)
+STREAMS: tuple[StreamSpec, ...] = (INTENTS, MOON, MOON_CMD, WORK, PLANS, AUDIT, DEVIATIONS)
 JOURNALS = (MOON, PLANS)
 
 SNAPSHOTS = BucketSpec("moon_snapshots")

@@ -311,7 +311,10 @@ def rights(name: str, space: Space | None = None, capabilities: Sequence[str] = 
                 *_ask_gates(on),                       # its own calls to the moon gate
                 *on.read(on.stream("PLANS")), *on.read(on.stream("MOON")),
                 *on.info(on.stream("MOON_CMD")), *on.info(on.stream("AUDIT")),
-                *on.durable(on.stream("MOON"), on.space.consumer("maestro-replanner"),
+                # Its durable on DEVIATIONS (streams/config.py), a stream nobody else may make
+                # consumers on: on MOON a reader could re-point it by name.
+                *on.info(on.stream("DEVIATIONS")),
+                *on.durable(on.stream("DEVIATIONS"), on.space.consumer("maestro-replanner"),
                             on.s("moon.wf.*.deviation"), push=True),
                 *_gate(on, "maestro"),
                 *on.read(on.kv_stream("maestro_board")),

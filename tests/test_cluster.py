@@ -199,6 +199,7 @@ async def test_killing_the_journal_leader_mid_run_loses_nothing_and_every_workfl
     eng = Engine(engine_nc, walls=tw.walls_for(space), space=space,
                  registry=await tw.registry_for(engine_nc.jetstream(), space))
     workers = [Worker(nc, executor_id=f"x{i}", handlers={"work": work}, space=space, capacity=8,
+                      engines=tw.trust_for(space).engines,
                       signer=await tw.executor(js, space, f"x{i}", ["work"]))
                for i, nc in enumerate(pool)]
     try:

@@ -77,7 +77,7 @@ async def new_worker(nc: Client, space: Space, handlers: dict[str, Handler],
                      executor_id: str = "x1", **options) -> Worker:
     signer = await tw.executor(nc.jetstream(), space, executor_id, handlers)
     return Worker(nc, executor_id=executor_id, handlers=handlers, signer=signer, space=space,
-                  **options)
+                  engines=tw.trust_for(space).engines, **options)
 
 
 @contextlib.asynccontextmanager

@@ -233,6 +233,7 @@ async def _serve_counter(log: Path, executor: str, ticks: int, tick_s: float) ->
         signer = await register_local_executor(nc.jetstream(), space, local_trust(home_dir()),
                                                home_dir(), executor, capabilities=["count"])
         worker = Worker(nc, executor_id=executor, handlers={"count": count}, signer=signer,
+                        engines=local_trust(home_dir()).engines,
                         space=space)
         await serve_worker(worker)
 

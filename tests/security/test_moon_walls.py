@@ -176,19 +176,19 @@ async def test_a_registered_executor_cannot_report_for_another_executors_attempt
         command = dispatch([step("a", executor="honest")])
         await moon.submit(command)
         await asyncio.wait_for(hold.started.wait(), 10)
-        rogue = Worker(nc, executor_id="rogue", handlers={}, space=space,
+        rogue = Worker(nc, executor_id="rogue", handlers={}, space=space, engines=frozenset(),
                        signer=await tw.executor(js, space, "rogue", ["work"]))
         forged = CompleteStep(command_id="rogue-done", workflow_id=command.workflow_id,
                               at_ms=now_ms(), step="a", attempt=1, result=b"FORGED")
         answer = await rogue.request(forged)
         assert (answer.ok, answer.reason) == (False, Reason.NOT_ASSIGNED.value)
         # Nor can it claim to be the honest one: its key is not the one registered for it.
-        impostor = Worker(nc, executor_id="honest", handlers={}, space=space,
+        impostor = Worker(nc, executor_id="honest", handlers={}, space=space, engines=frozenset(),
                           signer=rogue.signer)
         answer = await impostor.request(forged)
         assert (answer.ok, answer.reason) == (False, Reason.FORGED.value)
         # And an unregistered key gets nowhere.
-        nobody = Worker(nc, executor_id="nobody", handlers={}, space=space,
+        nobody = Worker(nc, executor_id="nobody", handlers={}, space=space, engines=frozenset(),
                         signer=stranger())  # type: ignore[arg-type]
         answer = await nobody.request(forged)
         assert (answer.ok, answer.reason) == (False, Reason.UNKNOWN_KEY.value)
@@ -383,3 +383,32 @@ async def test_a_deleted_engine_consumer_is_made_again(
 
 
 _ = (StartStep, report_subject)  # the report path's names, for readers of this file
+
+
+async def test_a_work_order_the_engine_did_not_sign_is_never_run(
+    moon: Engine, nc: Client, js: JetStreamContext, space: Space
+) -> None:
+    from moon.effects import ORDERS  # noqa: PLC0415
+    from streams.moon_events import WorkOrder  # noqa: PLC0415
+
+    ran: list[str] = []
+
+    async def work(ctx: StepContext) -> Result:
+        ran.append(ctx.key)
+        return Result(output=b"ok")
+
+    async with worker(nc, space, {"work": work}, executor_id="x1", capacity=1):
+        forged = WorkOrder(workflow_id="evil", step="a", attempt=1, capability="work",
+                           executor="x1", deadline_ms=now_ms() + 60_000, timeout_ms=60_000,
+                           idempotency_key="evil/a/1", params=b"rm -rf /")
+        subject = space.subject("work.exec.x1")
+        await js.publish(subject, ORDERS.encode(forged), headers={"Nats-Msg-Id": "f1"})
+        await js.publish(subject, sign_statement(stranger(), b"moon.order.v1",  # type: ignore[arg-type]
+                                                 ORDERS.encode(forged)),
+                         headers={"Nats-Msg-Id": "f2"})
+        # Then a genuine workflow on the same executor, one order at a time: once it is done,
+        # both forged orders have been taken and refused.
+        genuine = dispatch([step("a", executor="x1")])
+        await moon.submit(genuine)
+        assert (await moon.wait_terminal(genuine.workflow_id, 20)).status == "completed"
+    assert ran == [f"{genuine.workflow_id}/a/1"]
