@@ -40,7 +40,7 @@ __all__ = [
 
 # The index's statuses: a workflow's own ones and the engine's verdict on an unverifiable one.
 LIST_STATUSES = ("running", "completed", "failed", "compensating", "compensated", "cancelled",
-                 "compensation_failed", "quarantined")
+                 "quarantined")
 _STATUS_STYLE = {"completed": "green", "running": "cyan", "scheduled": "cyan", "failed": "red",
                  "compensation_failed": "bold red", "quarantined": "bold red",
                  "compensated": "yellow", "compensating": "yellow", "cancelled": "yellow",
