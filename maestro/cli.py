@@ -264,6 +264,8 @@ def serve_command(
     Health: `health.maestro` and `$SRV.PING|INFO|STATS.maestro` over NATS."""
     import asyncio  # noqa: PLC0415
 
+    if offers is not None:
+        read_input(offers, "offers")  # a missing file is one line now, not a traceback later
     configure_logging()
     try:
         raise typer.Exit(asyncio.run(_serve(data_dir, offers, metrics_port)))

@@ -168,14 +168,17 @@ def tail_command(
 
     try:
         since_ms = parse_since(since, int(time.time() * 1000)) if since else None
+    except TailError as error:
+        fail(f"tail: {error}", Exit.REFUSED)
+    try:
         code = _run(
             _tail(
                 subject_filter, data_dir=data_dir, as_json=as_json, from_seq=from_seq,
                 since_ms=since_ms, last=last, follow=follow,
             )
         )
-    except TailError as error:
-        fail(f"tail: {error}", Exit.REFUSED)
+    except TailError as error:  # nothing holds those subjects
+        fail(f"tail: {error}", Exit.UNKNOWN)
     raise typer.Exit(code)
 
 

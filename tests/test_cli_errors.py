@@ -27,8 +27,8 @@ def cli(name: str, *args: str, env: dict[str, str] | None = None,
         cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     base = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="80")
     base.pop("NATS_URL", None)
-    return subprocess.run([sys.executable, "-c", CLIS[name], *args], capture_output=True,
-                          text=True, timeout=60, env={**base, **(env or {})}, cwd=cwd or ROOT)
+    return subprocess.run([sys.executable, "-c", CLIS[name], *args], check=False,
+                          capture_output=True, text=True, timeout=60, env={**base, **(env or {})}, cwd=cwd or ROOT)
 
 
 def one_line(done: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
@@ -141,6 +141,7 @@ def test_help_imports_no_broker_client_no_rich_no_crypto(name: str) -> None:
              "heavy = ('nats', 'asyncio', 'rich', 'structlog', 'msgspec', 'envelope.cli', "
              "'ortools', 'yaml')\n"
              "print('HEAVY', sorted(m for m in heavy if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    done = subprocess.run([sys.executable, "-c", probe], check=False,
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert done.stdout.splitlines()[-1] == "HEAVY []", done.stdout[-500:]

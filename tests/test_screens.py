@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from rich.console import Console
 
@@ -169,8 +170,6 @@ def test_status_hints_at_an_unstarted_step_and_json_decodes_results() -> None:
 
 
 def test_compensation_failed_and_quarantine_are_shown_as_such() -> None:
-    import msgspec
-
     items = history()
     state = replay.fold(d for _, d in items)
     broken = msgspec.structs.replace(state, status="compensated", steps={
