@@ -28,7 +28,8 @@ def cli(name: str, *args: str, env: dict[str, str] | None = None,
     base = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="80")
     base.pop("NATS_URL", None)
     return subprocess.run([sys.executable, "-c", CLIS[name], *args], check=False,
-                          capture_output=True, text=True, timeout=60, env={**base, **(env or {})}, cwd=cwd or ROOT)
+                          capture_output=True, text=True, timeout=60,
+                          env={**base, **(env or {})}, cwd=cwd or ROOT)
 
 
 def one_line(done: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
