@@ -482,7 +482,7 @@ def status_command(
                 live.update(screen)
     if read.bad is not None:
         if as_json or watch:
-            _console(stderr=True).print(_quarantine_line(workflow_id, read.bad), markup=False)
+            sys.stderr.write(f"moon: {_quarantine_line(workflow_id, read.bad)}\n")
         raise typer.Exit(Exit.JOURNAL)
 
 
@@ -572,7 +572,7 @@ def replay_command(
                      "quarantined": read.bad and {"seq": read.bad[0], "detail": read.bad[1]}}))
     else:
         _console().print(status_view(state, events_of(items), width=_width(),
-                                     quarantined=read.bad, items=items))
+                                     quarantined=read.bad, items=items, hints=False))
         print(f"folded {len(decisions)} decisions up to #{version}")
         if verify:
             print("verify: ok, every recorded command re-decides the same events"

@@ -124,6 +124,8 @@ def _clock(ms: int | None) -> str:
 def _seconds(ms: int | None) -> str:
     if ms is None or ms < 0:
         return ""
+    if ms < 1000:
+        return f"{ms}ms"
     return f"{ms / 1000:.1f}s" if ms < 600_000 else f"{ms / 60_000:.1f}m"
 
 
@@ -203,7 +205,8 @@ def _table(cols: dict[str, list[str]], names: Sequence[str]) -> Table:
 
 def status_view(state: WorkflowState, seen: Sequence[Seen] = (), *, width: int = 80,
                 now_ms: int = 0, quarantined: tuple[int, str] | None = None,
-                items: Sequence[tuple[int, Decision]] = ()) -> RenderableType:
+                items: Sequence[tuple[int, Decision]] = (), hints: bool = True
+                ) -> RenderableType:
     """One workflow for a terminal of `width` columns: a headline, its steps (empty columns
     dropped; split in two tables when one would not fit), errors and results on their own
     lines, why it waits, and the journal's messages with their stream sequence numbers."""
@@ -224,7 +227,7 @@ def status_view(state: WorkflowState, seen: Sequence[Seen] = (), *, width: int =
         parts.append(Text(f"quarantined: journal seq {quarantined[0]} does not verify "
                           f"({quarantined[1]}); the state below is the verified part before it",
                           style="bold red"))
-    for hint in wait_hints(state):
+    for hint in wait_hints(state) if hints else ():
         parts.append(Text(f"… {hint}", style="yellow"))
     cols = _columns(state, _ends(items), now_ms)
     names = [n for n, values in cols.items() if n == "step" or any(values)]
@@ -268,8 +271,7 @@ def _detail(name: str, step: StepState, width: int) -> list[Text]:
 def _events(seen: Sequence[Seen]) -> RenderableType:
     shown = list(seen)[-EVENTS_SHOWN:]
     table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold",
-                  title="journal (seq: the stream sequence replay --to-seq, fork --at-seq and "
-                        "diff take)", title_justify="left", title_style="dim")
+                  title="journal (#seq: what replay --to-seq, fork --at-seq and diff take)", title_justify="left", title_style="dim")
     table.add_column("seq", justify="right", no_wrap=True)
     table.add_column("time", no_wrap=True)
     table.add_column("command", no_wrap=True)
