@@ -271,7 +271,8 @@ def _detail(name: str, step: StepState, width: int) -> list[Text]:
 def _events(seen: Sequence[Seen]) -> RenderableType:
     shown = list(seen)[-EVENTS_SHOWN:]
     table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold",
-                  title="journal (#seq: what replay --to-seq, fork --at-seq and diff take)", title_justify="left", title_style="dim")
+                  title="journal (#seq: what replay --to-seq, fork --at-seq and diff take)",
+                  title_justify="left", title_style="dim")
     table.add_column("seq", justify="right", no_wrap=True)
     table.add_column("time", no_wrap=True)
     table.add_column("command", no_wrap=True)
