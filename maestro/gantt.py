@@ -157,6 +157,7 @@ class Gantt:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         width = min(self.width or options.max_width, options.max_width)
         yield from self.lines(width)
+        yield Text("")
         yield self.table()
 
     def lines(self, width: int) -> Iterator[Text]:

@@ -48,7 +48,7 @@ def gantt_html(plan: Plan, *, deadline: int | None = None,
         return _LABEL + t * _CHART / span
 
     height = _TOP + _ROW * len(rows) + 10
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_LABEL + _CHART + 20} '
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_LABEL + _CHART + 180} '
            f'{height}" role="img" aria-label="Gantt chart of {escape(title)}">']
     for t, _ in axis_ticks(span, 100, unit, min_gap=10):
         svg.append(f'<line x1="{x(t):.1f}" y1="{_TOP - 8}" x2="{x(t):.1f}" y2="{height - 10}" '
