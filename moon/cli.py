@@ -486,10 +486,11 @@ def status_command(
         raise typer.Exit(Exit.JOURNAL)
 
 
-async def _list(data_dir: Path | None) -> list[Any]:
+async def _list(data_dir: Path | None) -> list[dict[str, Any]]:
+    """The index's entries (moon.engine.WorkflowSummary) as dicts: importing the engine to
+    decode them would double `moon list`'s start-up."""
     import msgspec  # noqa: PLC0415
 
-    from moon.engine import WorkflowSummary  # noqa: PLC0415
     from streams.config import WORKFLOWS  # noqa: PLC0415
 
     async with connect(data_dir=data_dir, name="moon-list") as nc:
@@ -502,7 +503,9 @@ async def _list(data_dir: Path | None) -> list[Any]:
         for key in keys:
             entry = await kv.get(key)
             if entry.value:
-                out.append(msgspec.json.decode(entry.value, type=WorkflowSummary))
+                row = msgspec.json.decode(entry.value)
+                if isinstance(row, dict) and "workflow_id" in row:
+                    out.append(row)
         return out
 
 
@@ -526,8 +529,8 @@ def list_command(
     one with why."""
     from moon.screens import list_view  # noqa: PLC0415
 
-    rows_ = [r for r in _run(_list(data_dir)) if status is None or r.status == status]
-    rows_.sort(key=lambda r: r.updated_ms)
+    rows_ = [r for r in _run(_list(data_dir)) if status is None or r.get("status") == status]
+    rows_.sort(key=lambda r: r.get("updated_ms", 0))
     if as_json:
         for r in rows_:
             print(_json(r))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -284,19 +284,23 @@ def _events(seen: Sequence[Seen]) -> RenderableType:
     return table
 
 
-def list_view(rows: Sequence[Any]) -> Table:
-    """`moon list`: one workflow a row; `detail` (why one is quarantined) only when any has one."""
+def list_view(rows: Sequence[Mapping[str, Any]]) -> Table:
+    """`moon list`: one workflow a row (index entries as mappings, the engine's WorkflowSummary
+    fields); `detail` (why one is quarantined) only when any has one."""
     table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold")
-    with_detail = any(getattr(r, "detail", "") for r in rows)
+    with_detail = any(r.get("detail") for r in rows)
     for column in ("workflow", "status", "done", "tokens", "seq", "updated",
                    *(("detail",) if with_detail else ())):
         table.add_column(column, no_wrap=column in ("workflow", "status"),
                          justify="right" if column in ("tokens", "seq") else "left")
     for r in rows:
-        cells: list[Any] = [Text(r.workflow_id, style="bold"),
-                 Text(r.status, style=_STATUS_STYLE.get(r.status, "")),
-                 f"{r.completed}/{r.steps}", str(r.tokens), str(r.version), _clock(r.updated_ms)]
+        status = str(r.get("status", ""))
+        cells: list[Any] = [Text(str(r.get("workflow_id", "")), style="bold"),
+                            Text(status, style=_STATUS_STYLE.get(status, "")),
+                            f"{r.get('completed', 0)}/{r.get('steps', 0)}",
+                            str(r.get("tokens", 0)), str(r.get("version", 0)),
+                            _clock(r.get("updated_ms"))]
         if with_detail:
-            cells.append(r.detail)
+            cells.append(str(r.get("detail", "")))
         table.add_row(*cells)
     return table
