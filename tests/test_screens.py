@@ -11,7 +11,9 @@ from typing import Any
 import msgspec
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
+from maestro.cli import app
 from maestro.gantt import gantt, gantt_text, step_costs
 from maestro.gantt_html import gantt_html
 from maestro.goal import load_goal, load_offers
@@ -191,3 +193,12 @@ def test_list_shows_why_a_workflow_is_quarantined() -> None:
     text = render(list_view(rows), 100)
     assert "journal seq 12 does not verify" in text and "detail" in text
     assert "detail" not in render(list_view(rows[:1]), 100)
+
+
+def test_maestro_plan_writes_the_html_page(tmp_path: Path) -> None:
+    page = tmp_path / "plan.html"
+    done = CliRunner().invoke(app, ["plan", str(EXAMPLES / "goal.yaml"), "--time-limit", "2",
+                                    "--html", str(page)], env={"COLUMNS": "80"})
+    assert done.exit_code == 0, done.output
+    assert "gather-sources" in page.read_text() and "<script" not in page.read_text()
+    assert all(len(line) <= 80 for line in done.stdout.splitlines())
