@@ -72,13 +72,16 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 def _unreachable(error: BaseException) -> str | None:
-    """A broker that does not answer, said in one line (the error types are nats-py's and the
-    OS's; matched by name so this module need not import nats)."""
+    """A broker or service that does not answer, in one line. Matched by the error types'
+    names (nats-py's and the OS's), so this module need not import nats."""
     names = {cls.__name__ for cls in type(error).__mro__}
-    if names & {"NoServersError", "ConnectionRefusedError", "TimeoutError"} and not isinstance(
-            error, OperatorError):
-        return f"no broker answers ({type(error).__name__}) — start one with `moon serve` " \
-               "or `maestro up`, or set NATS_URL"
+    if names & {"NoServersError", "ConnectionRefusedError", "ConnectionClosedError"}:
+        return ("no broker answers — start the stack (`maestro up`, or `moon serve`) or set "
+                "NATS_URL")
+    if "NoRespondersError" in names:
+        return "no service answers on the broker — is `moon serve` (or `maestro serve`) running?"
+    if "TimeoutError" in names:
+        return "timed out waiting for the broker or a service — is the stack running?"
     return None
 
 

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 from nats.js import JetStreamContext
 
-from streams.cli_errors import Exit
+from streams.cli_errors import Exit, OperatorError, run
 from streams.subjects import Space
 from tests.moon import fault_world as fw
 
@@ -146,3 +147,34 @@ def test_help_imports_no_broker_client_no_rich_no_crypto(name: str) -> None:
                           capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert done.stdout.splitlines()[-1] == "HEAVY []", done.stdout[-500:]
+
+
+def _app_raising(error: BaseException) -> typer.Typer:
+    app = typer.Typer(rich_markup_mode=None, pretty_exceptions_enable=False)
+
+    @app.command()
+    def go() -> None:
+        raise error
+
+    @app.command()
+    def other() -> None:
+        """A second command, so `go` is a sub-command."""
+
+    return app
+
+
+@pytest.mark.parametrize(("error", "code", "words"), [
+    (RuntimeError("boom"), Exit.INTERNAL, ["internal error: RuntimeError: boom", "--debug"]),
+    (ConnectionRefusedError(111, "refused"), Exit.UNREACHABLE, ["no broker answers", "NATS_URL"]),
+    (TimeoutError(), Exit.UNREACHABLE, ["timed out"]),
+    (OperatorError("bad file", Exit.INPUT), Exit.INPUT, ["bad file"]),
+])
+def test_any_other_error_is_still_one_line(capsys: pytest.CaptureFixture[str],
+                                           error: Exception, code: int, words: list[str]) -> None:
+    with pytest.raises(SystemExit) as ended:
+        run(_app_raising(error), "x", ["go"])
+    assert ended.value.code == code
+    line = capsys.readouterr().err
+    assert line.count("\n") == 1 and all(w in line for w in words), line
+    with pytest.raises(type(error)):
+        run(_app_raising(error), "x", ["go", "--debug"])
