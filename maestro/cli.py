@@ -84,7 +84,11 @@ def _load(goal_path: Path | None, psplib: Path | None, offers_path: Path | None)
     if goal_path is None:
         fail("give a GOAL file or --psplib FILE (see `maestro plan --help`)", Exit.REFUSED)
     goal = _decode_file(goal_path, "goal", decode_goal)
-    offers = _decode_file(offers_path or EXAMPLES / "executors.yaml", "offers", decode_offers)
+    if offers_path is None:  # said, so nobody mistakes the demo executors for theirs
+        offers_path = EXAMPLES / "executors.yaml"
+        err.print(f"maestro: no --offers: planning with the bundled {offers_path.name} (demo "
+                  "executors)", style="dim", markup=False, soft_wrap=True)
+    offers = _decode_file(offers_path, "offers", decode_offers)
     return goal, None, offers
 
 

@@ -490,11 +490,16 @@ async def _list(data_dir: Path | None) -> list[dict[str, Any]]:
     """The index's entries (moon.engine.WorkflowSummary) as dicts: importing the engine to
     decode them would double `moon list`'s start-up."""
     import msgspec  # noqa: PLC0415
+    from nats.js.errors import BucketNotFoundError  # noqa: PLC0415
 
     from streams.config import WORKFLOWS  # noqa: PLC0415
 
     async with connect(data_dir=data_dir, name="moon-list") as nc:
-        kv = await nc.jetstream().key_value(space_from_env().bucket(WORKFLOWS.name))
+        try:
+            kv = await nc.jetstream().key_value(space_from_env().bucket(WORKFLOWS.name))
+        except BucketNotFoundError:
+            fail("no MOON workflow index on this broker: has `moon serve` run on it (check "
+                 "NATS_URL and MAESTRO_SPACE)?", Exit.UNKNOWN)
         try:
             keys = await kv.keys()
         except Exception:  # NoKeysError: an empty index
@@ -534,6 +539,10 @@ def list_command(
     if as_json:
         for r in rows_:
             print(_json(r))
+        return
+    if not rows_:
+        print(f"no workflows{f' in status {status}' if status else ''} "
+              "(dispatch one: moon dispatch examples/dag.yaml, or maestro run)")
         return
     _console().print(list_view(rows_))
 
