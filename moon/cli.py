@@ -1,51 +1,119 @@
-"""`moon …`: the command line of the durable workflow engine. Each command parses, wires, prints."""
+"""`moon …`: the command line of the durable workflow engine. Each command parses, wires, prints.
+
+Only typer is imported at start-up (`moon --help` in well under 0.2 s): everything else is
+imported by the command that needs it, and operator errors end as one line and an exit code
+(streams.cli_errors; `--debug` shows tracebacks).
+"""
 
 from __future__ import annotations
 
-import asyncio
+import importlib
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import msgspec
 import typer
-from rich.console import Console
-from rich.text import Text
 
-from streams.broker import connect, home_dir
-from streams.catalog import CODECS
-from streams.codec import Undecodable
-from streams.config import (
-    WORKFLOWS,
-    Topology,
-    ensure_streams,
-    replicas_from_env,
-    space_from_env,
-)
-from streams.logs import configure_logging
-from streams.tail import Row, TailError, parse_since, rows, to_json_line
+from streams.cli_errors import Exit, fail, read_input
+from streams.cli_errors import run as run_cli
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from streams.tail import Row
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(help="MOON: durable workflows on NATS JetStream.", no_args_is_help=True)
-err = Console(stderr=True)
+
+class _Lazy:
+    """A module imported on first use: asyncio alone is a sixth of the `--help` budget."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+asyncio: Any = _Lazy("asyncio")
+
+# Plain (click) help: rich's help renderer alone costs more than the 0.2 s `--help` budget.
+app = typer.Typer(help="MOON: durable workflows on NATS JetStream.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, rich_markup_mode=None)
 
 DataDir = Annotated[
     Path | None,
     typer.Option("--data-dir", help="embedded broker data dir (default .maestro or MAESTRO_HOME)"),
 ]
+SEQ_HELP = ("a stream sequence number, as `moon status` (journal #N) and `moon tail` print "
+            "them: sequences count every message of the stream, not one workflow's events")
+
 
 @app.callback()
-def _root() -> None:
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for errors")] = False,
+) -> None:
     """MOON: durable workflows on NATS JetStream."""
+
+
+# Lazy stand-ins for what the service wiring below uses, so importing this module (for --help)
+# does not import nats, asyncio's event loop machinery or structlog.
+def connect(*args: Any, **kwargs: Any) -> Any:
+    from streams.broker import connect as connect_  # noqa: PLC0415
+
+    return connect_(*args, **kwargs)
+
+
+def home_dir() -> Path:
+    from streams.broker import home_dir as home_dir_  # noqa: PLC0415
+
+    return home_dir_()
+
+
+def space_from_env() -> Any:
+    from streams.config import space_from_env as space_from_env_  # noqa: PLC0415
+
+    return space_from_env_()
+
+
+def replicas_from_env() -> Any:
+    from streams.config import replicas_from_env as replicas_from_env_  # noqa: PLC0415
+
+    return replicas_from_env_()
+
+
+def Topology(**kwargs: Any) -> Any:  # noqa: N802 - stands in for the class
+    from streams.config import Topology as Topology_  # noqa: PLC0415
+
+    return Topology_(**kwargs)
+
+
+async def ensure_streams(*args: Any, **kwargs: Any) -> Any:
+    from streams.config import ensure_streams as ensure_streams_  # noqa: PLC0415
+
+    return await ensure_streams_(*args, **kwargs)
+
+
+def configure_logging(*args: Any, **kwargs: Any) -> None:
+    from streams.logs import configure_logging as configure_logging_  # noqa: PLC0415
+
+    configure_logging_(*args, **kwargs)
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console  # noqa: PLC0415
+
+    return Console(stderr=stderr, highlight=False)
 
 
 _COLOURS = {"moon": "cyan", "audit": "magenta", "maestro": "green", "intent": "yellow"}
 
 
-def _pretty(row: Row) -> Text:
+def _pretty(row: Row) -> Any:
+    from rich.text import Text  # noqa: PLC0415
+
     stamp = time.strftime("%H:%M:%S", time.localtime(row.time_ms / 1000))
     event = row.event
     kind = ""
@@ -65,7 +133,11 @@ def _pretty(row: Row) -> Text:
 
 
 async def _tail(filter_: str, *, data_dir: Path | None, as_json: bool, **options: Any) -> int:
-    out = Console(highlight=False)
+    from streams.catalog import CODECS  # noqa: PLC0415
+    from streams.codec import Undecodable  # noqa: PLC0415
+    from streams.tail import rows, to_json_line  # noqa: PLC0415
+
+    out, err = _console(), _console(stderr=True)
     async with connect(data_dir=data_dir, name="moon-tail", role="operator") as nc:
         js = nc.jetstream()
         async for item in rows(js, filter_, codecs=CODECS, space=space_from_env(), **options):
@@ -90,20 +162,23 @@ def tail_command(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Print the messages on SUBJECT_FILTER: decoded, one per line."""
+    """Print the messages on SUBJECT_FILTER: decoded, one per line, with their stream
+    sequence (#N)."""
+    from streams.tail import TailError, parse_since  # noqa: PLC0415
+
     try:
         since_ms = parse_since(since, int(time.time() * 1000)) if since else None
-        code = asyncio.run(
+    except TailError as error:
+        fail(f"tail: {error}", Exit.REFUSED)
+    try:
+        code = _run(
             _tail(
                 subject_filter, data_dir=data_dir, as_json=as_json, from_seq=from_seq,
                 since_ms=since_ms, last=last, follow=follow,
             )
         )
-    except TailError as error:
-        err.print(f"moon tail: {error}", markup=False)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+    except TailError as error:  # nothing holds those subjects
+        fail(f"tail: {error}", Exit.UNKNOWN)
     raise typer.Exit(code)
 
 
@@ -239,13 +314,47 @@ def _run(coro: Any) -> Any:
         raise typer.Exit(130) from None
 
 
-async def _dispatch(path: Path, data_dir: Path | None) -> Any:
+def _refused(outcome: Any) -> None:
+    """A gate's refusal: one line, exit 2."""
+    fail(f"refused ({outcome.reason.value}, {outcome.code}): {outcome.detail}", Exit.REFUSED)
+
+
+_GOAL_KEYS = frozenset({"name", "objective", "pools", "organisations", "budget", "deadline_ms"})
+
+
+def _dispatch_command(path: Path, now_ms: int) -> Any:
+    """The file as a Dispatch, or one line: not YAML/JSON, a goal file, or not a DAG."""
+    import msgspec  # noqa: PLC0415
+    import yaml  # noqa: PLC0415
+
     from moon.dispatch_file import load_dispatch  # noqa: PLC0415
+
+    data = read_input(path, "dispatch file")
+    try:
+        raw = yaml.safe_load(data)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        fail(f"dispatch {path}: not valid YAML or JSON{where}: "
+             f"{getattr(error, 'problem', None) or error}")
+    if not isinstance(raw, dict):
+        fail(f"dispatch {path}: not a DAG: expected a mapping with `steps` "
+             "(see examples/dag.yaml)")
+    if _GOAL_KEYS & set(raw):
+        fail(f"dispatch {path}: this is a goal file (MAESTRO plans it): run it with "
+             f"`maestro run {path}` or plan it with `maestro plan {path}`; `moon dispatch` takes "
+             "a DAG (see examples/dag.yaml)")
+    try:
+        return load_dispatch(data, now_ms=now_ms)
+    except msgspec.ValidationError as error:
+        fail(f"dispatch {path}: not a DAG: {error} (see examples/dag.yaml)")
+
+
+async def _dispatch(path: Path, data_dir: Path | None) -> Any:
     from moon.gateway import Budget, DispatchRequest  # noqa: PLC0415
 
-    data = await asyncio.to_thread(path.read_bytes)
     now = int(time.time() * 1000)
-    command = load_dispatch(data, now_ms=now)
+    command = _dispatch_command(path, now)
     budget = None
     if command.budget_tokens is not None or command.deadline_ms is not None:
         budget = Budget(tokens=command.budget_tokens,
@@ -261,17 +370,16 @@ async def _dispatch(path: Path, data_dir: Path | None) -> Any:
 
 @app.command("dispatch")
 def dispatch_command(
-    file: Annotated[Path, typer.Argument(help="a DAG: JSON or YAML with `steps`")],
+    file: Annotated[Path, typer.Argument(help="a DAG, YAML or JSON: see examples/dag.yaml")],
     data_dir: DataDir = None,
 ) -> None:
-    """Dispatch a workflow from a file; prints its id (idempotent by the file's request id)."""
+    """Dispatch a DAG (no planning) from a file; prints its id (idempotent by the file's
+    request id). For a goal file use `maestro run`."""
     from streams.replies import Refusal  # noqa: PLC0415
 
     _, outcome = _run(_dispatch(file, data_dir))
     if isinstance(outcome, Refusal):
-        err.print(f"refused ({outcome.reason.value}, {outcome.code}): {outcome.detail}",
-                  markup=False)
-        raise typer.Exit(2)
+        _refused(outcome)
     print(_json({"workflow_id": outcome.workflow_id, "version": outcome.version,
                  "status": outcome.status}))
 
@@ -283,79 +391,125 @@ def _reader_walls(data_dir: Path | None) -> Any:
     return local_walls(local_trust(data_dir or home_dir()))
 
 
-async def _load(workflow_id: str, data_dir: Path | None, upto: int | None = None) -> Any:
-    """The workflow's verified journal; a message the engine did not sign stops the read with
-    one line naming its sequence (the workflow is quarantined), never a traceback."""
+class _Read:
+    """A workflow's verified journal: (seq, decision) pairs, and where it stopped verifying."""
+
+    def __init__(self, items: list[tuple[int, Any]], bad: tuple[int, str] | None) -> None:
+        self.items, self.bad = items, bad
+
+    @property
+    def version(self) -> int:
+        return self.items[-1][0] if self.items else 0
+
+
+async def _read(workflow_id: str, data_dir: Path | None, upto: int | None = None) -> _Read:
+    """The verified journal up to `upto`; a message the engine did not sign stops the read
+    there (the workflow is quarantined) and the verified part before it is kept."""
     from moon.journal import journal  # noqa: PLC0415
+    from streams.ids import is_valid_id  # noqa: PLC0415
     from streams.store import Unreadable  # noqa: PLC0415
 
+    if not is_valid_id(workflow_id):
+        fail(f"{workflow_id!r} is not a workflow id (letters, digits, _ and -, at most 64)",
+             Exit.REFUSED)
     async with connect(data_dir=data_dir, name="moon-read", role="operator") as nc:
+        store = journal(nc.jetstream(), space_from_env(), _reader_walls(data_dir))
         try:
-            return await journal(nc.jetstream(), space_from_env(),
-                                 _reader_walls(data_dir)).read(workflow_id, upto=upto)
+            loaded = await store.read(workflow_id, upto=upto)
+            return _Read([(i.seq, i.value) for i in loaded.items], None)
         except Unreadable as bad:
-            err.print(f"moon: workflow {workflow_id} is quarantined: journal seq {bad.seq} "
-                      f"does not verify ({bad.detail[:200]})", markup=False)
-            raise typer.Exit(3) from None
+            before = await store.read(workflow_id, upto=bad.seq - 1) if bad.seq > 1 else None
+            items = [(i.seq, i.value) for i in before.items] if before else []
+            return _Read(items, (bad.seq, bad.detail[:200]))
 
 
-def _state_table(state: Any) -> Any:
-    from rich.table import Table  # noqa: PLC0415
-
-    table = Table(title=f"{state.workflow_id}: {state.status}", title_justify="left")
-    for column in ("step", "status", "attempt", "executor", "scheduled", "started", "tokens",
-                   "error"):
-        table.add_column(column)
-    for name, step in state.steps.items():
-        table.add_row(name, step.status, str(step.attempt), step.executor or "",
-                      _clock(step.scheduled_at), _clock(step.started_at), str(step.usage.tokens),
-                      (step.error or "")[:40])
-    return table
+def _known(read: _Read, workflow_id: str) -> _Read:
+    if not read.items and read.bad is None:
+        fail(f"unknown workflow {workflow_id!r}: no journal message (see `moon list`)",
+             Exit.UNKNOWN)
+    return read
 
 
-def _clock(ms: int | None) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(ms / 1000)) if ms else ""
+def _quarantine_line(workflow_id: str, bad: tuple[int, str]) -> str:
+    return (f"workflow {workflow_id} is quarantined: journal seq {bad[0]} does not verify "
+            f"({bad[1]})")
+
+
+def _width() -> int:
+    import shutil  # noqa: PLC0415
+
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def _status_screen(workflow_id: str, read: _Read) -> Any:
+    from moon import replay  # noqa: PLC0415
+    from moon.screens import events_of, status_view  # noqa: PLC0415
+
+    state = replay.fold(d for _, d in read.items)
+    if not state.workflow_id:
+        state = _replace(state, workflow_id=workflow_id)
+    return state, status_view(state, events_of(read.items), width=_width(),
+                              now_ms=int(time.time() * 1000), quarantined=read.bad,
+                              items=read.items)
+
+
+def _replace(value: Any, **changes: Any) -> Any:
+    import msgspec  # noqa: PLC0415
+
+    return msgspec.structs.replace(value, **changes)
 
 
 @app.command("status")
 def status_command(
     workflow_id: str,
     watch: Annotated[bool, typer.Option("--watch", help="redraw live until it ends")] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="results decoded as text")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Steps, attempts and timings of one workflow."""
-    from moon import replay  # noqa: PLC0415
+    """Steps with start, end and duration, results and errors, why it waits, and the journal's
+    messages with their stream sequence (#N, what replay/fork/diff take). Exit 3 when its
+    journal does not verify (quarantined)."""
     from moon.workflow import is_terminal  # noqa: PLC0415
 
-    def current() -> Any:
-        loaded = _run(_load(workflow_id, data_dir))
-        if not loaded.items:
-            err.print(f"moon status: unknown workflow {workflow_id!r}", markup=False)
-            raise typer.Exit(1)
-        return replay.fold([i.value for i in loaded.items])
-
-    state = current()
+    read = _known(_run(_read(workflow_id, data_dir)), workflow_id)
     if as_json:
-        print(_json(state))
-        return
-    if not watch:
-        Console().print(_state_table(state))
-        return
-    from rich.live import Live  # noqa: PLC0415
+        from moon import replay  # noqa: PLC0415
+        from moon.screens import events_of, state_json  # noqa: PLC0415
 
-    with Live(_state_table(state), refresh_per_second=4) as live:
-        while not is_terminal(state):
-            time.sleep(0.5)
-            state = current()
-            live.update(_state_table(state))
+        state = replay.fold(d for _, d in read.items)
+        print(_json(state_json(state, events_of(read.items), quarantined=read.bad)))
+    elif not watch:
+        _console().print(_status_screen(workflow_id, read)[1])
+    else:
+        from rich.live import Live  # noqa: PLC0415
+
+        state, screen = _status_screen(workflow_id, read)
+        with Live(screen, refresh_per_second=4, console=_console()) as live:
+            while not is_terminal(state) and read.bad is None:
+                time.sleep(0.5)
+                read = _run(_read(workflow_id, data_dir))
+                state, screen = _status_screen(workflow_id, read)
+                live.update(screen)
+    if read.bad is not None:
+        if as_json or watch:
+            sys.stderr.write(f"moon: {_quarantine_line(workflow_id, read.bad)}\n")
+        raise typer.Exit(Exit.JOURNAL)
 
 
-async def _list(data_dir: Path | None) -> list[Any]:
-    from moon.engine import WorkflowSummary  # noqa: PLC0415
+async def _list(data_dir: Path | None) -> list[dict[str, Any]]:
+    """The index's entries (moon.engine.WorkflowSummary) as dicts: importing the engine to
+    decode them would double `moon list`'s start-up."""
+    import msgspec  # noqa: PLC0415
+    from nats.js.errors import BucketNotFoundError  # noqa: PLC0415
+
+    from streams.config import WORKFLOWS  # noqa: PLC0415
 
     async with connect(data_dir=data_dir, name="moon-list", role="operator") as nc:
-        kv = await nc.jetstream().key_value(space_from_env().bucket(WORKFLOWS.name))
+        try:
+            kv = await nc.jetstream().key_value(space_from_env().bucket(WORKFLOWS.name))
+        except BucketNotFoundError:
+            fail("no MOON workflow index on this broker: has `moon serve` run on it (check "
+                 "NATS_URL and MAESTRO_SPACE)?", Exit.UNKNOWN)
         try:
             keys = await kv.keys()
         except Exception:  # NoKeysError: an empty index
@@ -364,74 +518,107 @@ async def _list(data_dir: Path | None) -> list[Any]:
         for key in keys:
             entry = await kv.get(key)
             if entry.value:
-                out.append(msgspec.json.decode(entry.value, type=WorkflowSummary))
+                row = msgspec.json.decode(entry.value)
+                if isinstance(row, dict) and "workflow_id" in row:
+                    out.append(row)
         return out
+
+
+def _status_filter(value: str | None) -> str | None:
+    from moon.screens import LIST_STATUSES  # noqa: PLC0415
+
+    if value is not None and value not in LIST_STATUSES:
+        raise typer.BadParameter(f"{value!r} is not a status; one of {', '.join(LIST_STATUSES)}")
+    return value
 
 
 @app.command("list")
 def list_command(
-    status: Annotated[str | None, typer.Option(help="only workflows in this status")] = None,
+    status: Annotated[str | None, typer.Option(
+        help="only workflows in this status: running, completed, failed, compensating, "
+             "compensated, cancelled, quarantined", callback=_status_filter)] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Workflows from the index (a KV bucket), without scanning the journal."""
-    from rich.table import Table  # noqa: PLC0415
+    """Workflows from the index (a KV bucket), without scanning the journal; a quarantined
+    one with why."""
+    from moon.screens import list_view  # noqa: PLC0415
 
-    rows_ = [r for r in _run(_list(data_dir)) if status is None or r.status == status]
-    rows_.sort(key=lambda r: r.updated_ms)
+    rows_ = [r for r in _run(_list(data_dir)) if status is None or r.get("status") == status]
+    rows_.sort(key=lambda r: r.get("updated_ms", 0))
     if as_json:
         for r in rows_:
             print(_json(r))
         return
-    table = Table()
-    for column in ("workflow", "status", "done", "tokens", "version", "updated"):
-        table.add_column(column)
-    for r in rows_:
-        table.add_row(r.workflow_id, r.status, f"{r.completed}/{r.steps}", str(r.tokens),
-                      str(r.version), _clock(r.updated_ms))
-    Console().print(table)
+    if not rows_:
+        print(f"no workflows{f' in status {status}' if status else ''} "
+              "(dispatch one: moon dispatch examples/dag.yaml, or maestro run)")
+        return
+    _console().print(list_view(rows_))
+
+
+def _upto(read: _Read, workflow_id: str, seq: int, flag: str) -> list[tuple[int, Any]]:
+    """The decisions at or before `seq`, or one line saying which numbers this workflow has."""
+    if seq < 1:
+        fail(f"{flag} {seq}: must be >= 1 ({SEQ_HELP})", Exit.REFUSED)
+    kept = [(s, d) for s, d in read.items if s <= seq]
+    if not kept and read.items:
+        fail(f"workflow {workflow_id} has no journal message at or before seq {seq}: its "
+             f"messages are #{read.items[0][0]}..#{read.version} ({flag} takes {SEQ_HELP})",
+             Exit.UNKNOWN)
+    return kept
 
 
 @app.command("replay")
 def replay_command(
     workflow_id: str,
-    to_seq: Annotated[int | None, typer.Option("--to-seq", help="fold up to this sequence")] = None,
+    to_seq: Annotated[int | None, typer.Option("--to-seq", help=f"fold up to this: {SEQ_HELP}")] = None,  # noqa: E501
     verify: Annotated[bool, typer.Option("--verify", help="re-decide every command")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Fold the journal up to a stream sequence and print the state then."""
+    """Fold the journal up to a stream sequence (as `moon status` prints them) and print the
+    state then. Exit 3 when --verify finds a mismatch or the journal does not verify."""
     from moon import replay  # noqa: PLC0415
+    from moon.screens import decoded, events_of, status_view  # noqa: PLC0415
 
-    loaded = _run(_load(workflow_id, data_dir, upto=to_seq))
-    if not loaded.items:
-        err.print(f"moon replay: unknown workflow {workflow_id!r}", markup=False)
-        raise typer.Exit(1)
-    decisions = [i.value for i in loaded.items]
+    read = _known(_run(_read(workflow_id, data_dir)), workflow_id)
+    items = read.items if to_seq is None else _upto(read, workflow_id, to_seq, "--to-seq")
+    decisions = [d for _, d in items]
     state = replay.fold(decisions)
     mismatches = replay.verify(decisions) if verify else []
+    version = items[-1][0] if items else 0
     if as_json:
-        print(_json({"workflow_id": workflow_id, "seq": loaded.version, "state": state,
-                     "verified": verify and not mismatches, "mismatches": mismatches}))
+        print(_json({"workflow_id": workflow_id, "seq": version, "state": decoded(state),
+                     "verified": verify and not mismatches, "mismatches": mismatches,
+                     "quarantined": read.bad and {"seq": read.bad[0], "detail": read.bad[1]}}))
     else:
-        Console().print(_state_table(state))
-        print(f"folded {len(decisions)} decisions up to #{loaded.version}")
+        _console().print(status_view(state, events_of(items), width=_width(),
+                                     quarantined=read.bad, items=items, hints=False))
+        print(f"folded {len(decisions)} decisions up to #{version}")
         if verify:
             print("verify: ok, every recorded command re-decides the same events"
                   if not mismatches else f"verify: {len(mismatches)} mismatches")
-    if mismatches:
-        raise typer.Exit(3)
+    if mismatches or read.bad is not None:
+        raise typer.Exit(Exit.JOURNAL)
 
 
 @app.command("diff")
-def diff_command(workflow_id: str, a: int, b: int, data_dir: DataDir = None) -> None:
-    """What changed in a workflow between stream sequences A and B."""
+def diff_command(
+    workflow_id: str,
+    a: Annotated[int, typer.Argument(help=f"from: {SEQ_HELP}")],
+    b: Annotated[int, typer.Argument(help="to: a stream sequence, like A")],
+    data_dir: DataDir = None,
+) -> None:
+    """What changed in a workflow between stream sequences A and B (as `moon status` prints
+    them), one JSON object per change."""
     from moon import replay  # noqa: PLC0415
 
-    loaded = _run(_load(workflow_id, data_dir, upto=max(a, b)))
-    decisions = [(i.seq, i.value) for i in loaded.items]
-    before = replay.fold(d for s, d in decisions if s <= min(a, b))
-    after = replay.fold(d for s, d in decisions if s <= max(a, b))
+    read = _known(_run(_read(workflow_id, data_dir)), workflow_id)
+    lo, hi = min(a, b), max(a, b)
+    _upto(read, workflow_id, hi, "diff B")
+    before = replay.fold(d for s, d in read.items if s <= lo)
+    after = replay.fold(d for s, d in read.items if s <= hi)
     for change in replay.diff(before, after):
         print(_json(change))
 
@@ -446,17 +633,17 @@ async def _fork(workflow_id: str, at_seq: int, new_id: str, data_dir: Path | Non
 @app.command("fork")
 def fork_command(
     workflow_id: str,
-    at_seq: Annotated[int, typer.Option("--at-seq", help="the state to start from")],
+    at_seq: Annotated[int, typer.Option("--at-seq", help=f"the state to start from: {SEQ_HELP}")],
     new_id: Annotated[str, typer.Option("--as", help="the new workflow's id")],
     data_dir: DataDir = None,
 ) -> None:
-    """Start a new workflow from the state of WORKFLOW_ID at a stream sequence."""
+    """Start a new workflow from the state of WORKFLOW_ID at a stream sequence (as `moon
+    status` prints them)."""
     from streams.replies import Refusal  # noqa: PLC0415
 
     outcome = _run(_fork(workflow_id, at_seq, new_id, data_dir))
     if isinstance(outcome, Refusal):
-        err.print(f"refused ({outcome.reason.value}): {outcome.detail}", markup=False)
-        raise typer.Exit(2)
+        _refused(outcome)
     print(_json({"workflow_id": new_id, "forked_from": workflow_id, "at_seq": at_seq}))
 
 
@@ -473,8 +660,7 @@ def _admin(workflow_id: str, kind: str, reason: str, data_dir: Path | None) -> N
 
     outcome = _run(_command(workflow_id, kind, reason, data_dir))
     if isinstance(outcome, Refusal):
-        err.print(f"refused ({outcome.reason.value}): {outcome.detail}", markup=False)
-        raise typer.Exit(2)
+        _refused(outcome)
     print(_json({"workflow_id": workflow_id, "status": outcome.status,
                  "version": outcome.version}))
 
@@ -494,8 +680,10 @@ def cancel_command(workflow_id: str, reason: str = "operator", data_dir: DataDir
 
 
 def main() -> None:
-    app()
+    run_cli(app, "moon")
 
 
 def _json(value: Any) -> str:
+    import msgspec  # noqa: PLC0415
+
     return msgspec.json.encode(value).decode()

@@ -128,6 +128,6 @@ async def test_the_cli_prints_every_event_as_json_and_errors_in_one_line(js, spa
     )
     assert json.loads(start.stdout.splitlines()[0])["seq"] == 9000
     missing = await asyncio.to_thread(_moon, ["tail", "nowhere.>"], nats_url, space)
-    assert missing.returncode == 1
+    assert missing.returncode == 5  # README: no such workflow or subjects
     assert missing.stderr.strip().count("\n") == 0
     assert "Traceback" not in missing.stderr
