@@ -1,13 +1,22 @@
 """The CP-SAT adapter: the only module that imports ortools.
 
-It turns a Problem into an optional-interval model, seeds it with the SGS plan, and returns a Plan
-value (never an exception for an expected outcome). `find_conflict` names a minimal set of
-conflicting constraint groups with CP-SAT assumptions, for refusals.
+It turns a Problem into an optional-interval model, seeds it with the best heuristic plan (serial
+SGS, then forward-backward improvement), and returns a Plan value (never an exception for an
+expected outcome). `find_conflict` names a minimal set of conflicting constraint groups with
+CP-SAT assumptions, for refusals.
+
+The time limit is a wall-clock promise: one deadline is fixed when the call starts, every phase
+(heuristic, model, CP-SAT) is budgeted from what is left of it, and a timer thread stops CP-SAT's
+search at the deadline, because neither `max_time_in_seconds` nor deterministic time alone bounds
+wall time on a loaded machine (presolve, LNS sub-solves and the 2x net overran: 18.1 s for 8 s).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import random
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import assert_never
@@ -15,24 +24,64 @@ from typing import assert_never
 import msgspec
 from ortools.sat.python import cp_model
 
+from maestro import fbi
 from maestro.plan import Plan, Status, plan_from_schedule, primary_value
 from maestro.problem import Problem, Schedule, horizon, schedule_makespan, violations
 from maestro.sgs import serial_sgs
 
-__all__ = ["SolveOptions", "find_conflict", "solve"]
+__all__ = ["Deadline", "SolveOptions", "available_workers", "find_conflict", "solve"]
+
+# What the call may take beyond the solver's stop: extracting and checking the plan, and CP-SAT
+# joining its workers after a stop (measured well under 0.1 s with a busy process per core).
+STOP_MARGIN_S = 0.05
 
 
 class SolveOptions(msgspec.Struct, frozen=True):
-    """Solver knobs. `deterministic` interleaves the workers' search and stops on CP-SAT's
-    deterministic time, so the same input, seed and workers give the same plan; the wall-clock
-    limit (2x) stays only as a safety net on a loaded machine.
+    """Solver knobs. `time_limit_s` is wall time for the whole call. `workers` None follows the
+    cores this process may run on. `deterministic` interleaves the workers' search and stops on
+    CP-SAT's deterministic time (and the heuristic on a schedule count), so the same input, seed
+    and workers give the same plan, unless the wall-clock limit comes first on a loaded machine.
     """
 
     time_limit_s: float = 2.0
-    workers: int = 2
+    workers: int | None = None
     seed: int = 0
     deterministic: bool = True
     hint: bool = True
+    # share of the limit (at most HEURISTIC_CAP_S) for sampling + forward-backward improvement
+    heuristic_share: float = 0.1
+
+
+HEURISTIC_CAP_S = 1.0
+
+
+def available_workers() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Deadline:
+    """One wall-clock deadline (monotonic), shared by every phase of a plan."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + max(0.0, seconds)
+
+    def earlier(self, seconds: float) -> Deadline:
+        """The same deadline, `seconds` sooner (time kept for a phase after this one)."""
+        out = Deadline(0.0)
+        out.at = self.at - max(0.0, seconds)
+        return out
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def passed(self) -> bool:
+        return time.monotonic() >= self.at
 
 
 class _Model(msgspec.Struct, frozen=True):
@@ -209,16 +258,31 @@ def _objective(problem: Problem, built: _Model) -> int:
             assert_never(problem.objective)
 
 
-def _params(solver: cp_model.CpSolver, options: SolveOptions, workers: int | None = None) -> None:
+def _params(
+    solver: cp_model.CpSolver, options: SolveOptions, seconds: float, workers: int | None = None
+) -> None:
+    """CP-SAT limits: `seconds` of wall time at most, whatever the mode."""
     p = solver.parameters
-    p.num_workers = max(1, workers if workers is not None else options.workers)
+    chosen = workers if workers is not None else options.workers
+    p.num_workers = max(1, chosen if chosen is not None else available_workers())
     p.random_seed = options.seed
+    p.max_time_in_seconds = max(0.001, seconds)
     if options.deterministic:
         p.interleave_search = True
         p.max_deterministic_time = options.time_limit_s
-        p.max_time_in_seconds = 2 * options.time_limit_s
-    else:
-        p.max_time_in_seconds = options.time_limit_s
+
+
+def _run(
+    solver: cp_model.CpSolver, model: cp_model.CpModel, deadline: Deadline
+) -> cp_model.CpSolverStatus:
+    """Solve, with a timer that stops the search at the deadline if CP-SAT's own limit has not."""
+    timer = threading.Timer(max(0.0, deadline.left()), solver.stop_search)
+    timer.daemon = True
+    timer.start()
+    try:
+        return solver.solve(model)
+    finally:
+        timer.cancel()
 
 
 def _hint(built: _Model, problem: Problem, schedule: Schedule) -> None:
@@ -250,75 +314,123 @@ _STATUS: Mapping[cp_model.CpSolverStatus, Status] = {
 }
 
 
-def solve(problem: Problem, options: SolveOptions | None = None) -> Plan:
-    """Plan with CP-SAT, hinted by the SGS; the SGS plan is returned ("feasible") when CP-SAT
+def _heuristic(problem: Problem, opts: SolveOptions, deadline: Deadline) -> Schedule | None:
+    """Serial SGS, then sampling + forward-backward improvement within its share of the limit
+    (in deterministic mode, a schedule count proportional to the limit instead of a clock)."""
+    sgs = serial_sgs(problem)
+    if sgs is None or violations(problem, sgs):
+        return None
+    if not fbi.applies(problem):
+        return sgs
+    share = min(HEURISTIC_CAP_S, opts.heuristic_share * opts.time_limit_s)
+    # Deterministic: a schedule count (~1000 a second on j120 here), cut only by the deadline
+    # (a replay on a loaded machine may then differ, but never overruns). Otherwise: the clock.
+    if opts.deterministic:
+        count, until = int(1000 * share), deadline.at - opts.time_limit_s / 2
+    else:
+        count, until = 1 << 30, min(deadline.at, time.monotonic() + share)
+    return fbi.improve(
+        problem,
+        sgs,
+        random.Random(opts.seed),
+        max_schedules=count,
+        stop=lambda: time.monotonic() >= until,
+        target=fbi.lower_bound(problem) if problem.objective == "makespan" else 0,
+    )
+
+
+def solve(
+    problem: Problem, options: SolveOptions | None = None, *, deadline: Deadline | None = None
+) -> Plan:
+    """Plan with CP-SAT, hinted by the heuristic plan, which is returned ("feasible") when CP-SAT
     finds nothing better in time. "infeasible" is proven; "unknown" means the time ran out.
+
+    Returns within `options.time_limit_s` (or by `deadline`, when the caller shares one across
+    phases) plus STOP_MARGIN_S of wall time, with the best plan found and its bound.
     """
     opts = options or SolveOptions()
     t0 = time.perf_counter()
+    end = deadline if deadline is not None else Deadline(opts.time_limit_s)
     if any(not t.modes for t in problem.tasks):
         return Plan(status="infeasible", source="none", unit=problem.unit)
-    sgs = serial_sgs(problem)
-    if sgs is not None and violations(problem, sgs):
-        sgs = None
-    # A feasible SGS makespan bounds the optimum when makespan is all that matters.
-    ub = (
-        schedule_makespan(problem, sgs)
-        if sgs is not None and problem.objective == "makespan"
-        else None
-    )
-    built = _build(problem, soft=False, makespan_ub=ub)
+    first = _heuristic(problem, opts, end)
+    lb = fbi.lower_bound(problem) if problem.objective == "makespan" else 0
+
+    def heuristic_plan(status: Status, bound: int | None) -> Plan:
+        assert first is not None
+        return plan_from_schedule(
+            problem, first, status, bound=bound,
+            solve_time_s=time.perf_counter() - t0, source="sgs",
+        )
+
+    # A feasible heuristic makespan bounds the optimum when makespan is all that matters.
+    ub = schedule_makespan(problem, first) if first is not None else None
+    if ub is not None and problem.objective == "makespan" and ub <= lb:
+        return heuristic_plan("optimal", ub)  # at the lower bound: nothing to search
+    built = _build(problem, soft=False, makespan_ub=ub if problem.objective == "makespan" else None)
+    if lb:
+        built.model.add(built.makespan >= lb)
     weight = _objective(problem, built)
-    if sgs is not None and opts.hint:
-        _hint(built, problem, sgs)
+    if first is not None and opts.hint:
+        _hint(built, problem, first)
+    left = end.left() - STOP_MARGIN_S
+    if left <= 0:
+        if first is not None:
+            return heuristic_plan("feasible", lb or None)
+        return Plan(status="unknown", solve_time_s=time.perf_counter() - t0, source="none",
+                    unit=problem.unit)
     solver = cp_model.CpSolver()
-    _params(solver, opts)
-    code = solver.solve(built.model)
+    _params(solver, opts, left)
+    code = _run(solver, built.model, end)
     status = _STATUS.get(code)
     if status is None:
         raise RuntimeError(f"CP-SAT rejected the model: {solver.status_name(code)}")
     bound: int | None = None
-    if status in ("optimal", "feasible") or (status == "unknown" and sgs is not None):
+    if status in ("optimal", "feasible") or (status == "unknown" and first is not None):
         raw = math.ceil(solver.best_objective_bound - 1e-6)
-        bound = raw // weight
+        bound = max(raw // weight, lb) if lb else raw // weight
     elapsed = time.perf_counter() - t0
     if status in ("optimal", "feasible"):
         schedule = _extract(solver, built)
         broken = violations(problem, schedule)
         if broken:
             raise RuntimeError(f"CP-SAT plan breaks the problem: {broken[:3]}")
-        if sgs is not None and primary_value(problem, sgs) < primary_value(problem, schedule):
-            return plan_from_schedule(
-                problem, sgs, "feasible", bound=bound, solve_time_s=elapsed, source="sgs"
-            )
+        if first is not None and primary_value(problem, first) < primary_value(problem, schedule):
+            return heuristic_plan("feasible", bound)
         return plan_from_schedule(
             problem, schedule, status, bound=bound, solve_time_s=elapsed, source="cp-sat"
         )
-    if status == "unknown" and sgs is not None:
-        return plan_from_schedule(
-            problem, sgs, "feasible", bound=bound, solve_time_s=elapsed, source="sgs"
-        )
+    if status == "unknown" and first is not None:
+        return heuristic_plan("feasible", bound)
     return Plan(status=status, solve_time_s=elapsed, source="cp-sat", unit=problem.unit)
 
 
-def find_conflict(problem: Problem, options: SolveOptions | None = None) -> list[str] | None:
+def find_conflict(
+    problem: Problem, options: SolveOptions | None = None, *, deadline: Deadline | None = None
+) -> list[str] | None:
     """A minimal set of constraint groups that cannot hold together, or None if none was proven.
 
     Group names: "deadline", "deadline:<step>", "budget.cost", "budget.tokens", "limit:<N>",
     "capacity:<resource>". An empty list means the precedence/lags/pins alone conflict.
-    Uses one worker because CP-SAT reports the assumption core from a single search.
+    Uses one worker because CP-SAT reports the assumption core from a single search. All the
+    sub-solves share one deadline (the time limit); when it passes mid-filter, the set found so
+    far is returned (it conflicts, but may not be minimal).
     """
     opts = options or SolveOptions()
+    end = deadline if deadline is not None else Deadline(opts.time_limit_s)
     built = _build(problem, soft=True)
     names = sorted(built.groups)
 
     def infeasible(subset: Sequence[str]) -> tuple[bool, list[str]] | None:
+        left = end.left() - STOP_MARGIN_S
+        if left <= 0:
+            return None
         m = built.model
         m.clear_assumptions()
         m.add_assumptions([built.groups[n] for n in subset])
         solver = cp_model.CpSolver()
-        _params(solver, opts, workers=1)
-        code = solver.solve(m)
+        _params(solver, opts, left, workers=1)
+        code = _run(solver, m, end)
         if code == cp_model.INFEASIBLE:
             core = solver.sufficient_assumptions_for_infeasibility()
             by_index = {built.groups[n].index: n for n in subset}
