@@ -199,10 +199,12 @@ def improve(
     max_schedules: int,
     stop: Callable[[], bool],
     target: int = 0,
+    stall: int = 1 << 30,
 ) -> Schedule:
     """The best of `schedule` justified and up to `max_schedules` sampled-and-justified lists.
 
-    Stops early when `stop()` says so or the makespan reaches `target` (a lower bound). The
+    Stops early when `stop()` says so, the makespan reaches `target` (a lower bound) or `stall`
+    samples in a row found nothing better. The
     result keeps `schedule`'s modes and never has a larger makespan; a schedule that breaks a
     deadline is never returned in place of a valid one.
     """
@@ -216,12 +218,14 @@ def improve(
     best = _justify(net, first)
     best_value = _makespan(net, best)
     made = 3
-    while made < max_schedules and best_value > target and not stop():
+    stale = 0
+    while made < max_schedules and best_value > target and stale < stall and not stop():
         cand = _justify(net, _sgs(net, _sample(net, rng), net.preds))
         made += 3
+        stale += 1
         value = _makespan(net, cand)
         if value < best_value:
-            best, best_value = cand, value
+            best, best_value, stale = cand, value, 0
     out = tuple(zip(modes, best, strict=True))
     if violations(problem, out) or schedule_makespan(problem, out) > schedule_makespan(
         problem, schedule
