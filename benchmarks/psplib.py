@@ -1,107 +1,176 @@
-"""Plan quality and solve time on PSPLIB sets against the published optima and bounds.
+"""Plan quality and wall time on PSPLIB sets against the published optima and bounds, next to the
+serial SGS and a second CP-based scheduler (pyjobshop on OR-Tools) in the same run.
 
-    python benchmarks/psplib.py ../shared/benchmarks/psplib/j30 --time-limit 1 [--limit N]
-        [--stride K] [--workers W] [--seed S] [--deterministic]
+    python benchmarks/psplib.py ../shared/benchmarks/psplib/j30 --time-limit 8 [--limit N]
+        [--stride K] [--workers W] [--seed S] [--deterministic] [--peer pyjobshop|none]
+        [--csv rows.csv]
 
---stride K keeps every K-th instance (a sample across all parameter groups, unlike --limit,
-which keeps the first N and so only the first groups).
+--stride K keeps every K-th instance of the sorted names; each parameter group's files are
+contiguous in that order, so --stride 10 on j120 is one instance of each of its 60 groups.
+Times are wall time around the whole call (reading excluded, model building included): the
+promise under test is "returns within the limit + 0.3 s". The 1-minute load average is printed
+for each set, since the machine is shared. The peer is optional: `pip install -e ".[bench]"`.
 
 DIR is a set folder (j30, mm_j10, rcpsp_max_j30, ...) or the psplib root (every set in it).
-Each set is solved by CP-SAT (via maestro.solve) and by the serial SGS in the same process.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
+
 from maestro import psplib
-from maestro.problem import schedule_makespan, violations
+from maestro.problem import Problem, schedule_makespan, violations
 from maestro.sgs import serial_sgs
-from maestro.solve import SolveOptions, solve
+from maestro.solve import SolveOptions, available_workers, solve
 
 SETS = ("j30", "j60", "j120", "mm_j10", "mm_j20", "mm_j30", "rcpsp_max_j30")
 
 
+class Run(msgspec.Struct, frozen=True):
+    """One solver's answer on one instance: makespan (None: no plan), proven, infeasible, wall."""
+
+    makespan: int | None
+    proven: bool
+    infeasible: bool
+    wall_s: float
+
+
+Peer = Callable[[Path, float, int], Run]
+
+
 def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+    return f"{100 * x:.2f}%"
 
 
 def _q(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))] if values else 0.0
 
 
-def run_set(folder: Path, opts: SolveOptions, limit: int | None, stride: int = 1) -> None:
+def _pyjobshop() -> Peer | None:
+    try:
+        import pyjobshop  # noqa: PLC0415
+    except ImportError:
+        return None
+
+    def run(path: Path, limit: float, workers: int) -> Run:
+        fmt = "rcpsp_max" if path.suffix.lower() == ".sch" else "psplib"
+        data = pyjobshop.read(path, instance_format=fmt)
+        t0 = time.monotonic()
+        res = pyjobshop.solve(data, "ortools", time_limit=limit, num_workers=workers)
+        wall = time.monotonic() - t0
+        status = res.status.value
+        found = res.objective != float("inf") and status in ("Optimal", "Feasible", "Time-limit")
+        return Run(int(res.objective) if found else None, status == "Optimal",
+                   status == "Infeasible", wall)
+
+    return run
+
+
+def _ours(problem: Problem, opts: SolveOptions) -> Run:
+    t0 = time.monotonic()
+    plan = solve(problem, opts)
+    wall = time.monotonic() - t0
+    return Run(plan.makespan, plan.status == "optimal", plan.status == "infeasible", wall)
+
+
+def _summary(label: str, runs: list[Run], refs: list[psplib.Reference | None]) -> str:
+    at, gaps, proven, wrong = 0, [], 0, 0
+    for run, ref in zip(runs, refs, strict=True):
+        proven += run.proven
+        if ref is not None and ref.infeasible:
+            continue
+        if run.infeasible:
+            wrong += ref is not None and not ref.infeasible
+            continue
+        if ref is None or ref.ub is None or run.makespan is None:
+            continue
+        at += run.makespan <= ref.ub
+        gaps.append((run.makespan - ref.ub) / ref.ub)
+    n_ref = sum(1 for r in refs if r is not None and r.ub is not None and not r.infeasible)
+    walls = [r.wall_s for r in runs]
+    unsat = sum(r.infeasible for r in runs)
+    none = sum(r.makespan is None and not r.infeasible for r in runs)
+    return (
+        f"{label:<22} at best known {at}/{n_ref} ({_pct(at / max(n_ref, 1))}), proven {proven}, "
+        f"gap mean {_pct(statistics.fmean(gaps) if gaps else 0)} max {_pct(max(gaps, default=0))}"
+        f" | wall p50 {_q(walls, 0.5):.3f} p99 {_q(walls, 0.99):.3f}"
+        f" max {max(walls, default=0):.3f} s | infeasible {unsat}"
+        f"{f' (WRONG {wrong})' if wrong else ''}, no plan {none}"
+    )
+
+
+def run_set(
+    folder: Path,
+    opts: SolveOptions,
+    *,
+    limit: int | None,
+    stride: int,
+    peer: Peer | None,
+    rows_out: csv.DictWriter[str] | None,
+) -> None:
     refs = psplib.read_references(folder.parent, folder.name)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".sm", ".mm", ".sch"))
     files = files[::stride]
     files = files[:limit] if limit else files
-    rows = []
-    t_start = time.perf_counter()
+    workers = opts.workers or available_workers()
+    load_start = os.getloadavg()[0]
+    loads: list[float] = []
+    ours: list[Run] = []
+    sgs: list[Run] = []
+    theirs: list[Run] = []
+    broken: list[str] = []
+    t_start = time.monotonic()
     for path in files:
-        ref = refs.get(path.stem)
         problem = psplib.to_problem(psplib.load(path))
-        t0 = time.perf_counter()
-        sgs = serial_sgs(problem)
-        sgs_s = time.perf_counter() - t0
-        if sgs is not None and violations(problem, sgs):
-            sgs = None  # e.g. a max lag broken: no valid schedule
-        sgs_ms = schedule_makespan(problem, sgs) if sgs is not None else None
-        plan = solve(problem, opts)
-        rows.append((path.stem, ref, plan, sgs_ms, sgs_s))
-    wall = time.perf_counter() - t_start
-
-    def gaps(values: list[tuple[int | None, int | None]]) -> tuple[int, list[float]]:
-        at, out = 0, []
-        for got, best in values:
-            if got is None or best is None:
-                continue
-            at += got <= best
-            out.append((got - best) / best)
-        return at, out
-
-    with_ref = [r for r in rows if r[1] is not None and r[1].ub is not None]
-    cp_at, cp_gaps = gaps([(r[2].makespan, r[1].ub) for r in with_ref])  # type: ignore[union-attr]
-    sg_at, sg_gaps = gaps([(r[3], r[1].ub) for r in with_ref])  # type: ignore[union-attr]
-    times = [r[2].solve_time_s for r in rows]
-    proven = sum(r[2].status == "optimal" for r in rows)
-    infeasible = [r for r in rows if r[2].status == "infeasible"]
-    wrong_unsat = [r[0] for r in infeasible if r[1] is not None and not r[1].infeasible]
-    unsat_known = sum(1 for r in rows if r[1] is not None and r[1].infeasible)
-    no_plan = sum(r[2].status == "unknown" for r in rows)
-    n_ref = len(with_ref)
-    print(f"\n== {folder.name}: {len(rows)} instances, {n_ref} with a published optimum/UB ==")
-    print(
-        f"CP-SAT ({opts.time_limit_s:g} s, {opts.workers} workers, seed {opts.seed}): "
-        f"= best known {cp_at}/{n_ref} ({_pct(cp_at / max(n_ref, 1))}), "
-        f"proven optimal {proven}/{len(rows)} ({_pct(proven / max(len(rows), 1))}), "
-        f"mean gap {_pct(statistics.fmean(cp_gaps) if cp_gaps else 0)}, "
-        f"max gap {_pct(max(cp_gaps, default=0))}"
-    )
-    print(
-        f"  solve s: p50 {_q(times, 0.5):.3f}  p99 {_q(times, 0.99):.3f}  "
-        f"max {max(times, default=0):.3f}  mean {statistics.fmean(times) if times else 0:.3f}; "
-        f"proven infeasible {len(infeasible)} (published unsat {unsat_known}"
-        f"{', contradicts ' + ','.join(wrong_unsat) if wrong_unsat else ''}); "
-        f"no plan in time {no_plan}"
-    )
-    sgs_times = [r[4] for r in rows]
-    sgs_fail = sum(r[3] is None for r in rows)
-    print(
-        f"serial SGS (LFT): = best known {sg_at}/{n_ref} ({_pct(sg_at / max(n_ref, 1))}), "
-        f"mean gap {_pct(statistics.fmean(sg_gaps) if sg_gaps else 0)}, "
-        f"max gap {_pct(max(sg_gaps, default=0))}, mean {1000 * statistics.fmean(sgs_times):.2f} ms"
-        f", no schedule {sgs_fail}"
-    )
-    off = [(r[0], r[2].makespan, r[1].ub, r[2].status) for r in with_ref  # type: ignore[union-attr]
-           if r[2].makespan is not None and r[2].makespan > r[1].ub]  # type: ignore[union-attr]
-    if off:
-        print("  above best known: " + ", ".join(
-            f"{name} {got}/{best} ({status})" for name, got, best, status in off[:20]))
-    print(f"  wall for the set: {wall:.1f} s")
+        t0 = time.monotonic()
+        first = serial_sgs(problem)
+        valid = first is not None and not violations(problem, first)
+        sgs.append(Run(schedule_makespan(problem, first) if valid and first else None, False,
+                       False, time.monotonic() - t0))
+        ours.append(_ours(problem, opts))
+        if peer is not None:
+            theirs.append(peer(path, opts.time_limit_s, workers))
+        loads.append(os.getloadavg()[0])
+        ref = refs.get(path.stem)
+        if ref is not None and ref.lb is not None and ours[-1].makespan is not None \
+                and ours[-1].makespan < ref.lb and not folder.name.startswith("rcpsp_max"):
+            broken.append(path.stem)
+        if rows_out is not None:
+            rows_out.writerow({
+                "set": folder.name, "instance": path.stem,
+                "best_ub": ref.ub if ref else "", "best_lb": ref.lb if ref else "",
+                "ours": ours[-1].makespan, "ours_proven": ours[-1].proven,
+                "ours_wall": f"{ours[-1].wall_s:.3f}", "sgs": sgs[-1].makespan,
+                "peer": theirs[-1].makespan if theirs else "",
+                "peer_wall": f"{theirs[-1].wall_s:.3f}" if theirs else "",
+                "load1": f"{loads[-1]:.2f}",
+            })
+    wall = time.monotonic() - t_start
+    ref_list = [refs.get(p.stem) for p in files]
+    print(f"\n== {folder.name}: {len(files)} instances (stride {stride}), limit "
+          f"{opts.time_limit_s:g} s, {workers} workers, seed {opts.seed}"
+          f"{', deterministic' if opts.deterministic else ''}; load1 {load_start:.2f} at start, "
+          f"mean {statistics.fmean(loads) if loads else 0:.2f}, max {max(loads, default=0):.2f} ==")
+    print(_summary("maestro", ours, ref_list))
+    print(_summary("serial SGS (LFT)", sgs, ref_list))
+    if peer is not None:
+        print(_summary("pyjobshop (OR-Tools)", theirs, ref_list))
+    over = [p.stem for p, r in zip(files, ours, strict=True)
+            if r.wall_s > opts.time_limit_s + 0.3]
+    if over:
+        print(f"  over the limit + 0.3 s: {', '.join(over)}")
+    if broken:
+        print(f"  BELOW THE PUBLISHED LOWER BOUND: {', '.join(broken)}")
+    print(f"  wall for the set: {wall:.1f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,9 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-limit", type=float, default=1.0)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--stride", type=int, default=1)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="default: the affinity mask")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--deterministic", action="store_true")
+    ap.add_argument("--peer", choices=("pyjobshop", "none"), default="pyjobshop")
+    ap.add_argument("--csv", type=Path, default=None, help="one row per instance")
     args = ap.parse_args(argv)
     opts = SolveOptions(
         time_limit_s=args.time_limit,
@@ -124,11 +195,28 @@ def main(argv: list[str] | None = None) -> int:
     if not root.is_dir():
         print(f"no such folder: {root}", file=sys.stderr)
         return 2
+    peer = _pyjobshop() if args.peer == "pyjobshop" else None
+    if args.peer == "pyjobshop" and peer is None:
+        print("pyjobshop is not installed (pip install -e '.[bench]'): no peer column",
+              file=sys.stderr)
     folders = (
         [root / s for s in SETS if (root / s).is_dir()] if (root / "bounds").is_dir() else [root]
     )
-    for folder in folders:
-        run_set(folder, opts, args.limit, args.stride)
+    out = args.csv.open("a", newline="") if args.csv else None
+    fields = ["set", "instance", "best_ub", "best_lb", "ours", "ours_proven", "ours_wall", "sgs",
+              "peer", "peer_wall", "load1"]
+    writer = csv.DictWriter(out, fieldnames=fields) if out else None
+    if writer is not None and out is not None and out.tell() == 0:
+        writer.writeheader()
+    try:
+        for folder in folders:
+            run_set(folder, opts, limit=args.limit, stride=args.stride, peer=peer,
+                    rows_out=writer)
+            if out is not None:
+                out.flush()
+    finally:
+        if out is not None:
+            out.close()
     return 0
 
 

@@ -1,7 +1,8 @@
 """One call from goal to plan or refusal, wiring validate, policy, SGS/CP-SAT and explanations.
 
 The NATS service and the CLI call `plan_goal` and journal its Outcome; everything it calls is pure
-except `solve`, the CP-SAT adapter.
+except `solve`, the CP-SAT adapter. One wall-clock deadline covers the whole call: the solve, the
+conflict search of a refusal and the failure anticipation share `options.time_limit_s`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from maestro.goal import Goal, Offer, validate
 from maestro.plan import Plan
 from maestro.policy import Policy, check, eligibility
 from maestro.problem import Problem, Progress, from_goal
-from maestro.solve import SolveOptions, find_conflict, solve
+from maestro.solve import Deadline, SolveOptions, find_conflict, solve
 from streams.replies import Refusal
 
 __all__ = ["Outcome", "plan_goal"]
@@ -40,8 +41,20 @@ def _cap(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else min(a, b)
 
 
+# Monte Carlo cost per (sample, task), with a 2x margin over the ~0.4 us measured: the solve's
+# deadline leaves this much of the limit for the anticipation that follows it.
+ANTICIPATE_S_PER_TASK_SAMPLE = 1e-6
+
+
 def _foresee(problem: Problem, plan: Plan, rng: Rng | None, samples: int) -> Anticipation | None:
     return None if rng is None else anticipate(problem, plan, rng, samples=samples)
+
+
+def _solve_deadline(
+    whole: Deadline, limit: float, problem: Problem, rng: Rng | None, samples: int
+) -> Deadline:
+    reserve = 0.0 if rng is None else samples * len(problem.tasks) * ANTICIPATE_S_PER_TASK_SAMPLE
+    return whole.earlier(min(reserve, limit / 2))
 
 
 def plan_goal(
@@ -61,6 +74,7 @@ def plan_goal(
     With `rng` (a seeded generator from the shell) a plan that is not refused comes with its
     failure anticipation over `samples` Monte Carlo runs; without it, none is computed.
     """
+    whole = Deadline((options or SolveOptions()).time_limit_s)
     invalid = validate(goal, offers)
     if invalid:
         return Outcome("refused", Plan(status="infeasible"), tuple(invalid))
@@ -79,9 +93,11 @@ def plan_goal(
     static = static_reasons(problem)
     if static:
         return Outcome("refused", Plan(status="infeasible"), tuple(static), problem)
-    plan = solve(problem, options)
+    limit = (options or SolveOptions()).time_limit_s
+    deadline = _solve_deadline(whole, limit, problem, rng, samples)
+    plan = solve(problem, options, deadline=deadline)
     if plan.status == "infeasible":
-        conflict = find_conflict(problem, options)
+        conflict = find_conflict(problem, options, deadline=deadline)
         return Outcome("refused", plan, tuple(explain(problem, plan, conflict)), problem)
     if plan.status == "unknown":
         return Outcome("refused", plan, tuple(explain(problem, plan)), problem)

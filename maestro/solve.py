@@ -1,13 +1,22 @@
 """The CP-SAT adapter: the only module that imports ortools.
 
-It turns a Problem into an optional-interval model, seeds it with the SGS plan, and returns a Plan
-value (never an exception for an expected outcome). `find_conflict` names a minimal set of
-conflicting constraint groups with CP-SAT assumptions, for refusals.
+It turns a Problem into an optional-interval model, seeds it with the best heuristic plan (serial
+SGS, then forward-backward improvement), and returns a Plan value (never an exception for an
+expected outcome). `find_conflict` names a minimal set of conflicting constraint groups with
+CP-SAT assumptions, for refusals.
+
+The time limit is a wall-clock promise: one deadline is fixed when the call starts, every phase
+(heuristic, model, CP-SAT) is budgeted from what is left of it, and a timer thread stops CP-SAT's
+search at the deadline, because neither `max_time_in_seconds` nor deterministic time alone bounds
+wall time on a loaded machine (presolve, LNS sub-solves and the 2x net overran: 18.1 s for 8 s).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import random
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import assert_never
@@ -15,24 +24,71 @@ from typing import assert_never
 import msgspec
 from ortools.sat.python import cp_model
 
-from maestro.plan import Plan, Status, plan_from_schedule, primary_value
+from maestro import fbi
+from maestro.plan import Plan, Source, Status, plan_from_schedule, primary_value
 from maestro.problem import Problem, Schedule, horizon, schedule_makespan, violations
 from maestro.sgs import serial_sgs
 
-__all__ = ["SolveOptions", "find_conflict", "solve"]
+__all__ = ["Deadline", "SolveOptions", "available_workers", "find_conflict", "solve"]
+
+# What the call may take beyond the solver's stop: extracting and checking the plan, and CP-SAT
+# joining its workers after a stop (measured well under 0.1 s with a busy process per core).
+STOP_MARGIN_S = 0.05
 
 
 class SolveOptions(msgspec.Struct, frozen=True):
-    """Solver knobs. `deterministic` interleaves the workers' search and stops on CP-SAT's
-    deterministic time, so the same input, seed and workers give the same plan; the wall-clock
-    limit (2x) stays only as a safety net on a loaded machine.
+    """Solver knobs. `time_limit_s` is wall time for the whole call. `workers` None follows the
+    cores this process may run on. `deterministic` interleaves the workers' search and stops on
+    CP-SAT's deterministic time (and the heuristic on a schedule count), so the same input, seed
+    and workers give the same plan, unless the wall-clock limit comes first on a loaded machine.
     """
 
     time_limit_s: float = 2.0
-    workers: int = 2
+    workers: int | None = None
     seed: int = 0
     deterministic: bool = True
     hint: bool = True
+    # share of the limit (at most HEURISTIC_CAP_S) for sampling + forward-backward improvement
+    heuristic_share: float = 0.1
+
+
+HEURISTIC_CAP_S = 1.0
+# Samples in a row without a better schedule before the heuristic hands over to CP-SAT. Measured
+# on the full j30 set at 8 s: with no stall the heuristic used its whole share (p50 0.81 s, all
+# 480 at the optimum); on a j120 sample a full 0.8-2.4 s share did not beat one justified pass
+# (2.8-3.1 % vs 2.8 % mean gap, within noise), so a short phase is all it earns.
+HEURISTIC_STALL = 10
+# Share of the limit for the first CP-SAT round, before the longer heuristic phase.
+QUICK_SHARE = 0.1
+
+
+def available_workers() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Deadline:
+    """One wall-clock deadline (monotonic), shared by every phase of a plan."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + max(0.0, seconds)
+
+    def earlier(self, seconds: float) -> Deadline:
+        """The same deadline, `seconds` sooner (time kept for a phase after this one)."""
+        out = Deadline(0.0)
+        out.at = self.at - max(0.0, seconds)
+        return out
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def passed(self) -> bool:
+        return time.monotonic() >= self.at
 
 
 class _Model(msgspec.Struct, frozen=True):
@@ -209,16 +265,35 @@ def _objective(problem: Problem, built: _Model) -> int:
             assert_never(problem.objective)
 
 
-def _params(solver: cp_model.CpSolver, options: SolveOptions, workers: int | None = None) -> None:
+def _params(
+    solver: cp_model.CpSolver,
+    options: SolveOptions,
+    seconds: float,
+    workers: int | None = None,
+    dtime: float | None = None,
+) -> None:
+    """CP-SAT limits: `seconds` of wall time at most, whatever the mode."""
     p = solver.parameters
-    p.num_workers = max(1, workers if workers is not None else options.workers)
+    chosen = workers if workers is not None else options.workers
+    p.num_workers = max(1, chosen if chosen is not None else available_workers())
     p.random_seed = options.seed
+    p.max_time_in_seconds = max(0.001, seconds)
     if options.deterministic:
         p.interleave_search = True
-        p.max_deterministic_time = options.time_limit_s
-        p.max_time_in_seconds = 2 * options.time_limit_s
-    else:
-        p.max_time_in_seconds = options.time_limit_s
+        p.max_deterministic_time = options.time_limit_s if dtime is None else max(0.01, dtime)
+
+
+def _run(
+    solver: cp_model.CpSolver, model: cp_model.CpModel, deadline: Deadline
+) -> cp_model.CpSolverStatus:
+    """Solve, with a timer that stops the search at the deadline if CP-SAT's own limit has not."""
+    timer = threading.Timer(max(0.0, deadline.left()), solver.stop_search)
+    timer.daemon = True
+    timer.start()
+    try:
+        return solver.solve(model)
+    finally:
+        timer.cancel()
 
 
 def _hint(built: _Model, problem: Problem, schedule: Schedule) -> None:
@@ -250,75 +325,174 @@ _STATUS: Mapping[cp_model.CpSolverStatus, Status] = {
 }
 
 
-def solve(problem: Problem, options: SolveOptions | None = None) -> Plan:
-    """Plan with CP-SAT, hinted by the SGS; the SGS plan is returned ("feasible") when CP-SAT
-    finds nothing better in time. "infeasible" is proven; "unknown" means the time ran out.
-    """
-    opts = options or SolveOptions()
-    t0 = time.perf_counter()
-    if any(not t.modes for t in problem.tasks):
-        return Plan(status="infeasible", source="none", unit=problem.unit)
-    sgs = serial_sgs(problem)
-    if sgs is not None and violations(problem, sgs):
-        sgs = None
-    # A feasible SGS makespan bounds the optimum when makespan is all that matters.
-    ub = (
-        schedule_makespan(problem, sgs)
-        if sgs is not None and problem.objective == "makespan"
-        else None
+def _heuristic(
+    problem: Problem,
+    opts: SolveOptions,
+    deadline: Deadline,
+    start: Schedule | None = None,
+    *,
+    stall: int = HEURISTIC_STALL,
+) -> Schedule | None:
+    """Serial SGS (or `start`), then sampling + forward-backward improvement within its share
+    of the limit (in deterministic mode, a schedule count proportional to the limit instead of
+    a clock), until `stall` samples in a row bring nothing better."""
+    base = start if start is not None else serial_sgs(problem)
+    if base is None or violations(problem, base):
+        return None
+    if not fbi.applies(problem):
+        return base
+    share = min(HEURISTIC_CAP_S, opts.heuristic_share * opts.time_limit_s)
+    # Deterministic: a schedule count (~1000 a second on j120 here), cut only by the deadline
+    # (a replay on a loaded machine may then differ, but never overruns). Otherwise: the clock.
+    if opts.deterministic:
+        count, until = int(1000 * share), deadline.at - opts.time_limit_s / 2
+    else:
+        count, until = 1 << 30, min(deadline.at, time.monotonic() + share)
+    return fbi.improve(
+        problem,
+        base,
+        random.Random(opts.seed),
+        max_schedules=count,
+        stop=lambda: time.monotonic() >= until,
+        target=fbi.lower_bound(problem) if problem.objective == "makespan" else 0,
+        stall=stall,
     )
-    built = _build(problem, soft=False, makespan_ub=ub)
+
+
+class _Round(msgspec.Struct, frozen=True):
+    status: Status
+    schedule: Schedule | None
+    bound: int | None
+
+
+def _cp_round(
+    problem: Problem,
+    opts: SolveOptions,
+    hint: Schedule | None,
+    lb: int,
+    *,
+    until: Deadline,
+    dtime: float,
+) -> _Round | None:
+    """One CP-SAT solve hinted (and, for makespan, bounded) by `hint`; None if no time is left."""
+    ub = schedule_makespan(problem, hint) if hint is not None else None
+    built = _build(problem, soft=False, makespan_ub=ub if problem.objective == "makespan" else None)
+    if lb:
+        built.model.add(built.makespan >= lb)
     weight = _objective(problem, built)
-    if sgs is not None and opts.hint:
-        _hint(built, problem, sgs)
+    if hint is not None and opts.hint:
+        _hint(built, problem, hint)
+    left = until.left() - STOP_MARGIN_S
+    if left <= 0:
+        return None
     solver = cp_model.CpSolver()
-    _params(solver, opts)
-    code = solver.solve(built.model)
+    _params(solver, opts, left, dtime=dtime)
+    code = _run(solver, built.model, until)
     status = _STATUS.get(code)
     if status is None:
         raise RuntimeError(f"CP-SAT rejected the model: {solver.status_name(code)}")
     bound: int | None = None
-    if status in ("optimal", "feasible") or (status == "unknown" and sgs is not None):
+    if status in ("optimal", "feasible") or (status == "unknown" and hint is not None):
         raw = math.ceil(solver.best_objective_bound - 1e-6)
-        bound = raw // weight
-    elapsed = time.perf_counter() - t0
+        bound = max(raw // weight, lb) if lb else raw // weight
+    schedule: Schedule | None = None
     if status in ("optimal", "feasible"):
         schedule = _extract(solver, built)
         broken = violations(problem, schedule)
         if broken:
             raise RuntimeError(f"CP-SAT plan breaks the problem: {broken[:3]}")
-        if sgs is not None and primary_value(problem, sgs) < primary_value(problem, schedule):
-            return plan_from_schedule(
-                problem, sgs, "feasible", bound=bound, solve_time_s=elapsed, source="sgs"
-            )
-        return plan_from_schedule(
-            problem, schedule, status, bound=bound, solve_time_s=elapsed, source="cp-sat"
-        )
-    if status == "unknown" and sgs is not None:
-        return plan_from_schedule(
-            problem, sgs, "feasible", bound=bound, solve_time_s=elapsed, source="sgs"
-        )
-    return Plan(status=status, solve_time_s=elapsed, source="cp-sat", unit=problem.unit)
+    return _Round(status, schedule, bound)
 
 
-def find_conflict(problem: Problem, options: SolveOptions | None = None) -> list[str] | None:
+def solve(
+    problem: Problem, options: SolveOptions | None = None, *, deadline: Deadline | None = None
+) -> Plan:
+    """Plan with CP-SAT, hinted by the heuristic plan, which is returned ("feasible") when CP-SAT
+    finds nothing better in time. "infeasible" is proven; "unknown" means the time ran out.
+
+    Two rounds for makespan problems the heuristic applies to: a quick CP-SAT round (most
+    instances end here, proven), then, if unproven, a longer heuristic phase from the best plan
+    so far and a second CP-SAT round hinted by its result for the rest of the limit.
+    Returns within `options.time_limit_s` (or by `deadline`, when the caller shares one across
+    phases) plus STOP_MARGIN_S of wall time, with the best plan found and its bound.
+    """
+    opts = options or SolveOptions()
+    t0 = time.perf_counter()
+    end = deadline if deadline is not None else Deadline(opts.time_limit_s)
+    if any(not t.modes for t in problem.tasks):
+        return Plan(status="infeasible", source="none", unit=problem.unit)
+    first = _heuristic(problem, opts, end)
+    lb = fbi.lower_bound(problem) if problem.objective == "makespan" else 0
+
+    def done(schedule: Schedule, status: Status, bound: int | None, source: Source) -> Plan:
+        return plan_from_schedule(problem, schedule, status, bound=bound,
+                                  solve_time_s=time.perf_counter() - t0, source=source)
+
+    if first is not None and problem.objective == "makespan" \
+            and schedule_makespan(problem, first) <= lb:
+        return done(first, "optimal", lb, "sgs")  # at the lower bound: nothing to search
+    two = first is not None and problem.objective == "makespan" and fbi.applies(problem)
+    quick = QUICK_SHARE * opts.time_limit_s
+    r1_until = end.earlier(max(0.0, end.left() - quick)) if two else end
+    r1 = _cp_round(problem, opts, first, lb, until=r1_until,
+                   dtime=quick if two else opts.time_limit_s)
+    best = first
+    source: Source = "sgs"
+    if r1 is not None and r1.schedule is not None and (
+        best is None or primary_value(problem, r1.schedule) <= primary_value(problem, best)
+    ):
+        best, source = r1.schedule, "cp-sat"
+    bound = r1.bound if r1 is not None else (lb or None)
+    status: Status = r1.status if r1 is not None else "unknown"
+    if two and status in ("feasible", "unknown") and best is not None and end.left() > 0:
+        better = _heuristic(problem, opts, end, best, stall=1 << 30)
+        if better is not None and primary_value(problem, better) < primary_value(problem, best):
+            best, source = better, "sgs"
+        r2 = _cp_round(problem, opts, best, lb, until=end, dtime=opts.time_limit_s - quick)
+        if r2 is not None:
+            if r2.bound is not None:
+                bound = max(bound or 0, r2.bound)
+            if r2.schedule is not None and \
+                    primary_value(problem, r2.schedule) <= primary_value(problem, best):
+                best, source = r2.schedule, "cp-sat"
+            status = "optimal" if r2.status == "optimal" else status
+    if status == "infeasible":
+        return Plan(status="infeasible", solve_time_s=time.perf_counter() - t0,
+                    source="cp-sat", unit=problem.unit)
+    if best is None:
+        return Plan(status="unknown", solve_time_s=time.perf_counter() - t0, source="none",
+                    unit=problem.unit)
+    if status != "optimal" and bound is not None and primary_value(problem, best) <= bound:
+        status = "optimal"
+    return done(best, "optimal" if status == "optimal" else "feasible", bound, source)
+
+
+def find_conflict(
+    problem: Problem, options: SolveOptions | None = None, *, deadline: Deadline | None = None
+) -> list[str] | None:
     """A minimal set of constraint groups that cannot hold together, or None if none was proven.
 
     Group names: "deadline", "deadline:<step>", "budget.cost", "budget.tokens", "limit:<N>",
     "capacity:<resource>". An empty list means the precedence/lags/pins alone conflict.
-    Uses one worker because CP-SAT reports the assumption core from a single search.
+    Uses one worker because CP-SAT reports the assumption core from a single search. All the
+    sub-solves share one deadline (the time limit); when it passes mid-filter, the set found so
+    far is returned (it conflicts, but may not be minimal).
     """
     opts = options or SolveOptions()
+    end = deadline if deadline is not None else Deadline(opts.time_limit_s)
     built = _build(problem, soft=True)
     names = sorted(built.groups)
 
     def infeasible(subset: Sequence[str]) -> tuple[bool, list[str]] | None:
+        left = end.left() - STOP_MARGIN_S
+        if left <= 0:
+            return None
         m = built.model
         m.clear_assumptions()
         m.add_assumptions([built.groups[n] for n in subset])
         solver = cp_model.CpSolver()
-        _params(solver, opts, workers=1)
-        code = solver.solve(m)
+        _params(solver, opts, left, workers=1)
+        code = _run(solver, m, end)
         if code == cp_model.INFEASIBLE:
             core = solver.sufficient_assumptions_for_infeasibility()
             by_index = {built.groups[n].index: n for n in subset}

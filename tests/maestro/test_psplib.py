@@ -8,7 +8,7 @@ from maestro import psplib
 from maestro.problem import violations
 from maestro.solve import SolveOptions, solve
 
-# 8 s of CP-SAT deterministic time at most; these instances normally prove optimality in < 1.2 s.
+# 8 s of wall time at most (deterministic mode); these prove optimality in < 1.2 s.
 OPTS = SolveOptions(time_limit_s=8.0, workers=2, seed=0)
 
 
