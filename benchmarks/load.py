@@ -40,9 +40,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -58,11 +60,13 @@ from typing import Any
 _HERE = Path(__file__).resolve().parent
 sys.modules.pop("moon", None)
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))  # `benchmarks.signing`, as the children import it
 
 import nats.errors  # noqa: E402
 from nats.aio.client import Client as Nats  # noqa: E402
 from nats.aio.msg import Msg  # noqa: E402
 
+from benchmarks import signing  # noqa: E402
 from envelope.client import Client  # noqa: E402
 from envelope.local import local_trust  # noqa: E402
 from moon.engine import ENGINE_CONSUMER  # noqa: E402
@@ -179,12 +183,27 @@ def status_kib(pid: int, field_name: str) -> int | None:
     return None
 
 
+MOON_MAIN = ["-c", "from moon.cli import main; main()"]
+COUNTED_MAIN = ["-c", "from benchmarks.signing import child_main; child_main()"]
+
+
 @dataclass
 class World:
     tmp: Path
     broker: EmbeddedBroker
+    # None: MOON's children as shipped; False/True: through benchmarks/signing.py, which counts
+    # every sign and verify, and with True stubs the ed25519 out of them.
+    unsigned: bool | None = None
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     samples: list[str] = field(default_factory=list)  # the first problem lines of each child
+
+    def moon(self, name: str, *args: str) -> None:
+        if self.unsigned is None:
+            self.spawn(name, [*MOON_MAIN, *args])
+            return
+        flags = ["--unsigned"] if self.unsigned else []
+        self.spawn(name, [*COUNTED_MAIN, *flags, "--counts", str(self.tmp), "--name", name,
+                          "--", *args])
 
     def pids(self) -> dict[str, int]:
         assert self.broker.process is not None
@@ -243,10 +262,10 @@ class World:
 
 
 @contextlib.contextmanager
-def world() -> Iterator[World]:
+def world(unsigned: bool | None = None) -> Iterator[World]:
     with tempfile.TemporaryDirectory(prefix="moon-load-") as tmp:
         broker = EmbeddedBroker(data_dir=Path(tmp) / "nats").start()
-        w = World(Path(tmp), broker)
+        w = World(Path(tmp), broker, unsigned)
         try:
             yield w
         finally:
@@ -254,15 +273,16 @@ def world() -> Iterator[World]:
             broker.stop()
 
 
-def start_services(w: World) -> None:
-    moon = ["-c", "from moon.cli import main; main()"]
-    w.spawn("engine", [*moon, "serve"])
+def start_services(w: World, *, echo: bool = True) -> None:
+    w.moon("engine", "serve")
     for x in EXECUTORS:
-        w.spawn(x, [*moon, "worker", "--id", x, "-c", "work", "--capacity", "64"])
-    w.spawn("echo", [str(Path(__file__).resolve()), "echo"])
+        w.moon(x, "worker", "--id", x, "-c", "work", "--capacity", "64")
+    if echo:
+        w.spawn("echo", [str(Path(__file__).resolve()), "echo"])
 
 
-async def wait_ready(nc: Nats, client: Client, timeout_s: float = 60) -> None:
+async def wait_ready(nc: Nats, client: Client, timeout_s: float = 60, *,
+                     echo: bool = True) -> None:
     """The engine's and executors' consumers bound, the gate and the echo answering."""
     js = nc.jetstream()
     loop = asyncio.get_running_loop()
@@ -285,7 +305,7 @@ async def wait_ready(nc: Nats, client: Client, timeout_s: float = 60) -> None:
         if loop.time() > deadline:
             raise TimeoutError(f"the gate never answered: {answer.detail}")
         await asyncio.sleep(0.2)
-    while True:
+    while echo:
         try:
             await nc.request(ECHO_SUBJECT, b"ping", timeout=1)
             return
@@ -594,6 +614,294 @@ def report(s: dict[str, Any], say: Callable[[str], None]) -> None:
     say("PASS" if s["pass"] else "FAIL: " + "; ".join(s["failures"]))
 
 
+# --- signed against unsigned (--compare-unsigned) -----------------------------------------------
+
+ZERO_SIG_B64 = b'"sig":"' + b"A" * 86 + b'=="'  # base64 of 64 zero bytes, as a statement carries it
+MOON_PROCESSES = ("engine", *EXECUTORS)
+
+
+@dataclass
+class Side:
+    """One world of the comparison: its own broker, engine and executors, and the bench's client;
+    `stub` says whether ed25519 is stubbed out (in its children, and in the bench while it talks
+    to this side)."""
+
+    mode: str
+    w: World
+    nc: Nats
+    client: Client
+
+    @property
+    def stub(self) -> bool:
+        return bool(self.w.unsigned)
+
+    def enter(self) -> None:
+        signing.COUNTS.stub = self.stub  # the bench's own seals and answer checks
+
+
+async def counts(w: World, timeout_s: float = 10.0) -> dict[str, dict[str, Any]]:
+    """Every MOON child's sign/verify counts, asked by SIGUSR1, and the bench's own."""
+    for name in MOON_PROCESSES:
+        signing.counts_path(w.tmp, name).unlink(missing_ok=True)
+        w.children[name].send_signal(signal.SIGUSR1)
+    out: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout_s
+    for name in MOON_PROCESSES:
+        while (got := signing.read_counts(w.tmp, name)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} wrote no counts")
+            await asyncio.sleep(0.01)
+        out[name] = got
+    out["bench"] = dataclasses.asdict(signing.COUNTS)
+    return out
+
+
+def counts_delta(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]], per: float,
+                 idle: dict[str, dict[str, float]] | None = None,
+                 idle_s: float = 0.0) -> dict[str, dict[str, float]]:
+    """(b - a - idle rate x idle_s) / per for signs, verifies and ms spent in them, per process."""
+    out = {}
+    for name in a:
+        row = {}
+        for key in ("signs", "verifies", "sign_s", "verify_s"):
+            d = b[name][key] - a[name][key] - (idle[name][key] * idle_s if idle else 0.0)
+            row[key] = d / per
+        out[name] = {"signs": row["signs"], "verifies": row["verifies"],
+                     "crypto_ms": (row["sign_s"] + row["verify_s"]) * 1e3}
+    return out
+
+
+async def setup_side(mode: str, w: World, args: argparse.Namespace) -> Side:
+    trust = local_trust(w.tmp)
+    nc = await open_connection(w.broker.url, name=f"moon-load-{mode}")
+    await ensure_streams(nc.jetstream(), Topology(space=SPACE))
+    start_services(w, echo=False)
+    client = Client(nc, trust.operator, trust.services, grant=(trust.operator_grant,),
+                    space=SPACE, timeout_s=args.timeout)
+    side = Side(mode, w, nc, client)
+    side.enter()
+    await wait_ready(nc, client, echo=False)
+    return side
+
+
+async def stub_checks(sides: list[Side]) -> dict[str, Any]:
+    """That the stub is on exactly where it should be: each child's probe sign (a real ed25519
+    sign costs tens of us, a stubbed one well under 1 us), and a dispatch sealed with a zero
+    signature, which the signed gate must refuse and the unsigned gate accept."""
+    out: dict[str, Any] = {}
+    for side in sides:
+        probes = {name: signing.read_counts(side.w.tmp, name) or {} for name in MOON_PROCESSES}
+        signing.COUNTS.stub = True  # a zero signature, whichever side it goes to
+        answer = await side.client.call("moon.dispatch", body(f"zero-sig-{side.mode}", 1))
+        side.enter()
+        out[side.mode] = {
+            "probe_sign_us": {n: round(p.get("probe_sign_us", -1.0), 2) for n, p in probes.items()},
+            "stubbed": {n: bool(p.get("stub")) for n, p in probes.items()},
+            "zero_sig_dispatch": error_kind(answer) or "accepted",
+        }
+    return out
+
+
+def stub_failures(checks: dict[str, Any], wire: dict[str, dict[str, int]]) -> list[str]:
+    failures = []
+    for mode, c in checks.items():
+        unsigned = mode == "unsigned"
+        for name, us in c["probe_sign_us"].items():
+            if c["stubbed"][name] != unsigned or (us < 2.0) != unsigned:
+                failures.append(f"{mode} {name}: stub={c['stubbed'][name]}, probe sign {us} us")
+        if (c["zero_sig_dispatch"] == "accepted") != unsigned:
+            failures.append(f"{mode} gate answered a zero signature with "
+                            f"{c['zero_sig_dispatch']}")
+        seen = wire[mode]
+        if not seen["signed"] or (seen["zero"] == seen["signed"]) != unsigned or \
+                (not unsigned and seen["zero"]):
+            failures.append(f"{mode} journal statements: {seen}")
+    return failures
+
+
+async def per_workflow(side: Side, *, n: int, steps: int) -> tuple[dict[str, dict[str, float]],
+                                                                     dict[str, int]]:
+    """Signs and verifies per process for one `steps`-step workflow: n dispatched at once and
+    drained, less what the processes do idle over as long; and the journal's statements seen on
+    the wire (how many, how many with a zero signature)."""
+    side.enter()
+    wire = {"signed": 0, "zero": 0}
+
+    async def on_journal(msg: Msg) -> None:
+        if b'"sig":"' in msg.data:
+            wire["signed"] += 1
+            wire["zero"] += ZERO_SIG_B64 in msg.data
+
+    sub = await side.nc.subscribe(SPACE.subject("moon.wf.>"), cb=on_journal)
+    done = Completions("C-")
+    done_sub = await side.nc.subscribe(SPACE.subject("moon.wf.*.completed"), cb=done.on_msg)
+    idle0, t0 = await counts(side.w), time.perf_counter()
+    await asyncio.sleep(1.0)
+    idle1, t1 = await counts(side.w), time.perf_counter()
+    idle = counts_delta(idle0, idle1, t1 - t0)
+    idle_rate = {name: {"signs": r["signs"], "verifies": r["verifies"],
+                        "sign_s": 0.0, "verify_s": 0.0} for name, r in idle.items()}
+    start, t2 = idle1, time.perf_counter()
+    answers = await asyncio.gather(*(side.client.call("moon.dispatch", body(f"C-{i}", steps))
+                                     for i in range(n)))
+    accepted = {f"C-{i}" for i, a in enumerate(answers) if error_kind(a) is None}
+    done.expect(accepted)
+    await asyncio.wait_for(done.all_done.wait(), 60)
+    await asyncio.sleep(0.5)  # what follows a completion (acks, snapshots) lands too
+    end, t3 = await counts(side.w), time.perf_counter()
+    await sub.unsubscribe()
+    await done_sub.unsubscribe()
+    assert len(accepted) == n, [error_kind(a) for a in answers]
+    return counts_delta(start, end, n, idle_rate, t3 - t2), wire
+
+
+async def compare_phase(side: Side, run: int, args: argparse.Namespace) -> dict[str, Any]:
+    side.enter()
+    cpu0, c0 = side.w.cpu_s(), await counts(side.w)
+    moon = await moon_load(side.nc, side.client, f"L{run}", seconds=args.seconds, n=args.clients,
+                           steps=args.steps)
+    cpu1, c1 = side.w.cpu_s(), await counts(side.w)
+    n = max(1, len(moon.accepted))
+    m = moon.load.latencies
+    return {
+        "dispatch_per_s": moon.load.per_s, "dispatch_p50_ms": m.percentile(50),
+        "dispatch_p99_ms": m.percentile(99), "dispatch_max_ms": m.max_ms,
+        "e2e_steps_per_s": moon.steps_per_s, "drain_s": moon.drain_s,
+        "cpu_ms_per_dispatch": {k: (cpu1[k] - cpu0[k]) * 1e3 / n for k in cpu0},
+        "crypto_per_dispatch": counts_delta(c0, c1, n),
+        "dispatches": m.count + sum(moon.load.errors.values()), "accepted": len(moon.accepted),
+        "completed": moon.completed, "errors": dict(moon.load.errors),
+        "stragglers": moon.stragglers,
+    }
+
+
+def median_of(runs: list[dict[str, Any]], *path: str) -> tuple[float, float, float]:
+    values = []
+    for r in runs:
+        v: Any = r
+        for p in path:
+            v = v[p]
+        values.append(float(v))
+    return statistics.median(values), min(values), max(values)
+
+
+async def compare(ws: World, wu: World, args: argparse.Namespace,
+                  say: Callable[[str], None]) -> dict[str, Any]:
+    signing.install(stub=False)
+    sides: list[Side] = []
+    try:
+        for mode, w in (("signed", ws), ("unsigned", wu)):
+            sides.append(await setup_side(mode, w, args))
+        say(f"compare: {args.clients} clients x {args.seconds:g} s x {args.runs} runs per mode, "
+            f"{args.steps}-step workflows, alternating signed/unsigned; loadavg {loadavg()}")
+        checks = await stub_checks(sides)
+        for side in sides:
+            side.enter()
+            await moon_load(side.nc, side.client, "warm", seconds=args.warmup, n=args.clients,
+                            steps=args.steps)
+        per_wf, wire = {}, {}
+        for side in sides:
+            per_wf[side.mode], wire[side.mode] = await per_workflow(side, n=20, steps=3)
+        runs: dict[str, list[dict[str, Any]]] = {s.mode: [] for s in sides}
+        for run in range(args.runs):
+            for side in sides:
+                r = await compare_phase(side, run, args)
+                runs[side.mode].append(r)
+                say(f"run {run + 1}/{args.runs} {side.mode:8}: {r['dispatch_per_s']:.1f}/s, "
+                    f"p50 {r['dispatch_p50_ms']:.1f} ms, p99 {r['dispatch_p99_ms']:.1f} ms, "
+                    f"{r['e2e_steps_per_s']:.1f} steps/s, accepted {r['accepted']}, completed "
+                    f"{r['completed']}, errors {r['errors']}; loadavg {loadavg()}")
+        dead = [f"{s.mode} {d}" for s in sides for d in s.w.dead()]
+    finally:
+        for side in sides:
+            await side.nc.close()
+    return compare_summary(args, runs, checks=checks, per_wf=per_wf, wire=wire, dead=dead,
+                           log_problems={s.mode: s.w.log_problems() for s in sides})
+
+
+def compare_summary(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], *,
+                    checks: dict[str, Any], per_wf: dict[str, Any], wire: dict[str, Any],
+                    dead: list[str], log_problems: dict[str, Any]) -> dict[str, Any]:
+    keys = ("dispatch_per_s", "dispatch_p50_ms", "dispatch_p99_ms", "dispatch_max_ms",
+            "e2e_steps_per_s", "drain_s")
+    modes: dict[str, Any] = {}
+    for mode, rs in runs.items():
+        procs = rs[0]["cpu_ms_per_dispatch"]
+        modes[mode] = {
+            **{k: [round(x, 3) for x in median_of(rs, k)] for k in keys},
+            "cpu_ms_per_dispatch": {p: round(median_of(rs, "cpu_ms_per_dispatch", p)[0], 3)
+                                    for p in procs},
+            "crypto_per_dispatch": {p: {k: round(median_of(rs, "crypto_per_dispatch", p, k)[0], 3)
+                                        for k in ("signs", "verifies", "crypto_ms")}
+                                    for p in rs[0]["crypto_per_dispatch"]},
+        }
+    paired = [s["dispatch_per_s"] / u["dispatch_per_s"]
+              for s, u in zip(runs["signed"], runs["unsigned"], strict=True)]
+    paired_steps = [s["e2e_steps_per_s"] / u["e2e_steps_per_s"]
+                    for s, u in zip(runs["signed"], runs["unsigned"], strict=True)]
+    ratio = statistics.median(paired)
+    failures = stub_failures(checks, wire)
+    for mode, rs in runs.items():
+        for r in rs:
+            if r["errors"]:
+                failures.append(f"{mode} errors {r['errors']}")
+            if r["completed"] < r["accepted"]:
+                failures.append(f"{mode}: {r['accepted'] - r['completed']} not completed "
+                                f"({r['stragglers']})")
+    failures += [f"{d} died" for d in dead]
+    return {
+        "compare_unsigned": True, "clients": args.clients, "seconds": args.seconds,
+        "steps": args.steps, "runs": args.runs, "modes": modes,
+        "throughput_signed_over_unsigned": round(ratio, 3),
+        "throughput_ratio_per_run": [round(x, 3) for x in paired],
+        "steps_signed_over_unsigned": round(statistics.median(paired_steps), 3),
+        "signing_cost_share": round(1 - ratio, 3), "target_met": 1 - ratio <= 0.15,
+        "micro_us": signing.micro(1000),
+        "per_3_step_workflow": {m: {p: {k: round(v, 2) for k, v in row.items()}
+                                    for p, row in rows.items()} for m, rows in per_wf.items()},
+        "journal_statements_seen": wire, "stub_checks": checks,
+        "log_problems": log_problems, "dead": dead, "failures": failures,
+        "pass": not failures,
+    }
+
+
+def compare_report(s: dict[str, Any], say: Callable[[str], None]) -> None:
+    sm, um = s["modes"]["signed"], s["modes"]["unsigned"]
+    say(f"{'measure (median [min-max])':30} {'signed':>24} {'unsigned':>24}")
+    for label, key in (("dispatches/s", "dispatch_per_s"), ("dispatch p50 (ms)", "dispatch_p50_ms"),
+                       ("dispatch p99 (ms)", "dispatch_p99_ms"),
+                       ("dispatch max (ms)", "dispatch_max_ms"),
+                       ("end-to-end steps/s", "e2e_steps_per_s"), ("drain (s)", "drain_s")):
+        a, b = sm[key], um[key]
+        say(f"{label:30} {a[0]:9.2f} [{a[1]:.2f}-{a[2]:.2f}]".ljust(56)
+            + f"{b[0]:9.2f} [{b[1]:.2f}-{b[2]:.2f}]")
+    say("cpu ms per dispatch:           " + "  ".join(
+        f"{p} {sm['cpu_ms_per_dispatch'][p]:.2f}/{um['cpu_ms_per_dispatch'][p]:.2f}"
+        for p in sm["cpu_ms_per_dispatch"]) + "  (signed/unsigned)")
+    say("in ed25519, ms per dispatch:   " + "  ".join(
+        f"{p} {c['crypto_ms']:.3f}" for p, c in sm["crypto_per_dispatch"].items())
+        + "  (signed)")
+    say("signs+verifies per dispatch:   " + "  ".join(
+        f"{p} {c['signs']:.1f}+{c['verifies']:.1f}" for p, c in sm["crypto_per_dispatch"].items()))
+    say(f"throughput signed/unsigned: {s['throughput_signed_over_unsigned']:.3f} (median of "
+        f"paired runs {s['throughput_ratio_per_run']}), steps/s "
+        f"{s['steps_signed_over_unsigned']:.3f}; signing costs "
+        f"{s['signing_cost_share']:.1%} of throughput, target <= 15 %: "
+        f"{'met' if s['target_met'] else 'NOT met'}")
+    say("micro (pynacl, us): " + ", ".join(f"{size} sign {f['sign_us']} verify {f['verify_us']}"
+                                           for size, f in s["micro_us"].items()))
+    for mode, rows in s["per_3_step_workflow"].items():
+        total = [sum(r[k] for r in rows.values()) for k in ("signs", "verifies", "crypto_ms")]
+        say(f"one 3-step workflow, {mode}: " + ", ".join(
+            f"{p} {r['signs']:.1f} signs {r['verifies']:.1f} verifies" for p, r in rows.items())
+            + f"; total {total[0]:.1f} signs, {total[1]:.1f} verifies, {total[2]:.2f} ms")
+    say(f"journal statements seen: {s['journal_statements_seen']}; stub checks: "
+        + "; ".join(f"{m}: probe sign us {c['probe_sign_us']}, zero-sig dispatch "
+                    f"{c['zero_sig_dispatch']}" for m, c in s["stub_checks"].items()))
+    say(f"warning/error log lines per child: {s['log_problems']}")
+    say("PASS" if s["pass"] else "FAIL: " + "; ".join(s["failures"]))
+
+
 # --- the echo responder (a child process) -------------------------------------------------------
 
 
@@ -607,8 +915,6 @@ async def echo() -> None:
     await nc.flush()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    import signal  # noqa: PLC0415
-
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
@@ -626,6 +932,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of each load first")
     parser.add_argument("--timeout", type=float, default=5.0, help="per request, seconds")
+    parser.add_argument("--compare-unsigned", action="store_true",
+                        help="the same load with and without ed25519 (stubbed by the bench in "
+                             "its own children), alternating per run; no raw baseline")
     parser.add_argument("--json", action="store_true",
                         help="one JSON summary line on stdout (the report goes to stderr)")
     args = parser.parse_args()
@@ -634,9 +943,14 @@ def main() -> int:
     def say(line: str) -> None:
         print(line, file=out, flush=True)
 
-    with world() as w:
-        s = asyncio.run(bench(w, args, say))
-    report(s, say)
+    if args.compare_unsigned:
+        with world(unsigned=False) as ws, world(unsigned=True) as wu:
+            s = asyncio.run(compare(ws, wu, args, say))
+        compare_report(s, say)
+    else:
+        with world() as w:
+            s = asyncio.run(bench(w, args, say))
+        report(s, say)
     if args.json:
         print(json.dumps(s), flush=True)
     return 0 if s["pass"] else 1
