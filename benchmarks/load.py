@@ -768,7 +768,9 @@ async def compare_phase(side: Side, run: int, args: argparse.Namespace) -> dict[
         "dispatch_p99_ms": m.percentile(99), "dispatch_max_ms": m.max_ms,
         "e2e_steps_per_s": moon.steps_per_s, "drain_s": moon.drain_s,
         "cpu_ms_per_dispatch": {k: (cpu1[k] - cpu0[k]) * 1e3 / n for k in cpu0},
-        "crypto_per_dispatch": counts_delta(c0, c1, n),
+        "cpu_total_ms_per_dispatch": sum(cpu1[k] - cpu0[k] for k in cpu0) * 1e3 / n,
+        "crypto_per_dispatch": (crypto := counts_delta(c0, c1, n)),
+        "crypto_total_ms_per_dispatch": sum(c["crypto_ms"] for c in crypto.values()),
         "dispatches": m.count + sum(moon.load.errors.values()), "accepted": len(moon.accepted),
         "completed": moon.completed, "errors": dict(moon.load.errors),
         "stragglers": moon.stragglers,
@@ -823,7 +825,8 @@ def compare_summary(args: argparse.Namespace, runs: dict[str, list[dict[str, Any
                     checks: dict[str, Any], per_wf: dict[str, Any], wire: dict[str, Any],
                     dead: list[str], log_problems: dict[str, Any]) -> dict[str, Any]:
     keys = ("dispatch_per_s", "dispatch_p50_ms", "dispatch_p99_ms", "dispatch_max_ms",
-            "e2e_steps_per_s", "drain_s")
+            "e2e_steps_per_s", "drain_s", "cpu_total_ms_per_dispatch",
+            "crypto_total_ms_per_dispatch")
     modes: dict[str, Any] = {}
     for mode, rs in runs.items():
         procs = rs[0]["cpu_ms_per_dispatch"]
@@ -840,6 +843,8 @@ def compare_summary(args: argparse.Namespace, runs: dict[str, list[dict[str, Any
     paired_steps = [s["e2e_steps_per_s"] / u["e2e_steps_per_s"]
                     for s, u in zip(runs["signed"], runs["unsigned"], strict=True)]
     ratio = statistics.median(paired)
+    cpu_signed = modes["signed"]["cpu_total_ms_per_dispatch"][0]
+    cpu_unsigned = modes["unsigned"]["cpu_total_ms_per_dispatch"][0]
     failures = stub_failures(checks, wire)
     for mode, rs in runs.items():
         for r in rs:
@@ -856,6 +861,11 @@ def compare_summary(args: argparse.Namespace, runs: dict[str, list[dict[str, Any
         "throughput_ratio_per_run": [round(x, 3) for x in paired],
         "steps_signed_over_unsigned": round(statistics.median(paired_steps), 3),
         "signing_cost_share": round(1 - ratio, 3), "target_met": 1 - ratio <= 0.15,
+        # Less noisy than throughput on shared cores: all processes' CPU per dispatch, and the
+        # part of the signed one spent inside ed25519.
+        "cpu_signed_over_unsigned": round(cpu_signed / cpu_unsigned, 3),
+        "crypto_share_of_signed_cpu": round(
+            modes["signed"]["crypto_total_ms_per_dispatch"][0] / cpu_signed, 3),
         "micro_us": signing.micro(1000),
         "per_3_step_workflow": {m: {p: {k: round(v, 2) for k, v in row.items()}
                                     for p, row in rows.items()} for m, rows in per_wf.items()},
@@ -871,7 +881,9 @@ def compare_report(s: dict[str, Any], say: Callable[[str], None]) -> None:
     for label, key in (("dispatches/s", "dispatch_per_s"), ("dispatch p50 (ms)", "dispatch_p50_ms"),
                        ("dispatch p99 (ms)", "dispatch_p99_ms"),
                        ("dispatch max (ms)", "dispatch_max_ms"),
-                       ("end-to-end steps/s", "e2e_steps_per_s"), ("drain (s)", "drain_s")):
+                       ("end-to-end steps/s", "e2e_steps_per_s"), ("drain (s)", "drain_s"),
+                       ("cpu ms/dispatch, all procs", "cpu_total_ms_per_dispatch"),
+                       ("  of it in ed25519", "crypto_total_ms_per_dispatch")):
         a, b = sm[key], um[key]
         say(f"{label:30} {a[0]:9.2f} [{a[1]:.2f}-{a[2]:.2f}]".ljust(56)
             + f"{b[0]:9.2f} [{b[1]:.2f}-{b[2]:.2f}]")
@@ -888,6 +900,8 @@ def compare_report(s: dict[str, Any], say: Callable[[str], None]) -> None:
         f"{s['steps_signed_over_unsigned']:.3f}; signing costs "
         f"{s['signing_cost_share']:.1%} of throughput, target <= 15 %: "
         f"{'met' if s['target_met'] else 'NOT met'}")
+    say(f"cpu per dispatch signed/unsigned: {s['cpu_signed_over_unsigned']:.3f}; ed25519 is "
+        f"{s['crypto_share_of_signed_cpu']:.1%} of the signed CPU")
     say("micro (pynacl, us): " + ", ".join(f"{size} sign {f['sign_us']} verify {f['verify_us']}"
                                            for size, f in s["micro_us"].items()))
     for mode, rows in s["per_3_step_workflow"].items():
