@@ -177,7 +177,19 @@ async def per_workflow(side: Side, *, n: int, steps: int) -> tuple[dict[str, dic
     await sub.unsubscribe()
     await done_sub.unsubscribe()
     assert len(accepted) == n, [error_kind(a) for a in answers]
+    wire["kinds"] = kinds_delta(start, end, n)  # type: ignore[assignment]
     return counts_delta(start, end, n, idle_rate, t3 - t2), wire
+
+
+def kinds_delta(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]],
+                per: float) -> dict[str, dict[str, float]]:
+    """Per process, "sign <kind>"/"verify <kind>" calls between a and b, divided by per."""
+    out: dict[str, dict[str, float]] = {}
+    for name in a:
+        before, after = a[name]["kinds"], b[name]["kinds"]
+        row = {k: round((v - before.get(k, 0)) / per, 2) for k, v in sorted(after.items())}
+        out[name] = {k: v for k, v in row.items() if v}
+    return out
 
 
 async def compare_phase(side: Side, run: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -336,7 +348,12 @@ def compare_report(s: dict[str, Any], say: Callable[[str], None]) -> None:
         say(f"one 3-step workflow, {mode}: " + ", ".join(
             f"{p} {r['signs']:.1f} signs {r['verifies']:.1f} verifies" for p, r in rows.items())
             + f"; total {total[0]:.1f} signs, {total[1]:.1f} verifies, {total[2]:.2f} ms")
-    say(f"journal statements seen: {s['journal_statements_seen']}; stub checks: "
+    for name, kinds in s["journal_statements_seen"]["signed"]["kinds"].items():
+        say(f"  {name:6} per 3-step workflow (signed): "
+            + ", ".join(f"{k} {v:g}" for k, v in kinds.items()))
+    wire = {m: {k: v for k, v in w.items() if k != "kinds"}
+            for m, w in s["journal_statements_seen"].items()}
+    say(f"journal statements seen: {wire}; stub checks: "
         + "; ".join(f"{m}: probe sign us {c['probe_sign_us']}, zero-sig dispatch "
                     f"{c['zero_sig_dispatch']}" for m, c in s["stub_checks"].items()))
     say(f"warning/error log lines per child: {s['log_problems']}")

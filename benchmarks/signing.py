@@ -28,7 +28,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -55,6 +55,24 @@ class Counts:
     verify_s: float = 0.0
     probe_sign_us: float = 0.0  # one sign through the wrapper, timed at install
     probe_verify_us: float = 0.0
+    # "sign moon.decision.v1" -> calls: the kind a DSSE PAE message names (what it signs)
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
+def kind_of(message: bytes) -> str:
+    """The payload type of a PAE message, b"DSSEv1 <len> <type> <len> <body>", shortened."""
+    if not message.startswith(b"DSSEv1 "):
+        return "other"
+    head, _, rest = message[7:].partition(b" ")
+    if not head.isdigit():
+        return "other"
+    kind = rest[: int(head)].decode(errors="replace")
+    return kind.removeprefix("application/vnd.maestro.").split("+", 1)[0]
+
+
+def _count(op: str, message: bytes) -> None:
+    key = f"{op} {kind_of(message)}"
+    COUNTS.kinds[key] = COUNTS.kinds.get(key, 0) + 1
 
 
 COUNTS = Counts()
@@ -64,6 +82,7 @@ _REAL_VERIFY = nacl.signing.VerifyKey.verify
 
 def _sign(self: Signer, message: bytes) -> bytes:
     COUNTS.signs += 1
+    _count("sign", message)
     if COUNTS.stub:
         return ZERO_SIG
     start = time.perf_counter()
@@ -76,6 +95,7 @@ def _sign(self: Signer, message: bytes) -> bytes:
 def _verify(self: nacl.signing.VerifyKey, smessage: bytes, signature: bytes | None = None,
             encoder: Any = None) -> bytes:
     COUNTS.verifies += 1
+    _count("verify", smessage if signature is not None else smessage[64:])
     if COUNTS.stub:
         return smessage if signature is not None else smessage[64:]
     start = time.perf_counter()
@@ -111,7 +131,7 @@ def probe(n: int = 200) -> tuple[float, float]:
     for _ in range(n):
         key.verify(message, sig)
     verify_us = (time.perf_counter() - start) * 1e6 / n
-    for name in ("signs", "verifies", "sign_s", "verify_s"):
+    for name in ("signs", "verifies", "sign_s", "verify_s", "kinds"):
         setattr(COUNTS, name, before[name])
     return sign_us, verify_us
 
