@@ -1,6 +1,7 @@
 """Load MOON with signed dispatches from N concurrent clients, beside raw nats-py request/reply.
 
     python benchmarks/load.py [--seconds 60] [--clients 16] [--steps 1] [--runs 1] [--json]
+    python benchmarks/load.py --compare-unsigned [--seconds 20] [--runs 3] ...
 
 One embedded nats-server (sync_interval: always, as MOON runs it) in a temp dir, and every MOON
 process a real child process whose memory is read from /proc: the engine with its gate
@@ -33,6 +34,18 @@ it may grow by a further 8 KiB per workflow retained, data the streams' limits b
 leak. Any process over the bound, any error, any accepted workflow not completed or any child
 that died prints FAIL and exits 1. With --runs R > 1 the figures are medians over runs with
 [min-max].
+
+--compare-unsigned: what ed25519 costs. Two worlds side by side, each its own broker, engine and
+executors, started through benchmarks/signing.py: in one the signatures are real, in the other
+the benchmark stubs `Signer.sign` (64 zero bytes) and `VerifyKey.verify` (accepts) in the
+children and, while it talks to that world, in itself; the product has no switch for this. The
+same MOON load runs in each, alternating signed, unsigned, signed... for --runs (no raw load).
+Per mode: dispatch p50/p99, dispatches/s, end-to-end steps/s, CPU ms per dispatch per process,
+signs and verifies per dispatch and the ms inside them; the throughput ratio signed/unsigned
+(median of the paired runs); pynacl's us per sign and verify; and how many signs and verifies one
+3-step workflow costs in each process. Checked, else FAIL: every child's probe sign is real or
+stubbed as its world says, a zero-signature dispatch is refused by the signed gate and taken by
+the unsigned one, the journal carries only real signatures in one and only zero ones in the other.
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -56,8 +70,10 @@ from typing import Any
 
 # Run as `python benchmarks/load.py`, benchmarks/moon.py would shadow the `moon` package.
 _HERE = Path(__file__).resolve().parent
-sys.modules.pop("moon", None)
+if __name__ == "__main__":
+    sys.modules.pop("moon", None)
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))  # `benchmarks.load`, `benchmarks.signcost` by name
 
 import nats.errors  # noqa: E402
 from nats.aio.client import Client as Nats  # noqa: E402
@@ -72,6 +88,7 @@ from streams.replies import Reason, Refusal  # noqa: E402
 from streams.subjects import Space  # noqa: E402
 
 ROOT = _HERE.parent
+THIS_FILE = Path(__file__).resolve()
 MIB = 1024 * 1024
 BOUND_MIB, BOUND_SHARE = 64, 0.5
 BROKER_KIB_PER_WORKFLOW = 8  # retained subjects' index in the server, see the docstring
@@ -179,12 +196,27 @@ def status_kib(pid: int, field_name: str) -> int | None:
     return None
 
 
+MOON_MAIN = ["-c", "from moon.cli import main; main()"]
+COUNTED_MAIN = ["-c", "from benchmarks.signing import child_main; child_main()"]
+
+
 @dataclass
 class World:
     tmp: Path
     broker: EmbeddedBroker
+    # None: MOON's children as shipped; False/True: through benchmarks/signing.py, which counts
+    # every sign and verify, and with True stubs the ed25519 out of them.
+    unsigned: bool | None = None
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     samples: list[str] = field(default_factory=list)  # the first problem lines of each child
+
+    def moon(self, name: str, *args: str) -> None:
+        if self.unsigned is None:
+            self.spawn(name, [*MOON_MAIN, *args])
+            return
+        flags = ["--unsigned"] if self.unsigned else []
+        self.spawn(name, [*COUNTED_MAIN, *flags, "--counts", str(self.tmp), "--name", name,
+                          "--", *args])
 
     def pids(self) -> dict[str, int]:
         assert self.broker.process is not None
@@ -244,10 +276,10 @@ class World:
 
 
 @contextlib.contextmanager
-def world() -> Iterator[World]:
+def world(unsigned: bool | None = None) -> Iterator[World]:
     with tempfile.TemporaryDirectory(prefix="moon-load-") as tmp:
         broker = EmbeddedBroker(data_dir=Path(tmp) / "nats").start()
-        w = World(Path(tmp), broker)
+        w = World(Path(tmp), broker, unsigned)
         try:
             yield w
         finally:
@@ -255,20 +287,26 @@ def world() -> Iterator[World]:
             broker.stop()
 
 
-def start_services(w: World) -> None:
-    moon = ["-c", "from moon.cli import main; main()"]
-    w.spawn("engine", [*moon, "serve"])
-    for x in EXECUTORS:
-        w.spawn(x, [*moon, "worker", "--id", x, "-c", "work", "--capacity", "64"])
-    w.spawn("echo", [str(Path(__file__).resolve()), "echo"])
+async def start_services(w: World, nc: Nats, *, echo: bool = True) -> None:
+    """The engine, the executors and (for the raw load) the echo responder. The second executor
+    starts once the first has created the pool's consumer: two workers creating it at once each
+    send their own deliver subject, and the later one takes it over, leaving the other bound to
+    an inbox nothing is delivered to (alive, idle for the whole run: seen in this bench)."""
+    w.moon("engine", "serve")
+    for i, x in enumerate(EXECUTORS):
+        w.moon(x, "worker", "--id", x, "-c", "work", "--capacity", "64")
+        if i == 0:
+            await bound(nc, [("WORK", "any-work")])
+    if echo:
+        w.spawn("echo", [str(THIS_FILE), "echo"])
 
 
-async def wait_ready(nc: Nats, client: Client, timeout_s: float = 60) -> None:
-    """The engine's and executors' consumers bound, the gate and the echo answering."""
+async def bound(nc: Nats, consumers: list[tuple[str, str]], timeout_s: float = 60) -> None:
+    """Until every (stream, durable) consumer exists and has a subscriber."""
     js = nc.jetstream()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    pending = [("MOON_CMD", ENGINE_CONSUMER), ("WORK", "any-work")]
+    pending = list(consumers)
     while pending:
         stream, durable = pending[0]
         with contextlib.suppress(Exception):  # not created yet
@@ -280,6 +318,15 @@ async def wait_ready(nc: Nats, client: Client, timeout_s: float = 60) -> None:
         if loop.time() > deadline:
             raise TimeoutError(f"{durable} never bound")
         await asyncio.sleep(0.1)
+
+
+async def wait_ready(nc: Nats, client: Client, timeout_s: float = 60, *,
+                     echo: bool = True) -> None:
+    """The engine's and executors' consumers bound, the gate and the echo answering."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    await bound(nc, [("MOON_CMD", ENGINE_CONSUMER), ("WORK", "any-work"),
+                     *(("WORK", f"exec-{x}") for x in EXECUTORS)], timeout_s)
     while True:
         answer = await client.call("moon.dispatch", body("ready", 1))
         if not (isinstance(answer, Refusal) and answer.reason is Reason.UNAVAILABLE):
@@ -287,7 +334,7 @@ async def wait_ready(nc: Nats, client: Client, timeout_s: float = 60) -> None:
         if loop.time() > deadline:
             raise TimeoutError(f"the gate never answered: {answer.detail}")
         await asyncio.sleep(0.2)
-    while True:
+    while echo:
         try:
             await nc.request(ECHO_SUBJECT, b"ping", timeout=1)
             return
@@ -435,7 +482,7 @@ async def bench(w: World, args: argparse.Namespace, say: Callable[[str], None]) 
     nc = await open_connection(w.broker.url, name="moon-load")
     try:
         await ensure_streams(nc.jetstream(), Topology(space=SPACE))
-        start_services(w)
+        await start_services(w, nc)
         client = Client(nc, trust.operator, trust.services, grant=(trust.operator_grant,),
                         space=SPACE, timeout_s=args.timeout)
         await wait_ready(nc, client)
@@ -609,8 +656,6 @@ async def echo() -> None:
     await nc.flush()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    import signal  # noqa: PLC0415
-
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
@@ -628,6 +673,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of each load first")
     parser.add_argument("--timeout", type=float, default=5.0, help="per request, seconds")
+    parser.add_argument("--compare-unsigned", action="store_true",
+                        help="the same load with and without ed25519 (stubbed by the bench in "
+                             "its own children), alternating per run; no raw baseline")
     parser.add_argument("--json", action="store_true",
                         help="one JSON summary line on stdout (the report goes to stderr)")
     args = parser.parse_args()
@@ -636,13 +684,23 @@ def main() -> int:
     def say(line: str) -> None:
         print(line, file=out, flush=True)
 
-    with world() as w:
-        s = asyncio.run(bench(w, args, say))
-    report(s, say)
+    if args.compare_unsigned:
+        from benchmarks import signcost  # noqa: PLC0415 - it imports this module
+
+        with world(unsigned=False) as ws, world(unsigned=True) as wu:
+            s = asyncio.run(signcost.compare(ws, wu, args, say))
+        signcost.compare_report(s, say)
+    else:
+        with world() as w:
+            s = asyncio.run(bench(w, args, say))
+        report(s, say)
     if args.json:
         print(json.dumps(s), flush=True)
     return 0 if s["pass"] else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the module by its name, so benchmarks/signcost.py shares this copy of it.
+    from benchmarks import load
+
+    sys.exit(load.main())

@@ -42,3 +42,40 @@ def test_a_short_load_completes_every_dispatch_without_errors_or_growth() -> Non
         assert figures["ok"], (name, figures)
     assert summary["dead"] == []
     assert summary["cpu"]["moon_ms_per_dispatch"]["engine"] > 0
+
+
+@pytest.mark.slow
+def test_the_compare_mode_stubs_ed25519_only_in_the_unsigned_world() -> None:
+    """Both worlds complete every dispatch; the unsigned one really runs without ed25519 (its
+    children's probe sign is stubbed, its gate takes a zero signature, its journal carries only
+    zero signatures) while the signed one refuses a zero signature and signs for real."""
+    try:
+        find_server_binary()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    done = subprocess.run(
+        [sys.executable, "benchmarks/load.py", "--compare-unsigned", "--seconds", "1.5",
+         "--clients", "4", "--warmup", "0.5", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["pass"] is True, summary["failures"]
+    checks = summary["stub_checks"]
+    assert checks["signed"]["zero_sig_dispatch"] == "refused:bad_signature"
+    assert checks["unsigned"]["zero_sig_dispatch"] == "accepted"
+    assert all(us > 2 for us in checks["signed"]["probe_sign_us"].values())
+    assert all(us < 2 for us in checks["unsigned"]["probe_sign_us"].values())
+    wire = summary["journal_statements_seen"]
+    assert wire["signed"]["zero"] == 0 < wire["signed"]["signed"]
+    assert wire["unsigned"]["zero"] == wire["unsigned"]["signed"] > 0
+    for mode in ("signed", "unsigned"):
+        figures = summary["modes"][mode]
+        assert figures["dispatch_per_s"][0] > 0
+        assert figures["crypto_per_dispatch"]["engine"]["verifies"] >= 1
+        workflow = summary["per_3_step_workflow"][mode]
+        assert workflow["engine"]["signs"] > 0
+    assert summary["modes"]["signed"]["crypto_per_dispatch"]["engine"]["crypto_ms"] > 0
+    assert summary["modes"]["unsigned"]["crypto_per_dispatch"]["engine"]["crypto_ms"] == 0
+    assert summary["throughput_signed_over_unsigned"] > 0
+    assert summary["micro_us"]["200B"]["verify_us"] > 0
