@@ -99,7 +99,8 @@ def plan_command(
         help="executor offers (YAML/JSON; default: the bundled examples/executors.yaml)")] = None,
     psplib: Annotated[Path | None, typer.Option(help="a PSPLIB .sm/.mm/.SCH instance")] = None,
     time_limit: Annotated[float, typer.Option("--time-limit", help="seconds for CP-SAT", min=0.01)] = 2.0,  # noqa: E501
-    workers: Annotated[int, typer.Option(help="CP-SAT workers", min=1)] = 2,
+    workers: Annotated[int | None, typer.Option(
+        help="CP-SAT workers (default: the cores this process may use)", min=1)] = None,
     seed: Annotated[int, typer.Option(help="CP-SAT seed")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
     html: Annotated[Path | None, typer.Option(
