@@ -34,7 +34,8 @@ async def settled(js, space):
     loop = asyncio.get_running_loop()
     until = loop.time() + 10
     while True:
-        info = await js.consumer_info(space.stream("DEVIATIONS"), space.consumer("maestro-replanner"))
+        info = await js.consumer_info(space.stream("DEVIATIONS"),
+                                      space.consumer("maestro-replanner"))
         if info.num_ack_pending == 0 or loop.time() > until:
             return info
         await asyncio.sleep(0.05)
