@@ -171,33 +171,27 @@ def moon_gate(
             command, source=source(opened, "moon:dispatch"), redelivered=True))
 
     async def compensate(opened: Opened) -> DispatchReply | Refusal:
-        request = _decode(opened.body, CompensateRequest)
+        request = _about_workflow(opened, CompensateRequest)
         if isinstance(request, Refusal):
             return request
-        if refused := check_id(request.workflow_id, "workflow_id"):
-            return refused
         return _reply(request.workflow_id, await engine.submit(Compensate(
             command_id=opened.request_id, workflow_id=request.workflow_id, at_ms=now(),
             reason=request.reason or f"requested by {opened.caller}",
         ), source=source(opened, "moon:admin"), redelivered=True))
 
     async def cancel(opened: Opened) -> DispatchReply | Refusal:
-        request = _decode(opened.body, CancelRequest)
+        request = _about_workflow(opened, CancelRequest)
         if isinstance(request, Refusal):
             return request
-        if refused := check_id(request.workflow_id, "workflow_id"):
-            return refused
         return _reply(request.workflow_id, await engine.submit(Cancel(
             command_id=opened.request_id, workflow_id=request.workflow_id, at_ms=now(),
             reason=request.reason or f"cancelled by {opened.caller}",
         ), source=source(opened, "moon:cancel"), redelivered=True))
 
     async def checkpoint(opened: Opened) -> DispatchReply | Refusal:
-        request = _decode(opened.body, CheckpointRequest)
+        request = _about_workflow(opened, CheckpointRequest)
         if isinstance(request, Refusal):
             return request
-        if refused := check_id(request.workflow_id, "workflow_id"):
-            return refused
         return _reply(request.workflow_id, await engine.submit(CheckpointStep(
             command_id=opened.request_id, workflow_id=request.workflow_id, at_ms=now(),
             step=request.step, attempt=request.attempt, state=request.state,
@@ -222,11 +216,9 @@ def moon_gate(
             command, source=source(opened, "moon:admin"), redelivered=True))
 
     async def replay_(opened: Opened) -> ReplayReply | Refusal:
-        request = _decode(opened.body, ReplayRequest)
+        request = _about_workflow(opened, ReplayRequest)
         if isinstance(request, Refusal):
             return request
-        if refused := check_id(request.workflow_id, "workflow_id"):
-            return refused
         loaded = await _read(engine, request.workflow_id, request.to_seq)
         if isinstance(loaded, Refusal):
             return loaded
@@ -243,6 +235,17 @@ def moon_gate(
     gate.route("fork", fork, capability="moon:admin")
     gate.route("replay", replay_, capability="moon:read")
     return gate
+
+
+W = TypeVar("W", CompensateRequest, CancelRequest, CheckpointRequest, ReplayRequest)
+
+
+def _about_workflow(opened: Opened, type_: type[W]) -> W | Refusal:
+    """A request naming an existing workflow: decoded, and its id checked before any use."""
+    request = _decode(opened.body, type_)
+    if isinstance(request, Refusal):
+        return request
+    return check_id(request.workflow_id, "workflow_id") or request
 
 
 def _bounded(steps: tuple[StepSpec, ...]) -> Refusal | None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -71,6 +72,7 @@ log = structlog.get_logger("moon.worker")
 SEEN_KEYS = 100_000
 REPORT_TIMEOUT_S = 2.0
 PULL_WAIT_S = 1.0  # a fetch waits this long for an order before asking again
+PULL_PAUSE_S = 0.25  # after a fetch that failed for another reason than an empty queue
 BACKOFF_S = (0.1, 2.0)  # first and longest pause between sends while the broker is away
 
 
@@ -259,10 +261,13 @@ class Worker:
             await self._slots.acquire()
             try:
                 msgs = await sub.fetch(1, timeout=PULL_WAIT_S)
-            except Exception:  # nothing to take (timeout), or the broker is away: ask again
+            except (TimeoutError, nats.errors.TimeoutError):  # nothing to take: ask again
                 self._slots.release()
-                if not self.nc.is_connected:
-                    await asyncio.sleep(0.1)
+                continue
+            except Exception as error:  # the broker is away, or refused: ask again, later
+                self._slots.release()
+                log.debug("fetch_failed", error=repr(error))
+                await asyncio.sleep(PULL_PAUSE_S)
                 continue
             for msg in msgs:
                 task = tasks.create_task(self._take(msg))
