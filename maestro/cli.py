@@ -283,6 +283,28 @@ def serve_command(
         raise typer.Exit(130) from None
 
 
+@app.command("up")
+def up_command(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+    port: Annotated[int, typer.Option(help="the broker's port on 127.0.0.1")] = 4222,
+    http_port: Annotated[int, typer.Option(help="HTTP, MCP and A2A on 127.0.0.1")] = 8470,
+    demo_executors: Annotated[bool, typer.Option(
+        "--demo-executors", help="also run the example executors")] = False,
+) -> None:
+    """The whole stack on this machine: broker, MOON, MAESTRO, HTTP/MCP/A2A; Ctrl-C stops it."""
+    import asyncio  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+
+    from surfaces.up import run_up  # noqa: PLC0415
+
+    configure_logging(logging.WARNING)
+    try:
+        raise typer.Exit(asyncio.run(run_up(data_dir or home_dir(), port=port,
+                                            http_port=http_port, demo_executors=demo_executors)))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 @app.command("demo")
 def demo_command(
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,

@@ -358,13 +358,18 @@ def _signal_reload(data_dir: Path) -> bool:
     return True
 
 
+async def _quiet(error: Exception) -> None:
+    """nats-py prints every connection error by default; a probe's are its answer."""
+
+
 async def _authorized(url: str, seed: Path, timeout_s: float) -> None:
     """Wait until the server accepts `seed` (a reload is applied asynchronously)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             nc = await nats.connect(url, nkeys_seed=str(seed), connect_timeout=1,
-                                    max_reconnect_attempts=0, allow_reconnect=False)
+                                    max_reconnect_attempts=0, allow_reconnect=False,
+                                    error_cb=_quiet)  # refusals are expected until reloaded
         except Exception:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} did not accept {seed.name} in {timeout_s}s") from None

@@ -1,0 +1,69 @@
+"""`maestro up` as a user runs it: a process on free ports, the stack it prints reachable (NATS
+for the CLIs, HTTP), a dispatch through the signed gate, and SIGTERM stops it all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from streams.broker import find_server_binary, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NATS_URL", "NATS_NKEY", "MAESTRO_CREDS", "MAESTRO_SPACE")}
+    env["MAESTRO_HOME"] = str(home)
+    return subprocess.run([sys.executable, "-c", f"from {args[0]}.cli import main; main()",
+                           *args[1:]], env=env, capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, check=False)
+
+
+@pytest.mark.slow
+def test_maestro_up_serves_the_stack_and_stops_on_sigterm(tmp_path: Path) -> None:
+    try:
+        find_server_binary()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    home, nats_port, http_port = tmp_path / "home", free_port(), free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NATS_URL", "NATS_NKEY", "MAESTRO_CREDS", "MAESTRO_SPACE")}
+    log = (tmp_path / "up.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from maestro.cli import main; main()", "up", "--data-dir",
+         str(home), "--port", str(nats_port), "--http-port", str(http_port),
+         "--demo-executors"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while "ready:" not in (tmp_path / "up.log").read_text():
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()[-3000:]
+            time.sleep(0.1)
+        printed = (tmp_path / "up.log").read_text()
+        assert f"nats://127.0.0.1:{nats_port}" in printed
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/openapi.json") as answer:
+            assert json.load(answer)["openapi"].startswith("3.")
+        dispatched = _cli(["moon", "dispatch", str(ROOT / "examples" / "dag.yaml")], home)
+        assert dispatched.returncode == 0, dispatched.stderr
+        workflow = json.loads(dispatched.stdout)["workflow_id"]
+        listed = _cli(["moon", "list", "--json"], home)
+        assert listed.returncode == 0 and workflow in listed.stdout, listed.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (tmp_path / "up.log").read_text()[-3000:]
+        # Nothing left behind: the broker went with it, and a client says so in one line.
+        after = _cli(["moon", "list"], home)
+        assert not (home / "nats.url").exists()
+        assert "Traceback" not in after.stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
