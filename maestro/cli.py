@@ -283,6 +283,52 @@ def serve_command(
         raise typer.Exit(130) from None
 
 
+@app.command("run")
+def run_command(
+    goal_path: Annotated[Path, typer.Argument(metavar="GOAL", help="a goal file (YAML/JSON)")],
+    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the workflow")] = 600.0,
+) -> None:
+    """Plan GOAL, allocate it, dispatch it through the signed gates and follow it to its end,
+    on the stack `maestro up` runs; exit 0 when the workflow completed, 1 when it did not,
+    2 when the plan was refused."""
+    import asyncio  # noqa: PLC0415
+
+    from streams.cli_errors import Exit, fail  # noqa: PLC0415
+
+    if not goal_path.is_file():
+        fail(f"maestro run: no goal file {goal_path}", Exit.INPUT)
+    outcome = asyncio.run(_run_goal(goal_path, data_dir, timeout))
+    if isinstance(outcome, str):
+        _err().print(f"maestro run: refused: {outcome}", markup=False)
+        raise typer.Exit(int(Exit.REFUSED))
+    state = outcome.state
+    status = state.status if state is not None else "unknown"
+    summary = {"workflow_id": outcome.workflow_id, "plan_id": outcome.plan_id, "status": status,
+               "planned_makespan_ms": outcome.plan.get("makespan"),
+               "cost": outcome.plan.get("cost"), "audit": outcome.audit,
+               "tokens": state.usage.tokens if state is not None else 0}
+    if as_json:
+        import json  # noqa: PLC0415
+
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:<20} {value}")
+    raise typer.Exit(int(Exit.OK if status == "completed" else Exit.FAILED))
+
+
+async def _run_goal(goal_path: Path, data_dir: Path | None, timeout_s: float) -> Any:
+    from maestro.client import Refused, Stack  # noqa: PLC0415
+
+    try:
+        async with Stack.connect(data_dir) as stack:
+            return await stack.run(goal_path, timeout_s=timeout_s)
+    except Refused as refused:
+        return str(refused)
+
+
 @app.command("up")
 def up_command(
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
