@@ -120,7 +120,8 @@ async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
     console.rule(f"[bold]MAESTRO + MOON demo[/] — embedded broker in {data_dir}")
     # Every part of the story connects as its own broker user, with only its role's rights:
     # the engine, MAESTRO, each executor, and this console as the operator.
-    async with connect(data_dir=data_dir, name="maestro-demo", role="operator") as nc, \
+    async with connect(data_dir=data_dir, name="maestro-demo", role="operator",
+                       start=True) as nc, \
             contextlib.AsyncExitStack() as market:
         js = nc.jetstream()
         await ensure_streams(js, Topology(space=space))

@@ -38,6 +38,7 @@ from streams.subjects import Space
 __all__ = [
     "MIN_SERVER_VERSION",
     "EmbeddedBroker",
+    "NoStack",
     "ServerTooOld",
     "check_server_version",
     "connect",
@@ -289,16 +290,12 @@ async def open_connection(
     auth: dict[str, object] = {}
     if seed is not None:
         auth = {"nkeys_seed": str(seed), "inbox_prefix": inbox_prefix(role)}
-    nc: Client = await nats.connect(
-        urls,
-        name=name,
-        ping_interval=PING_INTERVAL_S,
-        max_outstanding_pings=3,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.25,
-        pending_size=64 * 1024 * 1024,
-        **{**auth, **options},
-    )
+    settings: dict[str, object] = {
+        "ping_interval": PING_INTERVAL_S, "max_outstanding_pings": 3,
+        "max_reconnect_attempts": -1, "reconnect_time_wait": 0.25,
+        "pending_size": 64 * 1024 * 1024, **auth, **options,
+    }
+    nc: Client = await nats.connect(urls, name=name, **settings)
     try:
         check_server_version(str(nc.connected_server_version))
     except ServerTooOld:
@@ -442,17 +439,32 @@ async def connect(
     name: str = "maestro",
     role: str = Role.ADMIN.value,
     credentials_file: Path | None = None,
+    start: bool = False,
+    bounded: bool | None = None,
 ) -> AsyncIterator[Client]:
-    """NATS_URL (or `url`) when given; else the embedded server already running on `data_dir`;
-    else a new embedded server for the life of the block: started with auth, its streams
-    ensured as admin, then connected to as `role`."""
+    """NATS_URL (or `url`) when given; else the embedded server already running on `data_dir`
+    (`maestro up`'s); else, only with `start` (`maestro demo`), a new embedded server for the
+    life of the block: started with auth, its streams ensured as admin, then connected to as
+    `role`. Without one, `NoStack`: no command starts a broker behind the user's back.
+    `bounded` (default: for the operator's CLIs): no server answering within 5 s is `NoStack`
+    too, rather than reconnecting for ever; services keep waiting for their broker."""
     data_dir = data_dir or home_dir()
     target = url or os.environ.get("NATS_URL")
     seed = credentials_file
     if not target and (target := _running_embedded(data_dir)):
         seed = seed or _embedded_seed(data_dir, role)
+    if not target and not start:
+        raise NoStack(f"no MAESTRO/MOON stack at {data_dir} — start one with `maestro up`, "
+                      "or set NATS_URL")
+    if target and (role == Role.OPERATOR.value if bounded is None else bounded):
+        await _answering(target)
     if target:
-        nc = await open_connection(target, name=name, role=role, credentials_file=seed)
+        # A CLI gives up after a few seconds of a broker that refuses it (wrong seed) or goes
+        # away, where a service keeps trying for ever.
+        patience: dict[str, Any] = {"max_reconnect_attempts": 20} if (
+            role == Role.OPERATOR.value if bounded is None else bounded) else {}
+        nc = await open_connection(target, name=name, role=role, credentials_file=seed,
+                                   **patience)
         try:
             yield nc
         finally:
@@ -470,6 +482,31 @@ async def connect(
             await _close(nc)
     finally:
         await asyncio.to_thread(broker.stop)
+
+
+class NoStack(ConnectionRefusedError):
+    """No broker to talk to: its message says what to start or set."""
+
+
+async def _answering(target: str, timeout_s: float = 5.0) -> None:
+    """Some server of `target` accepts a TCP connection within `timeout_s`, else NoStack."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    urls = server_urls(target)
+    while True:
+        for url in urls:
+            host, _, port = url.split("://", 1)[-1].rsplit("@", 1)[-1].partition(":")
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host or "127.0.0.1", int(port or 4222)), 1.0)
+            except (OSError, TimeoutError, ValueError):
+                continue
+            writer.close()
+            return
+        if loop.time() > deadline:
+            raise NoStack(f"no broker answers at {target} — start the stack with `maestro up`, "
+                          "or check NATS_URL")
+        await asyncio.sleep(0.25)
 
 
 def _embedded_seed(data_dir: Path, role: str) -> Path | None:

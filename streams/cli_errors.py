@@ -75,6 +75,8 @@ def _unreachable(error: BaseException) -> str | None:
     """A broker or service that does not answer, in one line. Matched by the error types'
     names (nats-py's and the OS's), so this module need not import nats."""
     names = {cls.__name__ for cls in type(error).__mro__}
+    if "NoStack" in names:
+        return str(error)  # says what to start or set
     if names & {"NoServersError", "ConnectionRefusedError", "ConnectionClosedError"}:
         return ("no broker answers — start the stack (`maestro up`, or `moon serve`) or set "
                 "NATS_URL")

@@ -12,11 +12,15 @@ import pytest
 
 from streams.broker import find_server_binary
 
+from .test_up import maestro_up
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cli(tool: str, *args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "MAESTRO_SPACE")}
+    # A user's shell: none of the test session's broker settings (its seeds included).
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NATS_URL", "MAESTRO_SPACE", "NATS_NKEY", "MAESTRO_CREDS")}
     env.update(MAESTRO_HOME=str(home), COLUMNS="160")
     return subprocess.run(
         [sys.executable, "-c", f"from {tool}.cli import main; main()", *args],
@@ -39,6 +43,9 @@ def test_maestro_demo_runs_the_story_and_leaves_a_replayable_journal(tmp_path: P
     assert "-> globex-llm" in out  # the replan moved the failed step to the backup
     assert "state equals live: True" in out
     assert "0 mismatches" in out
-    listed = _cli("moon", "list", "--json", home=home)
+    # The demo's broker went with it: its journal is read on the stack `maestro up` runs
+    # on the same data dir (no command starts a broker behind the user's back).
+    with maestro_up(home, tmp_path, executors=False):
+        listed = _cli("moon", "list", "--json", home=home)
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert '"completed"' in listed.stdout
