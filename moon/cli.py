@@ -238,6 +238,13 @@ async def _worker(data_dir: Path | None, executor: str, capabilities: list[str],
 
     handler: Handler
     if command:
+        import shutil  # noqa: PLC0415
+
+        if shutil.which(command[0]) is None:  # say so now, not at the first step
+            from streams.cli_errors import Exit, fail  # noqa: PLC0415
+
+            fail(f"--exec program {command[0]!r} not found or not executable",
+                 Exit.INPUT)
         handler = subprocess_handler(command)
     elif url:
         handler = http_handler(url)
