@@ -24,7 +24,8 @@ def home(tmp_path, monkeypatch):
 
 
 async def test_the_embedded_default_starts_with_auth_and_roles(home):
-    async with connect(data_dir=home, name="moon-engine", role="engine") as engine:
+    # `start`: the embedded default as `maestro up`/`demo` start it (nothing else starts one).
+    async with connect(data_dir=home, name="moon-engine", role="engine", start=True) as engine:
         # The admin made the streams before the engine connected: it only checks them.
         assert await ensure_streams(engine.jetstream(), Topology(space=Space())) == []
         url = (home / "nats.url").read_text()
@@ -45,7 +46,7 @@ async def test_the_embedded_default_starts_with_auth_and_roles(home):
 
 
 async def test_rotating_a_role_on_a_running_embedded_server(home):
-    async with connect(data_dir=home, role="auditor"):
+    async with connect(data_dir=home, role="auditor", start=True):
         old = seed_file(home / "creds", "auditor").read_text()
         assert await asyncio.to_thread(main, ["--data-dir", str(home), "rotate", "auditor"]) == 0
         url = (home / "nats.url").read_text()
