@@ -208,11 +208,13 @@ class EmbeddedBroker:
         provision_executor(self.data_dir, executor_id, capabilities, creds=self.creds_dir)
         return executor_role(executor_id)
 
-    def reload(self) -> None:
+    def reload(self, wait_for: Path | None = None) -> None:
         """Rewrite the users from the seeds on disk and SIGHUP the server: new and rotated keys
-        are accepted, removed ones refused; connections of users still there stay up."""
+        are accepted, removed ones refused; connections of users still there stay up. The
+        server applies a reload asynchronously: `wait_for` a seed it must accept first."""
         self.write_auth()
-        _signal_reload(self.data_dir)
+        if _signal_reload(self.data_dir) and wait_for is not None:
+            _in_a_loop(_authorized(self.url, wait_for, 10.0))
 
     def config_text(self) -> str:
         """The server's config file; a cluster node (streams/cluster.py) adds its routes."""

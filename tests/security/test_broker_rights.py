@@ -447,7 +447,8 @@ async def test_a_provisioned_executor_works_after_reload_and_others_stay_up(
 async def test_a_rotated_key_is_refused_after_reload(secured: Secured, embedded_only):
     old = secured.broker.seed("auditor").read_text()
     rotate(secured.broker.creds_dir, "auditor")
-    secured.broker.reload()
+    # Returns once the server accepts the new seed (a reload is applied asynchronously).
+    await asyncio.to_thread(secured.broker.reload, secured.broker.seed("auditor"))
     await (await secured.connect("auditor")).flush()  # the new seed is accepted
     with pytest.raises(nats.errors.Error, match="Authorization Violation"):
         await nats.connect(secured.url, nkeys_seed_str=old, max_reconnect_attempts=0,
