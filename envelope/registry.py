@@ -19,7 +19,7 @@ import msgspec
 from nats.js import JetStreamContext
 
 from envelope.keys import KeyRing, Signer
-from envelope.statement import open_statement, sign_statement
+from envelope.statement import open_signed, sign_statement
 from streams.config import EXECUTORS
 from streams.ids import check_id
 from streams.replies import Refusal
@@ -63,15 +63,7 @@ def sign_registration(registrar: Signer, registration: Registration) -> bytes:
 def open_registration(
     data: bytes, *, keys: KeyRing, registrars: Container[str]
 ) -> Registration | Refusal:
-    verified = open_statement(data, REGISTRATION, keys=keys, authors=registrars)
-    if isinstance(verified, Refusal):
-        return verified
-    try:
-        return _decode.decode(verified.body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as error:
-        from streams.replies import Reason  # noqa: PLC0415 - only this rare path needs it
-
-        return Refusal(Reason.MALFORMED, f"registration: {error}")
+    return open_signed(data, REGISTRATION, _decode, keys=keys, authors=registrars)
 
 
 async def register(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Container
+from typing import TypeVar
 
 import msgspec
 import nacl.exceptions
@@ -33,6 +34,7 @@ __all__ = [
     "TIMER",
     "Statement",
     "Verified",
+    "open_signed",
     "open_statement",
     "sign_statement",
 ]
@@ -62,6 +64,7 @@ class Verified(msgspec.Struct, frozen=True):
 
 
 _decoder = msgspec.json.Decoder(Statement)
+T = TypeVar("T")
 
 
 def sign_statement(signer: Signer, kind: bytes, body: bytes) -> bytes:
@@ -98,3 +101,25 @@ def open_statement(
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
         return Refusal(Reason.FORGED, f"{kind.decode()} signature does not verify")
     return Verified(author=statement.by, body=body)
+
+
+def open_signed(
+    data: bytes,
+    kind: bytes,
+    decoder: msgspec.json.Decoder[T],
+    *,
+    keys: KeyRing,
+    authors: Container[str] | Callable[[str], bool],
+) -> T | Refusal:
+    """A statement opened (`open_statement`) and its body decoded: what every reader of a
+    signed message does, in one place; a body that does not decode is MALFORMED."""
+    verified = open_statement(data, kind, keys=keys, authors=authors)
+    if isinstance(verified, Refusal):
+        return verified
+    try:
+        return decoder.decode(verified.body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        return Refusal(Reason.MALFORMED, f"signed {kind.decode()} with a body that does not "
+                                         f"decode: {str(error)[:200]}")
+    except RecursionError:
+        return Refusal(Reason.MALFORMED, f"signed {kind.decode()} nested too deeply")

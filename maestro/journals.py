@@ -19,9 +19,9 @@ import structlog
 from nats.js import JetStreamContext
 
 from envelope.keys import KeyRing, Signer
-from envelope.statement import DECISION, PLAN_DECISION, open_statement, sign_statement
+from envelope.statement import DECISION, PLAN_DECISION, open_signed, open_statement, sign_statement
 from moon import replay
-from moon.journal import DECISIONS, layout
+from moon.journal import layout
 from moon.workflow import WorkflowState
 from streams import subjects
 from streams.codec import Codec, Undecodable
@@ -153,17 +153,12 @@ class SignedPlans:
 
 
 Authors = Container[str] | Callable[[str], bool]
+_decision = msgspec.json.Decoder(Decision)
 
 
 def open_decision(data: bytes, *, engines: Authors, keys: KeyRing) -> Decision | Refusal:
     """A MOON journal message as the engine wrote it, or why it is not one."""
-    verified = open_statement(data, DECISION, keys=keys, authors=engines)
-    if isinstance(verified, Refusal):
-        return verified
-    try:
-        return DECISIONS.decode(verified.body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as error:
-        return Refusal(Reason.MALFORMED, f"signed but not a decision: {error}")
+    return open_signed(data, DECISION, _decision, keys=keys, authors=engines)
 
 
 def open_deviations(data: bytes, workflow_id: str, *, engines: Authors, keys: KeyRing

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 from nats.js import JetStreamContext
 
-from envelope.statement import DECISION, SNAPSHOT, open_statement, sign_statement
+from envelope.statement import DECISION, SNAPSHOT, open_signed, open_statement, sign_statement
 from moon import workflow
 from moon.authority import Walls
 from moon.workflow import WorkflowState
@@ -42,6 +42,7 @@ __all__ = [
 # Bump when evolve's meaning changes: snapshots stamped with an older version are ignored.
 STATE_VERSION = 3  # 2: StepState.retry_due_ms; 3: StepState.start_id
 DECISIONS: Codec[Decision] = Codec(Decision)  # the body of a journal message
+_decision = msgspec.json.Decoder(Decision)
 DECIDER: Decider[MoonCommand, MoonEvent, WorkflowState] = Decider(
     decide=workflow.decide, evolve=workflow.evolve, initial=workflow.initial
 )
@@ -61,16 +62,8 @@ class SignedDecisions(Codec[Decision]):
         return sign_statement(self._walls.signer, DECISION, super().encode(value))
 
     def open(self, data: bytes) -> Decision | Refusal:
-        verified = open_statement(data, DECISION, keys=self._walls.keys,
-                                  authors=self._walls.engines)
-        if isinstance(verified, Refusal):
-            return verified
-        decoded = super().try_decode(verified.body)
-        if isinstance(decoded, Undecodable):
-            from streams.replies import Reason  # noqa: PLC0415
-
-            return Refusal(Reason.MALFORMED, decoded.error)
-        return decoded
+        return open_signed(data, DECISION, _decision, keys=self._walls.keys,
+                           authors=self._walls.engines)
 
     def decode(self, data: bytes) -> Decision:
         opened = self.open(data)

@@ -22,7 +22,7 @@ from envelope.statement import COMMAND, DECISION, SNAPSHOT, TIMER, sign_statemen
 from moon.effects import COMMANDS, seal_command
 from moon.engine import Engine
 from moon.journal import DECISIONS, STATE_VERSION
-from moon.reports import report_subject, seal_report
+from moon.reports import seal_report
 from moon.worker import Result, StepContext, Worker
 from moon.workflow import WorkflowState
 from streams.audit import AuditRecord
@@ -35,7 +35,6 @@ from streams.moon_events import (
     Dispatch,
     FireTimer,
     Replan,
-    StartStep,
     WorkflowCompleted,
 )
 from streams.replies import Reason, Refusal
@@ -327,17 +326,37 @@ async def test_a_timer_is_the_engines_own_and_never_fires_early(
         assert [a.reason for a in audits] == [Reason.FORGED, Reason.FORGED]
         # Even the engine's own timer, fired a minute early, decides nothing.
         await js.publish(subject, seal_command(tw.trust_for(space).moon, early))
-        await asyncio.sleep(0.5)
+        # Taken and settled by the engine (nothing pending or unacked on its consumer), and
+        # nothing decided: the journal still ends with the start.
+        await fw.wait_for(lambda: _commands_settled(js, space), 10)
         state = await moon.state(command.workflow_id)
         assert state.steps["a"].status == "running" and state.steps["a"].attempt == 1
         hold.release.set()
         await moon.wait_terminal(command.workflow_id, 20)
 
 
-def test_an_engine_clock_behind_the_broker_is_corrected_by_the_offset() -> None:
-    from moon.clock import _parse_ts  # noqa: PLC0415
+async def _commands_settled(js: JetStreamContext, space: Space) -> bool:
+    from moon.engine import ENGINE_CONSUMER  # noqa: PLC0415
 
-    assert _parse_ts("2026-12-01T10:20:18.894854357Z") == 1796120418894
+    info = await js.consumer_info(space.stream("MOON_CMD"), space.consumer(ENGINE_CONSUMER))
+    return info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def test_an_engine_clock_behind_the_broker_is_corrected_by_the_offset(
+    nc: Client, js: JetStreamContext, space: Space, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine whose own clock is 25 s behind (inside the envelope's skew) still reads the
+    broker's time, the clock schedules fire by."""
+    import time  # noqa: PLC0415
+
+    from moon import clock  # noqa: PLC0415
+
+    monkeypatch.setattr(clock, "local_ms", lambda: time.time_ns() // 1_000_000 - 25_000)
+    broker_clock = clock.BrokerClock(nc, f"$JS.API.STREAM.INFO.{space.stream('MOON_CMD')}")
+    assert await broker_clock.sync()
+    assert abs(broker_clock() - time.time_ns() // 1_000_000) < 1_000
+    assert 24_000 < broker_clock.offset_ms < 26_000
+    assert clock._parse_ts("2026-12-01T10:20:18.894854357Z") == 1796120418894
 
 
 # --- bounds -------------------------------------------------------------------------------------
@@ -380,9 +399,6 @@ async def test_a_deleted_engine_consumer_is_made_again(
                      seal_command(tw.trust_for(space).moon, timer))
     audits = await refusals(js, space, 1)
     assert audits and audits[0].reason is Reason.UNKNOWN_WORKFLOW
-
-
-_ = (StartStep, report_subject)  # the report path's names, for readers of this file
 
 
 async def test_a_work_order_the_engine_did_not_sign_is_never_run(
