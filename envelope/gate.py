@@ -61,6 +61,9 @@ class _Route(msgspec.Struct, frozen=True):
     method: str
     capability: str
     handler: Handler
+    # The handler decides by the request id (a second run decides nothing): no claim before it,
+    # its first answer kept with one write after it.
+    idempotent: bool = False
 
 
 _encode = msgspec.msgpack.encode
@@ -153,9 +156,13 @@ class Gate:
         self._slots = asyncio.Semaphore(concurrency)
         self._in_hand: set[asyncio.Task[None]] = set()
 
-    def route(self, method: str, handler: Handler, *, capability: str | None = None) -> None:
-        """Serve `method`; the subject stands for `capability` (default `<service>:<method>`)."""
-        self._routes[method] = _Route(method, capability or f"{self.service}:{method}", handler)
+    def route(self, method: str, handler: Handler, *, capability: str | None = None,
+              idempotent: bool = False) -> None:
+        """Serve `method`; the subject stands for `capability` (default `<service>:<method>`).
+        `idempotent`: the handler may run twice for one request id (a retry racing the first
+        try) and decides nothing the second time, so the gate skips its claim."""
+        self._routes[method] = _Route(method, capability or f"{self.service}:{method}", handler,
+                                      idempotent)
 
     # -- serving --------------------------------------------------------------------------------
 
@@ -368,21 +375,14 @@ class Gate:
             or trace_id(header_trace) != trace_id(opened.traceparent)
         ):
             log.info("trace_header_differs", header=header_trace)  # infra may re-parent: no refusal
-        earlier = await outcomes.claim(opened.request_id, opened.caller, now)
+        earlier = None if route.idempotent else await outcomes.claim(
+            opened.request_id, opened.caller, now)
         if isinstance(earlier, bytes):
             log.info("replayed", outcome="stored")
             self._count(route, "replayed", None)
             return earlier
         if isinstance(earlier, Refusal):
-            # Not this request's final answer (the id's first outcome is): audited per attempt.
-            attempt = _attempt_id(opened.request_id, opened.request_hash)
-            record = self._record(route, attempt, opened.request_hash, "refused", now,
-                                  caller=opened.caller, capability=opened.header.capability,
-                                  trace=opened.traceparent, refusal=earlier)
-            await self.audit.append(record, msg_id=attempt)
-            log.info("refused", reason=earlier.reason.value, detail=earlier.detail)
-            self._count(route, "refused", earlier.reason)
-            return self._respond(record, audience=opened.caller, reply=earlier)
+            return await self._not_first(route, opened, earlier, now, log)
         outcome: Outcome
         try:
             # Bound in contextvars so the handler's own log lines carry the trace too.
@@ -410,14 +410,41 @@ class Gate:
         response = self._respond(record, audience=opened.caller, reply=reply)
         if outcome == "failed":
             # Not a final answer: release the claim so a retry runs the handler again.
-            await outcomes.release(opened.request_id)
-            await self.audit.append(record, msg_id=_attempt_id(record.id, opened.request_hash))
+            audited = self.audit.append(record, msg_id=_attempt_id(record.id, opened.request_hash))
+            if route.idempotent:
+                await audited
+            else:
+                await asyncio.gather(outcomes.release(opened.request_id), audited)
+        elif route.idempotent:
+            # The answer and its audit record at once; the audit record's id is the request's,
+            # so a second run's record is the same one.
+            first, _ = await asyncio.gather(
+                outcomes.keep(opened.request_id, opened.caller, now, response),
+                self.audit.append(record, msg_id=record.id))
+            if isinstance(first, bytes):
+                log.info("replayed", outcome="stored")
+                self._count(route, "replayed", None)
+                return first
+            if isinstance(first, Refusal):
+                return await self._not_first(route, opened, first, now, log)
         else:
-            await outcomes.finish(opened.request_id, opened.caller, now, response)
-            await self.audit.append(record, msg_id=record.id)
+            await asyncio.gather(outcomes.finish(opened.request_id, opened.caller, now, response),
+                                 self.audit.append(record, msg_id=record.id))
         log.info("answered", outcome=outcome, reason=record.reason)
         self._count(route, outcome, record.reason)
         return response
+
+    async def _not_first(self, route: _Route, opened: Opened, refusal: Refusal, now: int,
+                         log: Any) -> bytes:
+        """Not this request's final answer (the id's first outcome is): audited per attempt."""
+        attempt = _attempt_id(opened.request_id, opened.request_hash)
+        record = self._record(route, attempt, opened.request_hash, "refused", now,
+                              caller=opened.caller, capability=opened.header.capability,
+                              trace=opened.traceparent, refusal=refusal)
+        await self.audit.append(record, msg_id=attempt)
+        log.info("refused", reason=refusal.reason.value, detail=refusal.detail)
+        self._count(route, "refused", refusal.reason)
+        return self._respond(record, audience=opened.caller, reply=refusal)
 
     def _count(self, route: _Route, outcome: str, reason: Reason | None) -> None:
         metrics.GATE_REQUESTS.labels(

@@ -1,5 +1,7 @@
 """The gate's outcome store: one KV entry per request id, a claim while the handler runs, then the
-sealed first answer, so a retry (on any replica) gets that answer instead of a second run."""
+sealed first answer, so a retry (on any replica) gets that answer instead of a second run. A
+route whose handler is idempotent by the request id skips the claim: its first answer is
+stored with one `create` (`keep`)."""
 
 from __future__ import annotations
 
@@ -72,6 +74,31 @@ class Outcomes:
         except KeyWrongLastSequenceError:
             return in_progress
         return None
+
+    async def keep(self, request_id: str, caller: str, now: int,
+                   response: bytes) -> bytes | Refusal | None:
+        """Store the first answer of a request whose handler is safe to run again (it decides
+        by the request id, so a second run decides nothing): one write instead of a claim and
+        an answer. None: this answer is the first. Otherwise the first one (bytes), or a
+        refusal when the id is another caller's."""
+        try:
+            await self._kv.create(request_id, _encode(Stored(caller, True, now, response)))
+            return None
+        except KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await self._kv.get(request_id)
+        except KeyNotFoundError:  # expired or deleted between the two calls
+            return await self.keep(request_id, caller, now, response)
+        stored = _decode(entry.value)
+        if stored is None:
+            return Refusal(Reason.REPLAYED, "request id holds an outcome the gate cannot read")
+        if stored.caller != caller:
+            return Refusal(Reason.REPLAYED, "request id already used by another caller")
+        if not stored.done:
+            return Refusal(Reason.REPLAYED, "request in progress", retryable=True,
+                           retry_after_ms=250)
+        return stored.response
 
     async def stored(self, request_id: str, caller: str) -> bytes | None:
         """The first answer to this caller's request id, if one was stored."""

@@ -228,11 +228,12 @@ def moon_gate(
         return ReplayReply(workflow_id=request.workflow_id, seq=loaded.version,
                            status=state.status, state=msgspec.json.encode(state), mismatches=bad)
 
-    gate.route("dispatch", dispatch)
-    gate.route("compensate", compensate, capability="moon:admin")
-    gate.route("cancel", cancel)
-    gate.route("checkpoint", checkpoint)
-    gate.route("fork", fork, capability="moon:admin")
+    # Each of these submits one command whose id is the request id: the journal decides it once.
+    gate.route("dispatch", dispatch, idempotent=True)
+    gate.route("compensate", compensate, capability="moon:admin", idempotent=True)
+    gate.route("cancel", cancel, idempotent=True)
+    gate.route("checkpoint", checkpoint, idempotent=True)
+    gate.route("fork", fork, capability="moon:admin", idempotent=True)
     gate.route("replay", replay_, capability="moon:read")
     return gate
 
