@@ -46,6 +46,7 @@ __all__ = [
     "emit",
     "enabled",
     "install",
+    "recording",
     "serving",
     "shutdown",
     "timed",
@@ -200,6 +201,19 @@ def install(processor: SpanProcessor, *, service_name: str = "maestro-moon") -> 
 
     shutdown()
     _state.provider, _state.sink = otel.exporting(processor, service_name)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[SpanRecord]]:
+    """The spans emitted during the block, as records (tests); what was installed before is
+    put back afterwards."""
+    found: list[SpanRecord] = []
+    before = _state.sink
+    _state.sink = found.append
+    try:
+        yield found
+    finally:
+        _state.sink = before
 
 
 def uninstall() -> None:
