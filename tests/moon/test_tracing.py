@@ -1,4 +1,4 @@
-"""A workflow's spans read off its journal, without a broker: ids, mapping, and the once-only hook."""
+"""A workflow's spans read off its journal, without a broker: ids, mapping, the once-only hook."""
 
 from __future__ import annotations
 
@@ -244,7 +244,7 @@ async def test_the_sdk_exports_the_derived_ids_and_parentage():
     finally:
         telemetry.shutdown()
     finished = exporter.get_finished_spans()
-    assert [s.name for s in finished][0] == "moon.dispatch"
+    assert finished[0].name == "moon.dispatch"
     by_name = {s.name: s for s in finished}
     dispatch = by_name["moon.dispatch"]
     assert f"{dispatch.context.trace_id:032x}" == TRACE
