@@ -159,7 +159,7 @@ def serving(service: str, method: str, request_id: str, traceparent: str,
             caller: str) -> contextlib.AbstractContextManager[Timed]:
     """The gate's span for one request, child of the caller's traceparent; the gate ends it
     once the outcome is final and stored (a replayed answer or a failed attempt emits none)."""
-    return timed(f"{service}.{method}", gate_span(service, request_id),
+    return timed(f"{service}/{method}", gate_span(service, request_id),
                  parse_traceparent(traceparent), kind="server",
                  attributes={"envelope.request_id": request_id, "envelope.caller": caller})
 
