@@ -94,7 +94,7 @@ def current_traceparent() -> str | None:
     return parent.traceparent if parent is not None and parent.span_id else None
 
 
-@dataclass
+@dataclass(slots=True)
 class Timed:
     """A span a shell is timing: started when the block starts, emitted by `end()` once."""
 
@@ -126,37 +126,44 @@ class Timed:
         self.ended = True
 
 
-@contextlib.contextmanager
-def timed(name: str, span_id: str, parent: Parent | None, *, kind: SpanKind = "internal",
-          auto_end: bool = False, attributes: Mapping[str, Attribute] | None = None,
-          ) -> Iterator[Timed]:
+class timed:  # noqa: N801  (used as a function: `with telemetry.timed(...) as span`)
     """The block runs as span `span_id`, child of `parent` (default: the current span; with
     neither, the trace id is derived from the span id). `auto_end`: emitted when the block
     ends (ERROR if it raised); otherwise the shell calls `end()` once it knows the outcome, or
-    `drop()`, since only the shell knows whether this handling was the first."""
-    parent = parent if parent is not None else _current.get()
-    trace_id = parent.trace_id if parent is not None else derive_trace_id("root", span_id)
-    sampled = parent.sampled if parent is not None else True
-    span = Timed(name=name, context=Parent(trace_id, span_id, sampled),
-                 parent_id=parent.span_id if parent is not None else "", kind=kind,
-                 start_ns=time.time_ns(), attributes=dict(attributes or {}))
-    token = _current.set(span.context)
-    try:
-        yield span
-    except BaseException as error:
-        if auto_end:
-            span.end(error=f"{type(error).__name__}: {error}"[:500])
-        raise
-    else:
-        if auto_end:
-            span.end()
-    finally:
-        span.end_ns = span.end_ns or time.time_ns()
-        _current.reset(token)
+    `drop()`, since only the shell knows whether this handling was the first.
+
+    A class, not a generator: with tracing off this is the whole cost of a span on the gate's
+    path (a context variable set and reset), so it is kept to a few attribute stores."""
+
+    __slots__ = ("_auto", "_span", "_token")
+
+    def __init__(self, name: str, span_id: str, parent: Parent | None, *,
+                 kind: SpanKind = "internal", auto_end: bool = False,
+                 attributes: Mapping[str, Attribute] | None = None) -> None:
+        parent = parent if parent is not None else _current.get()
+        if parent is None:
+            context, parent_id = Parent(derive_trace_id("root", span_id), span_id), ""
+        else:
+            context, parent_id = Parent(parent.trace_id, span_id, parent.sampled), parent.span_id
+        self._span = Timed(name=name, context=context, parent_id=parent_id, kind=kind,
+                           start_ns=time.time_ns(), attributes=dict(attributes or {}))
+        self._auto = auto_end
+
+    def __enter__(self) -> Timed:
+        self._token = _current.set(self._span.context)
+        return self._span
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 _: object) -> None:
+        span = self._span
+        span.end_ns = time.time_ns()
+        _current.reset(self._token)
+        if self._auto:
+            span.end(error="" if error is None else f"{type(error).__name__}: {error}"[:500])
 
 
 def serving(service: str, method: str, request_id: str, traceparent: str,
-            caller: str) -> contextlib.AbstractContextManager[Timed]:
+            caller: str) -> timed:
     """The gate's span for one request, child of the caller's traceparent; the gate ends it
     once the outcome is final and stored (a replayed answer or a failed attempt emits none)."""
     return timed(f"{service}/{method}", gate_span(service, request_id),

@@ -14,6 +14,7 @@ id from there. A workflow without one (an old journal, a test) gets a trace id f
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Literal, TypeAlias
 
 import msgspec
@@ -37,7 +38,6 @@ __all__ = [
 
 Attribute: TypeAlias = str | int | float | bool
 SpanKind: TypeAlias = Literal["internal", "server", "client", "producer", "consumer"]
-_HEX = frozenset("0123456789abcdef")
 
 
 class Parent(msgspec.Struct, frozen=True):
@@ -98,14 +98,16 @@ def derive_trace_id(*parts: object) -> str:
     return _digest("trace", parts, 16)
 
 
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
 def parse_traceparent(value: str | None) -> Parent | None:
     """A W3C version-00 traceparent as a Parent; None for anything else (no exceptions)."""
-    if not value or len(value) != 55 or value[2] != "-" or value[35] != "-" or value[52] != "-":
+    found = _TRACEPARENT.fullmatch(value) if value else None
+    if found is None:
         return None
-    version, trace, span, flags = value[:2], value[3:35], value[36:52], value[53:]
-    if not _HEX.issuperset(version + trace + span + flags) or version == "ff":
-        return None
-    if trace == "0" * 32 or span == "0" * 16:
+    version, trace, span, flags = found.groups()
+    if version == "ff" or trace == "0" * 32 or span == "0" * 16:
         return None
     return Parent(trace, span, sampled=bool(int(flags, 16) & 1))
 
@@ -146,5 +148,5 @@ def attempt_traceparent(workflow_id: str, traceparent: str | None, step: str, at
     """What a work order carries: the workflow's trace, the attempt's span as the parent (an
     executor's own spans hang under the attempt, in any language that reads W3C)."""
     trace = workflow_parent(workflow_id, traceparent)
-    span = attempt_span(workflow_id, step, attempt)
-    return Parent(trace.trace_id, span, trace.sampled).traceparent
+    flags = "01" if trace.sampled else "00"
+    return f"00-{trace.trace_id}-{attempt_span(workflow_id, step, attempt)}-{flags}"
