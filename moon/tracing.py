@@ -12,13 +12,15 @@ The shape of a workflow's trace (ids in streams/tracing.py):
     caller's span (Dispatched.traceparent)
     └─ moon.dispatch                 instant, emitted first: every later span hangs under it
        ├─ moon.attempt               one per attempt, scheduled -> outcome, "started" noted
+       │                             (or -> superseded by a replan, abandoned by a cancel)
        │  ├─ moon.step               the executor's run of it (moon/worker.py)
        │  └─ moon.deviation          a deviation of that attempt
        ├─ moon.compensation          compensation begins (instant)
        ├─ moon.compensation.attempt  one per compensation attempt
        ├─ moon.replan                a revision applied (MAESTRO's maestro.replan is beside it)
        ├─ moon.deviation             of the workflow (its deadline)
-       └─ moon.workflow              dispatch -> the end, with the final status
+       └─ moon.workflow              dispatch -> the end, with the status (again if a
+                                     completed workflow is compensated later)
 
 Parents are all emitted before their children except the attempt an executor's step runs in
 (it ends after the step): no span waits for a parent that arrives only when the workflow ends.
@@ -36,6 +38,7 @@ from streams import telemetry
 from streams.moon_events import (
     BudgetExhausted,
     CompensationFailed,
+    CompensationScheduled,
     CompensationStarted,
     Decision,
     Deviation,
@@ -45,6 +48,7 @@ from streams.moon_events import (
     StepCompensated,
     StepCompleted,
     StepFailed,
+    StepScheduled,
     StepTimedOut,
     WorkflowCancelled,
     WorkflowCompensated,
@@ -170,6 +174,14 @@ def _spans(state: WorkflowState, event: MoonEvent, seq: int, index: int) -> list
             if s is None or s.attempt != event.attempt:
                 return []  # not the attempt in hand: the decider journals no such event
             return [_attempt(record, wf, s, event)]
+        case StepScheduled() | CompensationScheduled():
+            # A replan that moves a step in flight schedules a fresh attempt: the old one
+            # ends here, unreported (its executor's late report is stale and decides nothing).
+            s = state.steps.get(event.step)
+            if s is None or not s.attempt or s.attempt == event.attempt or (
+                    s.status not in _IN_FLIGHT):
+                return []
+            return [_attempt(record, wf, s, event)]
         case Deviation():
             parent = attempt_span(wf, event.step, event.attempt) if event.step else dispatch
             return [instant("moon.deviation", {
@@ -191,9 +203,15 @@ def _spans(state: WorkflowState, event: MoonEvent, seq: int, index: int) -> list
             error = event.reason if isinstance(event, WorkflowFailed) else ""
             if isinstance(event, WorkflowCompensated) and event.failed:
                 error = "compensations failed: " + ", ".join(event.failed)
-            return [record("moon.workflow", derive_span_id("moon.workflow", wf), dispatch, begun,
-                           {"moon.status": _STATUS[type(event)],
-                            "moon.tokens": state.usage.tokens}, error=error)]
+            # By sequence: a completed workflow may still be compensated, and end again.
+            ended = record("moon.workflow", derive_span_id("moon.workflow", wf, seq, index),
+                           dispatch, begun, {"moon.status": _STATUS[type(event)],
+                                             "moon.tokens": state.usage.tokens}, error=error)
+            if not isinstance(event, WorkflowCancelled):
+                return [ended]
+            # Cancelled is final: the attempts in flight end with it (nothing they report counts).
+            return [*(_attempt(record, wf, s, event) for s in state.steps.values()
+                      if s.attempt and s.status in _IN_FLIGHT), ended]
         case _:
             return []  # scheduling, starts, heartbeats, checkpoints: parts of a span, not spans
 
@@ -204,10 +222,14 @@ _STATUS: dict[type, str] = {
 }
 
 
-def _attempt(record: _Record, wf: str, s: StepState,
-             event: StepCompleted | StepFailed | StepTimedOut | StepCompensated | CompensationFailed
-             ) -> SpanRecord:
-    undo = isinstance(event, StepCompensated | CompensationFailed)
+_IN_FLIGHT = frozenset({"scheduled", "running", "compensating"})
+_Ending = (StepCompleted | StepFailed | StepTimedOut | StepCompensated | CompensationFailed
+           | StepScheduled | CompensationScheduled | WorkflowCancelled)
+
+
+def _attempt(record: _Record, wf: str, s: StepState, event: _Ending) -> SpanRecord:
+    """The span of the attempt `s` is in, ended by `event` (its outcome, or what cut it off)."""
+    undo = isinstance(event, StepCompensated | CompensationFailed) or s.status == "compensating"
     notes = () if s.started_at is None else (
         SpanNote("started", s.started_at * _MS, {"moon.executor": s.executor or ""}),)
     error = ""
@@ -222,9 +244,13 @@ def _attempt(record: _Record, wf: str, s: StepState,
         case StepTimedOut():
             error = event.timer
             attributes["moon.will_retry"] = event.will_retry
+        case StepScheduled() | CompensationScheduled():
+            error = f"superseded by attempt {event.attempt}"
+        case WorkflowCancelled():
+            error = "abandoned: the workflow was cancelled"
         case _:
             pass
-    if not isinstance(event, StepTimedOut):
+    if isinstance(event, StepCompleted | StepFailed | StepCompensated | CompensationFailed):
         attributes |= {"moon.tokens": event.usage.tokens, "moon.wall_ms": event.usage.wall_ms}
     start = (s.scheduled_at if s.scheduled_at is not None else event.at_ms) * _MS
     return record("moon.compensation.attempt" if undo else "moon.attempt",

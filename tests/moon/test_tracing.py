@@ -12,12 +12,15 @@ from moon.workflow import apply, initial, work_orders
 from streams import telemetry
 from streams.decider import Decided, Runner
 from streams.moon_events import (
+    Cancel,
+    Compensate,
     CompleteStep,
     Decision,
     Dispatch,
     FailStep,
     FireTimer,
     MoonCommand,
+    Replan,
     RetryPolicy,
     StartStep,
     StepSpec,
@@ -266,3 +269,46 @@ async def test_an_unsampled_caller_is_honoured():
     finally:
         telemetry.shutdown()
     assert exporter.get_finished_spans() == ()
+
+
+async def test_compensation_and_a_second_end_are_spans_of_their_own():
+    r = runner()
+    undoable = (StepSpec(id="a", capability="work", compensation="undo"),)
+    await run(r, Dispatch(command_id="d1", workflow_id=WF, at_ms=1, steps=undoable,
+                          traceparent=CALLER))
+    await run(r, StartStep(command_id="s1", workflow_id=WF, at_ms=2, step="a", attempt=1,
+                           executor="x1"))
+    with telemetry.recording() as emitted:
+        await run(r, CompleteStep(command_id="c1", workflow_id=WF, at_ms=3, step="a",
+                                  attempt=1))
+        await run(r, Compensate(command_id="k", workflow_id=WF, at_ms=4, reason="undo it"))
+        await run(r, StartStep(command_id="s2", workflow_id=WF, at_ms=5, step="a", attempt=2,
+                               executor="x1"))
+        await run(r, CompleteStep(command_id="c2", workflow_id=WF, at_ms=6, step="a",
+                                  attempt=2))
+    assert [(s.name, s.attributes.get("moon.status", "")) for s in emitted] == [
+        ("moon.attempt", ""), ("moon.workflow", "completed"), ("moon.compensation", ""),
+        ("moon.compensation.attempt", ""), ("moon.workflow", "compensated")]
+    undo = emitted[3]
+    assert undo.span_id == attempt_span(WF, "a", 2) and undo.attributes["moon.capability"] == "undo"
+    assert len({s.span_id for s in emitted}) == len(emitted)
+    assert tracing.of_journal(await journal_of(r))[1:] == emitted
+
+
+async def test_a_replan_ends_the_attempt_it_moves_and_a_cancel_those_in_flight():
+    r = runner()
+    await run(r, Dispatch(command_id="d1", workflow_id=WF, at_ms=1, steps=chain(),
+                          traceparent=CALLER, plan_id="p"))
+    await run(r, StartStep(command_id="s1", workflow_id=WF, at_ms=2, step="a", attempt=1,
+                           executor="x1"))
+    with telemetry.recording() as emitted:
+        await run(r, Replan(command_id="r1", workflow_id=WF, at_ms=3, plan_id="p", revision=1,
+                            assignments={"a": "x2"}, reason="x1 is slow"))
+        await run(r, Cancel(command_id="k", workflow_id=WF, at_ms=4))
+    replan, moved, cut, ended = emitted
+    assert replan.name == "moon.replan" and replan.attributes["moon.plan_revision"] == 1
+    assert (moved.span_id, moved.error) == (attempt_span(WF, "a", 1), "superseded by attempt 2")
+    assert (cut.span_id, cut.error) == (attempt_span(WF, "a", 2),
+                                        "abandoned: the workflow was cancelled")
+    assert ended.attributes["moon.status"] == "cancelled"
+    assert tracing.of_journal(await journal_of(r))[1:] == emitted
