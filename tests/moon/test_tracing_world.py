@@ -20,7 +20,8 @@ from moon import replay, tracing
 from moon.authority import FromExecutor
 from moon.gateway import moon_gate
 from moon.journal import journal
-from moon.worker import Result
+from moon.service import running
+from moon.worker import NonRetryable, Result
 from streams import telemetry
 from streams.moon_events import CompleteStep, Dispatch
 from streams.replies import Refusal
@@ -158,6 +159,74 @@ async def test_one_dispatch_of_the_example_goal_is_one_trace_and_replays_add_not
     working = [e for e in logs if e["event"] == "working"]
     assert len(working) == 3
     assert all(e["trace_id"] == TRACE and e["workflow_id"] == wf for e in working)
+
+
+async def test_a_failure_replanned_is_in_the_same_trace(nc, js, space):
+    """The example chain with one injected failure: b fails for good on x1, MAESTRO replans
+    b and c onto x2; the deviation, both revisions' spans and the new attempt join the trace."""
+    trust = tw.trust_for(space)
+    exporter = Collected()
+    telemetry.install(SimpleSpanProcessor(exporter), service_name="test")
+
+    async def flaky(ctx):
+        if ctx.order.step == "b":
+            raise NonRetryable("injected")
+        return Result(output=b"ok")
+
+    async def steady(ctx):
+        return Result(output=b"ok")
+
+    async def live_offers():
+        return offers()
+
+    maestro = Maestro(nc, trust.maestro, trust.maestro_grant, trust.moon.did, live_offers,
+                      space=space)
+    try:
+        async with engine(nc, space) as eng, worker(nc, space, {"work": flaky}), \
+                worker(nc, space, {"work": steady}, executor_id="x2"):
+            moon = moon_gate(nc, eng, signer=trust.moon, trust=trust.trust_for(trust.moon))
+            planner = maestro_gate(nc, maestro, signer=trust.maestro,
+                                   trust=trust.trust_for(trust.maestro))
+            async with moon.serving(), planner.serving(), running(
+                    lambda ready: maestro.run_replanner(ready=ready), maestro.stop):
+                client = tw.operator_client(nc, space)
+                for method, body in (("maestro.plan", {"goal": GOAL, "plan_id": "t2"}),
+                                     ("maestro.allocate", {"plan_id": "t2"})):
+                    reply = await client.call(method, body, traceparent=CALLER)
+                    assert not isinstance(reply, Refusal), reply
+                wf = reply.result(Allocated).workflow_id
+                final = await eng.wait_terminal(wf, 60)
+                await exporter.wait_for("moon.workflow")
+    finally:
+        telemetry.shutdown()
+    assert final.status == "completed" and final.steps["b"].executor == "x2"
+    assert {ids(s)[0] for s in exporter.spans} == {TRACE}
+    spans = {ids(s)[1]: s for s in exporter.spans}
+    assert len(spans) == len(exporter.spans)
+
+    def named(name: str) -> list[ReadableSpan]:
+        return [s for s in exporter.spans if s.name == name]
+
+    def parent(span: ReadableSpan) -> str:
+        return spans[ids(span)[2]].name
+
+    (deviation,) = named("moon.deviation")
+    assert deviation.attributes["moon.deviation"] == "failed"
+    assert ids(deviation)[2] == attempt_span(wf, "b", 1)
+    (revised,) = named("maestro.replan")
+    assert parent(revised) == "moon.dispatch" and revised.attributes["maestro.revision"] == 1
+    assert sorted(parent(s) for s in named("maestro.solve")) == ["maestro.plan", "maestro.replan"]
+    (applied,) = named("moon.replan")
+    assert parent(applied) == "moon.dispatch"
+    attempts = {(s.attributes["moon.step"], s.attributes["moon.attempt"]): s
+                for s in named("moon.attempt")}
+    assert sorted(attempts) == [("a", 1), ("b", 1), ("b", 2), ("c", 1)]
+    assert attempts[("b", 1)].status.description == "injected"
+    assert attempts[("b", 2)].attributes["moon.executor"] == "x2"
+    runs = {(s.attributes["moon.step"], s.attributes["moon.attempt"]): s
+            for s in named("moon.step")}
+    assert sorted(runs) == sorted(attempts)
+    assert runs[("b", 1)].status.description == "NonRetryable: injected"
 
 
 class _Collector(http.server.BaseHTTPRequestHandler):
