@@ -62,7 +62,7 @@ from envelope.client import Client  # noqa: E402
 from envelope.local import executor_key, local_trust  # noqa: E402
 from moon import journal, replay, workflow  # noqa: E402
 from moon.clock import local_ms as now_ms  # noqa: E402
-from moon.engine import WorkflowSummary, summary  # noqa: E402
+from moon.index import WorkflowSummary, summary  # noqa: E402
 from moon.local import local_walls, register_local_executor  # noqa: E402
 from moon.worker import Handler, NonRetryable, Result, StepContext, Worker  # noqa: E402
 from moon.workflow import WorkflowState, is_terminal  # noqa: E402

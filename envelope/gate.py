@@ -347,7 +347,10 @@ class Gate:
         pending = check_envelope(data, trust=self.trust, capability=route.capability, now_ms=now)
         if isinstance(pending, Refusal):
             return pending
-        if self._down_since is not None and now - self._down_since > self._grace_ms:
+        down = self._down_since
+        if down is None and not self.revocations_live:
+            down = now  # down before the task that notes it ran: count from now
+        if down is not None and now - down >= self._grace_ms:
             # Fail closed: a revocation made while the watch is down would not be seen.
             return pending.refuse(Refusal(
                 Reason.UNAVAILABLE, "revocation list is not current", retryable=True,

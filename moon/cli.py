@@ -504,7 +504,7 @@ def status_command(
 
 
 async def _list(data_dir: Path | None) -> list[dict[str, Any]]:
-    """The index's entries (moon.engine.WorkflowSummary) as dicts: importing the engine to
+    """The index's entries (moon.index.WorkflowSummary) as dicts: importing the engine to
     decode them would double `moon list`'s start-up."""
     import msgspec  # noqa: PLC0415
     from nats.js.errors import BucketNotFoundError  # noqa: PLC0415

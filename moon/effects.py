@@ -1,4 +1,4 @@
-"""What the engine sends after a decision: work orders, durable timers, commands. One adapter.
+"""What the engine sends after a decision: work orders, its wake-ups, commands. One adapter.
 
 Every send is idempotent by `Nats-Msg-Id`, so re-sending after a crash (the command was not
 acknowledged, so it comes back) never doubles an order or a timer.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import msgspec
@@ -25,7 +25,6 @@ from streams.moon_events import (
     MoonCommand,
     MoonEvent,
     StepScheduled,
-    TimerRequest,
     WorkOrder,
     command_kind,
 )
@@ -82,15 +81,18 @@ class Effects:
         return self._space.subject(target)
 
     async def send_orders(self, orders: Iterable[WorkOrder]) -> int:
-        sent = 0
-        for order in orders:
+        """All at once: a fan-out's orders do not wait for each other's acknowledgements."""
+
+        async def send(order: WorkOrder) -> None:
             key = ("undo:" if order.compensation else "") + order.idempotency_key
             # Signed: an executor runs only what an engine ordered (side effects are real).
             data = sign_statement(self._signer, ORDER, ORDERS.encode(order))
             await self._js.publish(self.order_subject(order), data,
                                    headers={"Nats-Msg-Id": key})
-            sent += 1
-        return sent
+
+        batch = list(orders)
+        await asyncio.gather(*(send(order) for order in batch))
+        return len(batch)
 
     async def send_command(self, command: MoonCommand) -> None:
         subject = self._space.subject(subjects.moon_cmd(command.workflow_id, command_kind(command)))
@@ -99,35 +101,25 @@ class Effects:
             headers={"Nats-Msg-Id": command.command_id},
         )
 
-    async def cancel(self, timers: Sequence[TimerRequest]) -> None:
-        """Drop pending schedules (a purge of each timer's subject), all at once. Best effort:
-        a schedule left in place fires into a decision of nothing."""
-        stream = self._space.stream("MOON_CMD")
+    async def disarm(self, workflow_id: str) -> None:
+        """Drop the workflow's pending wake-up (a purge of its subject). Best effort: one left in
+        place fires into a workflow with nothing due, which decides nothing."""
+        subject = self._space.subject(subjects.timer(workflow_id, "wake"))
+        with contextlib.suppress(Exception):
+            await self._js.purge_stream(self._space.stream("MOON_CMD"), subject=subject)
 
-        async def purge(timer: TimerRequest) -> None:
-            subject = self._space.subject(subjects.timer(timer.workflow_id, timer.name))
-            with contextlib.suppress(Exception):
-                await self._js.purge_stream(stream, subject=subject)
-
-        await asyncio.gather(*(purge(t) for t in timers))
-
-    async def schedule(self, timers: Iterable[TimerRequest], now_ms: int) -> None:
-        """A server-side schedule per timer (NATS 2.12 `Nats-Schedule`): survives our crash."""
-        for timer in timers:
-            fire = FireTimer(
-                command_id=f"timer/{timer.workflow_id}/{timer.name}/{timer.at_ms}",
-                workflow_id=timer.workflow_id, at_ms=timer.at_ms, kind=timer.kind,
-                step=timer.step, attempt=timer.attempt,
-            )
-            if timer.at_ms <= now_ms:
-                await self.send_command(fire)
-                continue
-            target = self._space.subject(subjects.moon_cmd(timer.workflow_id, "fire_timer"))
-            await self._js.publish(
-                self._space.subject(subjects.timer(timer.workflow_id, timer.name)),
-                seal_command(self._signer, fire),
-                headers={
-                    "Nats-Schedule": f"@at {_rfc3339(timer.at_ms)}",
-                    "Nats-Schedule-Target": target,
-                },
-            )
+    async def arm(self, workflow_id: str, at_ms: int, now_ms: int) -> None:
+        """The workflow's one wake-up, a server-side schedule (NATS 2.12 `Nats-Schedule`) that
+        survives our crash. A schedule replaces the one before it on the same subject, so the
+        engine arms only when the earliest due time moves earlier, and again after a firing."""
+        wake = FireTimer(command_id=f"wake/{workflow_id}/{at_ms}", workflow_id=workflow_id,
+                         at_ms=at_ms, kind="wake")
+        if at_ms <= now_ms:
+            await self.send_command(wake)
+            return
+        target = self._space.subject(subjects.moon_cmd(workflow_id, "fire_timer"))
+        await self._js.publish(
+            self._space.subject(subjects.timer(workflow_id, "wake")),
+            seal_command(self._signer, wake),
+            headers={"Nats-Schedule": f"@at {_rfc3339(at_ms)}", "Nats-Schedule-Target": target},
+        )

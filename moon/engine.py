@@ -1,11 +1,16 @@
 """The engine service: commands in, decisions journaled, work orders and timers out.
 
 Order of effects for every command: authorize, decide and append (the journal is the truth),
-then arm timers, then send orders (beside the workflow-index put), then answer or acknowledge.
+then, all at once, send the orders, arm the workflow's wake-up if its earliest timer moved
+earlier, and put its index entry if what `moon list` shows changed; then answer or acknowledge.
 A crash anywhere before the answer brings the command back; the decider then decides nothing
-(same command id) and the engine arms the timers and re-sends the orders of the state it folds,
-both deduplicated (same timer command ids, `Nats-Msg-Id` on orders). Several engines may share
+(same command id) and the engine arms the wake-up and re-sends the orders of the state it folds
+(a schedule replaces its predecessor, orders carry `Nats-Msg-Id`). Several engines may share
 the work: optimistic concurrency on the journal keeps them correct.
+
+Timers are not messages per step: each workflow has one durable wake-up (a server-side
+schedule) at or before its earliest due timer, and the timers themselves are read off the state
+(`moon.workflow.pending_timers`) when it fires. A 3-step chain arms it once, at dispatch.
 
 Where commands come from, and how each is authenticated before `decide` (moon/authority.py):
 - the gate, in process (dispatch, cancel, compensate, checkpoint): the caller's envelope;
@@ -36,7 +41,7 @@ from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from envelope.registry import Registry
 from envelope.statement import COMMAND, REPORT, TIMER, open_statement
-from moon import journal, workflow
+from moon import index, journal, workflow
 from moon.authority import (
     FromEngine,
     FromExecutor,
@@ -47,13 +52,14 @@ from moon.authority import (
 )
 from moon.clock import BrokerClock
 from moon.effects import COMMANDS, Effects, in_flight_orders
+from moon.index import WorkflowSummary
 from moon.reports import RETRY_HEADER, ReportReply, parse_report_subject
 from moon.workflow import (
     WorkflowState,
+    due_timers,
     is_terminal,
-    moot_timers,
     pending_timers,
-    timers,
+    wake_at,
     work_orders,
 )
 from streams import metrics
@@ -75,35 +81,14 @@ from streams.replies import CODES, Reason, Refusal
 from streams.store import Unreadable
 from streams.subjects import Space, reports
 
-__all__ = ["Engine", "WorkflowSummary", "follow_until_terminal"]
+__all__ = ["Engine", "follow_until_terminal"]
 
 log = structlog.get_logger("moon.engine")
 ENGINE_CONSUMER = "moon-engine"
 TIMER_EARLY_MS = 1_000  # schedules have one-second precision
+WAKE_SLACK_MS = 20  # a timer due this soon fires with the wake-up instead of another schedule
+WAKE_ROUNDS = 100  # timers a decision makes due at once, fired in the same wake-up
 CONSUMER_CHECK_S = 2.0
-
-
-class WorkflowSummary(msgspec.Struct, frozen=True):
-    """The workflow index entry: answers `moon list` without reading the journal."""
-
-    workflow_id: str
-    status: str
-    steps: int
-    completed: int
-    version: int
-    updated_ms: int
-    plan_id: str | None = None
-    tokens: int = 0
-    detail: str = ""  # why a workflow is quarantined
-
-
-def summary(state: WorkflowState, version: int, at_ms: int) -> WorkflowSummary:
-    done = sum(1 for s in state.steps.values() if s.status == "completed")
-    return WorkflowSummary(
-        workflow_id=state.workflow_id, status=state.status, steps=len(state.steps),
-        completed=done, version=version, updated_ms=at_ms, plan_id=state.plan_id,
-        tokens=state.usage.tokens,
-    )
 
 
 @dataclass
@@ -173,10 +158,20 @@ class Engine:
         """Authorize, decide, journal, send effects. Safe to call again with the same command:
         pass `redelivered=True` when it may have been handled before (a redelivery, a caller's
         retry), so that a decision journaled by a handling that died before its effects gets
-        its timers and orders sent now."""
+        its wake-up and orders sent now."""
+        wf = command.workflow_id
+        if (why := self.quarantined.get(wf)) is not None:
+            return Refusal(Reason.QUARANTINED, why)
+        async with self._lock(wf):
+            return await self._decide(command, source, redelivered=redelivered)
+
+    async def _decide(
+        self, command: MoonCommand, source: Source, *, redelivered: bool
+    ) -> Decided[MoonEvent, WorkflowState] | Refusal:
+        """`submit` with the workflow's lock held."""
         kind = command_kind(command)
         with metrics.COMMAND_SECONDS.labels(kind).time():
-            outcome = await self._submit(command, source, redelivered=redelivered)
+            outcome = await self._decide_and_send(command, source, redelivered=redelivered)
         match outcome:
             case Refusal():
                 metrics.COMMANDS.labels(kind, "refused").inc()
@@ -189,47 +184,53 @@ class Engine:
                 _count_events(outcome.events)
         return outcome
 
-    async def _submit(
+    async def _decide_and_send(
         self, command: MoonCommand, source: Source, *, redelivered: bool
     ) -> Decided[MoonEvent, WorkflowState] | Refusal:
         wf = command.workflow_id
-        if (why := self.quarantined.get(wf)) is not None:
-            return Refusal(Reason.QUARANTINED, why)
-        async with self._lock(wf):
-            try:
-                outcome = await self.runner.handle(
-                    wf, command, key=command.command_id,
-                    check=lambda c, state: authorize(c, source, state),
-                )
-            except Unreadable as bad:
-                return await self._quarantine(bad)
-            if isinstance(outcome, Refusal):
-                self.stats.refusals += 1
-                return outcome
-            state = outcome.state
-            if outcome.events and not outcome.duplicate:
-                self.stats.decisions += 1
-                orders = work_orders(state, outcome.events)
-                moot = moot_timers(state, outcome.events)
-                # Timers before orders: an order never runs without its timeout armed.
-                await self.effects.schedule(timers(state, outcome.events), self.clock())
-                self.stats.deviations += sum(isinstance(e, Deviation) for e in outcome.events)
-            elif redelivered or outcome.duplicate:
-                # The first handling may have journaled but not sent: arm again every timer the
-                # state waits on, then re-send what is in flight (both are deduplicated).
-                self.stats.duplicates += 1
-                await self.effects.schedule(pending_timers(state), self.clock())
-                orders = in_flight_orders(state)
-                moot = []
-            else:
-                return outcome
-            # The index is a cache of the journal: written beside the orders, not before them,
-            # which saves a round trip per command.
-            sent, *_ = await asyncio.gather(self.effects.send_orders(orders),
-                                            self._index_put(state, outcome.version),
-                                            self.effects.cancel(moot))
-            self.stats.orders += sent
+        try:
+            outcome = await self.runner.handle(
+                wf, command, key=command.command_id,
+                check=lambda c, state: authorize(c, source, state),
+            )
+        except Unreadable as bad:
+            return await self._quarantine(bad)
+        if isinstance(outcome, Refusal):
+            self.stats.refusals += 1
             return outcome
+        state, now = outcome.state, self.clock()
+        effects: list[Awaitable[object]] = []
+        if outcome.events and not outcome.duplicate:
+            self.stats.decisions += 1
+            self.stats.deviations += sum(isinstance(e, Deviation) for e in outcome.events)
+            orders = work_orders(state, outcome.events)
+            # One wake-up per workflow, armed no later than its earliest timer: re-armed only
+            # when that moves earlier (a step's own timeout is later than the one before it,
+            # so a chain arms once), dropped when nothing is left to wait for.
+            before = None if outcome.prior is None else wake_at(outcome.prior)
+            after = wake_at(state)
+            if after is not None and (before is None or after < before):
+                effects.append(self.effects.arm(wf, after, now))
+            elif after is None and before is not None:
+                effects.append(self.effects.disarm(wf))
+            if index.changed(outcome.prior, state):
+                effects.append(self._index_put(state, outcome.version, now))
+        elif redelivered or outcome.duplicate:
+            # The first handling may have journaled but not sent: arm the wake-up again and
+            # re-send what is in flight (a schedule replaces its predecessor; orders carry
+            # `Nats-Msg-Id`), and put the index entry that may be missing.
+            self.stats.duplicates += 1
+            orders = in_flight_orders(state)
+            if (after := wake_at(state)) is not None:
+                effects.append(self.effects.arm(wf, after, now))
+            effects.append(self._index_put(state, outcome.version, now))
+        else:
+            return outcome
+        # All at once, none before another: a crash between them leaves the command unanswered
+        # (or unacknowledged), and its retry sends all of them again.
+        sent, _ = await asyncio.gather(self.effects.send_orders(orders), asyncio.gather(*effects))
+        self.stats.orders += sent
+        return outcome
 
     async def _quarantine(self, bad: Unreadable) -> Refusal:
         """A journal message that does not decode or verify: the workflow cannot be folded
@@ -270,10 +271,9 @@ class Engine:
             if entry.users == 0:
                 del self._locks[workflow_id]
 
-    async def _index_put(self, state: WorkflowState, version: int) -> None:
-        index = await self._workflows()
-        entry = summary(state, version, self.clock())
-        await index.put(state.workflow_id, msgspec.json.encode(entry))
+    async def _index_put(self, state: WorkflowState, version: int, now: int) -> None:
+        bucket = await self._workflows()
+        await bucket.put(state.workflow_id, msgspec.json.encode(index.summary(state, version, now)))
 
     # --- executors' reports (request/reply) ----------------------------------------------------
 
@@ -360,12 +360,12 @@ class Engine:
         now = self.clock()
         source: Source
         if isinstance(command, FireTimer):
+            if command.kind == "wake":
+                return await self._wake(command, FromEngine(verified.author))
             if command.at_ms > now + TIMER_EARLY_MS:
-                # Fired before it is due by our clock (the broker's, as best we know it): arm it
-                # again rather than decide a timeout early.
-                await self.effects.schedule([TimerRequest(
-                    workflow_id=command.workflow_id, kind=command.kind, at_ms=command.at_ms,
-                    step=command.step, attempt=command.attempt)], now)
+                # Fired before it is due by our clock (the broker's, as best we know it): wake
+                # the workflow then rather than decide a timeout early.
+                await self.effects.arm(command.workflow_id, command.at_ms, now)
                 return True
             # Handled late (no engine was running when it fired): decide as of now, so a retry
             # it schedules gets a deadline in the future, not one already past.
@@ -385,6 +385,49 @@ class Engine:
         if isinstance(outcome, Refusal):
             return await self._settle_refused(kind, outcome, msg.data, caller=verified.author,
                                               workflow=command.workflow_id)
+        return True
+
+    async def _wake(self, wake: FireTimer, source: FromEngine) -> bool | None:
+        """A workflow's wake-up: decide every timer of its state that is due, then arm the next
+        one (the schedule that fired is spent). A timer the state still waits on after firing
+        (it decided nothing) is not armed again here: the next decision arms it. Timers not yet
+        due are never fired early (a heartbeat window is often about a second): the schedule,
+        rounded up to its second, fires at or after them, and one still ahead is armed again."""
+        wf = wake.workflow_id
+        if wf in self.quarantined:
+            return True
+        try:
+            async with self._lock(wf):
+                try:
+                    _, state = await self.runner.load(wf)
+                except Unreadable as bad:
+                    await self._quarantine(bad)
+                    return True
+                tried: set[str] = set()  # fired once here: not again, not re-armed
+                now = self.clock()
+                for _ in range(WAKE_ROUNDS):
+                    # A decision may make another timer due at once (a retry without backoff).
+                    due = [t for t in due_timers(state, now + WAKE_SLACK_MS)
+                           if _fire_id(wf, t) not in tried]
+                    if not due:
+                        break
+                    for timer in due:
+                        fire = FireTimer(command_id=_fire_id(wf, timer), workflow_id=wf,
+                                         at_ms=max(timer.at_ms, now), kind=timer.kind,
+                                         step=timer.step, attempt=timer.attempt)
+                        tried.add(fire.command_id)
+                        self.stats.commands += 1
+                        outcome = await self._decide(fire, source, redelivered=False)
+                        if not isinstance(outcome, Refusal):
+                            state = outcome.state
+                    now = self.clock()
+                after = min((t.at_ms for t in pending_timers(state)
+                             if _fire_id(wf, t) not in tried), default=None)
+                if after is not None:
+                    await self.effects.arm(wf, after, now)
+        except Exception as error:
+            self._deferred(wake, error)
+            return None
         return True
 
     def _deferred(self, command: MoonCommand, error: Exception) -> None:
@@ -512,6 +555,12 @@ class Engine:
         """Follow the workflow's journal until it ends; the state is the fold of what was read."""
         return await asyncio.wait_for(
             follow_until_terminal(self.js, self.space, self.walls, workflow_id), timeout_s)
+
+
+def _fire_id(workflow_id: str, timer: TimerRequest) -> str:
+    """A timer's firing, named by what it fires and when it was due: a wake-up handled twice
+    (two engines, a redelivery) fires it once."""
+    return f"timer/{workflow_id}/{timer.name}/{timer.at_ms}"
 
 
 def _count_events(events: Iterable[MoonEvent]) -> None:

@@ -91,12 +91,12 @@ __all__ = [
     "apply",
     "backoff_ms",
     "decide",
+    "due_timers",
     "evolve",
     "initial",
     "is_terminal",
-    "moot_timers",
     "pending_timers",
-    "timers",
+    "wake_at",
     "work_orders",
 ]
 
@@ -680,6 +680,9 @@ def _compensation_failed(
 
 def _fire(command: FireTimer, acc: _Acc) -> list[MoonEvent] | Refusal | None:
     state, at = acc.state, command.at_ms
+    if command.kind == "wake":
+        # The engine turns a wake-up into the timers that are due; as a decision it means nothing.
+        return Refusal(Reason.MALFORMED, "a wake-up is not a timer to decide")
     if command.kind == "workflow_deadline":
         if state.status != "running" or state.late:
             return []
@@ -1029,73 +1032,15 @@ def pending_timers(state: WorkflowState) -> list[TimerRequest]:
     return out
 
 
-def moot_timers(state: WorkflowState, events: list[MoonEvent]) -> list[TimerRequest]:
-    """Timers `events` made pointless: a settled attempt's timeout and heartbeat timers, the
-    workflow deadline once the workflow ended. Cancelling them saves the engine a command each
-    (a step's timeout otherwise fires a minute after the step is done); one that fires anyway
-    decides nothing. Only the names count (`at_ms` is 0)."""
-    wf = state.workflow_id
-    out: list[TimerRequest] = []
-    for event in events:
-        match event:
-            case StepCompleted() | StepFailed() | StepCompensated() | CompensationFailed():
-                out.append(TimerRequest(workflow_id=wf, kind="step_timeout", at_ms=0,
-                                        step=event.step, attempt=event.attempt))
-                if state.steps[event.step].spec.heartbeat_timeout_ms is not None:
-                    out.append(TimerRequest(workflow_id=wf, kind="heartbeat_timeout", at_ms=0,
-                                            step=event.step, attempt=event.attempt))
-            case WorkflowCompleted() | WorkflowFailed() | WorkflowCompensated() | (
-                WorkflowCancelled()
-            ) if state.deadline_ms is not None:
-                out.append(TimerRequest(workflow_id=wf, kind="workflow_deadline", at_ms=0))
-            case _:
-                pass
-    return out
+def wake_at(state: WorkflowState, *, after_ms: int | None = None) -> int | None:
+    """When the workflow next needs its engine without a command: the earliest timer it waits
+    on (later than `after_ms`, if given), or None. The engine keeps one durable wake-up per
+    workflow armed no later than this, instead of a schedule per timer."""
+    due = [t.at_ms for t in pending_timers(state) if after_ms is None or t.at_ms > after_ms]
+    return min(due, default=None)
 
 
-def timers(state: WorkflowState, events: list[MoonEvent]) -> list[TimerRequest]:
-    """Durable timers `events` call for; a stale one firing later decides nothing."""
-    if is_terminal(state):
-        return []
-    wf = state.workflow_id
-    out: list[TimerRequest] = []
-    for event in events:
-        match event:
-            case Dispatched(deadline_ms=deadline) if deadline is not None:
-                out.append(TimerRequest(workflow_id=wf, kind="workflow_deadline", at_ms=deadline))
-            case StepScheduled() | CompensationScheduled():
-                spec = state.steps[event.step].spec
-                out.append(
-                    TimerRequest(
-                        workflow_id=wf,
-                        kind="step_timeout",
-                        at_ms=event.at_ms + spec.timeout_ms,
-                        step=event.step,
-                        attempt=event.attempt,
-                    )
-                )
-            case StepStarted() | StepHeartbeat() | StepCheckpointed():
-                window = state.steps[event.step].spec.heartbeat_timeout_ms
-                if window is not None:
-                    out.append(
-                        TimerRequest(
-                            workflow_id=wf,
-                            kind="heartbeat_timeout",
-                            at_ms=event.at_ms + window,
-                            step=event.step,
-                            attempt=event.attempt,
-                        )
-                    )
-            case RetryScheduled():
-                out.append(
-                    TimerRequest(
-                        workflow_id=wf,
-                        kind="retry_backoff",
-                        at_ms=event.due_ms,
-                        step=event.step,
-                        attempt=event.attempt,
-                    )
-                )
-            case _:
-                pass
-    return out
+def due_timers(state: WorkflowState, until_ms: int) -> list[TimerRequest]:
+    """The timers a wake-up at `until_ms` fires, earliest first."""
+    return sorted((t for t in pending_timers(state) if t.at_ms <= until_ms),
+                  key=lambda t: t.at_ms)

@@ -45,6 +45,9 @@ class Decided(msgspec.Struct, Generic[E, S], frozen=True):
     state: S
     version: int
     duplicate: bool = False  # an earlier append with the same command id already holds these
+    # The state the events were decided on: what an effect that depends on the change (not on
+    # the state alone) compares against, without a second read.
+    prior: S | None = None
 
 
 @dataclass
@@ -118,12 +121,13 @@ class Runner(Generic[C, E, S, B]):
                     version, state = await self.load(aggregate)
                     return Decided(events=events, state=state, version=seq, duplicate=True)
                 case Appended(seq=seq):
+                    prior = state
                     if self.journaled is not None:
                         self.journaled(state, self.pack(command, events), seq)
                     state = self.apply(state, self.pack(command, events))
                     self._remember(aggregate, seq, state)
                     await self._maybe_snapshot(aggregate, seq, state)
-                    return Decided(events=events, state=state, version=seq)
+                    return Decided(events=events, state=state, version=seq, prior=prior)
         raise Contention(f"{aggregate}: lost {self.attempts} races in a row")
 
     async def _maybe_snapshot(self, aggregate: str, version: int, state: S) -> None:

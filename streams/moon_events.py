@@ -60,8 +60,10 @@ __all__ = [
     "significant_kind",
 ]
 
+# "wake": the engine's one wake-up per workflow (moon/engine.py), which fires whichever of the
+# others are due; never decided itself.
 TimerKind: TypeAlias = Literal[
-    "step_timeout", "heartbeat_timeout", "retry_backoff", "workflow_deadline"
+    "step_timeout", "heartbeat_timeout", "retry_backoff", "workflow_deadline", "wake"
 ]
 DeviationKind: TypeAlias = Literal[
     "failed", "late", "executor_lost", "budget_overrun", "deadline_at_risk", "compensation_failed"
@@ -430,8 +432,8 @@ class TimerRequest(msgspec.Struct, frozen=True):
     @property
     def name(self) -> str:
         """One pending timer per name: a newer heartbeat timer replaces the older one."""
-        if self.kind == "workflow_deadline":
-            return "workflow_deadline"
+        if self.kind in ("workflow_deadline", "wake"):
+            return self.kind
         return f"{self.kind}.{self.step}.{self.attempt}"
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 
 from envelope.refusals import Problem
-from moon.engine import WorkflowSummary
+from moon.index import WorkflowSummary
 from streams.audit import AuditRecord
 from surfaces.routes import METHODS
 

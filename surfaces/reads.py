@@ -18,7 +18,7 @@ from maestro import plans
 from maestro.journals import SignedPlans
 from moon import replay
 from moon.authority import Walls
-from moon.engine import WorkflowSummary
+from moon.index import WorkflowSummary
 from moon.journal import journal
 from moon.workflow import WorkflowState
 from streams import subjects

@@ -4,6 +4,7 @@ long run found, pinned small."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,9 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from envelope.keys import KeyRing
+from envelope.statement import TIMER, open_statement
 from moon.clock import local_ms as now_ms
+from moon.effects import COMMANDS
 from streams.broker import find_server_binary
-from streams.moon_events import FailStep, RetryPolicy, StartStep
+from streams.moon_events import FailStep, FireTimer, RetryPolicy, StartStep
+from streams.replies import Refusal
 
 from . import walls as tw
 from .moon.engine_world import dispatch, new_engine, step
@@ -90,11 +95,19 @@ async def test_a_timer_lost_between_the_append_and_the_schedule_is_armed_on_rede
     async def killed(*_: object, **__: object) -> None:
         raise ConnectionError("kill -9 between the append and the schedule")
 
-    first.effects.schedule = killed  # type: ignore[method-assign]
-    with pytest.raises(ConnectionError):
+    # The broker lost the workflow's wake-up, and the engine dies before it arms another.
+    await first.effects.disarm(command.workflow_id)
+    first.effects.arm = killed  # type: ignore[method-assign]
+    with contextlib.suppress(ConnectionError):
         await first.submit(failed, source=x1)  # journaled: StepFailed(will_retry), RetryScheduled
     again = await new_engine(nc, space)
     await again.submit(failed, source=x1, redelivered=True)  # the command comes back
-    info = await js.stream_info(space.stream("MOON_CMD"), subjects_filter=space.subject(">"))
-    armed = [s for s in (info.state.subjects or {}) if ".retry_backoff." in s]
-    assert armed, info.state.subjects
+    wake = space.subject(f"moon.timer.{command.workflow_id}.wake")
+    armed = await js.get_last_msg(space.stream("MOON_CMD"), wake)
+    assert again.walls.signer is not None
+    verified = open_statement(armed.data, TIMER, keys=KeyRing(),
+                              authors={again.walls.signer.did})
+    assert not isinstance(verified, Refusal), verified
+    fire = COMMANDS.decode(verified.body)
+    retry = (await again.state(command.workflow_id)).steps["s"].retry_due_ms
+    assert isinstance(fire, FireTimer) and fire.kind == "wake" and fire.at_ms == retry

@@ -20,7 +20,7 @@ from maestro.goal import load_goal, load_offers
 from maestro.planner import plan_goal
 from maestro.solve import SolveOptions
 from moon import replay
-from moon.engine import WorkflowSummary
+from moon.index import WorkflowSummary
 from moon.screens import events_of, list_view, shown_status, state_json, status_view, wait_hints
 from moon.workflow import decide
 from streams.moon_events import (

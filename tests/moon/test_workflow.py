@@ -15,11 +15,11 @@ from moon.workflow import (
     apply,
     backoff_ms,
     decide,
+    due_timers,
     initial,
     is_terminal,
-    moot_timers,
     pending_timers,
-    timers,
+    wake_at,
     work_orders,
 )
 from streams.moon_events import (
@@ -156,10 +156,11 @@ def test_dispatch_tells_the_shell_which_orders_and_timers_to_send() -> None:
     assert (order.step, order.attempt, order.executor, order.capability) == ("a", 1, "x", "do.a")
     assert order.idempotency_key == "w1/a/1"
     assert order.deadline_ms == 100
-    assert timers(state, events) == [
+    assert pending_timers(state) == [
         TimerRequest(workflow_id=W, kind="workflow_deadline", at_ms=900),
         TimerRequest(workflow_id=W, kind="step_timeout", at_ms=100, step="a", attempt=1),
     ]
+    assert wake_at(state) == 100  # the engine's one wake-up: the earliest of them
 
 
 def test_a_step_is_scheduled_once_all_its_dependencies_completed() -> None:
@@ -182,7 +183,7 @@ def test_the_last_completion_completes_the_workflow_with_its_usage() -> None:
     events, state = then(state, done("b", usage=Usage(tokens=4, wall_ms=9, joules=0.5)))
     assert events[-1] == WorkflowCompleted(at_ms=0, usage=Usage(tokens=7, wall_ms=9, joules=0.5))
     assert is_terminal(state) and state.status == "completed"
-    assert work_orders(state, events) == [] and timers(state, events) == []
+    assert work_orders(state, events) == [] and wake_at(state) is None
 
 
 def test_an_empty_workflow_completes_at_once() -> None:
@@ -251,42 +252,46 @@ def test_a_retryable_failure_schedules_a_retry_timer_with_the_backoff_delay() ->
         RetryScheduled(at_ms=1000, step="a", attempt=2, delay_ms=100, due_ms=1100),
     ]
     assert state.steps["a"].status == "backoff" and state.usage.tokens == 2
-    assert timers(state, events) == [
+    assert pending_timers(state) == [
         TimerRequest(workflow_id=W, kind="retry_backoff", at_ms=1100, step="a", attempt=2)
     ]
 
 
-def test_pending_timers_are_the_ones_each_decision_asked_for_that_are_still_awaited() -> None:
-    """What a redelivered command arms again when its first handling died before scheduling."""
+def test_pending_timers_are_what_the_state_waits_on_and_the_wake_up_is_the_earliest() -> None:
+    """What a wake-up fires, and where the engine arms the next one."""
     command = dispatch(spec("a", timeout_ms=100, heartbeat_timeout_ms=50, retry=POLICY),
                        spec("b", "a"), deadline_ms=900)
-    events, state = then(initial, command)
-    assert pending_timers(state) == timers(state, events)
-    events, state = then(state, c(StartStep, step="a", attempt=1, executor="x", at_ms=10))
+    _, state = then(initial, command)
+    _, state = then(state, c(StartStep, step="a", attempt=1, executor="x", at_ms=10))
     assert pending_timers(state) == [
         TimerRequest(workflow_id=W, kind="workflow_deadline", at_ms=900),
         TimerRequest(workflow_id=W, kind="step_timeout", at_ms=100, step="a", attempt=1),
-        *timers(state, events),  # the heartbeat window from the start
+        TimerRequest(workflow_id=W, kind="heartbeat_timeout", at_ms=60, step="a", attempt=1),
     ]
-    events, state = then(state, fail("a", at_ms=40))
+    assert wake_at(state) == 60 and wake_at(state, after_ms=60) == 100
+    assert [t.kind for t in due_timers(state, 100)] == ["heartbeat_timeout", "step_timeout"]
+    assert due_timers(state, 59) == []
+    _, state = then(state, fail("a", at_ms=40))
     retry = TimerRequest(workflow_id=W, kind="retry_backoff", at_ms=140, step="a", attempt=2)
-    assert timers(state, events) == [retry]
     assert pending_timers(state) == [
         TimerRequest(workflow_id=W, kind="workflow_deadline", at_ms=900), retry]
+    assert wake_at(state) == 140  # moved later: the engine's earlier wake-up still stands
     _, state = then(state, fire("workflow_deadline", at_ms=900))
     assert state.late and not is_terminal(state)  # on_failure "wait": late, still running
     assert pending_timers(state) == [retry]  # the deadline is not armed twice
 
 
-def test_a_settled_attempt_and_an_ended_workflow_make_their_timers_moot() -> None:
+def test_an_ended_workflow_waits_on_no_timer() -> None:
     state = given(dispatch(spec("a", heartbeat_timeout_ms=50), spec("b", "a"), deadline_ms=900))
-    events, state = then(state, done("a", at_ms=10))
-    assert [t.name for t in moot_timers(state, events)] == [
-        "step_timeout.a.1", "heartbeat_timeout.a.1"]
-    events, state = then(state, done("b", at_ms=20))
-    assert [t.name for t in moot_timers(state, events)] == [
-        "step_timeout.b.1", "workflow_deadline"]
-    assert pending_timers(state) == []
+    _, state = then(state, done("a", at_ms=10))
+    assert [t.name for t in pending_timers(state)] == ["workflow_deadline", "step_timeout.b.1"]
+    _, state = then(state, done("b", at_ms=20))
+    assert pending_timers(state) == [] and wake_at(state) is None
+
+
+def test_a_wake_up_is_never_decided_as_a_timer() -> None:
+    state = given(dispatch(spec("a")))
+    assert isinstance(when(state, fire("wake", at_ms=10**9)), Refusal)
 
 
 def test_the_backoff_timer_reschedules_the_step_with_the_next_attempt() -> None:
@@ -413,7 +418,7 @@ def test_heartbeats_are_journaled_at_most_once_per_half_window_and_refresh_the_t
     assert when(state, c(Heartbeat, step="a", attempt=1, at_ms=20)) == []
     events, state = then(state, c(Heartbeat, step="a", attempt=1, at_ms=25))
     assert events == [StepHeartbeat(at_ms=25, step="a", attempt=1)]
-    assert timers(state, events) == [
+    assert [t for t in pending_timers(state) if t.kind == "heartbeat_timeout"] == [
         TimerRequest(workflow_id=W, kind="heartbeat_timeout", at_ms=55, step="a", attempt=1)
     ]
     assert when(state, fire("heartbeat_timeout", "a", 1, at_ms=40)) == []  # superseded
