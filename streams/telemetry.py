@@ -121,16 +121,12 @@ class Timed:
             notes=tuple(self.notes), sampled=self.context.sampled,
         )])
 
-    def drop(self) -> None:
-        """Not this span's fact to report (a retry that decided nothing new): never emitted."""
-        self.ended = True
-
 
 class timed:  # noqa: N801  (used as a function: `with telemetry.timed(...) as span`)
     """The block runs as span `span_id`, child of `parent` (default: the current span; with
     neither, the trace id is derived from the span id). `auto_end`: emitted when the block
-    ends (ERROR if it raised); otherwise the shell calls `end()` once it knows the outcome, or
-    `drop()`, since only the shell knows whether this handling was the first.
+    ends (ERROR if it raised); otherwise the shell calls `end()` once it knows the outcome and
+    that this handling was the first (a span never ended is never emitted).
 
     A class, not a generator: with tracing off this is the whole cost of a span on the gate's
     path (a context variable set and reset), so it is kept to a few attribute stores."""
