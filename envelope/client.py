@@ -17,6 +17,7 @@ from envelope.keys import KeyRing, Signer
 from envelope.seal import Response, open_response, seal
 from envelope.trace import is_valid_traceparent, new_traceparent
 from envelope.treaty import treaty_ref
+from streams import telemetry
 from streams.replies import Reason, Refusal
 from streams.subjects import Space, intent, map_request
 
@@ -91,6 +92,8 @@ class Client:
             raise ValueError("a call needs a grant chain")
         treaty = treaty if treaty is not None else self.treaty
         request_id = request_id or self._random(16).hex()
+        # Sent from inside a span (a gate's handler calling on): the request joins its trace.
+        traceparent = traceparent or telemetry.current_traceparent()
         if traceparent is None or not is_valid_traceparent(traceparent):
             traceparent = new_traceparent(self._random(24))
         data = seal(

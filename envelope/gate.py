@@ -38,7 +38,7 @@ from envelope.seal import (
 from envelope.shared import LIMITS, KvLimits, Limits, MemoryLimits, admit_shared
 from envelope.trace import is_valid_traceparent, trace_id
 from envelope.treaty import TreatyLimiter
-from streams import metrics
+from streams import metrics, telemetry
 from streams.audit import AuditRecord, Outcome
 from streams.config import NONCES
 from streams.ids import is_valid_id
@@ -388,7 +388,8 @@ class Gate:
             # Bound in contextvars so the handler's own log lines carry the trace too.
             with structlog.contextvars.bound_contextvars(
                 trace=opened.traceparent, request_id=opened.request_id, caller=opened.caller
-            ):
+            ), telemetry.serving(self.service, route.method, opened.request_id,
+                                 opened.traceparent, opened.caller) as span:
                 reply = await route.handler(opened)
         except Exception as error:
             log.exception("handler_failed")
@@ -430,6 +431,9 @@ class Gate:
         else:
             await asyncio.gather(outcomes.finish(opened.request_id, opened.caller, now, response),
                                  self.audit.append(record, msg_id=record.id))
+        if outcome != "failed":  # the request's final answer: its span ends with it
+            span.end(attributes={"envelope.outcome": outcome,
+                                 "envelope.reason": record.reason.value if record.reason else ""})
         log.info("answered", outcome=outcome, reason=record.reason)
         self._count(route, outcome, record.reason)
         return response

@@ -46,7 +46,7 @@ from maestro.policy import Policy
 from maestro.solve import SolveOptions
 from moon.effects import Effects
 from moon.gateway import DispatchReply
-from streams import metrics, subjects
+from streams import metrics, subjects, telemetry
 from streams.codec import Codec
 from streams.config import DEVIATIONS, PLANS
 from streams.decider import Decided, Decider, Runner
@@ -70,6 +70,7 @@ from streams.plan_events import (
 from streams.replies import Reason, Refusal
 from streams.store import Layout
 from streams.subjects import Space
+from streams.tracing import Parent, derive_span_id, dispatch_span, workflow_parent
 
 __all__ = [
     "ADMIN",
@@ -183,6 +184,13 @@ class Maestro:
 
         `caller` becomes the plan's owner (None: MAESTRO itself, e.g. the demo); a plan id that
         exists already is refused before any tender or solve."""
+        # Emitted only when the plan is journaled now: a refused or repeated request adds none.
+        with telemetry.timed("maestro.plan", derive_span_id("maestro.plan", plan_id), None,
+                             attributes={"maestro.plan_id": plan_id}) as span:
+            return await self._plan(goal, plan_id, command_id, caller, span)
+
+    async def _plan(self, goal: Goal, plan_id: str, command_id: str | None, caller: str | None,
+                    span: telemetry.Timed) -> Outcome:
         owner = caller or self.signer.did
         if (refused := check_plan_id(plan_id)) is not None:
             return Outcome("refused", Plan(status="unknown"), (refused,))
@@ -199,9 +207,11 @@ class Maestro:
         planned_with = {o.executor for o in offers}
         used = tuple(b for b in bids if b.executor in planned_with and b.valid_until_ms >= at)
         # Seeded from the solver's seed: the estimate is reproducible, and journaled anyway.
-        outcome = await asyncio.to_thread(
-            plan_goal, goal, offers, policy=self.policy, options=self.options,
-            rng=random.Random(self.options.seed), samples=self.anticipation_samples)
+        with telemetry.timed("maestro.solve", derive_span_id("maestro.solve", plan_id),
+                             None) as solve:
+            outcome = await asyncio.to_thread(
+                plan_goal, goal, offers, policy=self.policy, options=self.options,
+                rng=random.Random(self.options.seed), samples=self.anticipation_samples)
         at = self.clock_ms()
         journaled_bids = msgspec.json.encode(used) if used else b""
         event: PlanEvent
@@ -224,6 +234,9 @@ class Maestro:
                              else "refused").inc()
         if isinstance(recorded, Refusal):
             return Outcome("refused", outcome.plan, (recorded,), outcome.problem)
+        if not recorded.duplicate:
+            solve.end(attributes={"maestro.status": outcome.plan.status})
+            span.end(attributes={"maestro.decision": outcome.decision})
         log.info("planned", plan=plan_id, decision=outcome.decision, status=outcome.plan.status,
                  makespan=outcome.plan.makespan, cost=outcome.plan.cost, bids=len(used))
         return outcome
@@ -423,10 +436,20 @@ class Maestro:
         offers = awarded_offers(live, awarded)
         assert state.dispatched is not None
         elapsed = self.clock_ms() - state.dispatched.at_ms
-        outcome = await asyncio.to_thread(
-            plan_goal, goal, offers, policy=self.policy, options=self._replan_options(),
-            excluded=excluded, progress=progress(state, excluded), now_ms=max(elapsed, 0))
         revision = pstate.revision + 1
+        # Beside the engine's spans, under the workflow's dispatch; emitted once the revision
+        # is journaled (another MAESTRO that lost the race emits none).
+        trace = workflow_parent(wf, state.dispatched.traceparent)
+        replan = Parent(trace.trace_id, dispatch_span(wf), trace.sampled)
+        with telemetry.timed("maestro.replan", derive_span_id(
+                "maestro.replan", deviation.plan_id, revision), replan, attributes={
+                "maestro.plan_id": deviation.plan_id, "maestro.revision": revision,
+                "moon.workflow_id": wf, "moon.deviation": deviation.kind}) as span, \
+                telemetry.timed("maestro.solve", derive_span_id(
+                    "maestro.solve", deviation.plan_id, revision), None) as solve:
+            outcome = await asyncio.to_thread(
+                plan_goal, goal, offers, policy=self.policy, options=self._replan_options(),
+                excluded=excluded, progress=progress(state, excluded), now_ms=max(elapsed, 0))
         why = f"{deviation.kind} of {deviation.step} on {deviation.executor}: {deviation.detail}"
         key = f"revise-{deviation.plan_id}-{revision}"
         if outcome.decision != "planned":
@@ -448,6 +471,9 @@ class Maestro:
         recorded = await self._record(deviation.plan_id, key, revised)
         if isinstance(recorded, Refusal):
             return None  # another MAESTRO instance revised first
+        if not recorded.duplicate:
+            solve.end(attributes={"maestro.status": outcome.plan.status})
+            span.end(attributes={"maestro.moved": len(moved)})
         await self.effects.send_command(Replan(
             command_id=f"replan-{deviation.plan_id}-{revision}", workflow_id=wf,
             at_ms=self.clock_ms(), plan_id=deviation.plan_id, revision=revision,

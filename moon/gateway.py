@@ -35,6 +35,7 @@ from streams.moon_events import (
 )
 from streams.replies import Reason, Refusal
 from streams.store import Loaded, Unreadable
+from streams.tracing import child_traceparent, gate_span
 
 __all__ = [
     "CancelRequest",
@@ -164,6 +165,7 @@ def moon_gate(
             plan_revision=request.plan_revision,
             on_failure=request.on_failure,
             owner=opened.caller,
+            traceparent=child_traceparent(opened.traceparent, gate_span("moon", opened.request_id)),
         )
         # A caller retries a request whose first handling may have died after the append:
         # `redelivered` makes a decision of nothing new re-send the workflow's timers and orders.
@@ -211,7 +213,8 @@ def moon_gate(
         state = replay.fold(item.value for item in loaded.items)
         command = msgspec.structs.replace(
             replay.fork(state, request.new_workflow_id, now()),
-            command_id=opened.request_id, owner=opened.caller)
+            command_id=opened.request_id, owner=opened.caller,
+            traceparent=child_traceparent(opened.traceparent, gate_span("moon", opened.request_id)))
         return _reply(request.new_workflow_id, await engine.submit(
             command, source=source(opened, "moon:admin"), redelivered=True))
 

@@ -15,7 +15,7 @@ import msgspec
 from nats.js import JetStreamContext
 
 from envelope.statement import DECISION, SNAPSHOT, open_signed, open_statement, sign_statement
-from moon import workflow
+from moon import tracing, workflow
 from moon.authority import Walls
 from moon.workflow import WorkflowState
 from streams import subjects
@@ -138,5 +138,5 @@ def runner(
     )
     return Runner(
         decider=DECIDER, store=journal(js, space, walls), pack=_pack, apply=workflow.apply,
-        kind=_kind, snapshots=snaps,
+        kind=_kind, snapshots=snaps, journaled=tracing.journaled,
     )

@@ -41,6 +41,7 @@ from nats.js import api
 
 from envelope.keys import KeyRing, Signer
 from envelope.statement import ORDER, open_statement
+from moon import tracing
 from moon.clock import BrokerClock
 from moon.effects import ORDERS
 from moon.reports import RETRY_HEADER, Report, ReportReply, report_subject, seal_report
@@ -330,7 +331,8 @@ class Worker:
         started = time.perf_counter()
         report: FailStep | CompleteStep
         try:
-            outcome = await handler(StepContext(order=order, worker=self))
+            outcome = await tracing.run_step(order, self.executor_id,
+                                             handler(StepContext(order=order, worker=self)))
         except Exception as error:  # a failed step is a fact to report, not a crash
             metrics.WORKER_STEPS.labels(order.capability, "failed").inc()
             report = FailStep(

@@ -79,6 +79,7 @@ from streams.moon_events import (
     WorkOrder,
 )
 from streams.replies import Reason, Refusal
+from streams.tracing import attempt_traceparent
 
 __all__ = [
     "MAX_STEPS",
@@ -446,10 +447,12 @@ def _dispatch(command: Dispatch, state: WorkflowState) -> list[MoonEvent] | Refu
         completed=command.completed,
         forked_from=command.forked_from,
         owner=command.owner,
+        traceparent=command.traceparent,
     )
     if state.dispatched is not None:
         first = state.dispatched
-        same = _replace(event, at_ms=first.at_ms, dispatch_id=first.dispatch_id)
+        same = _replace(event, at_ms=first.at_ms, dispatch_id=first.dispatch_id,
+                        traceparent=first.traceparent)  # a retry may come in another trace
         # The same request again (new id, same content) gets the first answer, not a refusal.
         if command.command_id == first.dispatch_id or same == first:
             return []
@@ -987,9 +990,15 @@ def work_orders(state: WorkflowState, events: list[MoonEvent]) -> list[WorkOrder
                 compensation=undo,
                 heartbeat_timeout_ms=s.spec.heartbeat_timeout_ms,
                 plan_revision=state.plan_revision,
+                traceparent=attempt_traceparent(state.workflow_id, _trace(state), event.step,
+                                                event.attempt),
             )
         )
     return orders
+
+
+def _trace(state: WorkflowState) -> str | None:
+    return state.dispatched.traceparent if state.dispatched is not None else None
 
 
 def pending_timers(state: WorkflowState) -> list[TimerRequest]:

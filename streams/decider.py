@@ -68,6 +68,9 @@ class Runner(Generic[C, E, S, B]):
     # workflow it ever saw; an evicted aggregate is folded again from its snapshot.
     cache: OrderedDict[str, tuple[int, S]] = field(default_factory=OrderedDict)
     cache_size: int = 10_000
+    # Called once per batch this runner appended, with the state it was decided on; never for
+    # a duplicate or a re-read: telemetry that must not repeat hangs here (moon/tracing.py).
+    journaled: Callable[[S, B, int], None] | None = None
     _since_snapshot: dict[str, int] = field(default_factory=dict)
 
     def _remember(self, aggregate: str, version: int, state: S) -> None:
@@ -119,6 +122,8 @@ class Runner(Generic[C, E, S, B]):
                     return Decided(events=events, state=state, version=seq, duplicate=True)
                 case Appended(seq=seq):
                     prior = state
+                    if self.journaled is not None:
+                        self.journaled(state, self.pack(command, events), seq)
                     state = self.apply(state, self.pack(command, events))
                     self._remember(aggregate, seq, state)
                     await self._maybe_snapshot(aggregate, seq, state)

@@ -146,6 +146,7 @@ class Dispatch(MoonCommandBase, frozen=True, tag="moon.dispatch"):
     completed: tuple[CarriedStep, ...] = ()  # forks start with these done
     forked_from: str | None = None
     owner: str | None = None  # the gate's caller: the workflow id is theirs
+    traceparent: str | None = None  # W3C: the span that dispatched it (streams/tracing.py)
 
 
 class StartStep(MoonCommandBase, frozen=True, tag="moon.start_step"):
@@ -238,6 +239,7 @@ class Dispatched(MoonEventBase, frozen=True, tag="moon.dispatched"):
     completed: tuple[CarriedStep, ...] = ()
     forked_from: str | None = None
     owner: str | None = None
+    traceparent: str | None = None  # the workflow's trace: every span of it hangs under this
 
 
 class StepScheduled(MoonEventBase, frozen=True, tag="moon.step.scheduled"):
@@ -415,6 +417,7 @@ class WorkOrder(msgspec.Struct, frozen=True):
     compensation: bool = False
     heartbeat_timeout_ms: int | None = None
     plan_revision: int = 0
+    traceparent: str | None = None  # W3C, the attempt's span as parent: the executor's spans
 
 
 class TimerRequest(msgspec.Struct, frozen=True):
