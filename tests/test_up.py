@@ -88,6 +88,13 @@ def test_maestro_up_serves_the_stack_and_stops_on_sigterm(tmp_path: Path) -> Non
                                   str(home)], env=_env(home), capture_output=True, text=True,
                                  timeout=120, cwd=ROOT, check=False)
         assert example.returncode == 0, example.stdout + example.stderr[-2000:]
+        # The README's executor example, as it is written: decorated functions, registered
+        # with the stack and run through the gate's dispatch.
+        served = subprocess.run([sys.executable, str(ROOT / "examples" / "executor.py"),
+                                 str(home)], env=_env(home), capture_output=True, text=True,
+                                timeout=120, cwd=ROOT, check=False)
+        assert served.returncode == 0, served.stdout + served.stderr[-2000:]
+        assert ": completed " in served.stdout and '"summary"' in served.stdout, served.stdout
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, (tmp_path / "up.log").read_text()[-3000:]
     # Nothing left behind: the broker went with it, and a client says so in one line, without
