@@ -187,6 +187,7 @@ class Executor:
         """Registered and taking orders for the block (yields the underlying Worker)."""
         from maestro.board import Advertiser, Board  # noqa: PLC0415
         from moon.local import register_local_executor  # noqa: PLC0415
+        from moon.narration import joined  # noqa: PLC0415
         from moon.service import running  # noqa: PLC0415
         from streams.broker import connect, provision_executor  # noqa: PLC0415
         from streams.roles import executor_role  # noqa: PLC0415
@@ -203,10 +204,11 @@ class Executor:
             capabilities=capabilities, trust_level=self.trust, now_ms=int(time.time() * 1000))
         if (home / "auth.conf").is_file():
             await asyncio.to_thread(provision_executor, home, self.executor_id, capabilities)
+        nc_role = executor_role(self.executor_id)
         async with contextlib.AsyncExitStack() as inside:
             nc = await inside.enter_async_context(connect(
-                stack.url, data_dir=home, name=f"executor-{self.executor_id}",
-                role=executor_role(self.executor_id), bounded=False))
+                stack.url, data_dir=home, name=f"executor-{self.executor_id}", role=nc_role,
+                bounded=False))
             worker = Worker(nc, executor_id=self.executor_id,
                             handlers={c: _handler(f) for c, f in self.functions.items()},
                             signer=signer, engines=stack.trust.engines, space=stack.space,
@@ -216,8 +218,10 @@ class Executor:
                 advertiser = await Advertiser(Board(nc.jetstream(), stack.space), offer,
                                               signer=signer).start()
                 inside.push_async_callback(advertiser.stop)
+            url = nc.connected_url.geturl() if nc.connected_url else ""
             log.info("executor_ready", executor=self.executor_id, capabilities=capabilities,
-                     advertised=offer is not None)
+                     advertised=offer is not None, **joined(url, str(home.absolute()),
+                                                            stack.space.prefix, nc_role))
             self._worker = worker
             try:
                 yield worker

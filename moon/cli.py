@@ -192,6 +192,17 @@ MetricsPort = Annotated[int | None, typer.Option(
          "(default 127.0.0.1)")]
 
 
+def _joined(service: str, nc: Any, home: Path, space: Any, role: str) -> None:
+    """Say at start which broker and data dir this service joined."""
+    import structlog  # noqa: PLC0415
+
+    from moon.narration import joined  # noqa: PLC0415
+
+    url = nc.connected_url.geturl() if nc.connected_url else ""
+    structlog.get_logger(service).info(
+        "joined", **joined(url, str(home.absolute()), space.prefix, role))
+
+
 async def _serve(data_dir: Path | None, concurrency: int, metrics_port: int | None) -> int:
     from envelope.local import local_trust  # noqa: PLC0415 - keep `moon tail` start-up light
     from moon.engine import Engine  # noqa: PLC0415
@@ -203,6 +214,7 @@ async def _serve(data_dir: Path | None, concurrency: int, metrics_port: int | No
     trust = local_trust(home)
     space = space_from_env()
     async with connect(data_dir=home, name="moon-engine", role="engine") as nc:
+        _joined("moon.engine", nc, home, space, "engine")
         js = nc.jetstream()
         await ensure_streams(js, Topology(space=space, replicas=replicas_from_env()))
         registry = await local_registry(js, space, trust)
@@ -270,6 +282,7 @@ async def _worker(data_dir: Path | None, executor: str, capabilities: list[str],
         await asyncio.to_thread(provision_executor, home, executor, capabilities)
     async with connect(data_dir=home, name=f"moon-worker-{executor}",
                        role=executor_role(executor)) as nc:
+        _joined("moon.worker", nc, home, space, executor_role(executor))
         worker = Worker(nc, executor_id=executor, handlers=dict.fromkeys(capabilities, handler),
                         signer=signer, engines=local_trust(home).engines, space=space,
                         watts=watts, capacity=capacity)

@@ -47,6 +47,7 @@ from moon.authority import (
 )
 from moon.clock import BrokerClock
 from moon.effects import COMMANDS, Effects, in_flight_orders
+from moon.narration import narrate
 from moon.reports import RETRY_HEADER, ReportReply, parse_report_subject
 from moon.workflow import (
     WorkflowState,
@@ -209,6 +210,7 @@ class Engine:
             state = outcome.state
             if outcome.events and not outcome.duplicate:
                 self.stats.decisions += 1
+                narrate(log, wf, outcome.events)  # one log line per step transition (narration)
                 orders = work_orders(state, outcome.events)
                 moot = moot_timers(state, outcome.events)
                 # Timers before orders: an order never runs without its timeout armed.
