@@ -414,17 +414,20 @@ def _reader_walls(data_dir: Path | None) -> Any:
 class _Read:
     """A workflow's verified journal: (seq, decision) pairs, and where it stopped verifying."""
 
-    def __init__(self, items: list[tuple[int, Any]], bad: tuple[int, str] | None) -> None:
-        self.items, self.bad = items, bad
+    def __init__(self, items: list[tuple[int, Any]], bad: tuple[int, str] | None,
+                 pools: Any = None) -> None:
+        self.items, self.bad, self.pools = items, bad, pools
 
     @property
     def version(self) -> int:
         return self.items[-1][0] if self.items else 0
 
 
-async def _read(workflow_id: str, data_dir: Path | None, upto: int | None = None) -> _Read:
+async def _read(workflow_id: str, data_dir: Path | None, upto: int | None = None, *,
+                live: bool = False) -> _Read:
     """The verified journal up to `upto`; a message the engine did not sign stops the read
-    there (the workflow is quarantined) and the verified part before it is kept."""
+    there (the workflow is quarantined) and the verified part before it is kept. `live`: also
+    ask the broker whether anyone takes the orders of the steps that wait for an executor."""
     from moon.journal import journal  # noqa: PLC0415
     from streams.ids import is_valid_id  # noqa: PLC0415
     from streams.store import Unreadable  # noqa: PLC0415
@@ -436,11 +439,22 @@ async def _read(workflow_id: str, data_dir: Path | None, upto: int | None = None
         store = journal(nc.jetstream(), space_from_env(), _reader_walls(data_dir))
         try:
             loaded = await store.read(workflow_id, upto=upto)
-            return _Read([(i.seq, i.value) for i in loaded.items], None)
+            items = [(i.seq, i.value) for i in loaded.items]
+            return _Read(items, None, await _pools(nc, items) if live else None)
         except Unreadable as bad:
             before = await store.read(workflow_id, upto=bad.seq - 1) if bad.seq > 1 else None
             items = [(i.seq, i.value) for i in before.items] if before else []
             return _Read(items, (bad.seq, bad.detail[:200]))
+
+
+async def _pools(nc: Any, items: list[tuple[int, Any]]) -> Any:
+    """The WORK consumers of the steps no executor has started (moon/liveness.py)."""
+    from moon import replay  # noqa: PLC0415
+    from moon.liveness import pools  # noqa: PLC0415
+    from moon.screens import waiting_pools  # noqa: PLC0415
+
+    names = waiting_pools(replay.fold(d for _, d in items))
+    return await pools(nc.jetstream(), space_from_env(), names) if names else None
 
 
 def _known(read: _Read, workflow_id: str) -> _Read:
@@ -470,7 +484,7 @@ def _status_screen(workflow_id: str, read: _Read) -> Any:
         state = _replace(state, workflow_id=workflow_id)
     return state, status_view(state, events_of(read.items), width=_width(),
                               now_ms=int(time.time() * 1000), quarantined=read.bad,
-                              items=read.items)
+                              items=read.items, pools=read.pools)
 
 
 def _replace(value: Any, **changes: Any) -> Any:
@@ -491,13 +505,14 @@ def status_command(
     journal does not verify (quarantined)."""
     from moon.workflow import is_terminal  # noqa: PLC0415
 
-    read = _known(_run(_read(workflow_id, data_dir)), workflow_id)
+    read = _known(_run(_read(workflow_id, data_dir, live=True)), workflow_id)
     if as_json:
         from moon import replay  # noqa: PLC0415
         from moon.screens import events_of, state_json  # noqa: PLC0415
 
         state = replay.fold(d for _, d in read.items)
-        print(_json(state_json(state, events_of(read.items), quarantined=read.bad)))
+        print(_json(state_json(state, events_of(read.items), quarantined=read.bad,
+                               pools=read.pools)))
     elif not watch:
         _console().print(_status_screen(workflow_id, read)[1])
     else:
@@ -507,7 +522,7 @@ def status_command(
         with Live(screen, refresh_per_second=4, console=_console()) as live:
             while not is_terminal(state) and read.bad is None:
                 time.sleep(0.5)
-                read = _run(_read(workflow_id, data_dir))
+                read = _run(_read(workflow_id, data_dir, live=True))
                 state, screen = _status_screen(workflow_id, read)
                 live.update(screen)
     if read.bad is not None:

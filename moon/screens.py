@@ -15,6 +15,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from moon.liveness import Pool, pool_name
 from moon.workflow import StepState, WorkflowState
 from streams.moon_events import (
     CompensationFailed,
@@ -36,6 +37,7 @@ __all__ = [
     "state_json",
     "status_view",
     "wait_hints",
+    "waiting_pools",
 ]
 
 # The index's statuses: a workflow's own ones and the engine's verdict on an unverifiable one.
@@ -96,8 +98,40 @@ def shown_status(state: WorkflowState) -> str:
     return state.status
 
 
-def wait_hints(state: WorkflowState) -> list[str]:
-    """Why a workflow that is not over is not moving, in the operator's terms."""
+def _waiting(state: WorkflowState) -> list[tuple[str, StepState]]:
+    """Steps scheduled that no executor has started."""
+    if state.status not in ("running", "compensating"):
+        return []
+    return [(n, s) for n, s in state.steps.items()
+            if s.status == "scheduled" and s.started_at is None]
+
+
+def waiting_pools(state: WorkflowState) -> list[str]:
+    """The WORK consumers whose liveness the hints would name (moon/liveness.py)."""
+    return sorted({pool_name(capability=s.spec.capability, executor=s.executor or s.assigned)
+                   for _, s in _waiting(state)})
+
+
+def _not_taken(name: str, step: StepState, pools: Mapping[str, Pool] | None) -> str:
+    executor = step.executor or step.assigned
+    pool = None if pools is None else pools.get(
+        pool_name(capability=step.spec.capability, executor=executor))
+    if pool is not None and not pool.live:
+        if executor:
+            return f"{name}: executor {executor} is not live (nothing takes its orders)"
+        return f"{name}: no live executor offers {step.spec.capability}"
+    if pool is not None and pool.waiting == 0:
+        who = f"executor {executor} is" if executor else \
+            f"executors offering {step.spec.capability} are"
+        return f"{name}: waiting: all {who} busy ({pool.in_flight} running)"
+    who = f"executor {executor}" if executor else \
+        f"executor offering {step.spec.capability}"
+    return f"{name}: no executor has taken it yet (waiting for an {who})"
+
+
+def wait_hints(state: WorkflowState, pools: Mapping[str, Pool] | None = None) -> list[str]:
+    """Why a workflow that is not over is not moving, in the operator's terms. `pools`: the
+    WORK consumers' state (moon/liveness.py), when the caller asked the broker."""
     if state.status not in ("running", "compensating"):
         return []
     hints = []
@@ -107,11 +141,10 @@ def wait_hints(state: WorkflowState) -> list[str]:
                      "for good")
     if state.halted:
         hints.append("budget exhausted: waiting for a replan that raises it")
+    waiting = dict(_waiting(state))
     for name, step in state.steps.items():
-        if step.status == "scheduled" and step.started_at is None:
-            who = f"executor {step.assigned}" if step.assigned else \
-                f"executor offering {step.spec.capability}"
-            hints.append(f"{name}: no executor has taken it yet (waiting for an {who})")
+        if name in waiting:
+            hints.append(_not_taken(name, step, pools))
         elif step.status in ("backoff", "compensation_backoff") and step.retry_due_ms:
             hints.append(f"{name}: retries at {_clock(step.retry_due_ms)}")
     return hints
@@ -161,12 +194,13 @@ def _text(value: Any) -> Any:
 
 
 def state_json(state: WorkflowState, seen: Sequence[Seen] = (), *,
-               quarantined: tuple[int, str] | None = None) -> dict[str, Any]:
+               quarantined: tuple[int, str] | None = None,
+               pools: Mapping[str, Pool] | None = None) -> dict[str, Any]:
     """`moon status --json`: the folded state (results decoded), the shown status, the hints,
     the journal's sequence numbers, and the quarantine if the journal stops verifying."""
     out: dict[str, Any] = decoded(state)
     out["shown_status"] = "quarantined" if quarantined else shown_status(state)
-    out["hints"] = wait_hints(state)
+    out["hints"] = wait_hints(state, pools)
     out["events"] = [msgspec.to_builtins(s) for s in seen]
     out["quarantined"] = (None if quarantined is None
                           else {"seq": quarantined[0], "detail": quarantined[1]})
@@ -205,8 +239,8 @@ def _table(cols: dict[str, list[str]], names: Sequence[str]) -> Table:
 
 def status_view(state: WorkflowState, seen: Sequence[Seen] = (), *, width: int = 80,
                 now_ms: int = 0, quarantined: tuple[int, str] | None = None,
-                items: Sequence[tuple[int, Decision]] = (), hints: bool = True
-                ) -> RenderableType:
+                items: Sequence[tuple[int, Decision]] = (), hints: bool = True,
+                pools: Mapping[str, Pool] | None = None) -> RenderableType:
     """One workflow for a terminal of `width` columns: a headline, its steps (empty columns
     dropped; split in two tables when one would not fit), errors and results on their own
     lines, why it waits, and the journal's messages with their stream sequence numbers."""
@@ -227,7 +261,7 @@ def status_view(state: WorkflowState, seen: Sequence[Seen] = (), *, width: int =
         parts.append(Text(f"quarantined: journal seq {quarantined[0]} does not verify "
                           f"({quarantined[1]}); the state below is the verified part before it",
                           style="bold red"))
-    for hint in wait_hints(state) if hints else ():
+    for hint in wait_hints(state, pools) if hints else ():
         parts.append(Text(f"… {hint}", style="yellow"))
     cols = _columns(state, _ends(items), now_ms)
     names = [n for n, values in cols.items() if n == "step" or any(values)]
