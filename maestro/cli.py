@@ -16,8 +16,11 @@ import typer
 from moon.cli import MetricsPort, configure_logging, home_dir
 from streams.cli_errors import Exit, fail, lazy_group, read_input
 from streams.cli_errors import run as run_cli
+from streams.cli_params import install as _plain_options
 
 __all__ = ["app", "main"]
+
+_plain_options()  # moon.cli did already; said again so this CLI does not depend on it
 
 app = typer.Typer(
     help="MAESTRO: plans goals into executable, durable plans.", no_args_is_help=True,

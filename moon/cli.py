@@ -18,6 +18,7 @@ import typer
 
 from streams.cli_errors import Exit, fail, read_input
 from streams.cli_errors import run as run_cli
+from streams.cli_params import install as _plain_options
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from streams.tail import Row
 
 __all__ = ["app", "main"]
+
+_plain_options()  # str/int/float/Path options without importing pydantic (streams/cli_params.py)
 
 
 class _Lazy:
@@ -560,7 +563,7 @@ async def _list(data_dir: Path | None) -> list[dict[str, Any]]:
 
 
 def _status_filter(value: str | None) -> str | None:
-    from moon.screens import LIST_STATUSES  # noqa: PLC0415
+    from moon.list_screen import LIST_STATUSES  # noqa: PLC0415
 
     if value is not None and value not in LIST_STATUSES:
         raise typer.BadParameter(f"{value!r} is not a status; one of {', '.join(LIST_STATUSES)}")
@@ -577,7 +580,7 @@ def list_command(
 ) -> None:
     """Workflows from the index (a KV bucket), without scanning the journal; a quarantined
     one with why."""
-    from moon.screens import list_view  # noqa: PLC0415
+    from moon.list_screen import list_view  # noqa: PLC0415
 
     rows_ = [r for r in _run(_list(data_dir)) if status is None or r.get("status") == status]
     rows_.sort(key=lambda r: r.get("updated_ms", 0))

@@ -6,7 +6,6 @@ sequence-numbered decisions) to rich renderables and JSON-ready values. No broke
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from moon.list_screen import LIST_STATUSES, STATUS_STYLE, clock, list_view
 from moon.liveness import Pool, pool_name
 from moon.workflow import StepState, WorkflowState
 from streams.moon_events import (
@@ -40,13 +40,6 @@ __all__ = [
     "waiting_pools",
 ]
 
-# The index's statuses: a workflow's own ones and the engine's verdict on an unverifiable one.
-LIST_STATUSES = ("running", "completed", "failed", "compensating", "compensated", "cancelled",
-                 "quarantined")
-_STATUS_STYLE = {"completed": "green", "running": "cyan", "scheduled": "cyan", "failed": "red",
-                 "compensation_failed": "bold red", "quarantined": "bold red",
-                 "compensated": "yellow", "compensating": "yellow", "cancelled": "yellow",
-                 "backoff": "magenta", "pending": "dim"}
 _ENDS = (StepCompleted, StepFailed, StepTimedOut, StepCompensated, CompensationFailed)
 EVENTS_SHOWN = 30
 
@@ -146,12 +139,8 @@ def wait_hints(state: WorkflowState, pools: Mapping[str, Pool] | None = None) ->
         if name in waiting:
             hints.append(_not_taken(name, step, pools))
         elif step.status in ("backoff", "compensation_backoff") and step.retry_due_ms:
-            hints.append(f"{name}: retries at {_clock(step.retry_due_ms)}")
+            hints.append(f"{name}: retries at {clock(step.retry_due_ms)}")
     return hints
-
-
-def _clock(ms: int | None) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(ms / 1000)) if ms else ""
 
 
 def _seconds(ms: int | None) -> str:
@@ -217,8 +206,8 @@ def _columns(state: WorkflowState, ends: dict[str, int], now_ms: int) -> dict[st
         cols["status"].append(step.status)
         cols["try"].append(str(step.attempt) if step.attempt > 1 else "")
         cols["executor"].append(step.executor or "")
-        cols["start"].append(_clock(step.started_at))
-        cols["end"].append(_clock(end))
+        cols["start"].append(clock(step.started_at))
+        cols["end"].append(clock(end))
         cols["duration"].append(_seconds(until - step.started_at)
                                 if until is not None and step.started_at else "")
         cols["tokens"].append(str(step.usage.tokens) if step.usage.tokens else "")
@@ -232,7 +221,7 @@ def _table(cols: dict[str, list[str]], names: Sequence[str]) -> Table:
                          justify="right" if name in ("try", "duration", "tokens") else "left",
                          min_width=max(map(len, cols[name])) if name == "step" else None)
     for k in range(len(cols["step"])):
-        table.add_row(*(Text(cols[n][k], style=_STATUS_STYLE.get(cols[n][k], "") if n == "status"
+        table.add_row(*(Text(cols[n][k], style=STATUS_STYLE.get(cols[n][k], "") if n == "status"
                              else "bold" if n == "step" else "") for n in names))
     return table
 
@@ -248,13 +237,13 @@ def status_view(state: WorkflowState, seen: Sequence[Seen] = (), *, width: int =
     head = Text()
     head.append(state.workflow_id, style="bold")
     head.append("  ")
-    head.append(status, style=_STATUS_STYLE.get(status, ""))
+    head.append(status, style=STATUS_STYLE.get(status, ""))
     if state.plan_id:
         head.append(f"  plan {state.plan_id} r{state.plan_revision}", style="dim")
     if state.usage.tokens:
         head.append(f"  {state.usage.tokens} tokens", style="dim")
     if state.deadline_ms:
-        head.append(f"  deadline {_clock(state.deadline_ms)}" + (" (late)" if state.late else ""),
+        head.append(f"  deadline {clock(state.deadline_ms)}" + (" (late)" if state.late else ""),
                     style="red" if state.late else "dim")
     parts: list[RenderableType] = [head]
     if quarantined is not None:
@@ -312,29 +301,7 @@ def _events(seen: Sequence[Seen]) -> RenderableType:
     table.add_column("command", no_wrap=True)
     table.add_column("events")
     for s in shown:
-        table.add_row(f"#{s.seq}", _clock(s.at_ms), s.command, ", ".join(s.events))
+        table.add_row(f"#{s.seq}", clock(s.at_ms), s.command, ", ".join(s.events))
     if len(seen) > len(shown):
         table.caption = f"{len(seen) - len(shown)} earlier messages not shown (moon tail)"
-    return table
-
-
-def list_view(rows: Sequence[Mapping[str, Any]]) -> Table:
-    """`moon list`: one workflow a row (index entries as mappings, the engine's WorkflowSummary
-    fields); `detail` (why one is quarantined) only when any has one."""
-    table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold")
-    with_detail = any(r.get("detail") for r in rows)
-    for column in ("workflow", "status", "done", "tokens", "seq", "updated",
-                   *(("detail",) if with_detail else ())):
-        table.add_column(column, no_wrap=column in ("workflow", "status"),
-                         justify="right" if column in ("tokens", "seq") else "left")
-    for r in rows:
-        status = str(r.get("status", ""))
-        cells: list[Any] = [Text(str(r.get("workflow_id", "")), style="bold"),
-                            Text(status, style=_STATUS_STYLE.get(status, "")),
-                            f"{r.get('completed', 0)}/{r.get('steps', 0)}",
-                            str(r.get("tokens", 0)), str(r.get("version", 0)),
-                            _clock(r.get("updated_ms"))]
-        if with_detail:
-            cells.append(str(r.get("detail", "")))
-        table.add_row(*cells)
     return table
