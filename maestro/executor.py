@@ -131,7 +131,13 @@ class Context:
 def _handler(function: Function) -> Callable[[StepContext], Awaitable[Result]]:
     async def handle(step: StepContext) -> Result:
         ctx = Context(step)
-        output = await function(ctx)
+        try:
+            output = await function(ctx)
+        except Exception as error:  # the worker reports it; the executor's log says it too
+            log.warning("step_raised", key=ctx.key, error=str(error)[:300] or repr(error),
+                        error_type=type(error).__name__)
+            raise
+        log.info("step_ran", key=ctx.key, tokens=ctx.tokens)
         if isinstance(output, Result):
             return Result(output=output.output, tokens=output.tokens + ctx.tokens)
         return Result(output=_encoded(output), tokens=ctx.tokens)

@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from moon.narration import joined, narrate, narration
 from streams.moon_events import (
     CompensationFailed,
@@ -81,10 +83,11 @@ def test_joined_names_the_broker_without_credentials() -> None:
                     "role": "engine"}
 
 
-def test_moon_serve_says_which_broker_and_data_dir_it_joined(nats_url: str,
-                                                             tmp_path: Path) -> None:
+@pytest.mark.parametrize("cli", ["moon", "maestro"])
+def test_a_service_says_which_broker_and_data_dir_it_joined(cli: str, nats_url: str,
+                                                            tmp_path: Path) -> None:
     env = {**os.environ, "NATS_URL": nats_url, "MAESTRO_SPACE": f"j{os.getpid()}"}
-    proc = subprocess.Popen([sys.executable, "-c", "from moon.cli import main; main()", "serve",
+    proc = subprocess.Popen([sys.executable, "-c", f"from {cli}.cli import main; main()", "serve",
                              "--data-dir", str(tmp_path / "home")], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
     guard = threading.Timer(30, proc.kill)  # a hung start fails the test instead of hanging it
@@ -100,5 +103,5 @@ def test_moon_serve_says_which_broker_and_data_dir_it_joined(nats_url: str,
         guard.cancel()
         proc.terminate()
         proc.wait(10)
-    assert said, "moon serve never said which broker it joined"
+    assert said, f"{cli} serve never said which broker it joined"
     assert nats_url.removeprefix("nats://") in said[0] and str(tmp_path / "home") in said[0]
