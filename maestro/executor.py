@@ -124,7 +124,8 @@ class Context:
         await self._step.heartbeat()
 
     def used(self, *, tokens: int) -> None:
-        """Count tokens this attempt spent: they go into the workflow's budget and summary."""
+        """Count tokens this attempt spent: they go into the workflow's budget and summary
+        with its result (an attempt that raises reports its wall time only: moon.worker)."""
         self.tokens += tokens
 
 
