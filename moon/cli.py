@@ -548,17 +548,20 @@ async def _list(data_dir: Path | None) -> list[dict[str, Any]]:
         except BucketNotFoundError:
             fail("no MOON workflow index on this broker: has `moon serve` run on it (check "
                  "NATS_URL and MAESTRO_SPACE)?", Exit.UNKNOWN)
-        try:
-            keys = await kv.keys()
-        except Exception:  # NoKeysError: an empty index
-            return []
+        # One watcher delivers every entry's latest value: a get per key was a round trip
+        # per workflow.
+        watcher = await kv.watchall(ignore_deletes=True)
         out = []
-        for key in keys:
-            entry = await kv.get(key)
-            if entry.value:
-                row = msgspec.json.decode(entry.value)
-                if isinstance(row, dict) and "workflow_id" in row:
-                    out.append(row)
+        try:
+            async for entry in watcher:
+                if entry is None:  # the initial values are all in
+                    break
+                if entry.value:
+                    row = msgspec.json.decode(entry.value)
+                    if isinstance(row, dict) and "workflow_id" in row:
+                        out.append(row)
+        finally:
+            await watcher.stop()
         return out
 
 
