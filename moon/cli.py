@@ -583,7 +583,7 @@ def list_command(
 ) -> None:
     """Workflows from the index (a KV bucket), without scanning the journal; a quarantined
     one with why."""
-    from moon.list_screen import list_view  # noqa: PLC0415
+    from moon.list_screen import list_lines  # noqa: PLC0415
 
     rows_ = [r for r in _run(_list(data_dir)) if status is None or r.get("status") == status]
     rows_.sort(key=lambda r: r.get("updated_ms", 0))
@@ -595,7 +595,10 @@ def list_command(
         print(f"no workflows{f' in status {status}' if status else ''} "
               "(dispatch one: moon dispatch examples/dag.yaml, or maestro run)")
         return
-    _console().print(list_view(rows_))
+    import os  # noqa: PLC0415
+
+    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    print("\n".join(list_lines(rows_, colour=colour)))
 
 
 def _upto(read: _Read, workflow_id: str, seq: int, flag: str) -> list[tuple[int, Any]]:

@@ -26,7 +26,7 @@ try:
 except SystemExit:
     pass
 print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in
-                        ('pydantic', 'moon', 'maestro', 'ortools', 'yaml', 'nats'))))
+                        ('pydantic', 'moon', 'maestro', 'ortools', 'yaml', 'nats', 'rich'))))
 """
 
 
@@ -49,6 +49,7 @@ def test_help_and_list_import_nothing_heavy(argv: tuple[str, ...], tmp_path: Pat
     assert not heavy, heavy
     if argv[1] == "--help":
         assert not any(m.startswith("nats") for m in found)
+    assert not any(m.startswith("rich") for m in found)  # list prints plain lines
 
 
 def test_plain_options_keep_typers_checks(tmp_path: Path) -> None:
