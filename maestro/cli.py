@@ -16,8 +16,11 @@ import typer
 from moon.cli import MetricsPort, configure_logging, home_dir
 from streams.cli_errors import Exit, fail, lazy_group, read_input
 from streams.cli_errors import run as run_cli
+from streams.cli_params import install as _plain_options
 
 __all__ = ["app", "main"]
+
+_plain_options()  # moon.cli did already; said again so this CLI does not depend on it
 
 app = typer.Typer(
     help="MAESTRO: plans goals into executable, durable plans.", no_args_is_help=True,
@@ -203,6 +206,17 @@ def board_command(
               f"reliability {offer.reliability:.2f}  {caps}")
 
 
+def _joined(nc: Any, home: Path, space: Any) -> None:
+    """Say at start which broker and data dir MAESTRO joined."""
+    import structlog  # noqa: PLC0415
+
+    from moon.narration import joined  # noqa: PLC0415
+
+    url = nc.connected_url.geturl() if nc.connected_url else ""
+    structlog.get_logger("maestro.service").info(
+        "joined", **joined(url, str(home.absolute()), space.prefix, "maestro"))
+
+
 async def _serve(data_dir: Path | None, offers_path: Path | None,
                  metrics_port: int | None) -> int:
     from envelope.local import local_trust  # noqa: PLC0415
@@ -228,6 +242,7 @@ async def _serve(data_dir: Path | None, offers_path: Path | None,
         err.print(f"maestro: offers: {static.detail}", markup=False)
         return 1
     async with connect(data_dir=home, name="maestro", role="maestro") as nc:
+        _joined(nc, home, space)
         js = nc.jetstream()
         await ensure_streams(js, Topology(space=space, replicas=replicas_from_env()))
         from moon.local import local_registry  # noqa: PLC0415
@@ -336,14 +351,17 @@ def up_command(
     http_port: Annotated[int, typer.Option(help="HTTP, MCP and A2A on 127.0.0.1")] = 8470,
     demo_executors: Annotated[bool, typer.Option(
         "--demo-executors", help="also run the example executors")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", help="log warnings only, not a line per step and replan")] = False,
 ) -> None:
-    """The whole stack on this machine: broker, MOON, MAESTRO, HTTP/MCP/A2A; Ctrl-C stops it."""
+    """The whole stack on this machine: broker, MOON, MAESTRO, HTTP/MCP/A2A; Ctrl-C stops it.
+    Logs a line per step transition and replan on stderr (--quiet: warnings only)."""
     import asyncio  # noqa: PLC0415
     import logging  # noqa: PLC0415
 
     from surfaces.up import run_up  # noqa: PLC0415
 
-    configure_logging(logging.WARNING)
+    configure_logging(logging.WARNING if quiet else logging.INFO)
     try:
         raise typer.Exit(asyncio.run(run_up(data_dir or home_dir(), port=port,
                                             http_port=http_port, demo_executors=demo_executors)))

@@ -9,13 +9,24 @@
 Every call is an envelope signed with the data dir's operator key and grant, answered by the
 gate: checked and audited like any other caller's. A refusal raises `Refused` with the gate's
 reason; reading a workflow verifies its journal (a forged message raises `Unreadable`).
+
+An executor is a few decorated functions (maestro/executor.py):
+
+    app = Executor("summarizer")
+
+    @app.capability("summarize")
+    async def summarize(ctx: Context) -> dict[str, str]:
+        return {"summary": ctx.input("fetch")[:80]}
+
+    async with Stack.connect() as stack:
+        await app.run(stack)
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +36,7 @@ from nats.aio.client import Client as Nats
 from envelope.client import Client
 from envelope.local import LocalTrust, local_trust
 from maestro.allocation import Allocated
+from maestro.executor import Context, Executor, NonRetryable, Result
 from maestro.gateway import PlanRef, PlanReply, PlanRequest
 from maestro.goal import Goal, load_goal
 from moon import replay
@@ -44,7 +56,7 @@ from streams.moon_events import StepSpec
 from streams.replies import Refusal
 from streams.subjects import Space
 
-__all__ = ["Refused", "Run", "Stack"]
+__all__ = ["Context", "Executor", "NonRetryable", "Refused", "Result", "Run", "Stack"]
 
 T = TypeVar("T")
 
@@ -72,6 +84,8 @@ class Stack:
     trust: LocalTrust
     space: Space
     client: Client
+    data_dir: Path = field(default_factory=home_dir)  # its keys, credentials and nats.url
+    url: str | None = None  # the broker, when not the one found through data_dir or NATS_URL
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -85,7 +99,7 @@ class Stack:
         async with connect(url, data_dir=home, name="maestro-client", role="operator") as nc:
             client = Client(nc, trust.operator, trust.services, grant=(trust.operator_grant,),
                             space=space, timeout_s=timeout_s)
-            yield cls(nc, trust, space, client)
+            yield cls(nc, trust, space, client, data_dir=home, url=url)
 
     async def _call(self, target: str, body: Any, type_: type[T], **options: Any) -> T:
         reply = await self.client.call(target, body, **options)

@@ -478,7 +478,8 @@ class Maestro:
             command_id=f"replan-{deviation.plan_id}-{revision}", workflow_id=wf,
             at_ms=self.clock_ms(), plan_id=deviation.plan_id, revision=revision,
             assignments=assignments, reason=why))
-        log.info("replanned", plan=deviation.plan_id, workflow=wf, revision=revision, moved=moved)
+        log.info("replanned", plan=deviation.plan_id, workflow=wf, revision=revision, moved=moved,
+                 why=why)
         self.replans.append(revised)
         self.replan_count += 1
         async with self.revised:

@@ -18,6 +18,7 @@ import typer
 
 from streams.cli_errors import Exit, fail, read_input
 from streams.cli_errors import run as run_cli
+from streams.cli_params import install as _plain_options
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from streams.tail import Row
 
 __all__ = ["app", "main"]
+
+_plain_options()  # str/int/float/Path options without importing pydantic (streams/cli_params.py)
 
 
 class _Lazy:
@@ -192,6 +195,17 @@ MetricsPort = Annotated[int | None, typer.Option(
          "(default 127.0.0.1)")]
 
 
+def _joined(service: str, nc: Any, home: Path, space: Any, role: str) -> None:
+    """Say at start which broker and data dir this service joined."""
+    import structlog  # noqa: PLC0415
+
+    from moon.narration import joined  # noqa: PLC0415
+
+    url = nc.connected_url.geturl() if nc.connected_url else ""
+    structlog.get_logger(service).info(
+        "joined", **joined(url, str(home.absolute()), space.prefix, role))
+
+
 async def _serve(data_dir: Path | None, concurrency: int, metrics_port: int | None) -> int:
     from envelope.local import local_trust  # noqa: PLC0415 - keep `moon tail` start-up light
     from moon.engine import Engine  # noqa: PLC0415
@@ -203,6 +217,7 @@ async def _serve(data_dir: Path | None, concurrency: int, metrics_port: int | No
     trust = local_trust(home)
     space = space_from_env()
     async with connect(data_dir=home, name="moon-engine", role="engine") as nc:
+        _joined("moon.engine", nc, home, space, "engine")
         js = nc.jetstream()
         await ensure_streams(js, Topology(space=space, replicas=replicas_from_env()))
         registry = await local_registry(js, space, trust)
@@ -270,6 +285,7 @@ async def _worker(data_dir: Path | None, executor: str, capabilities: list[str],
         await asyncio.to_thread(provision_executor, home, executor, capabilities)
     async with connect(data_dir=home, name=f"moon-worker-{executor}",
                        role=executor_role(executor)) as nc:
+        _joined("moon.worker", nc, home, space, executor_role(executor))
         worker = Worker(nc, executor_id=executor, handlers=dict.fromkeys(capabilities, handler),
                         signer=signer, engines=local_trust(home).engines, space=space,
                         watts=watts, capacity=capacity)
@@ -401,17 +417,20 @@ def _reader_walls(data_dir: Path | None) -> Any:
 class _Read:
     """A workflow's verified journal: (seq, decision) pairs, and where it stopped verifying."""
 
-    def __init__(self, items: list[tuple[int, Any]], bad: tuple[int, str] | None) -> None:
-        self.items, self.bad = items, bad
+    def __init__(self, items: list[tuple[int, Any]], bad: tuple[int, str] | None,
+                 pools: Any = None) -> None:
+        self.items, self.bad, self.pools = items, bad, pools
 
     @property
     def version(self) -> int:
         return self.items[-1][0] if self.items else 0
 
 
-async def _read(workflow_id: str, data_dir: Path | None, upto: int | None = None) -> _Read:
+async def _read(workflow_id: str, data_dir: Path | None, upto: int | None = None, *,
+                live: bool = False) -> _Read:
     """The verified journal up to `upto`; a message the engine did not sign stops the read
-    there (the workflow is quarantined) and the verified part before it is kept."""
+    there (the workflow is quarantined) and the verified part before it is kept. `live`: also
+    ask the broker whether anyone takes the orders of the steps that wait for an executor."""
     from moon.journal import journal  # noqa: PLC0415
     from streams.ids import is_valid_id  # noqa: PLC0415
     from streams.store import Unreadable  # noqa: PLC0415
@@ -423,11 +442,22 @@ async def _read(workflow_id: str, data_dir: Path | None, upto: int | None = None
         store = journal(nc.jetstream(), space_from_env(), _reader_walls(data_dir))
         try:
             loaded = await store.read(workflow_id, upto=upto)
-            return _Read([(i.seq, i.value) for i in loaded.items], None)
+            items = [(i.seq, i.value) for i in loaded.items]
+            return _Read(items, None, await _pools(nc, items) if live else None)
         except Unreadable as bad:
             before = await store.read(workflow_id, upto=bad.seq - 1) if bad.seq > 1 else None
             items = [(i.seq, i.value) for i in before.items] if before else []
             return _Read(items, (bad.seq, bad.detail[:200]))
+
+
+async def _pools(nc: Any, items: list[tuple[int, Any]]) -> Any:
+    """The WORK consumers of the steps no executor has started (moon/liveness.py)."""
+    from moon import replay  # noqa: PLC0415
+    from moon.liveness import pools  # noqa: PLC0415
+    from moon.screens import waiting_pools  # noqa: PLC0415
+
+    names = waiting_pools(replay.fold(d for _, d in items))
+    return await pools(nc.jetstream(), space_from_env(), names) if names else None
 
 
 def _known(read: _Read, workflow_id: str) -> _Read:
@@ -457,7 +487,7 @@ def _status_screen(workflow_id: str, read: _Read) -> Any:
         state = _replace(state, workflow_id=workflow_id)
     return state, status_view(state, events_of(read.items), width=_width(),
                               now_ms=int(time.time() * 1000), quarantined=read.bad,
-                              items=read.items)
+                              items=read.items, pools=read.pools)
 
 
 def _replace(value: Any, **changes: Any) -> Any:
@@ -478,13 +508,14 @@ def status_command(
     journal does not verify (quarantined)."""
     from moon.workflow import is_terminal  # noqa: PLC0415
 
-    read = _known(_run(_read(workflow_id, data_dir)), workflow_id)
+    read = _known(_run(_read(workflow_id, data_dir, live=True)), workflow_id)
     if as_json:
         from moon import replay  # noqa: PLC0415
         from moon.screens import events_of, state_json  # noqa: PLC0415
 
         state = replay.fold(d for _, d in read.items)
-        print(_json(state_json(state, events_of(read.items), quarantined=read.bad)))
+        print(_json(state_json(state, events_of(read.items), quarantined=read.bad,
+                               pools=read.pools)))
     elif not watch:
         _console().print(_status_screen(workflow_id, read)[1])
     else:
@@ -494,7 +525,7 @@ def status_command(
         with Live(screen, refresh_per_second=4, console=_console()) as live:
             while not is_terminal(state) and read.bad is None:
                 time.sleep(0.5)
-                read = _run(_read(workflow_id, data_dir))
+                read = _run(_read(workflow_id, data_dir, live=True))
                 state, screen = _status_screen(workflow_id, read)
                 live.update(screen)
     if read.bad is not None:
@@ -517,22 +548,25 @@ async def _list(data_dir: Path | None) -> list[dict[str, Any]]:
         except BucketNotFoundError:
             fail("no MOON workflow index on this broker: has `moon serve` run on it (check "
                  "NATS_URL and MAESTRO_SPACE)?", Exit.UNKNOWN)
-        try:
-            keys = await kv.keys()
-        except Exception:  # NoKeysError: an empty index
-            return []
+        # One watcher delivers every entry's latest value: a get per key was a round trip
+        # per workflow.
+        watcher = await kv.watchall(ignore_deletes=True)
         out = []
-        for key in keys:
-            entry = await kv.get(key)
-            if entry.value:
-                row = msgspec.json.decode(entry.value)
-                if isinstance(row, dict) and "workflow_id" in row:
-                    out.append(row)
+        try:
+            async for entry in watcher:
+                if entry is None:  # the initial values are all in
+                    break
+                if entry.value:
+                    row = msgspec.json.decode(entry.value)
+                    if isinstance(row, dict) and "workflow_id" in row:
+                        out.append(row)
+        finally:
+            await watcher.stop()
         return out
 
 
 def _status_filter(value: str | None) -> str | None:
-    from moon.screens import LIST_STATUSES  # noqa: PLC0415
+    from moon.list_screen import LIST_STATUSES  # noqa: PLC0415
 
     if value is not None and value not in LIST_STATUSES:
         raise typer.BadParameter(f"{value!r} is not a status; one of {', '.join(LIST_STATUSES)}")
@@ -549,7 +583,7 @@ def list_command(
 ) -> None:
     """Workflows from the index (a KV bucket), without scanning the journal; a quarantined
     one with why."""
-    from moon.screens import list_view  # noqa: PLC0415
+    from moon.list_screen import list_lines  # noqa: PLC0415
 
     rows_ = [r for r in _run(_list(data_dir)) if status is None or r.get("status") == status]
     rows_.sort(key=lambda r: r.get("updated_ms", 0))
@@ -561,7 +595,10 @@ def list_command(
         print(f"no workflows{f' in status {status}' if status else ''} "
               "(dispatch one: moon dispatch examples/dag.yaml, or maestro run)")
         return
-    _console().print(list_view(rows_))
+    import os  # noqa: PLC0415
+
+    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    print("\n".join(list_lines(rows_, colour=colour)))
 
 
 def _upto(read: _Read, workflow_id: str, seq: int, flag: str) -> list[tuple[int, Any]]:

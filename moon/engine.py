@@ -53,6 +53,7 @@ from moon.authority import (
 from moon.clock import BrokerClock
 from moon.effects import COMMANDS, Effects, in_flight_orders
 from moon.index import WorkflowSummary
+from moon.narration import narrate
 from moon.reports import RETRY_HEADER, ReportReply, parse_report_subject
 from moon.workflow import (
     WorkflowState,
@@ -202,6 +203,7 @@ class Engine:
         effects: list[Awaitable[object]] = []
         if outcome.events and not outcome.duplicate:
             self.stats.decisions += 1
+            narrate(log, wf, outcome.events)  # one log line per step transition
             self.stats.deviations += sum(isinstance(e, Deviation) for e in outcome.events)
             orders = work_orders(state, outcome.events)
             # One wake-up per workflow, armed no later than its earliest timer: re-armed only

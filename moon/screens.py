@@ -6,7 +6,6 @@ sequence-numbered decisions) to rich renderables and JSON-ready values. No broke
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -15,6 +14,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from moon.list_screen import LIST_STATUSES, STATUS_STYLE, clock, list_view
+from moon.liveness import Pool, pool_name
 from moon.workflow import StepState, WorkflowState
 from streams.moon_events import (
     CompensationFailed,
@@ -36,15 +37,9 @@ __all__ = [
     "state_json",
     "status_view",
     "wait_hints",
+    "waiting_pools",
 ]
 
-# The index's statuses: a workflow's own ones and the engine's verdict on an unverifiable one.
-LIST_STATUSES = ("running", "completed", "failed", "compensating", "compensated", "cancelled",
-                 "quarantined")
-_STATUS_STYLE = {"completed": "green", "running": "cyan", "scheduled": "cyan", "failed": "red",
-                 "compensation_failed": "bold red", "quarantined": "bold red",
-                 "compensated": "yellow", "compensating": "yellow", "cancelled": "yellow",
-                 "backoff": "magenta", "pending": "dim"}
 _ENDS = (StepCompleted, StepFailed, StepTimedOut, StepCompensated, CompensationFailed)
 EVENTS_SHOWN = 30
 
@@ -96,8 +91,40 @@ def shown_status(state: WorkflowState) -> str:
     return state.status
 
 
-def wait_hints(state: WorkflowState) -> list[str]:
-    """Why a workflow that is not over is not moving, in the operator's terms."""
+def _waiting(state: WorkflowState) -> list[tuple[str, StepState]]:
+    """Steps scheduled that no executor has started."""
+    if state.status not in ("running", "compensating"):
+        return []
+    return [(n, s) for n, s in state.steps.items()
+            if s.status == "scheduled" and s.started_at is None]
+
+
+def waiting_pools(state: WorkflowState) -> list[str]:
+    """The WORK consumers whose liveness the hints would name (moon/liveness.py)."""
+    return sorted({pool_name(capability=s.spec.capability, executor=s.executor or s.assigned)
+                   for _, s in _waiting(state)})
+
+
+def _not_taken(name: str, step: StepState, pools: Mapping[str, Pool] | None) -> str:
+    executor = step.executor or step.assigned
+    pool = None if pools is None else pools.get(
+        pool_name(capability=step.spec.capability, executor=executor))
+    if pool is not None and not pool.live:
+        if executor:
+            return f"{name}: executor {executor} is not live (nothing takes its orders)"
+        return f"{name}: no live executor offers {step.spec.capability}"
+    if pool is not None and pool.waiting == 0:
+        who = f"executor {executor} is" if executor else \
+            f"executors offering {step.spec.capability} are"
+        return f"{name}: waiting: all {who} busy ({pool.in_flight} running)"
+    who = f"executor {executor}" if executor else \
+        f"executor offering {step.spec.capability}"
+    return f"{name}: no executor has taken it yet (waiting for an {who})"
+
+
+def wait_hints(state: WorkflowState, pools: Mapping[str, Pool] | None = None) -> list[str]:
+    """Why a workflow that is not over is not moving, in the operator's terms. `pools`: the
+    WORK consumers' state (moon/liveness.py), when the caller asked the broker."""
     if state.status not in ("running", "compensating"):
         return []
     hints = []
@@ -107,18 +134,13 @@ def wait_hints(state: WorkflowState) -> list[str]:
                      "for good")
     if state.halted:
         hints.append("budget exhausted: waiting for a replan that raises it")
+    waiting = dict(_waiting(state))
     for name, step in state.steps.items():
-        if step.status == "scheduled" and step.started_at is None:
-            who = f"executor {step.assigned}" if step.assigned else \
-                f"executor offering {step.spec.capability}"
-            hints.append(f"{name}: no executor has taken it yet (waiting for an {who})")
+        if name in waiting:
+            hints.append(_not_taken(name, step, pools))
         elif step.status in ("backoff", "compensation_backoff") and step.retry_due_ms:
-            hints.append(f"{name}: retries at {_clock(step.retry_due_ms)}")
+            hints.append(f"{name}: retries at {clock(step.retry_due_ms)}")
     return hints
-
-
-def _clock(ms: int | None) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(ms / 1000)) if ms else ""
 
 
 def _seconds(ms: int | None) -> str:
@@ -161,12 +183,13 @@ def _text(value: Any) -> Any:
 
 
 def state_json(state: WorkflowState, seen: Sequence[Seen] = (), *,
-               quarantined: tuple[int, str] | None = None) -> dict[str, Any]:
+               quarantined: tuple[int, str] | None = None,
+               pools: Mapping[str, Pool] | None = None) -> dict[str, Any]:
     """`moon status --json`: the folded state (results decoded), the shown status, the hints,
     the journal's sequence numbers, and the quarantine if the journal stops verifying."""
     out: dict[str, Any] = decoded(state)
     out["shown_status"] = "quarantined" if quarantined else shown_status(state)
-    out["hints"] = wait_hints(state)
+    out["hints"] = wait_hints(state, pools)
     out["events"] = [msgspec.to_builtins(s) for s in seen]
     out["quarantined"] = (None if quarantined is None
                           else {"seq": quarantined[0], "detail": quarantined[1]})
@@ -183,8 +206,8 @@ def _columns(state: WorkflowState, ends: dict[str, int], now_ms: int) -> dict[st
         cols["status"].append(step.status)
         cols["try"].append(str(step.attempt) if step.attempt > 1 else "")
         cols["executor"].append(step.executor or "")
-        cols["start"].append(_clock(step.started_at))
-        cols["end"].append(_clock(end))
+        cols["start"].append(clock(step.started_at))
+        cols["end"].append(clock(end))
         cols["duration"].append(_seconds(until - step.started_at)
                                 if until is not None and step.started_at else "")
         cols["tokens"].append(str(step.usage.tokens) if step.usage.tokens else "")
@@ -198,15 +221,15 @@ def _table(cols: dict[str, list[str]], names: Sequence[str]) -> Table:
                          justify="right" if name in ("try", "duration", "tokens") else "left",
                          min_width=max(map(len, cols[name])) if name == "step" else None)
     for k in range(len(cols["step"])):
-        table.add_row(*(Text(cols[n][k], style=_STATUS_STYLE.get(cols[n][k], "") if n == "status"
+        table.add_row(*(Text(cols[n][k], style=STATUS_STYLE.get(cols[n][k], "") if n == "status"
                              else "bold" if n == "step" else "") for n in names))
     return table
 
 
 def status_view(state: WorkflowState, seen: Sequence[Seen] = (), *, width: int = 80,
                 now_ms: int = 0, quarantined: tuple[int, str] | None = None,
-                items: Sequence[tuple[int, Decision]] = (), hints: bool = True
-                ) -> RenderableType:
+                items: Sequence[tuple[int, Decision]] = (), hints: bool = True,
+                pools: Mapping[str, Pool] | None = None) -> RenderableType:
     """One workflow for a terminal of `width` columns: a headline, its steps (empty columns
     dropped; split in two tables when one would not fit), errors and results on their own
     lines, why it waits, and the journal's messages with their stream sequence numbers."""
@@ -214,20 +237,20 @@ def status_view(state: WorkflowState, seen: Sequence[Seen] = (), *, width: int =
     head = Text()
     head.append(state.workflow_id, style="bold")
     head.append("  ")
-    head.append(status, style=_STATUS_STYLE.get(status, ""))
+    head.append(status, style=STATUS_STYLE.get(status, ""))
     if state.plan_id:
         head.append(f"  plan {state.plan_id} r{state.plan_revision}", style="dim")
     if state.usage.tokens:
         head.append(f"  {state.usage.tokens} tokens", style="dim")
     if state.deadline_ms:
-        head.append(f"  deadline {_clock(state.deadline_ms)}" + (" (late)" if state.late else ""),
+        head.append(f"  deadline {clock(state.deadline_ms)}" + (" (late)" if state.late else ""),
                     style="red" if state.late else "dim")
     parts: list[RenderableType] = [head]
     if quarantined is not None:
         parts.append(Text(f"quarantined: journal seq {quarantined[0]} does not verify "
                           f"({quarantined[1]}); the state below is the verified part before it",
                           style="bold red"))
-    for hint in wait_hints(state) if hints else ():
+    for hint in wait_hints(state, pools) if hints else ():
         parts.append(Text(f"… {hint}", style="yellow"))
     cols = _columns(state, _ends(items), now_ms)
     names = [n for n, values in cols.items() if n == "step" or any(values)]
@@ -278,29 +301,7 @@ def _events(seen: Sequence[Seen]) -> RenderableType:
     table.add_column("command", no_wrap=True)
     table.add_column("events")
     for s in shown:
-        table.add_row(f"#{s.seq}", _clock(s.at_ms), s.command, ", ".join(s.events))
+        table.add_row(f"#{s.seq}", clock(s.at_ms), s.command, ", ".join(s.events))
     if len(seen) > len(shown):
         table.caption = f"{len(seen) - len(shown)} earlier messages not shown (moon tail)"
-    return table
-
-
-def list_view(rows: Sequence[Mapping[str, Any]]) -> Table:
-    """`moon list`: one workflow a row (index entries as mappings, the engine's WorkflowSummary
-    fields); `detail` (why one is quarantined) only when any has one."""
-    table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold")
-    with_detail = any(r.get("detail") for r in rows)
-    for column in ("workflow", "status", "done", "tokens", "seq", "updated",
-                   *(("detail",) if with_detail else ())):
-        table.add_column(column, no_wrap=column in ("workflow", "status"),
-                         justify="right" if column in ("tokens", "seq") else "left")
-    for r in rows:
-        status = str(r.get("status", ""))
-        cells: list[Any] = [Text(str(r.get("workflow_id", "")), style="bold"),
-                            Text(status, style=_STATUS_STYLE.get(status, "")),
-                            f"{r.get('completed', 0)}/{r.get('steps', 0)}",
-                            str(r.get("tokens", 0)), str(r.get("version", 0)),
-                            _clock(r.get("updated_ms"))]
-        if with_detail:
-            cells.append(str(r.get("detail", "")))
-        table.add_row(*cells)
     return table

@@ -331,6 +331,7 @@ def rights(name: str, space: Space | None = None, capabilities: Sequence[str] = 
                 *on.read(on.kv_stream("maestro_board")),
                 *on.info(on.stream("INTENTS")), *on.info(on.stream("MOON_CMD")),
                 *on.info(on.stream("WORK")),
+                f"$JS.API.CONSUMER.INFO.{on.stream('WORK')}.*",  # is a pool served (moon status)
             ]
             return Rights(_dedupe(pub), (inbox,), _deny())
         case Role.AUDITOR:

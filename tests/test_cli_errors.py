@@ -108,6 +108,11 @@ async def test_unknown_workflows_and_sequences_are_refused(
                  "--json"], ["replay", "wf-nope", "--to-seq", "5"]):
         one_line(await run(*args), Exit.UNKNOWN, "unknown workflow", "wf-nope")
 
+    # An index with nothing in it is an empty list, not an error (moon list's one watcher).
+    empty = await run("list", "--json")
+    assert empty.returncode == 0 and empty.stdout == "", empty.stderr
+    assert (await run("list")).stdout.startswith("no workflows")
+
 
 # --- README and --help agree; --help is light --------------------------------------------------
 

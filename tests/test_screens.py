@@ -21,6 +21,7 @@ from maestro.planner import plan_goal
 from maestro.solve import SolveOptions
 from moon import replay
 from moon.index import WorkflowSummary
+from moon.list_screen import list_lines
 from moon.screens import events_of, list_view, shown_status, state_json, status_view, wait_hints
 from moon.workflow import decide
 from streams.moon_events import (
@@ -193,6 +194,11 @@ def test_list_shows_why_a_workflow_is_quarantined() -> None:
     text = render(list_view(rows), 100)
     assert "journal seq 12 does not verify" in text and "detail" in text
     assert "detail" not in render(list_view(rows[:1]), 100)
+    lines = list_lines(rows)
+    assert lines[0].split() == ["workflow", "status", "done", "tokens", "seq", "updated", "detail"]
+    assert lines[2].startswith("wf-bad ") and lines[2].endswith("journal seq 12 does not verify")
+    assert "detail" not in list_lines(rows[:1])[0] and "\x1b[" not in "".join(lines)
+    assert "\x1b[32mcompleted" in list_lines(rows[:1], colour=True)[1]  # status coloured
 
 
 def test_maestro_plan_writes_the_html_page(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def test_maestro_up_serves_the_stack_and_stops_on_sigterm(tmp_path: Path) -> Non
     except FileNotFoundError as error:
         pytest.skip(str(error))
     home = tmp_path / "home"
-    with maestro_up(home, tmp_path) as (proc, nats_port, http_port, _):
+    with maestro_up(home, tmp_path) as (proc, nats_port, http_port, log_path):
         printed = (tmp_path / "up.log").read_text()
         assert f"nats://127.0.0.1:{nats_port}" in printed
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/openapi.json") as answer:
@@ -88,6 +88,17 @@ def test_maestro_up_serves_the_stack_and_stops_on_sigterm(tmp_path: Path) -> Non
                                   str(home)], env=_env(home), capture_output=True, text=True,
                                  timeout=120, cwd=ROOT, check=False)
         assert example.returncode == 0, example.stdout + example.stderr[-2000:]
+        # The README's executor example, as it is written: decorated functions, registered
+        # with the stack and run through the gate's dispatch.
+        served = subprocess.run([sys.executable, str(ROOT / "examples" / "executor.py"),
+                                 str(home)], env=_env(home), capture_output=True, text=True,
+                                timeout=120, cwd=ROOT, check=False)
+        assert served.returncode == 0, served.stdout + served.stderr[-2000:]
+        assert ": completed " in served.stdout and '"summary"' in served.stdout, served.stdout
+        # The services talk: a line per step transition, in the stack's log.
+        logged = log_path.read_text()
+        for event in ("step_scheduled", "step_started", "step_completed", "workflow_completed"):
+            assert f'"event": "{event}"' in logged, logged[-3000:]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, (tmp_path / "up.log").read_text()[-3000:]
     # Nothing left behind: the broker went with it, and a client says so in one line, without
