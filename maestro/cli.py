@@ -336,8 +336,12 @@ def up_command(
     http_port: Annotated[int, typer.Option(help="HTTP, MCP and A2A on 127.0.0.1")] = 8470,
     demo_executors: Annotated[bool, typer.Option(
         "--demo-executors", help="also run the example executors")] = False,
+    ui_actions: Annotated[bool, typer.Option(
+        "--ui-actions", help="enable the web UI's operator actions (each through the gate)")
+    ] = False,
 ) -> None:
-    """The whole stack on this machine: broker, MOON, MAESTRO, HTTP/MCP/A2A; Ctrl-C stops it."""
+    """The whole stack on this machine: broker, MOON, MAESTRO, HTTP/MCP/A2A and the web UI
+    (/ui); Ctrl-C stops it."""
     import asyncio  # noqa: PLC0415
     import logging  # noqa: PLC0415
 
@@ -346,7 +350,8 @@ def up_command(
     configure_logging(logging.WARNING)
     try:
         raise typer.Exit(asyncio.run(run_up(data_dir or home_dir(), port=port,
-                                            http_port=http_port, demo_executors=demo_executors)))
+                                            http_port=http_port, demo_executors=demo_executors,
+                                            ui_actions=ui_actions)))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
