@@ -15,11 +15,15 @@ function el(tag, attrs, ...children) {
     else if (k === "class") node.className = v;
     else node.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     node.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
   return node;
+}
+
+function put(...nodes) {
+  main.replaceChildren(...nodes.flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false && n !== ""));
 }
 
 function svg(tag, attrs, ...children) {
@@ -109,7 +113,7 @@ async function listPage() {
     el("button", {disabled: page <= 1, onclick: () => go({page: String(page - 1)})}, "← newer"),
     el("span", {class: "muted"}, `page ${page} of ${data.pages} · ${data.total} workflows`),
     el("button", {disabled: page >= data.pages, onclick: () => go({page: String(page + 1)})}, "older →"));
-  main.replaceChildren(
+  put(
     el("h1", {}, "Workflows"),
     el("div", {class: "filters"}, search, plan, since),
     el("div", {class: "filters"}, chips),
@@ -277,7 +281,7 @@ function renderWorkflow(wf, events, scale) {
     el("td", {}, status(r.outcome)), el("td", {class: "mono"}, r.caller ? r.caller.slice(-16) : "(unverified)"),
     el("td", {}, r.reason || ""), el("td", {class: "mono"}, r.ref)));
   const head = (...names) => el("thead", {}, el("tr", {}, names.map((n) => el("th", {}, n))));
-  main.replaceChildren(
+  put(
     el("h1", {}, el("span", {class: "mono", id: "wf-id"}, wf.workflow_id), " ", status(wf.shown_status)),
     el("p", {class: "meta"}, meta.join(" · "), wf.plan_id ? [" · plan ", el("a", {href: `/ui/plans/${encodeURIComponent(wf.plan_id)}`}, wf.plan_id), ` r${wf.plan_revision}`] : ""),
     wf.quarantined ? el("p", {class: "notice bad"}, `quarantined: journal #${wf.quarantined.seq} does not verify (${wf.quarantined.detail}); what is shown is the verified part before it`) : "",
@@ -342,7 +346,7 @@ async function planPage(id) {
   const deadline = p.goal && p.goal.deadline_ms;
   const json = (v) => el("pre", {}, JSON.stringify(v, null, 2));
   const plan = p.plan || {};
-  main.replaceChildren(
+  put(
     el("h1", {}, "plan ", el("span", {class: "mono"}, p.plan_id), " ", status(p.status)),
     el("p", {class: "meta"}, [p.goal ? `goal ${p.goal.name}, ${(p.goal.steps || []).length} steps` : "", plan.makespan !== undefined ? `makespan ${axisLabel(plan.makespan || 0)}` : "",
       plan.cost !== undefined && plan.cost !== null ? `cost ${plan.cost}` : "", deadline ? `deadline ${axisLabel(deadline)}` : "",
@@ -370,7 +374,7 @@ async function planPage(id) {
 // -- routing --------------------------------------------------------------------------------------
 
 function show(error) {
-  main.replaceChildren(el("p", {class: "notice bad", id: "error"}, error.message || String(error)));
+  put(el("p", {class: "notice bad", id: "error"}, error.message || String(error)));
 }
 
 async function route() {
