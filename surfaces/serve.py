@@ -29,6 +29,7 @@ from surfaces.forward import Caller, Gateway
 from surfaces.http import DEFAULT_MAX_BODY, http_routes
 from surfaces.mcp_server import McpSurface
 from surfaces.reads import Reads
+from surfaces.ui import close_streams
 
 __all__ = ["DEFAULT_PORT", "main", "serve_surfaces", "surfaces_app"]
 
@@ -103,6 +104,7 @@ async def serve_surfaces(
             ready.set()
         await asyncio.shield(task)
     finally:
+        close_streams(app)  # the UI's event streams would hold uvicorn's shutdown open
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await task

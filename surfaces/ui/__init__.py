@@ -3,6 +3,6 @@
 Static assets ship in surfaces/ui/static (package data): plain HTML, CSS and JavaScript.
 """
 
-from surfaces.ui.app import ACTIONS, ui_routes
+from surfaces.ui.app import ACTIONS, close_streams, ui_routes
 
-__all__ = ["ACTIONS", "ui_routes"]
+__all__ = ["ACTIONS", "close_streams", "ui_routes"]

@@ -12,7 +12,6 @@ the caller's grant decides and the gate audits it. The browser holds no key.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import importlib.resources
 import math
@@ -39,7 +38,7 @@ from surfaces.reads import Reads
 from surfaces.ui.cache import AuditCache, IndexCache, JournalCache, PlanCache
 from surfaces.ui.views import ListQuery, event_rows, list_page, plan_view, workflow_view
 
-__all__ = ["ACTIONS", "STREAM_LIFETIME_S", "ui_routes"]
+__all__ = ["ACTIONS", "STREAM_LIFETIME_S", "close_streams", "ui_routes"]
 
 _encode = msgspec.json.Encoder().encode
 STREAM_LIFETIME_S = 20.0  # an event stream ends by itself; the browser resumes from its last id
@@ -96,6 +95,7 @@ class _Ui:
         self.plans = PlanCache(reads)
         self.audit = AuditCache(reads)
         self.assets = _assets()
+        self.closing = asyncio.Event()  # set when the server stops: open streams end at once
 
     # -- pages and assets ------------------------------------------------------------------
 
@@ -201,7 +201,7 @@ class _Ui:
             row = event_rows([(item.seq, decision)])[0]
             return f"id: {item.seq}\nevent: journal\ndata: {_encode(row).decode()}\n\n"
 
-        return _sse(rows(), render)
+        return _sse(rows(), render, self.closing)
 
     async def index_stream(self, request: Request) -> Response:
         """Index changes (a workflow's status moved), for the list to refresh itself."""
@@ -218,7 +218,7 @@ class _Ui:
             key = subject.rsplit(".", 1)[-1]
             return f"id: {seq}\nevent: index\ndata: {_encode({'workflow_id': key}).decode()}\n\n"
 
-        return _sse(rows(), render)
+        return _sse(rows(), render, self.closing)
 
     # -- plans -------------------------------------------------------------------------------
 
@@ -293,10 +293,10 @@ def _same_origin(request: Request) -> Refusal | None:
     return None
 
 
-def _sse(rows: AsyncIterator[Any], render: Any) -> StreamingResponse:
-    """Server-sent events from `rows`, with comments to keep proxies open; the stream ends
-    after STREAM_LIFETIME_S (EventSource reconnects with Last-Event-ID), so a server that
-    stops is never held open by a browser tab."""
+def _sse(rows: AsyncIterator[Any], render: Any, closing: asyncio.Event) -> StreamingResponse:
+    """Server-sent events from `rows`, with comments to keep proxies open. uvicorn waits for
+    open responses before it stops, so a stream ends when `closing` is set (close_streams)
+    and, in any case, after STREAM_LIFETIME_S (EventSource reconnects with Last-Event-ID)."""
 
     async def body() -> AsyncIterator[str]:
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -306,26 +306,41 @@ def _sse(rows: AsyncIterator[Any], render: Any) -> StreamingResponse:
                 await queue.put(row)
 
         task = asyncio.ensure_future(pump())
+        closed = asyncio.ensure_future(closing.wait())
         try:
             yield "retry: 1000\n\n"
             ends = time.monotonic() + STREAM_LIFETIME_S
-            while (left := ends - time.monotonic()) > 0:
-                try:
-                    row = await asyncio.wait_for(queue.get(), min(left, PING_S))
-                except TimeoutError:
-                    yield ": ping\n\n"
+            while (left := ends - time.monotonic()) > 0 and not closing.is_set():
+                got = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({got, closed}, timeout=min(left, PING_S),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if got not in done:
+                    got.cancel()
+                    if not closing.is_set():
+                        yield ": ping\n\n"
                     continue
-                text = render(row)
+                text = render(got.result())
                 yield text
                 if text.startswith("event: quarantined"):
                     return
         finally:
+            # Not awaited: unsubscribing the ordered consumer can take seconds, and nothing
+            # here waits for it (the stream's end must not).
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            closed.cancel()
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     return StreamingResponse(body(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def close_streams(app: Any) -> None:
+    """End the UI's open event streams on `app` (a Starlette app or router whose routes came
+    from ui_routes): call it before telling uvicorn to stop, which waits for them."""
+    for route in getattr(app, "routes", ()):
+        owner = getattr(getattr(route, "endpoint", None), "__self__", None)
+        if isinstance(owner, _Ui):
+            owner.closing.set()
 
 
 def ui_routes(gateway: Gateway, reads: Reads, *, caller: Caller | None = None,

@@ -25,10 +25,12 @@ from streams.config import WORKFLOWS
 from surfaces.forward import Caller, Gateway, result_of
 from surfaces.http import http_routes
 from surfaces.reads import Reads
+from surfaces.serve import serve_surfaces
+from surfaces.ui.app import STREAM_LIFETIME_S
 
 from .. import walls as tw
 from ..moon.engine_world import engine, worker
-from .world import restricted, serving, step
+from .world import free_port, restricted, serving, step
 
 UI = {"X-Maestro-UI": "1", "Content-Type": "application/json"}
 
@@ -307,3 +309,23 @@ async def test_the_list_filters_searches_and_pages_the_index(nc, js, space):
             updated_ms=3_000_000)))
         got = await asyncio.wait_for(follow, 30)
         assert [json.loads(e["data"])["workflow_id"] for e in got if e.get("event")] == ["wf-050"]
+
+
+async def test_a_server_that_stops_ends_its_open_event_streams(nc, js, space):
+    """uvicorn waits for open responses before it stops: a browser tab following a workflow
+    must not hold `maestro up` open (the stream would otherwise last STREAM_LIFETIME_S)."""
+    trust = tw.trust_for(space)
+    port = free_port()
+    ready = asyncio.Event()
+    served = asyncio.ensure_future(serve_surfaces(nc, services=trust.services, caller=None,
+                                                  space=space, port=port, ready=ready))
+    await asyncio.wait_for(ready.wait(), 30)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http, \
+            http.stream("GET", "/ui/api/workflows/nobody-yet/stream") as answer:
+        lines = answer.aiter_lines()
+        assert await anext(lines) == "retry: 1000"  # the stream is open
+        began = asyncio.get_running_loop().time()
+        served.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(served, STREAM_LIFETIME_S / 2)
+        assert asyncio.get_running_loop().time() - began < STREAM_LIFETIME_S / 2
