@@ -67,9 +67,18 @@ function listen(url, handlers) {
   for (const [name, fn] of Object.entries(handlers)) source.addEventListener(name, fn);
 }
 
+// The server verifies a journal once and then reads only what is new: pointing at a row lets
+// it do the first (the slow) read before the click.
+const warmed = new Set();
+function warm(id) {
+  if (warmed.has(id)) return;
+  warmed.add(id);
+  fetch(`/ui/api/workflows/${encodeURIComponent(id)}`).catch(() => {});
+}
+
 // -- the workflow list ------------------------------------------------------------------------
 
-const SINCE = {"": "any time", "3600000": "last hour", "86400000": "last 24 h", "604800000": "last 7 days"};
+const SINCE = [["", "any time"], ["3600000", "last hour"], ["86400000", "last 24 h"], ["604800000", "last 7 days"]];
 
 async function listPage() {
   const params = new URLSearchParams(location.search);
@@ -92,7 +101,7 @@ async function listPage() {
     "aria-label": "filter by plan", id: "plan-filter"});
   plan.addEventListener("change", () => go({plan: plan.value.trim()}));
   const since = el("select", {"aria-label": "updated since", id: "since"},
-    Object.entries(SINCE).map(([v, label]) => el("option", {value: v, selected: (params.get("since") || "") === v}, label)));
+    SINCE.map(([v, label]) => el("option", {value: v, selected: (params.get("since") || "") === v}, label)));
   since.addEventListener("change", () => go({since: since.value}));
   const chips = [el("span", {class: `chip${params.get("status") ? "" : " on"}`, onclick: () => go({status: ""})}, `all ${Object.values(data.counts).reduce((a, b) => a + b, 0)}`)];
   for (const [s, n] of Object.entries(data.counts).sort()) {
@@ -100,7 +109,7 @@ async function listPage() {
       onclick: () => go({status: s})}, `${s} ${n}`));
   }
   const rows = data.items.map((r) => el("tr", {"data-workflow": r.workflow_id},
-    el("td", {class: "mono"}, el("a", {href: `/ui/workflows/${encodeURIComponent(r.workflow_id)}`}, r.workflow_id)),
+    el("td", {class: "mono"}, el("a", {href: `/ui/workflows/${encodeURIComponent(r.workflow_id)}`, onmouseenter: () => warm(r.workflow_id)}, r.workflow_id)),
     el("td", {}, status(r.status)),
     el("td", {class: "num"}, `${r.completed}/${r.steps}`),
     el("td", {class: "num"}, r.tokens || ""),
@@ -362,13 +371,17 @@ async function planPage(id) {
         el("div", {class: "dissent"}, el("h4", {}, "dissent: the plan it replaced"), planTable(r.dissent, deadline)))))
       : el("p", {class: "muted"}, "no revision"),
     el("div", {class: "cols"},
-      el("div", {}, el("h2", {}, "Anticipation"), p.anticipation ? json(p.anticipation) : el("p", {class: "muted"}, "none recorded")),
+      el("div", {}, el("h2", {}, "Anticipation"), p.anticipation ? [
+        el("p", {id: "p-on-time"}, `p(on time) ${p.anticipation.p_on_time ?? "?"} · p(success) ${p.anticipation.p_success ?? "?"} · ${p.anticipation.samples ?? "?"} samples`),
+        el("ul", {}, (p.anticipation.backups || []).map((b) => el("li", {}, `backup for ${b.step}: ${b.executor} (${axisLabel(b.duration)}, cost ${b.cost})`))),
+        json(p.anticipation)] : el("p", {class: "muted"}, "none recorded")),
       el("div", {}, el("h2", {}, "Bids"), p.bids ? json(p.bids) : el("p", {class: "muted"}, "no bids (board prices)")),
       el("div", {}, el("h2", {}, "Awards"), p.awards ? json(p.awards) : el("p", {class: "muted"}, "not allocated"))),
     p.refusals.length ? [el("h2", {}, "Refusals"), el("ul", {}, p.refusals.map((r) => el("li", {}, `#${r.seq} ${r.reason}: ${r.detail}`)))] : "",
     p.ratifications.length ? [el("h2", {}, "Ratifications"), el("ul", {}, p.ratifications.map((r) => el("li", {}, `#${r.seq} ${r.approved ? "approved" : "rejected"} by ${r.by} ${r.note}`)))] : "",
     el("h2", {}, "Journal"), el("table", {}, el("tbody", {}, p.history.map((h) => el("tr", {}, el("td", {class: "num mono"}, `#${h.seq}`), el("td", {}, stamp(h.at_ms)), el("td", {class: "mono"}, h.type))))),
-    el("h2", {}, "Audit"), el("ul", {}, p.audit.map((r) => el("li", {class: "mono"}, `#${r.seq} ${r.service}.${r.method} ${r.outcome} ${r.ref}`))));
+    el("h2", {}, "Audit"), p.audit.length ? el("ul", {}, p.audit.map((r) => el("li", {class: "mono"}, `#${r.seq} ${r.service}.${r.method} ${r.outcome} ${r.ref}`)))
+      : el("p", {class: "muted"}, "no audit record of this plan's requests in the recent window (a plan made in-process, as by `maestro demo`, passed no gate)"));
 }
 
 // -- routing --------------------------------------------------------------------------------------
