@@ -307,6 +307,7 @@ def _sse(rows: AsyncIterator[Any], render: Any, closing: asyncio.Event) -> Strea
 
         task = asyncio.ensure_future(pump())
         closed = asyncio.ensure_future(closing.wait())
+        got: asyncio.Future[Any] | None = None
         try:
             yield "retry: 1000\n\n"
             ends = time.monotonic() + STREAM_LIFETIME_S
@@ -328,6 +329,8 @@ def _sse(rows: AsyncIterator[Any], render: Any, closing: asyncio.Event) -> Strea
             # here waits for it (the stream's end must not).
             task.cancel()
             closed.cancel()
+            if got is not None:
+                got.cancel()
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     return StreamingResponse(body(), media_type="text/event-stream",

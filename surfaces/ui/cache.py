@@ -26,7 +26,7 @@ from streams.config import AUDIT, WORKFLOWS
 from streams.jetstream_store import last_sequence, ordered_read
 from streams.moon_events import Decision
 from streams.plan_events import Foreign, PlanBatch
-from streams.store import Unreadable
+from streams.store import Loaded, Stored, Unreadable, decode_stored
 from surfaces.reads import Reads, as_json
 
 __all__ = ["AuditCache", "IndexCache", "JournalCache", "PlanCache", "Tail"]
@@ -72,6 +72,11 @@ class _Tails(Generic[T]):
                 loaded = await self.store.read(aggregate, after=tail.version)
             except Unreadable as error:
                 tail.quarantined = (error.seq, error.detail)
+                verified = getattr(error, "items", [])  # the part before it, still shown
+                tail.items.extend((i.seq, i.time_ms, i.value) for i in verified)
+                tail.version = max([tail.version, *(i.seq for i in verified)])
+                if fold is not None:
+                    tail.folded = fold(tail.folded, [i.value for i in verified])
                 return tail
             tail.items.extend((i.seq, i.time_ms, i.value) for i in loaded.items)
             tail.version = max(tail.version, loaded.version)
@@ -80,11 +85,63 @@ class _Tails(Generic[T]):
             return tail
 
 
+class PartlyUnreadable(Unreadable):
+    """Unreadable, with the verified messages before the one that is not."""
+
+    def __init__(self, error: Unreadable, items: list[Any]) -> None:
+        super().__init__(error.aggregate, error.seq, error.subject, error.detail)
+        self.items = items
+
+
+class _ThreadedJournal:
+    """`reads.moon.read` with the signature checks off the event loop: the same codec (each
+    message verified as an engine's), run in worker threads for a long read, so a cold page
+    of thousands of messages neither stalls the server's other requests nor takes one core
+    only (PyNaCl releases the GIL while it verifies)."""
+
+    CHUNK = 256
+
+    def __init__(self, reads: Reads) -> None:
+        self.js, self.store = reads.js, reads.moon
+
+    async def read(self, aggregate: str, *, after: int = 0) -> Loaded[Decision]:
+        layout = self.store.layout
+        wanted = layout.filter(aggregate)
+        last = await last_sequence(self.js, layout.stream, wanted)
+        if last <= after:
+            return Loaded(version=after, items=[])
+        rows = await ordered_read(self.js, layout.stream, wanted, after=after, upto=last)
+        codec = self.store.codec
+
+        def decode(part: list[tuple[int, str, int, bytes]]
+                   ) -> tuple[list[Stored[Decision]], Unreadable | None]:
+            out = []
+            for row in part:
+                try:
+                    out.append(decode_stored(codec, aggregate, row))
+                except Unreadable as error:
+                    return out, error
+            return out, None
+
+        if len(rows) <= self.CHUNK:
+            parts = [decode(rows)]
+        else:
+            half = -(-len(rows) // 2)
+            parts = await asyncio.gather(*(asyncio.to_thread(decode, rows[k:k + half])
+                                           for k in range(0, len(rows), half)))
+        items: list[Stored[Decision]] = []
+        for part, error in parts:  # up to the first message that does not verify
+            items.extend(part)
+            if error is not None:
+                raise PartlyUnreadable(error, items)
+        return Loaded(version=items[-1].seq if items else after, items=items)
+
+
 class JournalCache:
     """Workflows as the MOON journal says, folded incrementally with the engine's own fold."""
 
     def __init__(self, reads: Reads, *, size: int = 64) -> None:
-        self._tails: _Tails[Decision] = _Tails(reads.moon, size=size)
+        self._tails: _Tails[Decision] = _Tails(_ThreadedJournal(reads), size=size)
 
     async def load(self, workflow_id: str) -> tuple[Tail[Decision], WorkflowState]:
         def fold(state: WorkflowState | None, new: list[Decision]) -> WorkflowState:

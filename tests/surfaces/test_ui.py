@@ -27,6 +27,7 @@ from surfaces.http import http_routes
 from surfaces.reads import Reads
 from surfaces.serve import serve_surfaces
 from surfaces.ui.app import STREAM_LIFETIME_S
+from surfaces.ui.cache import _ThreadedJournal
 
 from .. import walls as tw
 from ..moon.engine_world import engine, worker
@@ -329,3 +330,39 @@ async def test_a_server_that_stops_ends_its_open_event_streams(nc, js, space):
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(served, STREAM_LIFETIME_S / 2)
         assert asyncio.get_running_loop().time() - began < STREAM_LIFETIME_S / 2
+
+
+async def test_a_message_the_engine_did_not_sign_is_shown_as_a_quarantine_not_as_history(
+        nc, js, space, monkeypatch):
+    """The UI reads the journal verified: a well-formed decision signed by another key (here
+    claiming the step completed) stops the fold where it sits, and the page says so."""
+    import os  # noqa: PLC0415
+
+    from envelope.keys import signer_from_seed  # noqa: PLC0415
+    from envelope.statement import DECISION, sign_statement  # noqa: PLC0415
+    from streams import subjects  # noqa: PLC0415
+    from streams.moon_events import CompleteStep, Decision, StepCompleted  # noqa: PLC0415
+
+    async with stack(nc, space) as s, serving(s.app()) as url, \
+            httpx.AsyncClient(base_url=url, timeout=30) as http:
+        wf = await _dispatch_stuck(s, "forged-1")
+        before = (await http.get(f"/ui/api/workflows/{wf}")).json()  # cached up to here
+        forged = Decision(command=CompleteStep(command_id="x", workflow_id=wf, at_ms=1,
+                                               step="a", attempt=1),
+                          events=[StepCompleted(at_ms=1, step="a", attempt=1)])
+        data = sign_statement(signer_from_seed(os.urandom(32)), DECISION,
+                              msgspec.json.encode(forged))
+        ack = await js.publish(space.subject(subjects.workflow_event(wf, "step.completed")),
+                               data)
+        view = (await http.get(f"/ui/api/workflows/{wf}")).json()
+        assert view["quarantined"]["seq"] == ack.seq and view["shown_status"] == "quarantined"
+        assert view["steps"][0]["status"] != "completed"
+        assert view["version"] == before["version"]  # nothing after the forgery is folded
+        events = (await http.get(f"/ui/api/workflows/{wf}/events")).json()
+        assert ack.seq not in [e["seq"] for e in events["items"]]
+    # A cold read verifies in threads, in parts: the same verdict, the same place.
+    monkeypatch.setattr(_ThreadedJournal, "CHUNK", 1)
+    async with serving(Starlette(routes=http_routes(
+            s.gateway, s.reads))) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        cold = (await http.get(f"/ui/api/workflows/{wf}")).json()
+        assert cold["quarantined"]["seq"] == ack.seq and cold["version"] == before["version"]
