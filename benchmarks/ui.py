@@ -135,11 +135,43 @@ async def write_index(js, space: Space, count: int) -> None:  # type: ignore[no-
             plan_id=f"plan-{k % 100}"))) for k in range(start, min(start + 500, count))))
 
 
+async def browser_timings(base: str, steps: int, n: int) -> None:
+    """Navigation to the page drawn (the list's rows, the workflow's Gantt), in Chromium."""
+    import shutil  # noqa: PLC0415
+
+    from playwright.async_api import async_playwright  # noqa: PLC0415
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        print("no chromium: browser timings skipped")
+        return
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    pages = {"list page (browser)": ("/ui/", "#workflows tbody tr"),
+             f"workflow {steps} steps (browser)": ("/ui/workflows/big", "#gantt")}
+    async with async_playwright() as play:
+        browser = await play.chromium.launch(executable_path=path, args=flags)
+        page = await browser.new_page(viewport={"width": 1500, "height": 1000})
+        for name, (url, selector) in pages.items():
+            took = []
+            for _ in range(n):
+                t = time.perf_counter()
+                await page.goto(base + url)
+                await page.wait_for_selector(selector, timeout=60_000)
+                took.append((time.perf_counter() - t) * 1000)
+            median = statistics.median(took)
+            print(f"{name:<34}{'':>1}{median:>9.1f}{max(took):>9.1f}{median / TARGET_MS:>8.2f}"
+                  "  (median, max: navigation to drawn)")
+        await browser.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--workflows", type=int, default=10_000)
     parser.add_argument("--n", type=int, default=30, help="timed requests per endpoint")
+    parser.add_argument("--browser", action="store_true",
+                        help="also time the pages drawn in headless Chromium (playwright)")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     space = Space("uibench")
@@ -192,6 +224,8 @@ async def main() -> None:
                     median = statistics.median(took)
                     print(f"{name:<26}{cold:>9.1f}{median:>9.1f}{pct(took, 0.99):>9.1f}"
                           f"{median / TARGET_MS:>8.2f}{len(first.content):>10}")
+            if args.browser:
+                await browser_timings(f"http://127.0.0.1:{port}", args.steps, max(3, args.n // 5))
             server.should_exit = True
             await task
         finally:

@@ -256,6 +256,16 @@ function eventRow(wf, e) {
     el("td", {}, forkButton(wf, e.seq)));
 }
 
+// Long tables show their first rows until asked for all: a page of 1,000 steps stays quick
+// to draw (the Gantt always shows every step).
+const ROWS = 200;
+const expanded = new Set();
+const shown = (rows, name) => expanded.has(name) ? rows : rows.slice(0, ROWS);
+function more(rows, name, redraw) {
+  if (rows.length <= ROWS || expanded.has(name)) return "";
+  return el("button", {class: "more", onclick: () => { expanded.add(name); redraw(); }}, `show all ${rows.length} ${name}`);
+}
+
 function renderWorkflow(wf, events, scale) {
   document.title = `${wf.workflow_id} · MAESTRO · MOON`;
   const scaleSelect = el("select", {id: "scale", "aria-label": "time axis"},
@@ -272,14 +282,14 @@ function renderWorkflow(wf, events, scale) {
     ...wf.replans.map((r) => el("li", {class: "rep replan"},
       `#${r.seq} replan r${r.revision}: ${r.reason} → ${Object.entries(r.assignments).map(([s, e]) => `${s} on ${e}`).join(", ")}`)),
   ];
-  const steps = wf.steps.map((s) => el("tr", {"data-step": s.id},
+  const steps = shown(wf.steps, "steps").map((s) => el("tr", {"data-step": s.id},
     el("td", {class: "mono"}, s.id), el("td", {}, status(s.status)), el("td", {class: "mono"}, s.capability),
     el("td", {class: "num"}, s.attempt), el("td", {}, s.executor || ""),
     el("td", {class: s.planned_executor && s.executor && s.planned_executor !== s.executor ? "s-failed" : ""}, s.planned_executor || ""),
     el("td", {class: "num"}, seconds(s.duration_ms)), el("td", {class: "num"}, s.usage.tokens || ""),
     el("td", {class: "num"}, seconds(s.usage.wall_ms)), el("td", {class: "num"}, s.usage.joules || ""),
     el("td", {class: "result mono"}, s.result), el("td", {class: "error"}, s.error)));
-  const attempts = wf.attempts.map((a) => el("tr", {"data-attempt": `${a.step}/${a.attempt}`},
+  const attempts = shown(wf.attempts, "attempts").map((a) => el("tr", {"data-attempt": `${a.step}/${a.attempt}`},
     el("td", {class: "mono"}, a.step), el("td", {class: "num"}, a.attempt + (a.compensation ? " (undo)" : "")),
     el("td", {}, a.executor || ""), el("td", {}, clock(a.scheduled_at)), el("td", {}, clock(a.started_at)),
     el("td", {class: "num"}, seconds(a.ended_at && a.started_at ? a.ended_at - a.started_at : null)),
@@ -301,8 +311,10 @@ function renderWorkflow(wf, events, scale) {
     marks.length ? el("ul", {class: "marks", id: "marks"}, marks) : el("p", {class: "muted", id: "marks"}, "no deviation, no replan"),
     el("h2", {}, "Steps"),
     el("table", {id: "steps"}, head("step", "status", "capability", "attempts", "executor", "planned", "duration", "tokens", "wall", "joules", "result", "error"), el("tbody", {}, steps)),
+    more(wf.steps, "steps", () => renderWorkflow(wf, events, scale)),
     el("h2", {}, "Attempts"),
     el("table", {id: "attempts"}, head("step", "attempt", "executor", "scheduled", "started", "took", "outcome", "tokens", "error"), el("tbody", {}, attempts)),
+    more(wf.attempts, "attempts", () => renderWorkflow(wf, events, scale)),
     el("div", {class: "cols"},
       el("div", {}, el("h2", {}, `Journal (${wf.events} messages${events.length < wf.events ? `, last ${events.length} shown` : ""})`),
         el("table", {id: "journal"}, head("seq", "time", "command", "events", ""), el("tbody", {}, events.map((e) => eventRow(wf.workflow_id, e))))),
@@ -312,8 +324,9 @@ function renderWorkflow(wf, events, scale) {
 }
 
 async function workflowPage(id) {
-  const wf = await api(`/ui/api/workflows/${encodeURIComponent(id)}`);
-  const events = (await api(`/ui/api/workflows/${encodeURIComponent(id)}/events?last=1&limit=300`)).items;
+  const [wf, journal] = await Promise.all([api(`/ui/api/workflows/${encodeURIComponent(id)}`),
+    api(`/ui/api/workflows/${encodeURIComponent(id)}/events?last=1&limit=300`)]);
+  const events = journal.items;
   let current = wf, scale = "all";
   const draw = () => {
     const chosen = document.getElementById("scale");
