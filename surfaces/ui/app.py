@@ -281,14 +281,23 @@ class _Ui:
         return _json(answer_body(answer))
 
 
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 def _same_origin(request: Request) -> Refusal | None:
     """A page of another origin cannot act through the operator's server: an action needs the
-    UI's own header (which a cross-origin form cannot send) and, when the browser names an
-    Origin, this server's."""
+    UI's own header (which a cross-origin form cannot send), a Host that names this server (a
+    rebound DNS name of another site does not) and, when the browser names an Origin, the
+    Host's."""
     if request.headers.get("x-maestro-ui") != "1":
         return Refusal(Reason.POLICY_BLOCK, "an action comes from the UI (X-Maestro-UI: 1)")
+    host = request.headers.get("host", "")
+    named = urlsplit(f"//{host}").hostname or ""
+    server = (request.scope.get("server") or ("",))[0]
+    if named not in _LOOPBACK and named != server:
+        return Refusal(Reason.POLICY_BLOCK, f"an action for host {host!r}, not this server")
     origin = request.headers.get("origin")
-    if origin and urlsplit(origin).netloc != request.headers.get("host", ""):
+    if origin and urlsplit(origin).netloc != host:
         return Refusal(Reason.POLICY_BLOCK, f"cross-origin action from {origin}")
     return None
 

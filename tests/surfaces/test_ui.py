@@ -242,15 +242,22 @@ async def test_actions_go_through_the_gate_which_refuses_what_the_grant_does_not
             records = [r for r in await s.reads.audit(limit=1000) if r.method == "cancel"]
             assert [(r.caller, r.outcome) for r in records] == [(reader.signer.did, "refused")]
         async with serving(s.app(caller=s.operator, actions=True)) as url, \
-                httpx.AsyncClient(base_url=url, timeout=30, headers={"Host": "ui.test"}) as http:
-            # Not from the UI's own page: no header, or another origin; refused before the gate.
+                httpx.AsyncClient(base_url=url, timeout=30) as http:
+            # Not from the UI's own page: no header, another origin, or another site's DNS
+            # name rebound to this address; each refused before the gate.
             bare = await http.post(f"/ui/api/workflows/{wf}/actions/cancel", json={})
             assert bare.status_code == 403 and "X-Maestro-UI" in bare.json()["detail"]
             foreign = await http.post(f"/ui/api/workflows/{wf}/actions/cancel", json={},
                                       headers=UI | {"Origin": "http://evil.test"})
             assert foreign.status_code == 403 and "cross-origin" in foreign.json()["detail"]
+            rebound = await http.post(f"/ui/api/workflows/{wf}/actions/cancel", json={},
+                                      headers=UI | {"Host": "evil.test:8470",
+                                                    "Origin": "http://evil.test:8470"})
+            assert rebound.status_code == 403 and "not this server" in rebound.json()["detail"]
+            assert not [r for r in await s.reads.audit(limit=1000)
+                        if r.method == "cancel" and r.caller == s.trust.operator.did]
             done = await http.post(f"/ui/api/workflows/{wf}/actions/cancel", json={},
-                                   headers=UI | {"Origin": "http://ui.test"})
+                                   headers=UI | {"Origin": url})
             assert done.status_code == 200, done.text
             assert done.json()["result"]["status"] == "cancelled"
             forked = await http.post(f"/ui/api/workflows/{wf}/actions/fork", headers=UI,
