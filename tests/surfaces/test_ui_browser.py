@@ -20,7 +20,7 @@ from maestro.goal import load_goal
 from streams.broker import find_server_binary
 from streams.replies import Refusal
 
-from ..test_up import maestro_up
+from ..test_up import _cli, maestro_up
 
 ROOT = Path(__file__).resolve().parents[2]
 # The flags this machine's Chromium needs (no sandbox as root, no calls to Google's hosts).
@@ -105,6 +105,15 @@ def test_the_ui_shows_a_replanned_workflow_in_a_real_browser(tmp_path: Path) -> 
             page.locator("a[href^='/ui/plans/']").first.click()
             page.wait_for_selector(".revision", timeout=30_000)
             assert page.locator(".revision .dissent table tbody tr").count() == len(goal.steps)
+            # Live: the list follows the index; a workflow dispatched now appears unreloaded.
+            page.locator("header nav a").first.click()
+            rows.first.wait_for(timeout=30_000)
+            page.wait_for_selector("#live.on", timeout=30_000)
+            dispatched = _cli(["moon", "dispatch", str(ROOT / "examples" / "dag.yaml")], home)
+            assert dispatched.returncode == 0, dispatched.stderr
+            page.wait_for_function(
+                "document.querySelectorAll('#workflows tbody tr').length === 2", timeout=30_000)
+            assert page.locator("#workflows tbody tr .s-running").count() == 1
             assert not errors, errors
         finally:
             browser.close()
