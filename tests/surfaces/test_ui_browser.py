@@ -102,6 +102,13 @@ def test_the_ui_shows_a_replanned_workflow_in_a_real_browser(tmp_path: Path) -> 
             # Read-only by default: the action buttons are there, and disabled.
             assert page.locator("#action-compensate").is_disabled()
             page.screenshot(path=str(shots[0]), full_page=True)
+            # The same bars by executor: the failed one's lane and its replacement's.
+            page.select_option("#lanes", "executor")
+            lanes = set(page.locator("#gantt text.executor-label").all_text_contents())
+            failed_on = page.locator("#attempts tr:has(.s-failed) td").nth(2).inner_text()
+            assert failed_on in lanes and len(lanes) >= 2, (failed_on, lanes)
+            shots.append(tmp_path / "ui-workflow-by-executor.png")
+            page.locator("#gantt").screenshot(path=str(shots[1]))
             page.locator("a[href^='/ui/plans/']").first.click()
             page.wait_for_selector(".revision", timeout=30_000)
             assert page.locator(".revision .dissent table tbody tr").count() == len(goal.steps)
@@ -119,5 +126,6 @@ def test_the_ui_shows_a_replanned_workflow_in_a_real_browser(tmp_path: Path) -> 
             browser.close()
     artifacts = ROOT / "artifacts"
     artifacts.mkdir(exist_ok=True)
-    shutil.copy(shots[0], artifacts / shots[0].name)
+    for shot in shots:
+        shutil.copy(shot, artifacts / shot.name)
     assert shots[0].stat().st_size > 10_000

@@ -143,8 +143,11 @@ function palette(executors) {
   return out;
 }
 
-function gantt(wf, scale) {
-  const ROW = 26, LABEL = 230, WIDTH = 900, TOP = 36, RIGHT = 150;
+// Rows by step (planned and executed bars of a step on one row) or by executor (each
+// executor's planned bars above its executed ones): the same bars, two readings.
+function gantt(wf, scale, lanes) {
+  const byExecutor = lanes === "executor";
+  const ROW = byExecutor ? 30 : 26, LABEL = 230, WIDTH = 900, TOP = 36, RIGHT = 150;
   const t0 = wf.t0;
   const firstPlanned = {};
   for (const b of wf.planned) if (!(b.step in firstPlanned)) firstPlanned[b.step] = b.start;
@@ -152,12 +155,17 @@ function gantt(wf, scale) {
   for (const a of wf.attempts) if (!(a.step in firstRun)) firstRun[a.step] = (a.started_at || a.scheduled_at || t0) - t0;
   const steps = wf.steps.map((s) => s.id).sort((a, b) =>
     ((firstPlanned[a] ?? firstRun[a] ?? 0) - (firstPlanned[b] ?? firstRun[b] ?? 0)) || a.localeCompare(b));
-  const rowOf = Object.fromEntries(steps.map((s, i) => [s, i]));
+  const executors = new Set([...wf.planned.map((b) => b.executor), ...wf.attempts.map((a) => a.executor).filter(Boolean)]);
+  const rows = byExecutor ? [...executors].sort() : steps;
+  const index = Object.fromEntries(rows.map((r, i) => [r, i]));
+  const stepRow = Object.fromEntries(steps.map((s, i) => [s, i]));
+  const plannedRow = (b) => byExecutor ? index[b.executor] : stepRow[b.step];
+  const attemptRow = (a) => byExecutor ? index[a.executor] : stepRow[a.step];
+  const markRow = (d) => byExecutor ? (index[d.executor] ?? 0) : (stepRow[d.step] ?? 0);
   const span = Math.max(scale === "actual" ? wf.axis.actual_span : wf.axis.span, 1);
   const ticks = scale === "actual" ? wf.axis.actual_ticks : wf.axis.ticks;
   const x = (t) => LABEL + Math.min(Math.max(t, 0), span) * WIDTH / span;
-  const height = TOP + ROW * steps.length + 24;
-  const executors = new Set([...wf.planned.map((b) => b.executor), ...wf.attempts.map((a) => a.executor).filter(Boolean)]);
+  const height = TOP + ROW * rows.length + 24;
   const color = palette(executors);
   const chart = svg("svg", {class: "gantt", id: "gantt", width: LABEL + WIDTH + RIGHT, height,
     viewBox: `0 0 ${LABEL + WIDTH + RIGHT} ${height}`, role: "img", "aria-label": `Gantt of ${wf.workflow_id}: plan versus actual`});
@@ -165,27 +173,28 @@ function gantt(wf, scale) {
     chart.append(svg("line", {class: "tick", x1: x(t), x2: x(t), y1: TOP - 8, y2: height - 20}));
     chart.append(svg("text", {x: x(t), y: TOP - 14, "text-anchor": "middle"}, axisLabel(t)));
   }
-  steps.forEach((s, i) => {
-    chart.append(svg("text", {x: LABEL - 10, y: TOP + i * ROW + 17, "text-anchor": "end", class: "step-label"}, s));
+  rows.forEach((r, i) => {
+    chart.append(svg("text", {x: LABEL - 10, y: TOP + i * ROW + 17, "text-anchor": "end", class: byExecutor ? "executor-label" : "step-label"}, r));
   });
   const now = Date.now();
   for (const b of wf.planned) {
-    const i = rowOf[b.step];
+    const i = plannedRow(b);
     if (i === undefined || (scale === "actual" && b.start > span)) continue;
     const y = TOP + i * ROW + 3 + (b.revision ? 2 : 0);
+    const tall = byExecutor ? ROW / 2 - 4 : ROW - 6 - (b.revision ? 4 : 0);
     chart.append(svg("rect", {class: `planned rev-${b.revision}`, "data-step": b.step, x: x(b.start), y,
-      width: Math.max(x(b.end) - x(b.start), 2), height: ROW - 6 - (b.revision ? 4 : 0), rx: 3, stroke: color[b.executor]},
+      width: Math.max(x(b.end) - x(b.start), 2), height: tall, rx: 3, stroke: color[b.executor]},
       svg("title", {}, `planned${b.revision ? ` (revision ${b.revision})` : ""}: ${b.step} on ${b.executor}, ${axisLabel(b.start)} to ${axisLabel(b.end)}`)));
     if (b.revision) chart.append(svg("text", {x: x(b.end) + 3, y: TOP + i * ROW + 11, class: "replan-label"}, `r${b.revision}`));
   }
   for (const a of wf.attempts) {
-    const i = rowOf[a.step];
+    const i = attemptRow(a);
     const from = a.started_at || a.scheduled_at;
     if (i === undefined || !from) continue;
     const to = a.ended_at || (wf.status === "running" || wf.status === "compensating" ? now : from);
-    const y = TOP + i * ROW + 8;
+    const y = TOP + i * ROW + (byExecutor ? ROW / 2 + 1 : 8);
     chart.append(svg("rect", {class: `attempt ${a.outcome || "open"}${a.compensation ? " compensation" : ""}`, "data-step": a.step,
-      x: x(from - t0), y, width: Math.max(x(to - t0) - x(from - t0), 3), height: ROW - 16, rx: 2,
+      x: x(from - t0), y, width: Math.max(x(to - t0) - x(from - t0), 3), height: byExecutor ? ROW / 2 - 4 : ROW - 16, rx: 2,
       fill: a.started_at ? (color[a.executor] || "#888") : "none", stroke: a.started_at ? null : (color[a.executor] || "#888")},
       svg("title", {}, `${a.compensation ? "compensation " : ""}attempt ${a.attempt} of ${a.step} on ${a.executor || "?"}: ${a.outcome || "running"}, ${seconds(to - from)}${a.error ? ` — ${a.error}` : ""}`)));
   }
@@ -195,7 +204,7 @@ function gantt(wf, scale) {
     chart.append(svg("text", {class: "replan-label", x: at + 4, y: height - 8}, `replan r${r.revision}`));
   }
   for (const d of wf.deviations) {
-    const i = rowOf[d.step] ?? 0;
+    const i = markRow(d);
     const cx = x(d.at_ms - t0), cy = TOP + i * ROW + ROW / 2;
     chart.append(svg("path", {class: "deviation-mark", "data-step": d.step, d: `M${cx} ${cy - 7}L${cx + 6} ${cy}L${cx} ${cy + 7}L${cx - 6} ${cy}Z`},
       svg("title", {}, `deviation ${d.kind}${d.step ? ` of ${d.step}` : ""}${d.executor ? ` on ${d.executor}` : ""}: ${d.detail}`)));
@@ -266,12 +275,16 @@ function more(rows, name, redraw) {
   return el("button", {class: "more", onclick: () => { expanded.add(name); redraw(); }}, `show all ${rows.length} ${name}`);
 }
 
-function renderWorkflow(wf, events, scale) {
+function renderWorkflow(wf, events, view) {
   document.title = `${wf.workflow_id} · MAESTRO · MOON`;
   const scaleSelect = el("select", {id: "scale", "aria-label": "time axis"},
-    el("option", {value: "all", selected: scale !== "actual"}, "axis: plan and actual"),
-    el("option", {value: "actual", selected: scale === "actual"}, "axis: actual run"));
-  scaleSelect.addEventListener("change", () => renderWorkflow(wf, events, scaleSelect.value));
+    el("option", {value: "all", selected: view.scale !== "actual"}, "axis: plan and actual"),
+    el("option", {value: "actual", selected: view.scale === "actual"}, "axis: actual run"));
+  scaleSelect.addEventListener("change", () => { view.scale = scaleSelect.value; renderWorkflow(wf, events, view); });
+  const lanesSelect = el("select", {id: "lanes", "aria-label": "rows"},
+    el("option", {value: "step", selected: view.lanes !== "executor"}, "rows: steps"),
+    el("option", {value: "executor", selected: view.lanes === "executor"}, "rows: executors"));
+  lanesSelect.addEventListener("change", () => { view.lanes = lanesSelect.value; renderWorkflow(wf, events, view); });
   const meta = [`${wf.steps.length} steps`, `journal #${wf.version}`, `${wf.usage.tokens} tokens`,
     `${seconds(wf.usage.wall_ms)} wall`, `${wf.usage.joules} J`];
   if (wf.deadline_ms) meta.push(`deadline ${stamp(wf.deadline_ms)}${wf.late ? " (late)" : ""}`);
@@ -306,15 +319,15 @@ function renderWorkflow(wf, events, scale) {
     wf.quarantined ? el("p", {class: "notice bad"}, `quarantined: journal #${wf.quarantined.seq} does not verify (${wf.quarantined.detail}); what is shown is the verified part before it`) : "",
     wf.hints.map((h) => el("p", {class: "hint"}, `… ${h}`)),
     actionBar(wf),
-    el("h2", {}, "Plan versus actual ", scaleSelect),
-    gantt(wf, scale),
+    el("h2", {}, "Plan versus actual ", scaleSelect, " ", lanesSelect),
+    gantt(wf, view.scale, view.lanes),
     marks.length ? el("ul", {class: "marks", id: "marks"}, marks) : el("p", {class: "muted", id: "marks"}, "no deviation, no replan"),
     el("h2", {}, "Steps"),
     el("table", {id: "steps"}, head("step", "status", "capability", "attempts", "executor", "planned", "duration", "tokens", "wall", "joules", "result", "error"), el("tbody", {}, steps)),
-    more(wf.steps, "steps", () => renderWorkflow(wf, events, scale)),
+    more(wf.steps, "steps", () => renderWorkflow(wf, events, view)),
     el("h2", {}, "Attempts"),
     el("table", {id: "attempts"}, head("step", "attempt", "executor", "scheduled", "started", "took", "outcome", "tokens", "error"), el("tbody", {}, attempts)),
-    more(wf.attempts, "attempts", () => renderWorkflow(wf, events, scale)),
+    more(wf.attempts, "attempts", () => renderWorkflow(wf, events, view)),
     el("div", {class: "cols"},
       el("div", {}, el("h2", {}, `Journal (${wf.events} messages${events.length < wf.events ? `, last ${events.length} shown` : ""})`),
         el("table", {id: "journal"}, head("seq", "time", "command", "events", ""), el("tbody", {}, events.map((e) => eventRow(wf.workflow_id, e))))),
@@ -327,12 +340,11 @@ async function workflowPage(id) {
   const [wf, journal] = await Promise.all([api(`/ui/api/workflows/${encodeURIComponent(id)}`),
     api(`/ui/api/workflows/${encodeURIComponent(id)}/events?last=1&limit=300`)]);
   const events = journal.items;
-  let current = wf, scale = "all";
+  let current = wf;
+  const view = {scale: "all", lanes: "step"};
   const draw = () => {
-    const chosen = document.getElementById("scale");
-    if (chosen) scale = chosen.value;
     const y = window.scrollY;
-    renderWorkflow(current, events, scale);
+    renderWorkflow(current, events, view);
     window.scrollTo(0, y);
   };
   draw();
