@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from envelope.grants import Grant, SignedGrant, covers
 from maestro.gantt_html import _FILLS as FILLS  # the plan page's colours, kept alike
 from moon.gateway import CancelRequest, CompensateRequest, ForkRequest
 from streams.codec import Undecodable
@@ -95,6 +96,7 @@ class _Ui:
         self.plans = PlanCache(reads)
         self.audit = AuditCache(reads)
         self.assets = _assets()
+        self.allowed = _covered(caller) if self.actions else []
         self.closing = asyncio.Event()  # set when the server stops: open streams end at once
 
     # -- pages and assets ------------------------------------------------------------------
@@ -115,8 +117,8 @@ class _Ui:
                         headers={"ETag": f'"{etag}"', "Cache-Control": "no-cache"})
 
     async def config(self, request: Request) -> Response:
-        return _json({"actions": self.actions, "available": sorted(ACTIONS) if self.actions
-                      else [], "caller": self.caller.signer.did if self.caller else None,
+        return _json({"actions": self.actions, "available": self.allowed,
+                      "caller": self.caller.signer.did if self.caller else None,
                       "palette": list(FILLS),
                       "why": "" if self.actions else
                       "read-only: start the server with --ui-actions to enable actions"})
@@ -279,6 +281,20 @@ class _Ui:
         if answer.refusal is not None or answer.response is None:
             return _problem(answer.refusal or Refusal(Reason.UNAVAILABLE, "no answer"), answer)
         return _json(answer_body(answer))
+
+
+def _covered(caller: Caller | None) -> list[str]:
+    """The actions the caller's grant names (read from its last grant, unverified: only to
+    show the buttons it may press; the gate verifies the chain of every request)."""
+    if caller is None or not caller.grant:
+        return []
+    try:
+        leaf = msgspec.msgpack.decode(msgspec.msgpack.decode(caller.grant[-1], type=SignedGrant)
+                                      .payload, type=Grant)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return []
+    return sorted(a for a, (_, capability, _) in ACTIONS.items()
+                  if covers(leaf.capability, capability))
 
 
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})

@@ -233,7 +233,8 @@ async def test_actions_go_through_the_gate_which_refuses_what_the_grant_does_not
         reader = restricted(s.trust, "moon:read")  # type: ignore[arg-type]
         async with serving(s.app(caller=reader, actions=True)) as url, \
                 httpx.AsyncClient(base_url=url, timeout=30) as http:
-            assert (await http.get("/ui/api/config")).json()["actions"] is True
+            config = (await http.get("/ui/api/config")).json()
+            assert config["actions"] is True and config["available"] == []  # buttons off
             refused = await http.post(f"/ui/api/workflows/{wf}/actions/cancel", headers=UI,
                                       json={})
             assert refused.status_code == 403, refused.text
@@ -256,6 +257,8 @@ async def test_actions_go_through_the_gate_which_refuses_what_the_grant_does_not
             assert rebound.status_code == 403 and "not this server" in rebound.json()["detail"]
             assert not [r for r in await s.reads.audit(limit=1000)
                         if r.method == "cancel" and r.caller == s.trust.operator.did]
+            assert (await http.get("/ui/api/config")).json()["available"] == [
+                "cancel", "compensate", "fork"]
             done = await http.post(f"/ui/api/workflows/{wf}/actions/cancel", json={},
                                    headers=UI | {"Origin": url})
             assert done.status_code == 200, done.text

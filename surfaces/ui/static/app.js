@@ -242,7 +242,8 @@ async function act(wf, action, extra) {
 function actionBar(wf) {
   const off = !config.actions;
   const title = off ? config.why : null;
-  const button = (name, label, extra) => el("button", {id: `action-${name}`, disabled: off || !config.available.includes(name), title,
+  const button = (name, label, extra) => el("button", {id: `action-${name}`, disabled: off || !config.available.includes(name),
+    title: title || (config.available.includes(name) ? null : `the server's grant does not cover ${name}`),
     onclick: () => { if (confirm(`${label} ${wf.workflow_id}?`)) act(wf.workflow_id, name, extra); }}, label);
   return el("div", {class: "actions"},
     button("compensate", "Compensate"), button("cancel", "Cancel"),
@@ -251,7 +252,7 @@ function actionBar(wf) {
 }
 
 function forkButton(wf, seq) {
-  if (!config.actions) return "";
+  if (!config.actions || !config.available.includes("fork")) return "";
   return el("button", {class: "fork", onclick: () => {
     const id = prompt(`fork ${wf} at #${seq} as`, `${wf}-fork-${seq}`.slice(0, 64));
     if (id) act(wf, "fork", {at_seq: seq, new_workflow_id: id});
