@@ -353,9 +353,13 @@ def up_command(
         "--demo-executors", help="also run the example executors")] = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", help="log warnings only, not a line per step and replan")] = False,
+    ui_actions: Annotated[bool, typer.Option(
+        "--ui-actions", help="enable the web UI's operator actions (each through the gate)")
+    ] = False,
 ) -> None:
-    """The whole stack on this machine: broker, MOON, MAESTRO, HTTP/MCP/A2A; Ctrl-C stops it.
-    Logs a line per step transition and replan on stderr (--quiet: warnings only)."""
+    """The whole stack on this machine: broker, MOON, MAESTRO, HTTP/MCP/A2A and the web UI
+    (/ui); Ctrl-C stops it. Logs a line per step transition and replan on stderr (--quiet:
+    warnings only)."""
     import asyncio  # noqa: PLC0415
     import logging  # noqa: PLC0415
 
@@ -364,7 +368,8 @@ def up_command(
     configure_logging(logging.WARNING if quiet else logging.INFO)
     try:
         raise typer.Exit(asyncio.run(run_up(data_dir or home_dir(), port=port,
-                                            http_port=http_port, demo_executors=demo_executors)))
+                                            http_port=http_port, demo_executors=demo_executors,
+                                            ui_actions=ui_actions)))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

@@ -41,6 +41,7 @@ from envelope.seal import ENVELOPE_TYPE, RESPONSE_TYPE
 from streams.replies import Reason, Refusal
 from surfaces.forward import (
     Answer,
+    Caller,
     Gateway,
     answer_body,
     problem_body,
@@ -51,6 +52,7 @@ from surfaces.forward import (
 from surfaces.openapi import openapi
 from surfaces.reads import Reads, as_json
 from surfaces.routes import METHODS
+from surfaces.ui import ui_routes
 
 __all__ = ["DEFAULT_MAX_BODY", "JsonCall", "http_app", "http_routes", "json_call"]
 
@@ -168,8 +170,10 @@ def _from_json(data: bytes) -> bytes | Refusal:
 
 
 def http_routes(gateway: Gateway, reads: Reads, *, max_body: int = DEFAULT_MAX_BODY,
-                base_url: str = "") -> list[BaseRoute]:
-    """The HTTP surface's routes, to mount beside MCP and A2A on one Starlette app."""
+                base_url: str = "", caller: Caller | None = None,
+                ui_actions: bool = False) -> list[BaseRoute]:
+    """The HTTP surface's routes, to mount beside MCP and A2A on one Starlette app; the web
+    UI (surfaces/ui) under /ui, its actions sealed as `caller` when `ui_actions` is on."""
 
     async def protocol(request: Request) -> Response:
         target = request.path_params["target"]
@@ -206,6 +210,7 @@ def http_routes(gateway: Gateway, reads: Reads, *, max_body: int = DEFAULT_MAX_B
         Route("/v1/protocol/{target}", protocol, methods=["POST"]),
         *_read_routes(reads),
         Route("/openapi.json", spec, methods=["GET"]),
+        *ui_routes(gateway, reads, caller=caller, actions=ui_actions),
     ]
 
 

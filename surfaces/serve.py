@@ -29,6 +29,7 @@ from surfaces.forward import Caller, Gateway
 from surfaces.http import DEFAULT_MAX_BODY, http_routes
 from surfaces.mcp_server import McpSurface
 from surfaces.reads import Reads
+from surfaces.ui import close_streams
 
 __all__ = ["DEFAULT_PORT", "main", "serve_surfaces", "surfaces_app"]
 
@@ -47,6 +48,7 @@ def surfaces_app(
     max_body: int = DEFAULT_MAX_BODY,
     timeout_s: float = 60.0,
     inline_s: float = 5.0,
+    ui_actions: bool = False,
 ) -> Starlette:
     """One ASGI app with all three surfaces. `caller` is who MCP (and A2A requests that carry
     no envelopes of their own) seal as; None serves HTTP and caller-sealed A2A only."""
@@ -55,7 +57,8 @@ def surfaces_app(
     reads = Reads(nc.jetstream(), space, engines=frozenset({services["moon"]}),
                   planners=frozenset({services["maestro"]}))
     a2a = A2aSurface(gateway, reads, caller, url=f"{base_url}/a2a")
-    routes = [*http_routes(gateway, reads, max_body=max_body, base_url=base_url),
+    routes = [*http_routes(gateway, reads, max_body=max_body, base_url=base_url, caller=caller,
+                           ui_actions=ui_actions),
               *a2a.routes()]
     mcp = McpSurface(gateway, reads, caller, inline_s=inline_s) if caller is not None else None
 
@@ -94,12 +97,14 @@ async def serve_surfaces(
                 task.result()
                 return
             await asyncio.sleep(0.02)
-        log.info("surfaces_serving", url=f"http://{host}:{port}", mcp=f"http://{host}:{port}/mcp",
+        log.info("surfaces_serving", url=f"http://{host}:{port}", ui=f"http://{host}:{port}/ui",
+                 mcp=f"http://{host}:{port}/mcp",
                  a2a=f"http://{host}:{port}/.well-known/agent-card.json")
         if ready is not None:
             ready.set()
         await asyncio.shield(task)
     finally:
+        close_streams(app)  # the UI's event streams would hold uvicorn's shutdown open
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -134,7 +139,7 @@ async def _main(args: argparse.Namespace) -> None:
             await surface.run_stdio()
             return
         await serve_surfaces(nc, services=services, caller=caller, space=space, host=args.host,
-                             port=args.port, inline_s=args.inline_s)
+                             port=args.port, inline_s=args.inline_s, ui_actions=args.ui_actions)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -153,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="a grant of the caller's chain, root first (repeat)")
     parser.add_argument("--inline-s", type=float, default=5.0,
                         help="how long a tool call waits before it answers with a task")
+    parser.add_argument("--ui-actions", action="store_true",
+                        help="enable the web UI's operator actions (through the gate)")
     args = parser.parse_args(argv)
     args.data_dir = args.data_dir or home_dir()
     if args.command == "mcp":  # stdout is the MCP channel: every log line goes to stderr

@@ -54,10 +54,12 @@ class Stack:
     mcp: str
     a2a: str
     executors: tuple[str, ...]
+    ui: str = ""
 
 
 async def run_up(data_dir: Path, *, port: int, http_port: int, demo_executors: bool,
-                 say: Any = print, ready: asyncio.Event | None = None) -> int:
+                 say: Any = print, ready: asyncio.Event | None = None,
+                 ui_actions: bool = False) -> int:
     from surfaces.forward import Caller  # noqa: PLC0415 - only `up` needs the web stack
     from surfaces.serve import serve_surfaces  # noqa: PLC0415
 
@@ -94,7 +96,7 @@ async def run_up(data_dir: Path, *, port: int, http_port: int, demo_executors: b
             surfaces = asyncio.ensure_future(serve_surfaces(
                 await as_role("gateway"), services=trust.services,
                 caller=Caller(trust.operator, (trust.operator_grant,)), space=space,
-                port=http_port, ready=surfaces_ready))
+                port=http_port, ready=surfaces_ready, ui_actions=ui_actions))
             await asyncio.wait({surfaces, asyncio.ensure_future(surfaces_ready.wait())},
                                return_when=asyncio.FIRST_COMPLETED)
             if surfaces.done():
@@ -106,7 +108,8 @@ async def run_up(data_dir: Path, *, port: int, http_port: int, demo_executors: b
                 http=f"http://127.0.0.1:{http_port}/v1/",
                 mcp=f"http://127.0.0.1:{http_port}/mcp",
                 a2a=f"http://127.0.0.1:{http_port}/.well-known/agent-card.json",
-                executors=executors)
+                executors=executors, ui=f"http://127.0.0.1:{http_port}/ui"
+                + (" (actions on)" if ui_actions else " (read-only)"))
             for name, value in vars(where).items():
                 say(f"{name:<12} {', '.join(value) if isinstance(value, tuple) else value}")
             say("ready: Ctrl-C or SIGTERM stops the stack")
