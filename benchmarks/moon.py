@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import statistics
 import subprocess
@@ -40,7 +41,16 @@ from nats.aio.msg import Msg
 
 from streams.broker import EmbeddedBroker, credentials_env, open_connection
 from streams.config import Topology, ensure_streams
-from streams.moon_events import Compensate, Dispatch, RetryPolicy, StepSpec
+from streams.credentials import CREDS_ENV, NKEY_ENV, seed_file
+from streams.logs import configure_logging
+from streams.moon_events import (
+    Compensate,
+    CompleteStep,
+    Dispatch,
+    RetryPolicy,
+    StartStep,
+    StepSpec,
+)
 from streams.subjects import Space
 
 # Run as `python benchmarks/moon.py`, this file would shadow the `moon` package.
@@ -108,9 +118,13 @@ class Completions:
 
 
 def child_env(url: str, space: Space) -> dict[str, str]:
+    # Each run has a namespace of its own on one broker whose users are rendered for the default
+    # one, so the children connect as its admin (as the tests' services do): rights are not
+    # what this measures.
+    creds = credentials_env(url)
+    admin = {NKEY_ENV: str(seed_file(Path(creds[CREDS_ENV]), "admin"))} if creds else {}
     return dict(os.environ, NATS_URL=url, MAESTRO_SPACE=space.prefix, PYTHONPATH=str(ROOT),
-                LOG_LEVEL="warning", MAESTRO_HOME=str(tw.home_for(space)),
-                **credentials_env(url))
+                LOG_LEVEL="warning", MAESTRO_HOME=str(tw.home_for(space)), **creds, **admin)
 
 
 def spawn(args: list[str], url: str, space: Space, log: Path) -> subprocess.Popen[bytes]:
@@ -206,8 +220,19 @@ async def bench_recovery(nc: Client, run: int, args: argparse.Namespace,
     await ensure_streams(js, Topology(space=cold))
     registry = await tw.registry_for(js, cold)
     first = Engine(nc, walls=tw.walls_for(cold), registry=registry, space=cold)
-    await lanes(lambda i: first.submit(dispatch(f"c{i}"), source=tw.operator(cold)), 16,
-                args.recover)
+    x1 = await tw.as_executor(js, cold, "x1", ["work"])
+
+    async def ran(i: int) -> None:
+        """A workflow whose step ran: compensating it undoes what is done, without waiting on a
+        step in flight (which compensation lets settle first, by its timeout)."""
+        wf = f"c{i}"
+        await first.submit(dispatch(wf), source=tw.operator(cold))
+        await first.submit(StartStep(command_id=f"start-{wf}", workflow_id=wf, at_ms=now_ms(),
+                                     step="s0", attempt=1, executor="x1"), source=x1)
+        await first.submit(CompleteStep(command_id=f"done-{wf}", workflow_id=wf, at_ms=now_ms(),
+                                        step="s0", attempt=1, result=b"ok"), source=x1)
+
+    await lanes(ran, 16, args.recover)
     # A backlog the engine finds when it starts: MAESTRO-signed compensations on MOON_CMD
     # (executors' reports wait at the executor, retried, when no engine answers).
     sender = Effects(js, cold, tw.trust_for(cold).maestro)
@@ -300,6 +325,7 @@ async def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--recover", type=int, default=1000)
     args = parser.parse_args()
+    configure_logging(logging.WARNING)  # the engine in this process says a line per step
     results: dict[str, list[float]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="moon-bench-") as tmp:
         broker = EmbeddedBroker(data_dir=Path(tmp) / "nats").start()
