@@ -38,8 +38,9 @@ def _cli(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
 @contextlib.contextmanager
 def maestro_up(home: Path, tmp_path: Path, *, executors: bool = True
                ) -> Iterator[tuple[subprocess.Popen[bytes], int, int, Path]]:
-    """`maestro up` as a process on free ports, yielded once it printed `ready:`; killed after
-    the block if the block did not stop it."""
+    """`maestro up` as a process on free ports, yielded once it printed `ready:`; stopped as a
+    user stops it (SIGTERM) after the block if the block did not, and killed only if that hangs
+    (a kill -9 would leave its broker behind, running)."""
     nats_port, http_port = free_port(), free_port()
     log_path = tmp_path / "up.log"
     with log_path.open("w") as log:
@@ -57,8 +58,12 @@ def maestro_up(home: Path, tmp_path: Path, *, executors: bool = True
         yield proc, nats_port, http_port, log_path
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.mark.slow
