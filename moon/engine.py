@@ -55,6 +55,7 @@ from moon.effects import COMMANDS, Effects, in_flight_orders
 from moon.index import WorkflowSummary
 from moon.narration import narrate
 from moon.reports import RETRY_HEADER, ReportReply, parse_report_subject
+from moon.tracing import trace_of
 from moon.workflow import (
     WorkflowState,
     due_timers,
@@ -203,7 +204,8 @@ class Engine:
         effects: list[Awaitable[object]] = []
         if outcome.events and not outcome.duplicate:
             self.stats.decisions += 1
-            narrate(log, wf, outcome.events)  # one log line per step transition
+            # One log line per step transition, with the workflow's trace (as its spans have).
+            narrate(log.bind(trace_id=trace_of(state).trace_id), wf, outcome.events)
             self.stats.deviations += sum(isinstance(e, Deviation) for e in outcome.events)
             orders = work_orders(state, outcome.events)
             # One wake-up per workflow, armed no later than its earliest timer: re-armed only

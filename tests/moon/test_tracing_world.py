@@ -159,6 +159,10 @@ async def test_one_dispatch_of_the_example_goal_is_one_trace_and_replays_add_not
     working = [e for e in logs if e["event"] == "working"]
     assert len(working) == 3
     assert all(e["trace_id"] == TRACE and e["workflow_id"] == wf for e in working)
+    # ...and the engine's line per step transition.
+    said = [e for e in logs if e["event"] in ("step_started", "step_completed")
+            and e.get("workflow") == wf]
+    assert len(said) == 6 and all(e["trace_id"] == TRACE for e in said), said
 
 
 async def test_a_failure_replanned_is_in_the_same_trace(nc, js, space):
