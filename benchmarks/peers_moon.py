@@ -64,6 +64,7 @@ from nats.aio.msg import Msg  # noqa: E402
 
 from envelope.client import Client  # noqa: E402
 from envelope.local import LocalTrust, local_trust  # noqa: E402
+from moon import replay  # noqa: E402
 from moon.clock import local_ms  # noqa: E402
 from moon.engine import ENGINE_CONSUMER, Engine  # noqa: E402
 from moon.journal import SignedDecisions  # noqa: E402
@@ -75,7 +76,15 @@ from streams.broker import (  # noqa: E402
     open_connection,
 )
 from streams.config import Topology, ensure_streams  # noqa: E402
-from streams.moon_events import Dispatch, StepCompleted, StepSpec  # noqa: E402
+from streams.jetstream_store import last_sequence, ordered_read  # noqa: E402
+from streams.moon_events import (  # noqa: E402
+    Decision,
+    Dispatch,
+    StepCompleted,
+    StepScheduled,
+    StepSpec,
+    StepStarted,
+)
 from streams.replies import Reason, Refusal  # noqa: E402
 from streams.subjects import Space  # noqa: E402
 
@@ -516,6 +525,39 @@ async def variants(b: Bench, trust: LocalTrust, result: dict[str, Any]) -> None:
     say("variants", result["w1_variant_intent"], result["w1_variant_inprocess_submit"])
 
 
+async def journal_check(admin: Nats, decisions: SignedDecisions) -> dict[str, Any]:
+    """After the run, outside the measurement: every journal message verified and folded per
+    workflow, counting what scale-out must never produce: a command journaled twice, a step
+    scheduled, started or completed twice for one attempt, a fold that replay `verify` would
+    re-decide differently, a workflow not completed."""
+    js = admin.jetstream()
+    stream, every = SPACE.stream("MOON"), SPACE.subject("moon.wf.>")
+    upto = await last_sequence(js, stream, every)
+    rows = await ordered_read(js, stream, every, after=0, upto=upto)
+    by_wf: dict[str, list[Decision]] = {}
+    unreadable = 0
+    for _seq, subject, _ms, data in rows:
+        opened = decisions.open(data)
+        if isinstance(opened, Refusal):
+            unreadable += 1
+            continue
+        by_wf.setdefault(SPACE.unprefix(subject).split(".")[2], []).append(opened)
+    doubled: Counter[str] = Counter()
+    mismatches = not_completed = 0
+    for journal in by_wf.values():
+        ids = Counter(d.command.command_id for d in journal)
+        doubled["command"] += sum(1 for n in ids.values() if n > 1)
+        for kind in (StepScheduled, StepStarted, StepCompleted):
+            seen = Counter((e.step, e.attempt) for d in journal for e in d.events
+                           if isinstance(e, kind))
+            doubled[kind.__name__] += sum(1 for n in seen.values() if n > 1)
+        mismatches += len(replay.verify(journal))
+        not_completed += replay.fold(journal).status != "completed"
+    return {"workflows": len(by_wf), "decisions": len(rows), "unreadable": unreadable,
+            "doubled": dict(doubled), "verify_mismatches": mismatches,
+            "not_completed": not_completed}
+
+
 async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     broker = MonitoredBroker(data_dir=home, space=SPACE, sync_always=not args.no_sync)
     broker.monitor_port = free_port()
@@ -551,6 +593,9 @@ async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
             if args.variants:
                 await variants(b, trust, result)
             await sub.unsubscribe()
+            if args.check:
+                result["journal_check"] = await journal_check(admin, done.decisions)
+                say("journal check", result["journal_check"])
             result["errors"] = dict(b.errors)
             result["dead"] = stack.dead()
         finally:
@@ -584,10 +629,15 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--variants", action="store_true",
                         help="also W1 as a durable intent and as an in-process Engine.submit")
+    parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=None,
+                        help="after the run, verify and fold every journal (default: with "
+                             "more than one engine)")
     parser.add_argument("--no-sync", action="store_true",
                         help="diagnostic only: nats-server without sync_interval: always "
                              "(JetStream's default, fsync every 2 min): NOT MOON's durability")
     args = parser.parse_args()
+    if args.check is None:
+        args.check = args.engines > 1
     with tempfile.TemporaryDirectory(prefix="peers-moon-") as tmp:
         result = asyncio.run(run(args, Path(tmp)))
     result["version"] = version()

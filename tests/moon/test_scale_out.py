@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import msgspec
-import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -119,7 +118,6 @@ def doubled(decisions: list[Decision]) -> list[str]:
     return out
 
 
-@pytest.mark.slow
 async def test_two_engines_share_the_work_without_a_lost_or_doubled_decision(
     nats_url, nc, js, space
 ):
