@@ -59,6 +59,7 @@ if __name__ == "__main__":
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
+import msgspec  # noqa: E402
 from nats.aio.client import Client as Nats  # noqa: E402
 from nats.aio.msg import Msg  # noqa: E402
 
@@ -66,7 +67,7 @@ from envelope.client import Client  # noqa: E402
 from envelope.local import LocalTrust, local_trust  # noqa: E402
 from moon import replay  # noqa: E402
 from moon.clock import local_ms  # noqa: E402
-from moon.engine import ENGINE_CONSUMER, Engine  # noqa: E402
+from moon.engine import ENGINE_CONSUMER, Engine, WorkflowSummary  # noqa: E402
 from moon.journal import SignedDecisions  # noqa: E402
 from moon.local import local_registry, local_walls  # noqa: E402
 from streams.broker import (  # noqa: E402
@@ -75,7 +76,7 @@ from streams.broker import (  # noqa: E402
     free_port,
     open_connection,
 )
-from streams.config import Topology, ensure_streams  # noqa: E402
+from streams.config import WORKFLOWS, Topology, ensure_streams  # noqa: E402
 from streams.jetstream_store import last_sequence, ordered_read  # noqa: E402
 from streams.moon_events import (  # noqa: E402
     Decision,
@@ -529,19 +530,31 @@ async def journal_check(admin: Nats, decisions: SignedDecisions) -> dict[str, An
     """After the run, outside the measurement: every journal message verified and folded per
     workflow, counting what scale-out must never produce: a command journaled twice, a step
     scheduled, started or completed twice for one attempt, a fold that replay `verify` would
-    re-decide differently, a workflow not completed."""
+    re-decide differently, a workflow not completed, an index entry behind its journal."""
     js = admin.jetstream()
     stream, every = SPACE.stream("MOON"), SPACE.subject("moon.wf.>")
     upto = await last_sequence(js, stream, every)
     rows = await ordered_read(js, stream, every, after=0, upto=upto)
     by_wf: dict[str, list[Decision]] = {}
+    last_seq: dict[str, int] = {}
     unreadable = 0
-    for _seq, subject, _ms, data in rows:
+    for seq, subject, _ms, data in rows:
+        wf = SPACE.unprefix(subject).split(".")[2]
+        last_seq[wf] = seq
         opened = decisions.open(data)
         if isinstance(opened, Refusal):
             unreadable += 1
             continue
-        by_wf.setdefault(SPACE.unprefix(subject).split(".")[2], []).append(opened)
+        by_wf.setdefault(wf, []).append(opened)
+    # The workflow index (a cache of the journal, put by whichever engine decided): its entry
+    # must name the journal's last sequence, or an older put overwrote a newer one.
+    bucket = SPACE.bucket(WORKFLOWS.name)
+    kv_rows = await ordered_read(js, f"KV_{bucket}", f"$KV.{bucket}.>", after=0,
+                                 upto=await last_sequence(js, f"KV_{bucket}", f"$KV.{bucket}.>"))
+    index = {subject.rsplit(".", 1)[1]: msgspec.json.decode(data, type=WorkflowSummary)
+             for _seq, subject, _ms, data in kv_rows if data}
+    stale = [wf for wf, seq in last_seq.items()
+             if wf not in index or index[wf].version != seq]
     doubled: Counter[str] = Counter()
     mismatches = not_completed = 0
     for journal in by_wf.values():
@@ -555,7 +568,9 @@ async def journal_check(admin: Nats, decisions: SignedDecisions) -> dict[str, An
         not_completed += replay.fold(journal).status != "completed"
     return {"workflows": len(by_wf), "decisions": len(rows), "unreadable": unreadable,
             "doubled": dict(doubled), "verify_mismatches": mismatches,
-            "not_completed": not_completed}
+            "not_completed": not_completed, "index_stale": len(stale),
+            "index_stale_sample": {wf: [index[wf].version if wf in index else None,
+                                        last_seq[wf]] for wf in stale[:5]}}
 
 
 async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
