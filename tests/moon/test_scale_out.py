@@ -37,6 +37,7 @@ from .engine_world import dispatch, new_engine, step, worker
 
 WORKFLOWS_N = 40
 RACED = 8  # of which this many are submitted to both engines at once
+FANS, FAN_OUT = 3, 12  # and a few workflows whose 12 middle steps run at once
 FLAKY_EVERY = 5  # in every 5th workflow step b fails its first attempt and is retried
 
 
@@ -139,7 +140,11 @@ async def test_two_engines_share_the_work_without_a_lost_or_doubled_decision(
             steps = [step("a"), step("b", needs=("a",)), step("c", needs=("a",)),
                      step("d", needs=("b", "c"))]
         commands.append(dispatch(steps))
-    flaky = {f"{c.workflow_id}/b/1" for c in commands[::FLAKY_EVERY]}
+    for _ in range(FANS):  # many completions of one workflow at once: the engines contend
+        fan = [step(f"f{k}", needs=("a",)) for k in range(FAN_OUT)]
+        commands.append(dispatch([step("a"), *fan,
+                                  step("z", needs=tuple(f.id for f in fan))]))
+    flaky = {f"{c.workflow_id}/b/1" for c in commands[:WORKFLOWS_N:FLAKY_EVERY]}
     appends = Appends()
     workers_nc = await open_connection(nats_url, name="scale-out-workers")
     try:
