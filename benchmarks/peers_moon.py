@@ -235,7 +235,8 @@ class Stack:
 
     def spawn(self, name: str, *args: str) -> None:
         log = (self.home / f"{name}.log").open("ab")
-        self.children[name] = subprocess.Popen([sys.executable, *MOON_MAIN, *args],
+        # --debug: a service that dies says where in its log (it changes nothing else)
+        self.children[name] = subprocess.Popen([sys.executable, *MOON_MAIN, *args, "--debug"],
                                                env=self.env(), stdout=log, stderr=log,
                                                cwd=self.home)
 
@@ -281,13 +282,21 @@ async def until(what: str, check: Callable[[], Awaitable[bool]], timeout_s: floa
 
 
 async def start_services(stack: Stack, admin: Nats, args: argparse.Namespace) -> list[str]:
-    """The engines (at once), then the workers one at a time: each provisions its broker user
-    by rewriting the server's auth file, and two doing so at once could drop each other."""
+    """The engines (at once, each ready before any worker starts), then the workers one at a
+    time. A worker provisions its broker user by rewriting the server's auth file and reloading
+    it: two doing so at once could drop each other, and a reload while `moon serve` checks its
+    buckets made that check fail (a 503 read as "bucket missing": see the report)."""
     js = admin.jetstream()
     engines = ["engine"] if args.engines == 1 else [f"engine{i + 1}"
                                                     for i in range(args.engines)]
     for name in engines:
         stack.spawn(name, "serve")
+    for name in engines:  # logged after its gate serves and its consumers are bound
+
+        async def ready(name: str = name) -> bool:
+            return stack.logged(name, b'"engine_ready"')
+
+        await until(name, ready)
     for i in range(args.workers):
         executor = f"x{i + 1}"
         stack.spawn(f"worker{i + 1}", "worker", "--id", executor, "-c", "work",
@@ -300,12 +309,6 @@ async def start_services(stack: Stack, admin: Nats, args: argparse.Namespace) ->
             return False
 
         await until(f"worker {executor}", pulling)
-    for name in engines:  # logged after its gate serves and its consumers are bound
-
-        async def ready(name: str = name) -> bool:
-            return stack.logged(name, b'"engine_ready"')
-
-        await until(name, ready)
     info = await js.consumer_info(SPACE.stream("MOON_CMD"), SPACE.consumer(ENGINE_CONSUMER))
     assert info.push_bound, "no engine bound to MOON_CMD"
     return engines
@@ -573,24 +576,35 @@ async def journal_check(admin: Nats, decisions: SignedDecisions) -> dict[str, An
                                         last_seq[wf]] for wf in stale[:5]}}
 
 
+def label(args: argparse.Namespace) -> str:
+    """The system's name in the table: a variant says so."""
+    out = "MOON" if not args.no_sync else "MOON, DIAGNOSTIC: no fsync"
+    if args.engines != 1:
+        out += f", {args.engines} engines"
+    if args.workers != 2:
+        out += f", {args.workers} worker(s)"
+    return out
+
+
 async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     broker = MonitoredBroker(data_dir=home, space=SPACE, sync_always=not args.no_sync)
     broker.monitor_port = free_port()
     broker.start()
     stack = Stack(home, broker)
-    label = "MOON" if not args.no_sync else "MOON, DIAGNOSTIC: no fsync"
-    if args.engines != 1:
-        label += f", {args.engines} engines"
-    if args.workers != 2:
-        label += f", {args.workers} worker(s)"
-    result: dict[str, Any] = {"system": label}
+    result: dict[str, Any] = {"system": label(args)}
     try:
         trust = local_trust(home)  # the keys, before any service reads them
         admin = await open_connection(broker.url, name="peers-observer")
         operator = await open_connection(broker.url, name="peers-client", role="operator")
         try:
             await ensure_streams(admin.jetstream(), Topology(space=SPACE))  # as `maestro up`
-            engines = await start_services(stack, admin, args)
+            try:
+                engines = await start_services(stack, admin, args)
+            except TimeoutError:
+                for name in stack.children:  # why, before the temp dir goes
+                    say(f"--- {name}.log (last lines)")
+                    say("\n".join((stack.home / f"{name}.log").read_text().splitlines()[-40:]))
+                raise
             client = Client(operator, trust.operator, trust.services,
                             grant=(trust.operator_grant,), space=SPACE, timeout_s=CALL_TIMEOUT_S)
             done = Completions(SignedDecisions(local_walls(trust)))
