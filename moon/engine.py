@@ -68,7 +68,7 @@ from streams import metrics
 from streams.audit import AuditRecord, audit_subject
 from streams.codec import Undecodable
 from streams.config import WORKFLOWS
-from streams.decider import Decided
+from streams.decider import Contention, Decided
 from streams.moon_events import (
     Deviation,
     FireTimer,
@@ -435,9 +435,11 @@ class Engine:
         return True
 
     def _deferred(self, command: MoonCommand, error: Exception) -> None:
-        if isinstance(error, NoStreamResponseError | nats.errors.TimeoutError | TimeoutError):
-            # The journal has no leader (an election, a broker restart): expected, and
-            # frequent while it lasts, so one line each rather than a traceback each.
+        if isinstance(error, NoStreamResponseError | nats.errors.TimeoutError | TimeoutError
+                      | Contention):
+            # The journal has no leader (an election, a broker restart), or engines sharing
+            # the work raced for one workflow: expected, and frequent while it lasts, so one
+            # line each rather than a traceback each; the report or command comes back.
             log.warning("command_deferred", workflow=command.workflow_id,
                         command=command.command_id, error=type(error).__name__)
         else:

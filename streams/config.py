@@ -6,11 +6,14 @@ runs with `sync_interval: always` (streams/broker.py) and clusters use R3 (deplo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from streams import subjects
 from streams.credentials import role_of
@@ -222,7 +225,7 @@ async def ensure_streams(
         if not visible(want.name):
             continue
         try:
-            info = await js.stream_info(want.name)
+            info = await _patiently(functools.partial(js.stream_info, want.name))
         except NotFoundError:
             if not admin:
                 raise _missing(js, f"stream {want.name}") from None
@@ -245,6 +248,25 @@ async def ensure_streams(
     return changed
 
 
+UNAVAILABLE_PATIENCE_S = 5.0
+T = TypeVar("T")
+
+
+async def _patiently(call: Callable[[], Awaitable[T]]) -> T:
+    """A JetStream API call retried while the server answers 503: it does so for a moment
+    during every config reload (provisioning an executor reloads it), which a service starting
+    then must ride out rather than die of, or take for a missing stream."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + UNAVAILABLE_PATIENCE_S
+    while True:
+        try:
+            return await call()
+        except ServiceUnavailableError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 async def _ensure_buckets(
     js: JetStreamContext, space: Space, buckets: Iterable[BucketSpec], replicas: int
 ) -> list[str]:
@@ -260,8 +282,8 @@ async def ensure_bucket(js: JetStreamContext, space: Space, spec: BucketSpec,
     before anyone ran `ensure_streams`, so that they make it as the topology would."""
     name = space.bucket(spec.name)
     try:
-        await js.key_value(name)
-    except Exception:  # nats-py raises BucketNotFoundError or NotFoundError by version
+        await _patiently(lambda: js.key_value(name))
+    except NotFoundError:  # BucketNotFoundError is one
         if not _admin(js):
             raise _missing(js, f"bucket {name}") from None
         await js.create_key_value(
