@@ -303,6 +303,9 @@ def run_command(
     goal_path: Annotated[Path, typer.Argument(metavar="GOAL", help="a goal file (YAML/JSON)")],
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    follow: Annotated[bool, typer.Option(
+        "--follow/--no-follow", help="a line on stderr per step transition, replan and "
+                                     "deviation while it runs")] = True,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the workflow")] = 600.0,
 ) -> None:
     """Plan GOAL, allocate it, dispatch it through the signed gates and follow it to its end,
@@ -314,7 +317,8 @@ def run_command(
 
     if not goal_path.is_file():
         fail(f"maestro run: no goal file {goal_path}", Exit.INPUT)
-    outcome = asyncio.run(_run_goal(goal_path, data_dir, timeout))
+    times: list[int] = []  # every event's time, by the engine's clock (the journal's)
+    outcome = asyncio.run(_run_goal(goal_path, data_dir, timeout, follow, times))
     if isinstance(outcome, str):
         _err().print(f"maestro run: refused: {outcome}", markup=False)
         raise typer.Exit(int(Exit.REFUSED))
@@ -322,6 +326,7 @@ def run_command(
     status = state.status if state is not None else "unknown"
     summary = {"workflow_id": outcome.workflow_id, "plan_id": outcome.plan_id, "status": status,
                "planned_makespan_ms": outcome.plan.get("makespan"),
+               "actual_makespan_ms": max(times) - min(times) if times else None,
                "cost": outcome.plan.get("cost"), "audit": outcome.audit,
                "tokens": state.usage.tokens if state is not None else 0}
     if as_json:
@@ -334,12 +339,29 @@ def run_command(
     raise typer.Exit(int(Exit.OK if status == "completed" else Exit.FAILED))
 
 
-async def _run_goal(goal_path: Path, data_dir: Path | None, timeout_s: float) -> Any:
+async def _run_goal(goal_path: Path, data_dir: Path | None, timeout_s: float,
+                    follow: bool, times: list[int]) -> Any:
+    import time  # noqa: PLC0415
+
     from maestro.client import Refused, Stack  # noqa: PLC0415
+    from moon.narration import narration  # noqa: PLC0415
+    from streams.moon_events import MoonEvent  # noqa: PLC0415
+
+    started = time.monotonic()
+
+    def progress(event: MoonEvent) -> None:
+        times.append(event.at_ms)
+        line = narration("", event) if follow else None
+        if line is None:
+            return
+        fields = " ".join(f"{k}={v}" for k, v in line.fields.items()
+                          if k != "workflow" and v not in (None, ""))
+        print(f"{time.monotonic() - started:8.2f}s  {line.event:<26} {fields}",
+              file=sys.stderr, flush=True)
 
     try:
         async with Stack.connect(data_dir) as stack:
-            return await stack.run(goal_path, timeout_s=timeout_s)
+            return await stack.run(goal_path, timeout_s=timeout_s, on_event=progress)
     except Refused as refused:
         return str(refused)
 

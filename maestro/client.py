@@ -25,7 +25,7 @@ An executor is a few decorated functions (maestro/executor.py):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,7 +52,7 @@ from moon.local import local_walls
 from moon.workflow import WorkflowState
 from streams.broker import connect, home_dir
 from streams.config import space_from_env
-from streams.moon_events import StepSpec
+from streams.moon_events import MoonEvent, StepSpec
 from streams.replies import Refusal
 from streams.subjects import Space
 
@@ -118,11 +118,14 @@ class Stack:
         return await self._call("maestro.allocate", PlanRef(plan_id=plan_id), Allocated)
 
     async def run(self, goal: Goal | Path | str, *, wait: bool = True,
-                  timeout_s: float = 600.0) -> Run:
-        """Plan, allocate, dispatch and (by default) wait until the workflow ends."""
+                  timeout_s: float = 600.0,
+                  on_event: Callable[[MoonEvent], object] | None = None) -> Run:
+        """Plan, allocate, dispatch and (by default) wait until the workflow ends; `on_event`
+        sees each journaled event of the run as it happens."""
         planned = await self.plan(goal)
         allocated = await self.allocate(planned.plan_id)
-        state = await self.wait(allocated.workflow_id, timeout_s=timeout_s) if wait else None
+        state = await self.wait(allocated.workflow_id, timeout_s=timeout_s,
+                                on_event=on_event) if wait else None
         return Run(plan_id=planned.plan_id, workflow_id=allocated.workflow_id,
                    plan=msgspec.json.decode(planned.plan), audit=allocated.audit, state=state)
 
@@ -148,12 +151,14 @@ class Stack:
                                local_walls(self.trust)).read(workflow_id, upto=to_seq)
         return replay.fold(item.value for item in loaded.items)
 
-    async def wait(self, workflow_id: str, *, timeout_s: float = 600.0) -> WorkflowState:
-        """Follow the journal until the workflow ends."""
+    async def wait(self, workflow_id: str, *, timeout_s: float = 600.0,
+                   on_event: Callable[[MoonEvent], object] | None = None) -> WorkflowState:
+        """Follow the journal until the workflow ends (`on_event`: each event as it is read)."""
         import asyncio  # noqa: PLC0415
 
         return await asyncio.wait_for(follow_until_terminal(
-            self.nc.jetstream(), self.space, local_walls(self.trust), workflow_id), timeout_s)
+            self.nc.jetstream(), self.space, local_walls(self.trust), workflow_id,
+            on_event=on_event), timeout_s)
 
 
 def _goal(goal: Goal | Path | str) -> Goal:

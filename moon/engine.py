@@ -582,14 +582,20 @@ def _count_events(events: Iterable[MoonEvent]) -> None:
 
 
 async def follow_until_terminal(
-    js: JetStreamContext, space: Space, walls: Walls, workflow_id: str
+    js: JetStreamContext, space: Space, walls: Walls, workflow_id: str,
+    on_event: Callable[[MoonEvent], object] | None = None,
 ) -> WorkflowState:
+    """Fold the workflow's verified journal as it grows, until it ends; `on_event` sees each
+    event as it is folded (a follower's progress lines)."""
     store = journal.journal(js, space, walls)
     state = workflow.initial
     async for item in store.subscribe(store.layout.filter(workflow_id), from_seq=1):
         if isinstance(item, Undecodable):
             raise Unreadable(workflow_id, item.seq, item.subject, item.error)
         state = workflow.apply(state, item.value)
+        if on_event is not None:
+            for event in item.value.events:
+                on_event(event)
         if is_terminal(state):
             return state
     raise AssertionError("a journal subscription does not end")

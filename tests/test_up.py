@@ -88,6 +88,13 @@ def test_maestro_up_serves_the_stack_and_stops_on_sigterm(tmp_path: Path) -> Non
         assert ran.returncode == 0, ran.stderr[-2000:]
         summary = json.loads(ran.stdout)
         assert summary["status"] == "completed" and summary["audit"].startswith("max://record/")
+        assert summary["actual_makespan_ms"] > 0
+        # Followed live: a line on stderr per step start and completion, every step named.
+        goal_steps = {"gather-sources", "fetch-filings", "analyse", "draft", "fact-check",
+                      "legal-review", "publish", "notify"}
+        said = [line.split() for line in ran.stderr.splitlines() if "step_" in line]
+        assert {w.split("=", 1)[1] for words in said for w in words if w.startswith("step=")} \
+            >= goal_steps, ran.stderr[-2000:]
         # The README's Python example, as it is written.
         example = subprocess.run([sys.executable, str(ROOT / "examples" / "api_run.py"),
                                   str(home)], env=_env(home), capture_output=True, text=True,
