@@ -220,14 +220,11 @@ class Engine:
             if index.changed(outcome.prior, state):
                 effects.append(self._index_put(state, outcome.version, now))
         elif redelivered or outcome.duplicate:
-            # The first handling may have journaled but not sent: arm the wake-up again and
-            # re-send what is in flight (a schedule replaces its predecessor; orders carry
-            # `Nats-Msg-Id`), and put the index entry that may be missing.
             self.stats.duplicates += 1
-            orders = in_flight_orders(state)
-            if (after := wake_at(state)) is not None:
-                effects.append(self.effects.arm(wf, after, now))
-            effects.append(self._index_put(state, outcome.version, now))
+            version = (outcome.version if outcome.state_version is None
+                       else outcome.state_version)
+            await self._send_again(state, version, now)
+            return outcome
         else:
             return outcome
         # All at once, none before another: a crash between them leaves the command unanswered
@@ -235,6 +232,17 @@ class Engine:
         sent, _ = await asyncio.gather(self.effects.send_orders(orders), asyncio.gather(*effects))
         self.stats.orders += sent
         return outcome
+
+    async def _send_again(self, state: WorkflowState, version: int, now: int) -> None:
+        """What a handling that died after its append may have left unsent: the orders in
+        flight (they carry `Nats-Msg-Id`), the wake-up (a schedule replaces its predecessor)
+        and the index entry."""
+        effects: list[Awaitable[object]] = [self._index_put(state, version, now)]
+        if (after := wake_at(state)) is not None:
+            effects.append(self.effects.arm(state.workflow_id, after, now))
+        sent, _ = await asyncio.gather(self.effects.send_orders(in_flight_orders(state)),
+                                       asyncio.gather(*effects))
+        self.stats.orders += sent
 
     async def _quarantine(self, bad: Unreadable) -> Refusal:
         """A journal message that does not decode or verify: the workflow cannot be folded
@@ -365,7 +373,8 @@ class Engine:
         source: Source
         if isinstance(command, FireTimer):
             if command.kind == "wake":
-                return await self._wake(command, FromEngine(verified.author))
+                return await self._wake(command, FromEngine(verified.author),
+                                        redelivered=msg.metadata.num_delivered > 1)
             if command.at_ms > now + TIMER_EARLY_MS:
                 # Fired before it is due by our clock (the broker's, as best we know it): wake
                 # the workflow then rather than decide a timeout early.
@@ -391,24 +400,29 @@ class Engine:
                                               workflow=command.workflow_id)
         return True
 
-    async def _wake(self, wake: FireTimer, source: FromEngine) -> bool | None:
+    async def _wake(self, wake: FireTimer, source: FromEngine, *,
+                    redelivered: bool = False) -> bool | None:
         """A workflow's wake-up: decide every timer of its state that is due, then arm the next
         one (the schedule that fired is spent). A timer the state still waits on after firing
         (it decided nothing) is not armed again here: the next decision arms it. Timers not yet
         due are never fired early (a heartbeat window is often about a second): the schedule,
-        rounded up to its second, fires at or after them, and one still ahead is armed again."""
+        rounded up to its second, fires at or after them, and one still ahead is armed again.
+        A wake-up handled before (redelivered) may have died after deciding a timer: what
+        that decision left unsent is sent again, since the timer is no longer due to say so."""
         wf = wake.workflow_id
         if wf in self.quarantined:
             return True
         try:
             async with self._lock(wf):
                 try:
-                    _, state = await self.runner.load(wf)
+                    version, state = await self.runner.load(wf)
                 except Unreadable as bad:
                     await self._quarantine(bad)
                     return True
                 tried: set[str] = set()  # fired once here: not again, not re-armed
                 now = self.clock()
+                if redelivered:
+                    await self._send_again(state, version, now)
                 for _ in range(WAKE_ROUNDS):
                     # A decision may make another timer due at once (a retry without backoff).
                     due = [t for t in due_timers(state, now + WAKE_SLACK_MS)

@@ -48,6 +48,9 @@ class Decided(msgspec.Struct, Generic[E, S], frozen=True):
     # The state the events were decided on: what an effect that depends on the change (not on
     # the state alone) compares against, without a second read.
     prior: S | None = None
+    # The version `state` is at: `version` but for a duplicate, whose `version` is where the
+    # earlier append landed while `state` is the aggregate as it is now.
+    state_version: int | None = None
 
 
 @dataclass
@@ -81,6 +84,7 @@ class Runner(Generic[C, E, S, B]):
             self._since_snapshot.pop(evicted, None)
 
     def _assumed(self, aggregate: str) -> tuple[int, S]:
+        """What this process last saw of the aggregate, or nothing: not yet checked."""
         if (cached := self.cache.get(aggregate)) is not None:
             self.cache.move_to_end(aggregate)
             return cached
@@ -135,7 +139,8 @@ class Runner(Generic[C, E, S, B]):
                 case Appended(seq=seq, duplicate=True):
                     # Our earlier attempt won: its events are in the log, so re-read them.
                     version, state = await self.load(aggregate)
-                    return Decided(events=events, state=state, version=seq, duplicate=True)
+                    return Decided(events=events, state=state, version=seq, duplicate=True,
+                                   state_version=version)
                 case Appended(seq=seq):
                     prior = state
                     if self.journaled is not None:
