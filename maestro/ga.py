@@ -22,7 +22,7 @@ from maestro.problem import Problem, Schedule, schedule_makespan, violations
 
 __all__ = ["evolve"]
 
-POPULATION = 24
+POPULATION = 40
 MUTATION = 0.05
 
 
