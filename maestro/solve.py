@@ -67,6 +67,9 @@ GA_SHARE = 0.4
 # at 8 s on hard subsets, load 1-5: j60 mean gap 1.76 -> 1.64 % with it (CP-SAT proves and
 # finds more there), j120 5.26 -> 5.77 % (the GA is the stronger search there and loses CPU).
 BESIDE_MAX_TASKS = 80
+# Up to this many tasks the side round runs to the deadline (no restart): on the j30 needles
+# (j3013_2, j3013_5, j3029_8) a restart lost the search that found the optimum.
+ONE_ROUND_MAX_TASKS = 40
 
 
 def available_workers() -> int:
@@ -523,7 +526,11 @@ def solve(
             # The GA (Python, one core) and a CP-SAT round (its own threads; it releases the
             # GIL) search side by side for GA_SHARE of the limit, then CP-SAT goes on from the
             # better of the two. Sequential in deterministic mode, so replays stay equal.
-            mid = end.earlier(max(0.0, end.left() - GA_SHARE * opts.time_limit_s))
+            mid = (
+                end
+                if len(problem.tasks) <= ONE_ROUND_MAX_TASKS
+                else end.earlier(max(0.0, end.left() - GA_SHARE * opts.time_limit_s))
+            )
             side = _Beside(problem, opts, best, lb, mid)
             better = _heuristic(problem, opts, mid, best, evolve=True, halt=side.finished.is_set)
             rounds.append(side.join())
