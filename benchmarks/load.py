@@ -84,6 +84,7 @@ from envelope.local import local_trust  # noqa: E402
 from moon.engine import ENGINE_CONSUMER  # noqa: E402
 from streams.broker import EmbeddedBroker, credentials_env, open_connection  # noqa: E402
 from streams.config import WORKFLOWS, Topology, ensure_streams  # noqa: E402
+from streams.credentials import CREDS_ENV, NKEY_ENV, seed_file  # noqa: E402
 from streams.replies import Reason, Refusal  # noqa: E402
 from streams.subjects import Space  # noqa: E402
 
@@ -240,9 +241,13 @@ class World:
         return self.tmp / f"{name}.log"
 
     def spawn(self, name: str, argv: list[str]) -> None:
+        # The bench's namespace is not the one the broker's users are rendered for, and its
+        # executors' keys live apart from the broker's config: the children connect as the
+        # admin (as the tests' services do). Rights are not what this measures.
+        creds = credentials_env(self.broker.url)
+        admin = {NKEY_ENV: str(seed_file(Path(creds[CREDS_ENV]), "admin"))} if creds else {}
         env = dict(os.environ, NATS_URL=self.broker.url, MAESTRO_SPACE=SPACE.prefix,
-                   MAESTRO_HOME=str(self.tmp), PYTHONPATH=str(ROOT),
-                   **credentials_env(self.broker.url))
+                   MAESTRO_HOME=str(self.tmp), PYTHONPATH=str(ROOT), **creds, **admin)
         out = self.log(name).open("ab")
         self.children[name] = subprocess.Popen([sys.executable, *argv], env=env, stdout=out,
                                                stderr=out, cwd=ROOT)
@@ -293,10 +298,22 @@ async def start_services(w: World, nc: Nats, *, echo: bool = True) -> None:
     send their own deliver subject, and the later one takes it over, leaving the other bound to
     an inbox nothing is delivered to (alive, idle for the whole run: seen in this bench)."""
     w.moon("engine", "serve")
+    try:
+        await bound(nc, [("MOON_CMD", ENGINE_CONSUMER)])
+    except TimeoutError:
+        print(w.log("engine").read_text()[-3000:], file=sys.stderr)
+        raise
+    # Workers provision their broker users at start, which reloads the server's config; an
+    # engine starting during a reload met 503s (now waited out), so it starts first anyway.
+    await bound(nc, [("MOON_CMD", ENGINE_CONSUMER)])
     for i, x in enumerate(EXECUTORS):
         w.moon(x, "worker", "--id", x, "-c", "work", "--capacity", "64")
         if i == 0:
-            await bound(nc, [("WORK", "any-work")])
+            try:
+                await bound(nc, [("WORK", "any-work")])
+            except TimeoutError:
+                print(w.log(x).read_text()[-3000:], file=sys.stderr)
+                raise
     if echo:
         w.spawn("echo", [str(THIS_FILE), "echo"])
 

@@ -192,10 +192,12 @@ async def bench_e2e(nc: Client, url: str, run: int, args: argparse.Namespace, *,
     e2e = Space(f"e{run}")
     await ensure_streams(js, Topology(space=e2e))
     log = tmp / f"run{run}.log"
-    procs = [spawn(["serve"], url, e2e, log),
-             spawn(["worker", "--id", "x1", "-c", "work", "--capacity", "64"], url, e2e, log)]
+    # The engine first: a worker provisions its broker user at start, which reloads the config.
+    procs = [spawn(["serve"], url, e2e, log)]
     try:
         await wait_bound(nc, e2e, "MOON_CMD", ENGINE_CONSUMER)
+        procs.append(spawn(["worker", "--id", "x1", "-c", "work", "--capacity", "64"], url, e2e,
+                           log))
         await wait_bound(nc, e2e, "WORK", "any-work")
         done = Completions()
         done.target = args.workflows
