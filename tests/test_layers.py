@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.parsing import parse
+
 ROOT = Path(__file__).resolve().parents[1]
 OURS = {"streams", "envelope", "moon", "maestro", "surfaces"}
 MAY_IMPORT = {
@@ -39,7 +41,7 @@ PURE = [
 
 
 def imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = parse(path)
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

@@ -65,6 +65,8 @@ from streams.moon_events import (
 )
 from streams.replies import Reason, Refusal
 
+from ..parsing import parse
+
 W = "w1"
 LATER = 10**9
 _ids = itertools.count()
@@ -735,7 +737,7 @@ IMPURE = {
 
 def _imports(path: Path) -> set[str]:
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(parse(path)):
         if isinstance(node, ast.Import):
             found |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
