@@ -3,7 +3,7 @@
 A coroutine left over from an earlier test (a third-party library's, cancelled mid-await) may be
 finalized by the garbage collector while `compile` builds an AST; its finalizer runs Python code
 inside the parser, which then fails its own bookkeeping ("AST constructor recursion depth
-mismatch", CPython gh-106905). Keeping the collector off while parsing makes that impossible,
+mismatch", a CPython 3.11 bug). Keeping the collector off while parsing makes that impossible,
 whatever ran before.
 """
 
