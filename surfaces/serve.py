@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from envelope.keys import KeyRing, load_signer
+from streams.logs import configure_logging
 from streams.subjects import Space
 from surfaces.a2a_server import A2aSurface
 from surfaces.forward import Caller, Gateway
@@ -130,6 +130,7 @@ async def _main(args: argparse.Namespace) -> None:
     caller, services = _caller(args.data_dir, args.key, args.grant)
     async with connect(data_dir=args.data_dir, name=f"maestro-surfaces-{args.command}") as nc:
         space = space_from_env()
+        _say_joined(nc, args.data_dir, space.prefix)
         if args.command == "mcp":
             gateway = Gateway(nc, services, space=space)
             reads = Reads(nc.jetstream(), space, engines=frozenset({services["moon"]}),
@@ -140,6 +141,16 @@ async def _main(args: argparse.Namespace) -> None:
             return
         await serve_surfaces(nc, services=services, caller=caller, space=space, host=args.host,
                              port=args.port, inline_s=args.inline_s, ui_actions=args.ui_actions)
+
+
+def _say_joined(nc: Nats, data_dir: Path, space: str) -> None:
+    """Which broker and data dir this service joined, as every service says at start (on
+    stderr: for `mcp`, stdout is the protocol)."""
+    from moon.narration import joined  # noqa: PLC0415
+    from streams.credentials import role_of  # noqa: PLC0415
+
+    url = nc.connected_url.geturl() if nc.connected_url else ""
+    log.info("joined", **joined(url, str(data_dir.absolute()), space, role_of(nc) or "-"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -162,8 +173,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="enable the web UI's operator actions (through the gate)")
     args = parser.parse_args(argv)
     args.data_dir = args.data_dir or home_dir()
-    if args.command == "mcp":  # stdout is the MCP channel: every log line goes to stderr
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    # JSON lines on stderr, as every service logs (for `mcp`, stdout is the protocol).
+    configure_logging()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(args))
 

@@ -28,6 +28,8 @@ from streams.moon_events import (
     WorkflowCompensated,
 )
 
+from .surfaces.world import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -83,19 +85,22 @@ def test_joined_names_the_broker_without_credentials() -> None:
                     "role": "engine"}
 
 
-@pytest.mark.parametrize("cli", ["moon", "maestro"])
+@pytest.mark.parametrize("cli", ["moon.cli", "maestro.cli", "surfaces.serve"])
 def test_a_service_says_which_broker_and_data_dir_it_joined(cli: str, nats_url: str,
                                                             tmp_path: Path) -> None:
     env = {**os.environ, "NATS_URL": nats_url, "MAESTRO_SPACE": f"j{os.getpid()}"}
-    proc = subprocess.Popen([sys.executable, "-c", f"from {cli}.cli import main; main()", "serve",
-                             "--data-dir", str(tmp_path / "home")], env=env, text=True,
+    port = ["--port", str(free_port())] if cli == "surfaces.serve" else []
+    proc = subprocess.Popen([sys.executable, "-c", f"from {cli} import main; main()", "serve",
+                             "--data-dir", str(tmp_path / "home"), *port], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
     guard = threading.Timer(30, proc.kill)  # a hung start fails the test instead of hanging it
     guard.start()
     try:
         assert proc.stdout is not None
         said: list[str] = []
+        seen: list[str] = []
         for line in proc.stdout:
+            seen.append(line)
             if '"joined"' in line:
                 said.append(line)
                 break
@@ -103,5 +108,5 @@ def test_a_service_says_which_broker_and_data_dir_it_joined(cli: str, nats_url: 
         guard.cancel()
         proc.terminate()
         proc.wait(10)
-    assert said, f"{cli} serve never said which broker it joined"
+    assert said, f"{cli} serve never said which broker it joined: {''.join(seen)[-2000:]}"
     assert nats_url.removeprefix("nats://") in said[0] and str(tmp_path / "home") in said[0]
