@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,7 @@ from moon.clock import BrokerClock
 from moon.effects import COMMANDS, Effects, in_flight_orders
 from moon.index import WorkflowSummary
 from moon.narration import narrate
+from moon.projection import MARK_EVERY_MS, STALE_MS, YOUNG_MS, Mark, Marks, Young
 from moon.reports import RETRY_HEADER, ReportReply, parse_report_subject
 from moon.tracing import trace_of
 from moon.workflow import (
@@ -71,6 +73,7 @@ from streams.config import WORKFLOWS
 from streams.decider import Contention, Decided
 from streams.moon_events import (
     Deviation,
+    Dispatched,
     FireTimer,
     MoonCommand,
     MoonEvent,
@@ -130,6 +133,8 @@ class Engine:
     ack_wait_s: float = 5.0
     clock_ms: Callable[[], int] | None = None  # default: the broker's clock (moon/clock.py)
     stats: Stats = field(default_factory=Stats)
+    young_ms: int = YOUNG_MS  # moon/projection.py: how long a dispatch writes no projection
+    stale_ms: int = STALE_MS  # another engine's mark this old is a dead engine's
 
     def __post_init__(self) -> None:
         if self.walls.signer is None:
@@ -143,6 +148,14 @@ class Engine:
         self._locks: dict[str, _Held] = {}
         self._slots = asyncio.Semaphore(self.concurrency)
         self._index: Any = None
+        # Workflows dispatched here and not yet projected (moon/projection.py), and this
+        # process's mark: a random name, so that a restarted engine's old mark goes stale.
+        self.young = Young(young_ms=self.young_ms)
+        # A timer due sooner than this is armed at once: a takeover could come too late for it.
+        self.arm_now_ms = self.young_ms + self.stale_ms + 3 * MARK_EVERY_MS
+        self.marks = Marks(self.js, self.space)
+        self.instance = secrets.token_hex(8)
+        self._appended = 0  # the last journal sequence this process appended
         self._stopping = asyncio.Event()
         self.quarantined: dict[str, str] = {}
         self.consuming = False  # commands and reports are being taken: what `health` reports
@@ -202,21 +215,31 @@ class Engine:
             return outcome
         state, now = outcome.state, self.clock()
         effects: list[Awaitable[object]] = []
+        ended_young = False
         if outcome.events and not outcome.duplicate:
             self.stats.decisions += 1
             # One log line per step transition, with the workflow's trace (as its spans have).
             narrate(log.bind(trace_id=trace_of(state).trace_id), wf, outcome.events)
             self.stats.deviations += sum(isinstance(e, Deviation) for e in outcome.events)
             orders = work_orders(state, outcome.events)
-            # One wake-up per workflow, armed no later than its earliest timer: re-armed only
-            # when that moves earlier (a step's own timeout is later than the one before it,
-            # so a chain arms once), dropped when nothing is left to wait for.
-            before = None if outcome.prior is None else wake_at(outcome.prior)
-            after = wake_at(state)
-            if after is not None and (before is None or after < before):
-                effects.append(self.effects.arm(wf, after, now))
-            elif after is None and before is not None:
-                effects.append(self.effects.disarm(wf))
+            # Synchronously with the append's answer, so a mark never passes a dispatch
+            # that is not yet young.
+            self._appended = max(self._appended, outcome.version)
+            if any(isinstance(event, Dispatched) for event in outcome.events):
+                self.young.add(wf, outcome.version, now)
+            if wf in self.young:
+                effects += self._young_effects(wf, state, now)
+                ended_young = is_terminal(state)
+            else:
+                # One wake-up per workflow, armed no later than its earliest timer: re-armed
+                # only when that moves earlier (a step's own timeout is later than the one
+                # before it, so a chain arms once), dropped when nothing is left to wait for.
+                before = None if outcome.prior is None else wake_at(outcome.prior)
+                after = wake_at(state)
+                if after is not None and (before is None or after < before):
+                    effects.append(self.effects.arm(wf, after, now))
+                elif after is None and before is not None:
+                    effects.append(self.effects.disarm(wf))
             if index.changed(outcome.prior, state):
                 effects.append(self._index_put(state, outcome.version, now))
         elif redelivered or outcome.duplicate:
@@ -231,7 +254,110 @@ class Engine:
         # (or unacknowledged), and its retry sends all of them again.
         sent, _ = await asyncio.gather(self.effects.send_orders(orders), asyncio.gather(*effects))
         self.stats.orders += sent
+        if ended_young:  # nothing left to wake it for: no projection to make
+            self.young.drop(wf)
         return outcome
+
+    def _young_effects(self, wf: str, state: WorkflowState, now: int) -> list[Awaitable[object]]:
+        """A young workflow's decision arms its wake-up only for a timer due before a takeover
+        could arm it (its projection arms the rest); ending, it drops what it armed."""
+        after, armed = wake_at(state), self.young.armed(wf)
+        if armed is not None and armed <= now:
+            armed = None  # that wake-up fired (or is firing): nothing is armed any more
+        soon = after is not None and after <= now + self.arm_now_ms
+        if after is not None and soon and (armed is None or after < armed):
+            self.young.set_armed(wf, after)
+            return [self.effects.arm(wf, after, now)]
+        if after is None and armed is not None:
+            self.young.set_armed(wf, None)
+            return [self.effects.disarm(wf)]
+        return []
+
+    async def _project(self, wf: str) -> None:
+        """A workflow's wake-up as its journal now stands: when it stops being young here, or
+        after the engine it was young at died (what that one armed is not known: armed again;
+        its index entry was put with its dispatch, or its dispatch comes back)."""
+        async with self._lock(wf):
+            armed = self.young.armed(wf)
+            if wf in self.quarantined:
+                self.young.drop(wf)
+                return
+            try:
+                version, state = await self.runner.load(wf)
+            except Unreadable as bad:
+                self.young.drop(wf)
+                await self._quarantine(bad)
+                return
+            if version == 0:  # not journaled (yet): nothing to wake
+                self.young.drop(wf)
+                return
+            now = self.clock()
+            if armed is not None and armed <= now:
+                armed = None  # fired: the next timer needs a wake-up of its own
+            effects: list[Awaitable[object]] = []
+            after = wake_at(state)
+            if after is not None and (armed is None or after < armed):
+                effects.append(self.effects.arm(wf, after, now))
+            elif after is None and armed is not None:
+                effects.append(self.effects.disarm(wf))
+            await asyncio.gather(*effects)
+            self.young.drop(wf)
+
+    async def _projecting(self) -> None:
+        """Project young workflows as they come due, refresh this engine's mark, and take over
+        the marks of engines that stopped refreshing theirs (moon/projection.py)."""
+        next_mark = next_takeover = 0
+        while True:
+            now = self.clock()
+            if due := self.young.due(now):
+                results = await asyncio.gather(*(self._project(wf) for wf in due),
+                                               return_exceptions=True)
+                for wf, result in zip(due, results, strict=True):
+                    if isinstance(result, Exception):  # stays young: tried again next round
+                        log.warning("projection_deferred", workflow=wf,
+                                    error=type(result).__name__)
+            if now >= next_mark:
+                with contextlib.suppress(Exception):  # a missed refresh is not yet stale
+                    await self._put_mark(now)
+                    next_mark = now + MARK_EVERY_MS
+            if now >= next_takeover:
+                try:
+                    await self._take_over(now)
+                except Exception as error:  # broker away: checked again next time
+                    log.warning("takeover_deferred", error=type(error).__name__)
+                next_takeover = now + 2 * MARK_EVERY_MS
+            await asyncio.sleep(0.05 if self.young.due(self.clock()) else 0.1)
+
+    async def _put_mark(self, now: int) -> None:
+        await self.marks.put(self.instance, Mark(seq=self.young.floor(self._appended + 1),
+                                                 at_ms=now))
+
+    async def _take_over(self, now: int) -> None:
+        for instance, mark, revision in await self.marks.all():
+            if instance == self.instance or (mark is not None and now - mark.at_ms < self.stale_ms):
+                continue
+            since = 1 if mark is None else mark.seq
+            orphans = await self.marks.dispatched_since(since)
+            log.warning("engine_mark_taken_over", engine=instance, since=since,
+                        workflows=len(orphans))
+            for start in range(0, len(orphans), 64):
+                await asyncio.gather(*(self._project(wf) for wf in orphans[start:start + 64]))
+            await self.marks.drop(instance, revision)
+
+    async def flush_young(self) -> None:
+        """Project every young workflow now (a graceful stop; a test that reads the index)."""
+        everyone = self.young.everyone()
+        for start in range(0, len(everyone), 64):
+            await asyncio.gather(*(self._project(wf) for wf in everyone[start:start + 64]))
+
+    async def _retire(self) -> None:
+        """On a graceful stop: nothing left young, so this engine's mark can go."""
+        with contextlib.suppress(Exception):
+            await self.flush_young()
+            if not len(self.young):
+                for instance, _, revision in await self.marks.all():
+                    if instance == self.instance:
+                        await self.marks.drop(instance, revision)
 
     async def _send_again(self, state: WorkflowState, version: int, now: int) -> None:
         """What a handling that died after its append may have left unsent: the orders in
@@ -443,6 +569,7 @@ class Engine:
                              if _fire_id(wf, t) not in tried), default=None)
                 if after is not None:
                     await self.effects.arm(wf, after, now)
+                self.young.set_armed(wf, after)
         except Exception as error:
             self._deferred(wake, error)
             return None
@@ -501,6 +628,9 @@ class Engine:
         """Take commands and reports until stopped; every message is handled in its own task.
         A consumer someone deleted is noticed and made again (health fails meanwhile)."""
         await self.broker_clock.sync()
+        # This engine's mark before its first dispatch: a crash from here on is recoverable.
+        self._appended = max(self._appended, await self.marks.journal_end())
+        await self._put_mark(self.clock())
         async with asyncio.TaskGroup() as tasks:
 
             def spawn(
@@ -513,6 +643,7 @@ class Engine:
                 return on_msg
 
             clock = tasks.create_task(self.broker_clock.run())
+            projecting = tasks.create_task(self._projecting())
             reports_sub = await self.nc.subscribe(
                 self.space.subject(reports()), queue=self.space.consumer(ENGINE_CONSUMER),
                 cb=spawn(self._on_report), pending_msgs_limit=100_000)
@@ -530,6 +661,8 @@ class Engine:
                         await sub.unsubscribe()
             finally:
                 self.consuming = False
+                projecting.cancel()
+                await self._retire()
                 clock.cancel()
                 with contextlib.suppress(Exception):
                     await reports_sub.unsubscribe()

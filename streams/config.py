@@ -130,8 +130,11 @@ EXECUTORS = BucketSpec("moon_executors", history=5)
 # budget balances; which caller owns an id.
 LIMITS = BucketSpec("envelope_limits")
 OWNERS = BucketSpec("envelope_owners")
+# Engine process -> the journal sequence before which all it dispatched is projected
+# (moon/projection.py): where another engine picks up a dead one's young workflows.
+MARKS = BucketSpec("moon_marks")
 BUCKETS: tuple[BucketSpec, ...] = (SNAPSHOTS, WORKFLOWS, BOARD, NONCES, REVOKED, OUTCOMES,
-                                   CLAIMS, EXECUTORS, LIMITS, OWNERS)
+                                   CLAIMS, EXECUTORS, LIMITS, OWNERS, MARKS)
 
 
 class StreamConflict(RuntimeError):

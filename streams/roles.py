@@ -294,6 +294,8 @@ def rights(name: str, space: Space | None = None, capabilities: Sequence[str] = 
                 *_gate(on, "moon"),
                 *on.read(on.kv_stream("moon_snapshots")), on.kv_key("moon_snapshots"),
                 *on.read(on.kv_stream("moon_workflows")), on.kv_key("moon_workflows"),
+                # the engines' marks (moon/projection.py): theirs alone to read and write
+                *on.read(on.kv_stream("moon_marks")), on.kv_key("moon_marks"),
                 *on.read(on.kv_stream("moon_executors")),
                 *on.lookup(on.kv_stream("moon_claims")),  # legacy: read only
             ]

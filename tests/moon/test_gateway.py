@@ -65,7 +65,7 @@ async def test_an_unsigned_dispatch_is_refused_and_audited(nc, js, space, tmp_pa
 async def test_a_retried_dispatch_whose_first_handling_died_after_the_append_still_runs(
     nc, js, space, tmp_path
 ):
-    """`moon serve` journals the dispatch and dies before its wake-up is armed; the caller
+    """`moon serve` journals the dispatch and dies before its orders are sent; the caller
     sends the same request to the restarted service: the workflow must not be left with nothing
     to move it (the retry decides nothing new, so it must re-send what the state waits on)."""
     trust = local_trust(tmp_path)
@@ -80,7 +80,7 @@ async def test_a_retried_dispatch_whose_first_handling_died_after_the_append_sti
                     space=space)
     request_id, _, sealed = client.seal("moon.dispatch", body([step("a")]))
     dying = await new_engine(nc, space)
-    dying.effects.arm = killed  # type: ignore[method-assign]
+    dying.effects.send_orders = killed  # type: ignore[method-assign]
     async with moon_gate(nc, dying, signer=trust.moon,
                          trust=trust.trust_for(trust.moon)).serving():
         first = await client.send("moon.dispatch", request_id, "", sealed)

@@ -1,0 +1,157 @@
+"""Young workflows: the wake-up that a workflow ending soon never needs.
+
+A workflow this engine dispatched is *young* for YOUNG_MS. Its decisions arm no wake-up (the
+one durable schedule per workflow that fires its timers), unless a timer falls due sooner than a
+takeover could happen (young + stale + three mark periods: 14 s by default; a step's default
+timeout is 60 s). When it stops being young, the engine arms its wake-up once, from the journal,
+if it still waits on a timer. Most workflows end young: no schedule and no purge, where each
+used to write one schedule and purge it at its end (a 3-step chain: 16 -> 15 writes, and the
+purge's API call).
+
+What a crash loses (the wake-ups of young workflows) is found again from the journal. Every
+engine keeps a *mark* in KV (`moon_marks`, one key per engine process): the journal sequence
+before which everything it dispatched has been projected, refreshed every MARK_EVERY_MS. A mark
+not refreshed for STALE_MS is a dead engine's: any engine arms the wake-ups of every workflow
+dispatched since it (the journal's `dispatched` subjects), then drops it. Arming twice is
+harmless: a schedule replaces its predecessor, and a firing with nothing due decides nothing.
+
+`Young` is the pure bookkeeping (the clock passed in); `Marks` is the adapter over the bucket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+
+from streams import subjects
+from streams.config import MARKS, MOON
+from streams.jetstream_store import last_sequence, ordered_read
+from streams.subjects import Space
+
+__all__ = ["MARK_EVERY_MS", "STALE_MS", "YOUNG_MS", "Mark", "Marks", "Young"]
+
+YOUNG_MS = 1_000  # W2's 3-step chain takes ~15 ms, W3's ~100 ms under load
+MARK_EVERY_MS = 1_000
+STALE_MS = 10_000  # ten missed refreshes: the engine is dead (or stalled, and projecting twice
+# is harmless)
+
+
+class Mark(msgspec.Struct, frozen=True):
+    seq: int  # every workflow its engine dispatched at a journal sequence below this is projected
+    at_ms: int  # when it was refreshed, by the broker's clock
+
+
+@dataclass
+class _Entry:
+    due_ms: int
+    seq: int
+    armed_ms: int | None = None  # the wake-up armed while young (a timer due soon), if any
+
+
+@dataclass
+class Young:
+    """The workflows this engine dispatched and has not projected yet, oldest first."""
+
+    young_ms: int = YOUNG_MS
+    entries: dict[str, _Entry] = field(default_factory=dict)
+
+    def add(self, workflow_id: str, seq: int, now_ms: int) -> None:
+        self.entries.setdefault(workflow_id, _Entry(now_ms + self.young_ms, seq))
+
+    def __contains__(self, workflow_id: object) -> bool:
+        return workflow_id in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def armed(self, workflow_id: str) -> int | None:
+        entry = self.entries.get(workflow_id)
+        return None if entry is None else entry.armed_ms
+
+    def set_armed(self, workflow_id: str, at_ms: int | None) -> None:
+        if (entry := self.entries.get(workflow_id)) is not None:
+            entry.armed_ms = at_ms
+
+    def due(self, now_ms: int, *, limit: int = 256) -> list[str]:
+        """The oldest workflows due for projection (entries are added in due order)."""
+        out: list[str] = []
+        for workflow_id, entry in self.entries.items():
+            if entry.due_ms > now_ms or len(out) >= limit:
+                break
+            out.append(workflow_id)
+        return out
+
+    def everyone(self) -> list[str]:
+        return list(self.entries)
+
+    def drop(self, workflow_id: str) -> None:
+        self.entries.pop(workflow_id, None)
+
+    def floor(self, default: int) -> int:
+        """The mark to publish: the earliest dispatch not yet projected, else `default`."""
+        return min((entry.seq for entry in self.entries.values()), default=default)
+
+
+_mark = msgspec.json.Decoder(Mark)
+
+
+class Marks:
+    """The engines' marks in KV, and the journal's dispatches since a mark."""
+
+    def __init__(self, js: JetStreamContext, space: Space) -> None:
+        self._js, self._space = js, space
+        self._kv: object | None = None
+
+    async def _bucket(self) -> object:
+        if self._kv is None:
+            self._kv = await self._js.key_value(self._space.bucket(MARKS.name))
+        return self._kv
+
+    async def put(self, instance: str, mark: Mark) -> None:
+        kv = await self._bucket()
+        await kv.put(instance, msgspec.json.encode(mark))  # type: ignore[attr-defined]
+
+    async def all(self) -> list[tuple[str, Mark | None, int]]:
+        """(instance, mark or None when unreadable, revision) for every engine's mark."""
+        kv = await self._bucket()
+        try:
+            keys = await kv.keys()  # type: ignore[attr-defined]
+        except NoKeysError:
+            return []
+        out: list[tuple[str, Mark | None, int]] = []
+        for key in keys:
+            try:
+                entry = await kv.get(key)  # type: ignore[attr-defined]
+            except KeyNotFoundError:
+                continue
+            try:
+                out.append((key, _mark.decode(entry.value or b""), entry.revision))
+            except msgspec.DecodeError:
+                out.append((key, None, entry.revision))
+        return out
+
+    async def drop(self, instance: str, revision: int) -> bool:
+        """Delete a mark unless it changed since it was read (its engine came back)."""
+        kv = await self._bucket()
+        try:
+            await kv.delete(instance, last=revision)  # type: ignore[attr-defined]
+        except KeyWrongLastSequenceError:
+            return False
+        return True
+
+    async def journal_end(self) -> int:
+        """The journal's last sequence (0 when empty)."""
+        return await last_sequence(self._js, self._space.stream(MOON.name),
+                                   self._space.subject(subjects.workflow_events()))
+
+    async def dispatched_since(self, seq: int) -> list[str]:
+        """The workflows dispatched at journal sequence `seq` or later, in journal order."""
+        stream = self._space.stream(MOON.name)
+        every = self._space.subject(subjects.workflow_event("*", "dispatched"))
+        upto = await last_sequence(self._js, stream, every)
+        rows = await ordered_read(self._js, stream, every, after=max(0, seq - 1), upto=upto)
+        out = [self._space.unprefix(subject).split(".")[2] for _, subject, _, _ in rows]
+        return list(dict.fromkeys(out))

@@ -1,0 +1,147 @@
+"""Young workflows (moon/projection.py): a workflow that ends young writes one index entry and
+no wake-up; one whose engine dies young is projected by another engine from the journal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import msgspec
+import pytest
+from nats.js.errors import NotFoundError
+
+from moon.index import WorkflowSummary
+from moon.projection import Young
+from moon.worker import Result, StepContext
+from streams.config import WORKFLOWS
+from streams.moon_events import StepTimedOut
+
+from .. import walls as tw
+from . import fault_world as fw
+from .engine_world import dispatch, engine, step, worker
+
+
+def test_young_workflows_come_due_in_order_and_the_mark_waits_for_the_oldest() -> None:
+    young = Young(young_ms=1_000)
+    young.add("a", seq=10, now_ms=0)
+    young.add("b", seq=12, now_ms=500)
+    young.add("a", seq=99, now_ms=600)  # a second decision keeps the first dispatch's place
+    assert young.due(999) == [] and young.due(1_000) == ["a"]
+    assert young.due(1_500) == ["a", "b"] and young.due(1_500, limit=1) == ["a"]
+    assert young.floor(default=50) == 10
+    young.set_armed("b", 7_000)
+    assert young.armed("b") == 7_000 and young.armed("a") is None
+    young.drop("a")
+    assert young.floor(default=50) == 12 and "a" not in young and len(young) == 1
+    young.drop("b")
+    assert young.floor(default=50) == 50
+
+
+async def _index_puts(js, space) -> int:  # type: ignore[no-untyped-def]
+    """How many index entries were put in this test's space (its own bucket, one workflow):
+    the bucket's stream sequence moves by one per put, whatever history it keeps."""
+    try:
+        info = await js.stream_info(f"KV_{space.bucket(WORKFLOWS.name)}")
+    except NotFoundError:
+        return 0
+    return int(info.state.last_seq)
+
+
+async def _entry_reaches(js, space, wf: str, status: str,  # type: ignore[no-untyped-def]
+                         timeout_s: float = 20.0) -> WorkflowSummary:
+    """The index entry's puts, watched until one shows `status`."""
+    kv = await js.key_value(space.bucket(WORKFLOWS.name))
+    watcher = await kv.watch(wf)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for entry in watcher:
+                if entry is None or entry.value is None:
+                    continue
+                summary = msgspec.json.decode(entry.value, type=WorkflowSummary)
+                if summary.status == status:
+                    return summary
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()
+    raise AssertionError("a watch does not end")
+
+
+async def _wake_up(js, space, wf: str):  # type: ignore[no-untyped-def]
+    try:
+        return await js.get_last_msg(space.stream("MOON_CMD"),
+                                     space.subject(f"moon.timer.{wf}.wake"))
+    except NotFoundError:
+        return None
+
+
+async def _next_wake_up(js, space, wf: str, timeout_s: float = 20.0):  # type: ignore[no-untyped-def]
+    """The workflow's wake-up schedule once it is stored. Polled: MOON_CMD is a work queue, so
+    a test's consumer on it would take the schedule away from the server."""
+    return await fw.wait_for(lambda: _wake_up(js, space, wf), timeout_s, poll_s=0.02)
+
+
+async def test_a_workflow_that_ends_young_arms_no_wake_up(nc, js, space):
+    async def work(ctx: StepContext) -> Result:
+        return Result(output=b"ok")
+
+    async with engine(nc, space) as eng, worker(nc, space, {"work": work}):
+        command = dispatch([step("a"), step("b", needs=("a",)), step("c", needs=("b",))])
+        await eng.submit(command)
+        await eng.wait_terminal(command.workflow_id, 30)
+        entry = await _entry_reaches(js, space, command.workflow_id, "completed")
+        assert entry.completed == 3
+        assert await _index_puts(js, space) == 2  # running, then how it ended
+        assert await _wake_up(js, space, command.workflow_id) is None
+
+
+async def test_a_workflow_still_running_when_it_grows_up_gets_its_wake_up(nc, js, space):
+    async with engine(nc, space, young_ms=200) as eng:  # no executor: the step waits
+        command = dispatch([step("a", capability="nobody-offers-this", timeout_ms=600_000)])
+        wake = asyncio.ensure_future(_next_wake_up(js, space, command.workflow_id))
+        await eng.submit(command)
+        msg = await wake
+        assert "Nats-Schedule" in (msg.headers or {})
+        assert command.workflow_id not in eng.young
+
+
+async def test_a_timer_due_soon_is_armed_at_once_while_young(nc, js, space):
+    async with engine(nc, space, young_ms=60_000) as eng:  # young for the whole test
+        command = dispatch([step("a", capability="nobody-offers-this", timeout_ms=2_000)])
+        wake = asyncio.ensure_future(_next_wake_up(js, space, command.workflow_id))
+        await eng.submit(command)
+        assert "Nats-Schedule" in ((await wake).headers or {})
+        assert command.workflow_id in eng.young
+
+        async def timed_out() -> bool:  # the timer fired, and its retry's timer was armed
+            events = [e for d in await fw.decisions(js, space, command.workflow_id)
+                      for e in d.events]
+            return sum(isinstance(e, StepTimedOut) for e in events) >= 2
+
+        await fw.wait_for(timed_out, 30)
+
+
+@pytest.mark.slow
+async def test_an_engine_killed_9_while_a_workflow_is_young_is_taken_over_by_another(
+    nats_url, nc, js, space, tmp_path: Path
+):
+    """`moon serve` journals a dispatch and dies (kill -9) before the workflow grows up: a
+    second engine finds the dead engine's mark stale and arms the workflow's wake-up from the
+    journal (without it, a step whose executor never comes would wait for ever)."""
+    proc = fw.spawn_engine(nats_url, space, tmp_path / "engine.log")
+    try:
+        await fw.engine_bound(js, space)
+        command = dispatch([step("a", capability="nobody-offers-this", timeout_ms=600_000)])
+        await tw.send_dispatch(nc, space, command)
+
+        async def journaled() -> bool:
+            return bool(await fw.decisions(js, space, command.workflow_id))
+
+        await fw.wait_for(journaled, 20, poll_s=0.01)
+    finally:
+        fw.kill9(proc)  # within its young second: no wake-up armed yet
+    assert await _wake_up(js, space, command.workflow_id) is None
+    wake = asyncio.ensure_future(_next_wake_up(js, space, command.workflow_id))
+    async with engine(nc, space, stale_ms=1_500):
+        msg = await wake
+    assert "Nats-Schedule" in (msg.headers or {})
