@@ -18,6 +18,7 @@ Buckets (JetStream KV), both in the gate's Space:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any, Protocol
 
@@ -76,8 +77,19 @@ class Limits(Protocol):
 
 async def admit_shared(pending: Pending, limits: Limits, now_ms: int) -> Opened | Refusal:
     """seal.admit, on a Limits store: replay, treaty rate, balance (same order, same answers)."""
-    if await limits.seen(pending.nonce_key, pending.keep_until_ms, now_ms,
-                         request=pending.opened.request_hash):
+    seen = limits.seen(pending.nonce_key, pending.keep_until_ms, now_ms,
+                       request=pending.opened.request_hash)
+    budget = pending.opened.budget
+    if pending.treaty is None and (budget is None or not budget.tokens):
+        # Nothing here spends anything a replay must not take (no rate token, no reservation):
+        # the balance is read while the nonce is stored, one round trip instead of two. The
+        # answers keep their order: a replay is refused as one even when it is also broke.
+        replayed, refused = await asyncio.gather(seen, limits.spend(pending.opened.caller,
+                                                                    budget))
+        if replayed:
+            return pending.refuse(REPLAYED)
+        return pending.opened if refused is None else pending.refuse(refused)
+    if await seen:
         return pending.refuse(REPLAYED)
     if pending.treaty is not None and (
         wait_ms := await limits.take(pending.treaty.ref, rate_per_s=pending.treaty.terms.rate_per_s,
