@@ -10,7 +10,10 @@ the work: optimistic concurrency on the journal keeps them correct.
 
 Timers are not messages per step: each workflow has one durable wake-up (a server-side
 schedule) at or before its earliest due timer, and the timers themselves are read off the state
-(`moon.workflow.pending_timers`) when it fires. A 3-step chain arms it once, at dispatch.
+(`moon.workflow.pending_timers`) when it fires. A workflow young here (dispatched less than a
+second ago) arms it only for a timer due soon; one that still waits when it grows up gets it
+then, and the young workflows of an engine that died are taken over from its mark
+(moon/projection.py). A 3-step chain that ends within its first second arms none.
 
 Where commands come from, and how each is authenticated before `decide` (moon/authority.py):
 - the gate, in process (dispatch, cancel, compensate, checkpoint): the caller's envelope;
@@ -27,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +57,7 @@ from moon.clock import BrokerClock
 from moon.effects import COMMANDS, Effects, in_flight_orders
 from moon.index import WorkflowSummary
 from moon.narration import narrate
-from moon.projection import MARK_EVERY_MS, STALE_MS, YOUNG_MS, Mark, Marks, Young
+from moon.projection import MARK_EVERY_MS, STALE_MS, YOUNG_MS, Projector
 from moon.reports import RETRY_HEADER, ReportReply, parse_report_subject
 from moon.tracing import trace_of
 from moon.workflow import (
@@ -150,12 +152,10 @@ class Engine:
         self._index: Any = None
         # Workflows dispatched here and not yet projected (moon/projection.py), and this
         # process's mark: a random name, so that a restarted engine's old mark goes stale.
-        self.young = Young(young_ms=self.young_ms)
+        self.projector = Projector(self)
+        self.young = self.projector.young
         # A timer due sooner than this is armed at once: a takeover could come too late for it.
         self.arm_now_ms = self.young_ms + self.stale_ms + 3 * MARK_EVERY_MS
-        self.marks = Marks(self.js, self.space)
-        self.instance = secrets.token_hex(8)
-        self._appended = 0  # the last journal sequence this process appended
         self._stopping = asyncio.Event()
         self.quarantined: dict[str, str] = {}
         self.consuming = False  # commands and reports are being taken: what `health` reports
@@ -177,7 +177,7 @@ class Engine:
         wf = command.workflow_id
         if (why := self.quarantined.get(wf)) is not None:
             return Refusal(Reason.QUARANTINED, why)
-        async with self._lock(wf):
+        async with self.workflow_lock(wf):
             return await self._decide(command, source, redelivered=redelivered)
 
     async def _decide(
@@ -209,7 +209,7 @@ class Engine:
                 check=lambda c, state: authorize(c, source, state),
             )
         except Unreadable as bad:
-            return await self._quarantine(bad)
+            return await self.quarantine(bad)
         if isinstance(outcome, Refusal):
             self.stats.refusals += 1
             return outcome
@@ -224,7 +224,7 @@ class Engine:
             orders = work_orders(state, outcome.events)
             # Synchronously with the append's answer, so a mark never passes a dispatch
             # that is not yet young.
-            self._appended = max(self._appended, outcome.version)
+            self.projector.appended = max(self.projector.appended, outcome.version)
             if any(isinstance(event, Dispatched) for event in outcome.events):
                 self.young.add(wf, outcome.version, now)
             if wf in self.young:
@@ -273,92 +273,6 @@ class Engine:
             return [self.effects.disarm(wf)]
         return []
 
-    async def _project(self, wf: str) -> None:
-        """A workflow's wake-up as its journal now stands: when it stops being young here, or
-        after the engine it was young at died (what that one armed is not known: armed again;
-        its index entry was put with its dispatch, or its dispatch comes back)."""
-        async with self._lock(wf):
-            armed = self.young.armed(wf)
-            if wf in self.quarantined:
-                self.young.drop(wf)
-                return
-            try:
-                version, state = await self.runner.load(wf)
-            except Unreadable as bad:
-                self.young.drop(wf)
-                await self._quarantine(bad)
-                return
-            if version == 0:  # not journaled (yet): nothing to wake
-                self.young.drop(wf)
-                return
-            now = self.clock()
-            if armed is not None and armed <= now:
-                armed = None  # fired: the next timer needs a wake-up of its own
-            effects: list[Awaitable[object]] = []
-            after = wake_at(state)
-            if after is not None and (armed is None or after < armed):
-                effects.append(self.effects.arm(wf, after, now))
-            elif after is None and armed is not None:
-                effects.append(self.effects.disarm(wf))
-            await asyncio.gather(*effects)
-            self.young.drop(wf)
-
-    async def _projecting(self) -> None:
-        """Project young workflows as they come due, refresh this engine's mark, and take over
-        the marks of engines that stopped refreshing theirs (moon/projection.py)."""
-        next_mark = next_takeover = 0
-        while True:
-            now = self.clock()
-            if due := self.young.due(now):
-                results = await asyncio.gather(*(self._project(wf) for wf in due),
-                                               return_exceptions=True)
-                for wf, result in zip(due, results, strict=True):
-                    if isinstance(result, Exception):  # stays young: tried again next round
-                        log.warning("projection_deferred", workflow=wf,
-                                    error=type(result).__name__)
-            if now >= next_mark:
-                with contextlib.suppress(Exception):  # a missed refresh is not yet stale
-                    await self._put_mark(now)
-                    next_mark = now + MARK_EVERY_MS
-            if now >= next_takeover:
-                try:
-                    await self._take_over(now)
-                except Exception as error:  # broker away: checked again next time
-                    log.warning("takeover_deferred", error=type(error).__name__)
-                next_takeover = now + 2 * MARK_EVERY_MS
-            await asyncio.sleep(0.05 if self.young.due(self.clock()) else 0.1)
-
-    async def _put_mark(self, now: int) -> None:
-        await self.marks.put(self.instance, Mark(seq=self.young.floor(self._appended + 1),
-                                                 at_ms=now))
-
-    async def _take_over(self, now: int) -> None:
-        for instance, mark, revision in await self.marks.all():
-            if instance == self.instance or (mark is not None and now - mark.at_ms < self.stale_ms):
-                continue
-            since = 1 if mark is None else mark.seq
-            orphans = await self.marks.dispatched_since(since)
-            log.warning("engine_mark_taken_over", engine=instance, since=since,
-                        workflows=len(orphans))
-            for start in range(0, len(orphans), 64):
-                await asyncio.gather(*(self._project(wf) for wf in orphans[start:start + 64]))
-            await self.marks.drop(instance, revision)
-
-    async def flush_young(self) -> None:
-        """Project every young workflow now (a graceful stop; a test that reads the index)."""
-        everyone = self.young.everyone()
-        for start in range(0, len(everyone), 64):
-            await asyncio.gather(*(self._project(wf) for wf in everyone[start:start + 64]))
-
-    async def _retire(self) -> None:
-        """On a graceful stop: nothing left young, so this engine's mark can go."""
-        with contextlib.suppress(Exception):
-            await self.flush_young()
-            if not len(self.young):
-                for instance, _, revision in await self.marks.all():
-                    if instance == self.instance:
-                        await self.marks.drop(instance, revision)
-
     async def _send_again(self, state: WorkflowState, version: int, now: int) -> None:
         """What a handling that died after its append may have left unsent: the orders in
         flight (they carry `Nats-Msg-Id`), the wake-up (a schedule replaces its predecessor)
@@ -370,7 +284,7 @@ class Engine:
                                        asyncio.gather(*effects))
         self.stats.orders += sent
 
-    async def _quarantine(self, bad: Unreadable) -> Refusal:
+    async def quarantine(self, bad: Unreadable) -> Refusal:
         """A journal message that does not decode or verify: the workflow cannot be folded
         past it, so it stops here, visibly, instead of being retried forever."""
         why = f"journal seq {bad.seq} does not verify: {bad.detail[:300]}"
@@ -394,7 +308,7 @@ class Engine:
         return refusal
 
     @contextlib.asynccontextmanager
-    async def _lock(self, workflow_id: str) -> AsyncIterator[None]:
+    async def workflow_lock(self, workflow_id: str) -> AsyncIterator[None]:
         """One command per workflow at a time in this process; the lock is dropped when no one
         holds or waits for it, so the table does not grow with every workflow ever seen."""
         entry = self._locks.get(workflow_id)
@@ -539,11 +453,11 @@ class Engine:
         if wf in self.quarantined:
             return True
         try:
-            async with self._lock(wf):
+            async with self.workflow_lock(wf):
                 try:
                     version, state = await self.runner.load(wf)
                 except Unreadable as bad:
-                    await self._quarantine(bad)
+                    await self.quarantine(bad)
                     return True
                 tried: set[str] = set()  # fired once here: not again, not re-armed
                 now = self.clock()
@@ -629,8 +543,7 @@ class Engine:
         A consumer someone deleted is noticed and made again (health fails meanwhile)."""
         await self.broker_clock.sync()
         # This engine's mark before its first dispatch: a crash from here on is recoverable.
-        self._appended = max(self._appended, await self.marks.journal_end())
-        await self._put_mark(self.clock())
+        await self.projector.start()
         async with asyncio.TaskGroup() as tasks:
 
             def spawn(
@@ -643,7 +556,7 @@ class Engine:
                 return on_msg
 
             clock = tasks.create_task(self.broker_clock.run())
-            projecting = tasks.create_task(self._projecting())
+            projecting = tasks.create_task(self.projector.run())
             reports_sub = await self.nc.subscribe(
                 self.space.subject(reports()), queue=self.space.consumer(ENGINE_CONSUMER),
                 cb=spawn(self._on_report), pending_msgs_limit=100_000)
@@ -662,7 +575,7 @@ class Engine:
             finally:
                 self.consuming = False
                 projecting.cancel()
-                await self._retire()
+                await self.projector.retire()
                 clock.cancel()
                 with contextlib.suppress(Exception):
                     await reports_sub.unsubscribe()

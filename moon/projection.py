@@ -20,18 +20,31 @@ harmless: a schedule replaces its predecessor, and a firing with nothing due dec
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
+import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 
+from moon.workflow import wake_at
 from streams import subjects
 from streams.config import MARKS, MOON
 from streams.jetstream_store import last_sequence, ordered_read
+from streams.store import Unreadable
 from streams.subjects import Space
 
-__all__ = ["MARK_EVERY_MS", "STALE_MS", "YOUNG_MS", "Mark", "Marks", "Young"]
+if TYPE_CHECKING:
+    from moon.engine import Engine
+
+__all__ = ["MARK_EVERY_MS", "STALE_MS", "YOUNG_MS", "Mark", "Marks", "Projector", "Young"]
+
+log = structlog.get_logger("moon.projection")
 
 YOUNG_MS = 1_000  # W2's 3-step chain takes ~15 ms, W3's ~100 ms under load
 MARK_EVERY_MS = 1_000
@@ -155,3 +168,108 @@ class Marks:
         rows = await ordered_read(self._js, stream, every, after=max(0, seq - 1), upto=upto)
         out = [self._space.unprefix(subject).split(".")[2] for _, subject, _, _ in rows]
         return list(dict.fromkeys(out))
+
+
+class Projector:
+    """An engine's young workflows: armed when they grow up, its mark kept fresh, dead engines'
+    marks taken over. Runs beside the engine, under the same per-workflow lock."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.young = Young(young_ms=engine.young_ms)
+        self.marks = Marks(engine.js, engine.space)
+        # A random name: a restarted engine's old mark goes stale and is taken over.
+        self.instance = secrets.token_hex(8)
+        self.appended = 0  # the last journal sequence this process appended
+
+    async def start(self) -> None:
+        """This engine's mark before its first dispatch: a crash from here on is recoverable."""
+        self.appended = max(self.appended, await self.marks.journal_end())
+        await self.put_mark(self.engine.clock())
+
+    async def project(self, wf: str) -> None:
+        """A workflow's wake-up as its journal now stands: when it stops being young here, or
+        after the engine it was young at died (what that one armed is not known: armed again;
+        its index entry was put with its dispatch, or its dispatch comes back)."""
+        async with self.engine.workflow_lock(wf):
+            armed = self.young.armed(wf)
+            if wf in self.engine.quarantined:
+                self.young.drop(wf)
+                return
+            try:
+                version, state = await self.engine.runner.load(wf)
+            except Unreadable as bad:
+                self.young.drop(wf)
+                await self.engine.quarantine(bad)
+                return
+            if version == 0:  # not journaled (yet): nothing to wake
+                self.young.drop(wf)
+                return
+            now = self.engine.clock()
+            if armed is not None and armed <= now:
+                armed = None  # fired: the next timer needs a wake-up of its own
+            effects: list[Awaitable[object]] = []
+            after = wake_at(state)
+            if after is not None and (armed is None or after < armed):
+                effects.append(self.engine.effects.arm(wf, after, now))
+            elif after is None and armed is not None:
+                effects.append(self.engine.effects.disarm(wf))
+            await asyncio.gather(*effects)
+            self.young.drop(wf)
+
+    async def run(self) -> None:
+        """Project young workflows as they come due, refresh this engine's mark, and take over
+        the marks of engines that stopped refreshing theirs (moon/projection.py)."""
+        next_mark = next_takeover = 0
+        while True:
+            now = self.engine.clock()
+            if due := self.young.due(now):
+                results = await asyncio.gather(*(self.project(wf) for wf in due),
+                                               return_exceptions=True)
+                for wf, result in zip(due, results, strict=True):
+                    if isinstance(result, Exception):  # stays young: tried again next round
+                        log.warning("projection_deferred", workflow=wf,
+                                    error=type(result).__name__)
+            if now >= next_mark:
+                with contextlib.suppress(Exception):  # a missed refresh is not yet stale
+                    await self.put_mark(now)
+                    next_mark = now + MARK_EVERY_MS
+            if now >= next_takeover:
+                try:
+                    await self.take_over(now)
+                except Exception as error:  # broker away: checked again next time
+                    log.warning("takeover_deferred", error=type(error).__name__)
+                next_takeover = now + 2 * MARK_EVERY_MS
+            await asyncio.sleep(0.05 if self.young.due(self.engine.clock()) else 0.1)
+
+    async def put_mark(self, now: int) -> None:
+        await self.marks.put(self.instance, Mark(seq=self.young.floor(self.appended + 1),
+                                                 at_ms=now))
+
+    async def take_over(self, now: int) -> None:
+        for instance, mark, revision in await self.marks.all():
+            fresh = mark is not None and now - mark.at_ms < self.engine.stale_ms
+            if instance == self.instance or fresh:
+                continue
+            since = 1 if mark is None else mark.seq
+            orphans = await self.marks.dispatched_since(since)
+            log.warning("engine_mark_taken_over", engine=instance, since=since,
+                        workflows=len(orphans))
+            for start in range(0, len(orphans), 64):
+                await asyncio.gather(*(self.project(wf) for wf in orphans[start:start + 64]))
+            await self.marks.drop(instance, revision)
+
+    async def flush(self) -> None:
+        """Arm what every young workflow waits on now (a graceful stop)."""
+        everyone = self.young.everyone()
+        for start in range(0, len(everyone), 64):
+            await asyncio.gather(*(self.project(wf) for wf in everyone[start:start + 64]))
+
+    async def retire(self) -> None:
+        """On a graceful stop: nothing left young, so this engine's mark can go."""
+        with contextlib.suppress(Exception):
+            await self.flush()
+            if not len(self.young):
+                for instance, _, revision in await self.marks.all():
+                    if instance == self.instance:
+                        await self.marks.drop(instance, revision)
