@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 from envelope.audit import AuditLog
 from envelope.budget import Ledger
 from envelope.keys import Signer
+from envelope.later import collecting
 from envelope.outcomes import OUTCOMES_BUCKET, Outcomes, Stored
 from envelope.ownership import OWNERS, Ownership
 from envelope.revocations import REVOKED_BUCKET, Revocations, Revoked
@@ -384,17 +385,23 @@ class Gate:
         if isinstance(earlier, Refusal):
             return await self._not_first(route, opened, earlier, now, log)
         outcome: Outcome
+        later: list[asyncio.Future[None]] = []
         try:
-            # Bound in contextvars so the handler's own log lines carry the trace too.
+            # Bound in contextvars so the handler's own log lines carry the trace too. An
+            # idempotent handler may leave its effects to finish beside the answer (later.py).
             with structlog.contextvars.bound_contextvars(
                 trace=opened.traceparent, request_id=opened.request_id, caller=opened.caller
             ), telemetry.serving(self.service, route.method, opened.request_id,
-                                 opened.traceparent, opened.caller) as span:
+                                 opened.traceparent, opened.caller) as span, (
+                collecting() if route.idempotent else contextlib.nullcontext(later)
+            ) as later:
                 reply = await route.handler(opened)
         except Exception as error:
             log.exception("handler_failed")
             reply = Refusal(Reason.UNAVAILABLE, f"{type(error).__name__}: {error}", retryable=True)
             outcome = "failed"
+            await asyncio.gather(*later, return_exceptions=True)  # nothing left running
+            later = []
         else:
             outcome = "refused" if isinstance(reply, Refusal) else "accepted"
         record = self._record(
@@ -419,9 +426,9 @@ class Gate:
         elif route.idempotent:
             # The answer and its audit record at once; the audit record's id is the request's,
             # so a second run's record is the same one.
-            first, _ = await asyncio.gather(
+            first, *_ = await asyncio.gather(
                 outcomes.keep(opened.request_id, opened.caller, now, response),
-                self.audit.append(record, msg_id=record.id))
+                self.audit.append(record, msg_id=record.id), *later)
             if isinstance(first, bytes):
                 log.info("replayed", outcome="stored")
                 self._count(route, "replayed", None)

@@ -10,7 +10,7 @@ the work: optimistic concurrency on the journal keeps them correct.
 
 Timers are not messages per step: each workflow has one durable wake-up (a server-side
 schedule) at or before its earliest due timer, and the timers themselves are read off the state
-(`moon.workflow.pending_timers`) when it fires. A workflow young here (dispatched less than a
+(`moon.outbox.pending_timers`) when it fires. A workflow young here (dispatched less than a
 second ago) arms it only for a timer due soon; one that still waits when it grows up gets it
 then, and the young workflows of an engine that died are taken over from its mark
 (moon/projection.py). A 3-step chain that ends within its first second arms none.
@@ -42,6 +42,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
+from envelope import later
 from envelope.registry import Registry
 from envelope.statement import COMMAND, REPORT, TIMER, open_statement
 from moon import index, journal, workflow
@@ -57,17 +58,11 @@ from moon.clock import BrokerClock
 from moon.effects import COMMANDS, Effects, in_flight_orders
 from moon.index import WorkflowSummary
 from moon.narration import narrate
+from moon.outbox import due_timers, pending_timers, wake_at, work_orders
 from moon.projection import MARK_EVERY_MS, STALE_MS, YOUNG_MS, Projector
 from moon.reports import RETRY_HEADER, ReportReply, parse_report_subject
+from moon.state import WorkflowState, is_terminal
 from moon.tracing import trace_of
-from moon.workflow import (
-    WorkflowState,
-    due_timers,
-    is_terminal,
-    pending_timers,
-    wake_at,
-    work_orders,
-)
 from streams import metrics
 from streams.audit import AuditRecord, audit_subject
 from streams.codec import Undecodable
@@ -82,6 +77,7 @@ from streams.moon_events import (
     StartStep,
     StepCompleted,
     TimerRequest,
+    WorkOrder,
     command_kind,
 )
 from streams.replies import CODES, Reason, Refusal
@@ -177,16 +173,37 @@ class Engine:
         wf = command.workflow_id
         if (why := self.quarantined.get(wf)) is not None:
             return Refusal(Reason.QUARANTINED, why)
-        async with self.workflow_lock(wf):
-            return await self._decide(command, source, redelivered=redelivered)
+        if not later.active():
+            async with self.workflow_lock(wf):
+                return await self._decide(command, source, redelivered=redelivered)
+        # Through the gate: the effects finish beside its answer and audit record
+        # (envelope/later.py), and the workflow stays locked until they are stored, so its
+        # next command is decided after them, as when they were awaited here.
+        finishing: list[asyncio.Future[None]] = []
+        held = await self._hold(wf)
+        try:
+            outcome = await self._decide(command, source, redelivered=redelivered,
+                                         finishing=finishing)
+        except BaseException:
+            self._let_go(wf, held)
+            raise
+        if not finishing:
+            self._let_go(wf, held)
+            return outcome
+        finishing[0].add_done_callback(lambda _: self._let_go(wf, held))
+        later.hand_over(finishing[0])
+        return outcome
 
     async def _decide(
-        self, command: MoonCommand, source: Source, *, redelivered: bool
+        self, command: MoonCommand, source: Source, *, redelivered: bool,
+        finishing: list[asyncio.Future[None]] | None = None,
     ) -> Decided[MoonEvent, WorkflowState] | Refusal:
-        """`submit` with the workflow's lock held."""
+        """`submit` with the workflow's lock held. With `finishing`, the effects are not
+        awaited: the task that sends them is put there."""
         kind = command_kind(command)
         with metrics.COMMAND_SECONDS.labels(kind).time():
-            outcome = await self._decide_and_send(command, source, redelivered=redelivered)
+            outcome = await self._decide_and_send(command, source, redelivered=redelivered,
+                                                  finishing=finishing)
         match outcome:
             case Refusal():
                 metrics.COMMANDS.labels(kind, "refused").inc()
@@ -200,7 +217,8 @@ class Engine:
         return outcome
 
     async def _decide_and_send(
-        self, command: MoonCommand, source: Source, *, redelivered: bool
+        self, command: MoonCommand, source: Source, *, redelivered: bool,
+        finishing: list[asyncio.Future[None]] | None = None,
     ) -> Decided[MoonEvent, WorkflowState] | Refusal:
         wf = command.workflow_id
         try:
@@ -252,11 +270,19 @@ class Engine:
             return outcome
         # All at once, none before another: a crash between them leaves the command unanswered
         # (or unacknowledged), and its retry sends all of them again.
+        send = self._send(wf, orders, effects, ended_young=ended_young)
+        if finishing is None:
+            await send
+        else:
+            finishing.append(asyncio.ensure_future(send))
+        return outcome
+
+    async def _send(self, wf: str, orders: list[WorkOrder], effects: list[Awaitable[object]], *,
+                    ended_young: bool) -> None:
         sent, _ = await asyncio.gather(self.effects.send_orders(orders), asyncio.gather(*effects))
         self.stats.orders += sent
         if ended_young:  # nothing left to wake it for: no projection to make
             self.young.drop(wf)
-        return outcome
 
     def _young_effects(self, wf: str, state: WorkflowState, now: int) -> list[Awaitable[object]]:
         """A young workflow's decision arms its wake-up only for a timer due before a takeover
@@ -309,19 +335,35 @@ class Engine:
 
     @contextlib.asynccontextmanager
     async def workflow_lock(self, workflow_id: str) -> AsyncIterator[None]:
-        """One command per workflow at a time in this process; the lock is dropped when no one
-        holds or waits for it, so the table does not grow with every workflow ever seen."""
+        """One command per workflow at a time in this process."""
+        held = await self._hold(workflow_id)
+        try:
+            yield
+        finally:
+            self._let_go(workflow_id, held)
+
+    async def _hold(self, workflow_id: str) -> _Held:
         entry = self._locks.get(workflow_id)
         if entry is None:
             entry = self._locks[workflow_id] = _Held(asyncio.Lock())
         entry.users += 1
         try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._locks[workflow_id]
+            await entry.lock.acquire()
+        except BaseException:
+            self._forget(workflow_id, entry)
+            raise
+        return entry
+
+    def _let_go(self, workflow_id: str, entry: _Held) -> None:
+        entry.lock.release()
+        self._forget(workflow_id, entry)
+
+    def _forget(self, workflow_id: str, entry: _Held) -> None:
+        """The lock is dropped when no one holds or waits for it, so the table does not grow
+        with every workflow ever seen."""
+        entry.users -= 1
+        if entry.users == 0:
+            del self._locks[workflow_id]
 
     async def _index_put(self, state: WorkflowState, version: int, now: int) -> None:
         bucket = await self._workflows()

@@ -6,8 +6,10 @@ import asyncio
 
 from envelope.client import Client
 from envelope.local import local_trust
+from moon.clock import local_ms as now_ms
 from moon.gateway import DispatchReply, ReplayReply, moon_gate
 from moon.worker import Result
+from streams.moon_events import Cancel
 from streams.replies import Reason, Refusal
 
 from .engine_world import engine, new_engine, step, worker
@@ -92,3 +94,42 @@ async def test_a_retried_dispatch_whose_first_handling_died_after_the_append_sti
         assert not isinstance(again, Refusal), again
         final = await restarted.wait_terminal(again.result(DispatchReply).workflow_id, 30)
     assert final.status == "completed"
+
+
+async def test_a_dispatch_is_answered_once_its_orders_are_stored_and_holds_its_workflow_meanwhile(
+    nc, js, space, tmp_path
+):
+    """Through the gate, a decision's effects finish beside the answer and its audit record
+    (envelope/later.py): the answer still waits for them, and the workflow's next command is
+    decided only after them, as when the engine awaited them itself."""
+    trust = local_trust(tmp_path)
+    entered, release = asyncio.Event(), asyncio.Event()
+    eng = await new_engine(nc, space)
+    real = eng.effects.send_orders
+
+    async def held_orders(orders):  # type: ignore[no-untyped-def]
+        orders = list(orders)
+        if orders:  # the dispatch's; the cancel sends none
+            entered.set()
+            await release.wait()
+        return await real(orders)
+
+    eng.effects.send_orders = held_orders  # type: ignore[method-assign]
+    client = Client(nc, trust.operator, trust.services, grant=(trust.operator_grant,),
+                    space=space)
+    async with moon_gate(nc, eng, signer=trust.moon,
+                         trust=trust.trust_for(trust.moon)).serving():
+        answer = asyncio.ensure_future(client.call("moon.dispatch", body([step("a")],
+                                                                        workflow_id="w-held")))
+        await asyncio.wait_for(entered.wait(), 10)
+        cancel = asyncio.ensure_future(eng.submit(Cancel(
+            command_id="cancel-w-held", workflow_id="w-held", at_ms=now_ms(), reason="test")))
+        done, _ = await asyncio.wait({answer, cancel}, timeout=0.5)
+        assert not done  # neither the answer nor the next command before the orders
+        release.set()
+        reply = await asyncio.wait_for(answer, 10)
+        cancelled = await asyncio.wait_for(cancel, 10)
+    assert reply.result(DispatchReply).workflow_id == "w-held"
+    assert not isinstance(cancelled, Refusal) and cancelled.state.status == "cancelled"
+    orders = await js.stream_info(space.stream("WORK"))
+    assert orders.state.last_seq == 1  # the order was stored before the cancel was decided
