@@ -16,7 +16,8 @@ from nats.js import JetStreamContext
 
 from envelope.keys import Signer
 from envelope.statement import COMMAND, ORDER, TIMER, sign_statement
-from moon.workflow import WorkflowState, work_orders
+from moon.outbox import work_orders
+from moon.state import WorkflowState
 from streams import subjects
 from streams.codec import Codec
 from streams.moon_events import (

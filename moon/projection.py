@@ -32,7 +32,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 
-from moon.workflow import wake_at
+from moon.outbox import wake_at
 from streams import subjects
 from streams.config import MARKS, MOON
 from streams.jetstream_store import last_sequence, ordered_read

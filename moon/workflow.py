@@ -2,7 +2,9 @@
 
 The engine shell reads the clock, makes ids and talks to NATS; everything it must decide goes
 through `decide`, and everything it must know comes from folding events with `evolve`. That is
-what makes a crash harmless and `replay --verify` possible.
+what makes a crash harmless and `replay --verify` possible. The state and `evolve` are in
+moon/state.py, what the engine sends after a decision (orders, timers) in moon/outbox.py; both
+are re-exported here.
 
 Lines drawn here (the engine and its tests rely on them):
 - Dedupe. A command id seen before decides nothing ([]). So does a report for an older attempt
@@ -29,11 +31,26 @@ Lines drawn here (the engine and its tests rely on them):
 from __future__ import annotations
 
 import re
-from typing import Literal, TypeAlias, assert_never
+from typing import assert_never
 
 import msgspec
 
 from moon.dag import find_cycle, missing_dependencies, reverse_topological
+from moon.outbox import due_timers, pending_timers, wake_at, work_orders
+from moon.state import (
+    BUSY,
+    IN_FLIGHT,
+    SEEN_LIMIT,
+    Outcome,
+    StepState,
+    StepStatus,
+    WorkflowState,
+    WorkflowStatus,
+    apply,
+    evolve,
+    initial,
+    is_terminal,
+)
 from streams.ids import check_id
 from streams.moon_events import (
     BudgetExhausted,
@@ -44,7 +61,6 @@ from streams.moon_events import (
     CompensationScheduled,
     CompensationStarted,
     CompleteStep,
-    Decision,
     Deviation,
     DeviationKind,
     Dispatch,
@@ -54,7 +70,6 @@ from streams.moon_events import (
     Heartbeat,
     MoonCommand,
     MoonEvent,
-    OnFailure,
     Replan,
     ReplanApplied,
     RetryPolicy,
@@ -66,20 +81,16 @@ from streams.moon_events import (
     StepFailed,
     StepHeartbeat,
     StepScheduled,
-    StepSpec,
     StepStarted,
     StepTimedOut,
     TimerKind,
-    TimerRequest,
     Usage,
     WorkflowCancelled,
     WorkflowCompensated,
     WorkflowCompleted,
     WorkflowFailed,
-    WorkOrder,
 )
 from streams.replies import Reason, Refusal
-from streams.tracing import attempt_traceparent
 
 __all__ = [
     "MAX_STEPS",
@@ -100,276 +111,11 @@ __all__ = [
     "work_orders",
 ]
 
-StepStatus: TypeAlias = Literal[
-    "pending",
-    "scheduled",
-    "running",
-    "backoff",
-    "completed",
-    "failed",
-    "compensating",
-    "compensation_backoff",
-    "compensated",
-    "compensation_failed",
-]
-WorkflowStatus: TypeAlias = Literal[
-    "none", "running", "completed", "failed", "compensating", "compensated", "cancelled"
-]
-Outcome: TypeAlias = Literal["", "completed", "failed", "timed_out"]
-
-# Per workflow; older duplicates are still caught by the attempt and revision checks.
-SEEN_LIMIT = 512
 # Steps per dispatch: the engine folds and decides a workflow in one piece, so an unbounded DAG
 # is an unbounded stall for every other workflow of the process.
 MAX_STEPS = 10_000
-
-_IN_FLIGHT: frozenset[StepStatus] = frozenset({"scheduled", "running", "compensating"})
-_BUSY: frozenset[StepStatus] = _IN_FLIGHT | {"compensation_backoff"}
-_TERMINAL: frozenset[WorkflowStatus] = frozenset(
-    {"completed", "failed", "compensated", "cancelled"}
-)
-_STEP_ID = re.compile(r"[A-Za-z0-9_:-]{1,128}")
-
-
-class StepState(msgspec.Struct, frozen=True):
-    """One step as the journal tells it: where it is, which attempt, what it produced."""
-
-    spec: StepSpec
-    status: StepStatus = "pending"
-    attempt: int = 0
-    window_start: int = 1  # first attempt of the current retry window (a replan restarts it)
-    executor: str | None = None
-    scheduled_at: int | None = None
-    started_at: int | None = None
-    heartbeat_at: int | None = None
-    checkpoint: bytes | None = None
-    result: bytes | None = None
-    usage: Usage = Usage()
-    error: str = ""
-    outcome: Outcome = ""  # of the current attempt
-    # Where the plan sends this step (the dispatch or the latest replan); `executor` is who ran
-    # the current attempt. Retries go to `assigned`: None means any executor of the capability.
-    assigned: str | None = None
-    retry_due_ms: int | None = None  # when the backoff ends (the last RetryScheduled's due time)
-    start_id: str = ""  # the command id of the current attempt's journaled start
-
-    @property
-    def needs(self) -> tuple[str, ...]:
-        return self.spec.needs
-
-
-class WorkflowState(msgspec.Struct, frozen=True):
-    """A workflow is nothing but this fold of its journal."""
-
-    workflow_id: str = ""
-    status: WorkflowStatus = "none"
-    steps: dict[str, StepState] = {}
-    dispatched: Dispatched | None = None
-    deadline_ms: int | None = None
-    budget_tokens: int | None = None
-    plan_id: str | None = None
-    plan_revision: int = 0
-    on_failure: OnFailure = "wait"
-    usage: Usage = Usage()
-    halted: bool = False  # budget exhausted: nothing new is scheduled until a replan raises it
-    late: bool = False
-    seen: tuple[str, ...] = ()
-
-
-initial = WorkflowState()
-
 _replace = msgspec.structs.replace
-
-
-# --- evolve ------------------------------------------------------------------------------------
-
-
-def _step(state: WorkflowState, step: str, **changes: object) -> WorkflowState:
-    return _replace(state, steps={**state.steps, step: _replace(state.steps[step], **changes)})
-
-
-def evolve(state: WorkflowState, event: MoonEvent) -> WorkflowState:
-    """Total and pure: the state after one event."""
-    match event:
-        case Dispatched():
-            steps = {
-                spec.id: StepState(spec=spec, executor=spec.executor, assigned=spec.executor)
-                for spec in event.steps
-            }
-            usage = Usage()
-            for carried in event.completed:
-                steps[carried.step] = _replace(
-                    steps[carried.step],
-                    status="completed",
-                    result=carried.result,
-                    usage=carried.usage,
-                    outcome="completed",
-                )
-                usage = usage + carried.usage
-            return _replace(
-                state,
-                workflow_id=event.workflow_id,
-                status="running",
-                steps=steps,
-                dispatched=event,
-                deadline_ms=event.deadline_ms,
-                budget_tokens=event.budget_tokens,
-                plan_id=event.plan_id,
-                plan_revision=event.plan_revision,
-                on_failure=event.on_failure,
-                usage=usage,
-            )
-        case StepScheduled():
-            s = state.steps[event.step]
-            return _step(
-                state,
-                event.step,
-                status="scheduled",
-                attempt=event.attempt,
-                window_start=event.attempt if event.fresh or s.attempt == 0 else s.window_start,
-                executor=event.executor,
-                scheduled_at=event.at_ms,
-                started_at=None,
-                heartbeat_at=None,
-                start_id="",
-                error="",
-                outcome="",
-            )
-        case StepStarted():
-            s = state.steps[event.step]
-            return _step(
-                state,
-                event.step,
-                status="running" if s.status == "scheduled" else s.status,
-                executor=event.executor,
-                started_at=event.at_ms,
-                heartbeat_at=event.at_ms,
-                start_id=event.command_id,
-            )
-        case StepHeartbeat():
-            return _step(state, event.step, heartbeat_at=event.at_ms)
-        case StepCheckpointed():
-            return _step(state, event.step, checkpoint=event.state, heartbeat_at=event.at_ms)
-        case StepCompleted():
-            s = state.steps[event.step]
-            state = _replace(state, usage=state.usage + event.usage)
-            return _step(
-                state,
-                event.step,
-                status="completed",
-                result=event.result,
-                usage=s.usage + event.usage,
-                outcome="completed",
-            )
-        case StepFailed():
-            s = state.steps[event.step]
-            state = _replace(state, usage=state.usage + event.usage)
-            return _step(
-                state,
-                event.step,
-                status="backoff" if event.will_retry else "failed",
-                usage=s.usage + event.usage,
-                error=event.error,
-                outcome="failed",
-            )
-        case RetryScheduled():
-            # The preceding failure already moved the step to its backoff status; the due time
-            # is kept so that a lost backoff timer can be armed again (pending_timers).
-            return _step(state, event.step, retry_due_ms=event.due_ms)
-        case StepTimedOut():
-            return _step(
-                state,
-                event.step,
-                status="backoff" if event.will_retry else "failed",
-                error=f"{event.timer} at attempt {event.attempt}",
-                outcome="timed_out",
-            )
-        case Deviation():
-            if event.kind == "late" and not event.step:
-                return _replace(state, late=True)
-            return state
-        case ReplanApplied():
-            steps = dict(state.steps)
-            for step, executor in event.assignments.items():
-                steps[step] = _replace(steps[step], executor=executor, assigned=executor)
-            budget = state.budget_tokens if event.budget_tokens is None else event.budget_tokens
-            return _replace(
-                state,
-                steps=steps,
-                plan_id=event.plan_id,
-                plan_revision=event.revision,
-                budget_tokens=budget,
-                halted=budget is not None and state.usage.tokens > budget,
-            )
-        case BudgetExhausted():
-            return _replace(state, halted=True)
-        case CompensationStarted():
-            # Retries waiting for their backoff are abandoned: nothing new runs forward.
-            steps = {
-                k: _replace(s, status="failed") if s.status == "backoff" else s
-                for k, s in state.steps.items()
-            }
-            return _replace(state, status="compensating", steps=steps)
-        case CompensationScheduled():
-            s = state.steps[event.step]
-            return _step(
-                state,
-                event.step,
-                status="compensating",
-                attempt=event.attempt,
-                window_start=event.attempt if event.fresh else s.window_start,
-                executor=event.executor,
-                scheduled_at=event.at_ms,
-                started_at=None,
-                heartbeat_at=None,
-                start_id="",
-                checkpoint=None if event.fresh else s.checkpoint,
-                error="",
-                outcome="",
-            )
-        case StepCompensated():
-            s = state.steps[event.step]
-            state = _replace(state, usage=state.usage + event.usage)
-            return _step(
-                state,
-                event.step,
-                status="compensated",
-                usage=s.usage + event.usage,
-                outcome="completed",
-            )
-        case CompensationFailed():
-            s = state.steps[event.step]
-            state = _replace(state, usage=state.usage + event.usage)
-            return _step(
-                state,
-                event.step,
-                status="compensation_backoff" if event.will_retry else "compensation_failed",
-                usage=s.usage + event.usage,
-                error=event.error,
-                outcome="failed",
-            )
-        case WorkflowCompleted():
-            return _replace(state, status="completed")
-        case WorkflowFailed():
-            return _replace(state, status="failed")
-        case WorkflowCompensated():
-            return _replace(state, status="compensated")
-        case WorkflowCancelled():
-            return _replace(state, status="cancelled")
-        case _:
-            assert_never(event)
-
-
-def apply(state: WorkflowState, decision: Decision) -> WorkflowState:
-    """Fold one journal message: its events, then remember its command id for dedupe."""
-    for event in decision.events:
-        state = evolve(state, event)
-    seen = (*state.seen, decision.command.command_id)[-SEEN_LIMIT:]
-    return _replace(state, seen=seen)
-
-
-def is_terminal(state: WorkflowState) -> bool:
-    return state.status in _TERMINAL
+_STEP_ID = re.compile(r"[A-Za-z0-9_:-]{1,128}")
 
 
 # --- decide ------------------------------------------------------------------------------------
@@ -526,7 +272,7 @@ def _start(command: StartStep, state: WorkflowState) -> list[MoonEvent] | Refusa
     s = _locate(state, command.step, command.attempt)
     if not isinstance(s, StepState):
         return s
-    if is_terminal(state) or s.status not in _IN_FLIGHT or s.started_at is not None:
+    if is_terminal(state) or s.status not in IN_FLIGHT or s.started_at is not None:
         return []  # a start report is never contradicted, only late or repeated
     return [
         StepStarted(
@@ -544,7 +290,7 @@ def _heartbeat(command: Heartbeat, state: WorkflowState) -> list[MoonEvent] | Re
     if not isinstance(s, StepState):
         return s
     window = s.spec.heartbeat_timeout_ms
-    if is_terminal(state) or s.status not in _IN_FLIGHT or window is None:
+    if is_terminal(state) or s.status not in IN_FLIGHT or window is None:
         return []
     if s.heartbeat_at is None or command.at_ms - s.heartbeat_at < window / 2:
         return []  # not started yet, or recent enough: journaling it buys no liveness
@@ -555,7 +301,7 @@ def _checkpoint(command: CheckpointStep, state: WorkflowState) -> list[MoonEvent
     s = _locate(state, command.step, command.attempt)
     if not isinstance(s, StepState):
         return s
-    if is_terminal(state) or s.status not in _IN_FLIGHT or s.checkpoint == command.state:
+    if is_terminal(state) or s.status not in IN_FLIGHT or s.checkpoint == command.state:
         return []
     return [
         StepCheckpointed(
@@ -576,7 +322,7 @@ def _complete(command: CompleteStep, acc: _Acc) -> list[MoonEvent] | Refusal | N
     s = _locate(state, command.step, command.attempt)
     if not isinstance(s, StepState):
         return s
-    if is_terminal(state) or s.status not in _IN_FLIGHT:
+    if is_terminal(state) or s.status not in IN_FLIGHT:
         return _settled(s, state, "completed")
     at = command.at_ms
     if s.status == "compensating":
@@ -615,7 +361,7 @@ def _fail(command: FailStep, acc: _Acc) -> list[MoonEvent] | Refusal | None:
     s = _locate(state, command.step, command.attempt)
     if not isinstance(s, StepState):
         return s
-    if is_terminal(state) or s.status not in _IN_FLIGHT:
+    if is_terminal(state) or s.status not in IN_FLIGHT:
         return _settled(s, state, "failed")
     policy = s.spec.retry
     retryable = command.retryable and (command.error_type or command.error) not in set(
@@ -719,7 +465,7 @@ def _fire(command: FireTimer, acc: _Acc) -> list[MoonEvent] | Refusal | None:
                 acc.emit(_compensation_order(s, at, fresh=False))
             return None
         case "step_timeout" | "heartbeat_timeout":
-            if is_terminal(state) or s.status not in _IN_FLIGHT:
+            if is_terminal(state) or s.status not in IN_FLIGHT:
                 return []
             if (command.kind == "step_timeout" and s.scheduled_at is not None
                     and at < s.scheduled_at + s.spec.timeout_ms):
@@ -931,7 +677,7 @@ def _progress_compensation(acc: _Acc, at: int) -> None:
     for step in reverse_topological(needs, [k for k, s in state.steps.items() if _needs_undo(s)]):
         if not _any_dependant_unsettled(acc.state, dependants, step):
             acc.emit(_compensation_order(acc.state.steps[step], at, fresh=True))
-    if any(s.status in _BUSY or _needs_undo(s) for s in acc.state.steps.values()):
+    if any(s.status in BUSY or _needs_undo(s) for s in acc.state.steps.values()):
         return
     failed = tuple(k for k, s in acc.state.steps.items() if s.status == "compensation_failed")
     acc.emit(WorkflowCompensated(at_ms=at, failed=failed))
@@ -947,100 +693,7 @@ def _any_dependant_unsettled(
             continue
         seen.add(d)
         s = state.steps[d]
-        if s.status in _BUSY or _needs_undo(s):
+        if s.status in BUSY or _needs_undo(s):
             return True
         stack.extend(dependants[d])
     return False
-
-
-# --- what the shell sends after a decision -----------------------------------------------------
-
-
-def work_orders(state: WorkflowState, events: list[MoonEvent]) -> list[WorkOrder]:
-    """Orders for the attempts `events` scheduled, read from the state after them."""
-    if is_terminal(state):
-        return []
-    orders: list[WorkOrder] = []
-    for event in events:
-        if not isinstance(event, StepScheduled | CompensationScheduled):
-            continue
-        s = state.steps[event.step]
-        if s.attempt != event.attempt or s.status not in _IN_FLIGHT:
-            continue
-        undo = isinstance(event, CompensationScheduled)
-        capability = event.capability if isinstance(event, CompensationScheduled) else None
-        inputs = (
-            {event.step: s.result or b""}
-            if undo
-            else {dep: state.steps[dep].result or b"" for dep in s.needs}
-        )
-        orders.append(
-            WorkOrder(
-                workflow_id=state.workflow_id,
-                step=event.step,
-                attempt=event.attempt,
-                capability=capability or s.spec.capability,
-                executor=s.executor,
-                deadline_ms=event.at_ms + s.spec.timeout_ms,
-                timeout_ms=s.spec.timeout_ms,
-                idempotency_key=f"{state.workflow_id}/{event.step}/{event.attempt}",
-                checkpoint=s.checkpoint,
-                input=inputs,
-                params=s.spec.params,
-                compensation=undo,
-                heartbeat_timeout_ms=s.spec.heartbeat_timeout_ms,
-                plan_revision=state.plan_revision,
-                traceparent=attempt_traceparent(state.workflow_id, _trace(state), event.step,
-                                                event.attempt),
-            )
-        )
-    return orders
-
-
-def _trace(state: WorkflowState) -> str | None:
-    return state.dispatched.traceparent if state.dispatched is not None else None
-
-
-def pending_timers(state: WorkflowState) -> list[TimerRequest]:
-    """Every timer the state waits on, as `timers` asked for it when deciding.
-
-    For a command that comes back after a crash: its first handling may have journaled the
-    decision and died before the timers reached the server, and without a timer a step in
-    backoff waits forever. Arming one twice is harmless: both firings carry the same command id
-    (kind, step, attempt, due time), and the second is decided as a duplicate.
-    """
-    if is_terminal(state):
-        return []
-    wf = state.workflow_id
-    out: list[TimerRequest] = []
-    if state.deadline_ms is not None and state.status == "running" and not state.late:
-        out.append(TimerRequest(workflow_id=wf, kind="workflow_deadline",
-                                at_ms=state.deadline_ms))
-    for name, s in state.steps.items():
-        if s.status in _IN_FLIGHT and s.scheduled_at is not None:
-            out.append(TimerRequest(workflow_id=wf, kind="step_timeout",
-                                    at_ms=s.scheduled_at + s.spec.timeout_ms, step=name,
-                                    attempt=s.attempt))
-            window = s.spec.heartbeat_timeout_ms
-            if window is not None and s.heartbeat_at is not None:
-                out.append(TimerRequest(workflow_id=wf, kind="heartbeat_timeout",
-                                        at_ms=s.heartbeat_at + window, step=name,
-                                        attempt=s.attempt))
-        elif s.status in ("backoff", "compensation_backoff") and s.retry_due_ms is not None:
-            out.append(TimerRequest(workflow_id=wf, kind="retry_backoff", at_ms=s.retry_due_ms,
-                                    step=name, attempt=s.attempt + 1))
-    return out
-
-
-def wake_at(state: WorkflowState, *, after_ms: int | None = None) -> int | None:
-    """When the workflow next needs its engine without a command: the earliest timer it waits
-    on (later than `after_ms`, if given), or None. The engine keeps one durable wake-up per
-    workflow armed no later than this, instead of a schedule per timer."""
-    due = [t.at_ms for t in pending_timers(state) if after_ms is None or t.at_ms > after_ms]
-    return min(due, default=None)
-
-
-def due_timers(state: WorkflowState, until_ms: int) -> list[TimerRequest]:
-    """The timers a wake-up at `until_ms` fires, earliest first."""
-    return sorted((t for t in pending_timers(state) if t.at_ms <= until_ms),
-                  key=lambda t: t.at_ms)

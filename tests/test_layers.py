@@ -27,6 +27,8 @@ IMPURE = {"nats", "structlog", "asyncio", "time", "random", "uuid", "os", "ortoo
 PURE = [
     "moon/dag.py",
     "moon/workflow.py",
+    "moon/state.py",
+    "moon/outbox.py",
     "moon/replay.py",
     "maestro/goal.py",
     "maestro/sgs.py",
