@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import functools
 import uuid
 from collections.abc import Callable
@@ -55,6 +54,8 @@ from a2a.utils.errors import TaskNotCancelableError
 from starlette.routing import BaseRoute
 
 from envelope.treaty import treaty_ref
+from moon.state import apply, initial
+from streams.codec import Undecodable
 from streams.replies import Reason, Refusal
 from surfaces.forward import Answer, Caller, Gateway, peek, problem_body, result_of
 from surfaces.mcp_server import task_state
@@ -172,41 +173,36 @@ class _Executor(AgentExecutor):
         await self._follow(workflow_id, updater, say)
 
     async def _follow(self, workflow_id: str, updater: TaskUpdater, say: Say) -> None:
-        """Status and step results from the workflow index and journal until it settles."""
-        reads = self.surface.reads
-        kv = await reads.index()
+        """Status and step results from the verified journal, as it grows, until it settles.
+        (Not from the index: that is put when the summary changes, not per step.)"""
+        journal = self.surface.reads.moon
+        state = initial
         shown: set[str] = set()
-        watcher = await kv.watch(workflow_id)
-        try:
-            async for entry in watcher:
-                if entry is None or not entry.value:
-                    continue
-                found = await reads.workflow(workflow_id)
-                if found is None:
-                    continue
-                _, state = found
-                for step, s in state.steps.items():
-                    if s.status == "completed" and step not in shown:
-                        shown.add(step)
-                        await updater.add_artifact([new_text_part((s.result or b"").decode(
-                            errors="replace"))], name=f"step:{step}")
-                done = sum(s.status == "completed" for s in state.steps.values())
-                text = f"workflow {workflow_id} {state.status}: {done}/{len(state.steps)} steps"
-                if state.status not in TERMINAL:
-                    await updater.update_status(TaskState.TASK_STATE_WORKING, say(new_text_part(
-                        text)))
-                    continue
-                match task_state(state.status):
-                    case "completed":
-                        await updater.complete(say(new_text_part(text)))
-                    case "cancelled":
-                        await updater.cancel(say(new_text_part(text)))
-                    case _:
-                        await updater.failed(say(new_text_part(text)))
+        async for item in journal.subscribe(journal.layout.filter(workflow_id), from_seq=1):
+            if isinstance(item, Undecodable):  # not the engine's: the workflow is quarantined
+                await updater.failed(say(new_text_part(
+                    f"workflow {workflow_id}: journal seq {item.seq} does not verify")))
                 return
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()
+            state = apply(state, item.value)
+            for step, s_ in state.steps.items():
+                if s_.status == "completed" and step not in shown:
+                    shown.add(step)
+                    await updater.add_artifact([new_text_part((s_.result or b"").decode(
+                        errors="replace"))], name=f"step:{step}")
+            done = sum(s_.status == "completed" for s_ in state.steps.values())
+            text = f"workflow {workflow_id} {state.status}: {done}/{len(state.steps)} steps"
+            if state.status not in TERMINAL:
+                await updater.update_status(TaskState.TASK_STATE_WORKING, say(new_text_part(
+                    text)))
+                continue
+            match task_state(state.status):
+                case "completed":
+                    await updater.complete(say(new_text_part(text)))
+                case "cancelled":
+                    await updater.cancel(say(new_text_part(text)))
+                case _:
+                    await updater.failed(say(new_text_part(text)))
+            return
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         assert context.task_id and context.context_id
