@@ -19,19 +19,28 @@ from contextvars import ContextVar
 
 __all__ = ["active", "collecting", "hand_over"]
 
-_PENDING: ContextVar[list[asyncio.Future[None]] | None] = ContextVar("envelope_later",
-                                                                     default=None)
+# The collecting task and its list: a task started inside the block copies the context, but
+# is not the request's (a subscription's reader, say) and must await its own work.
+_PENDING: ContextVar[tuple[asyncio.Task[object] | None, list[asyncio.Future[None]]] | None] = (
+    ContextVar("envelope_later", default=None))
+
+
+def _mine() -> list[asyncio.Future[None]] | None:
+    held = _PENDING.get()
+    if held is None or held[0] is not asyncio.current_task():
+        return None
+    return held[1]
 
 
 def active() -> bool:
-    """Is a gate collecting what this request's handler hands over?"""
-    return _PENDING.get() is not None
+    """Is a gate collecting what this request's handler (this task) hands over?"""
+    return _mine() is not None
 
 
 def hand_over(work: asyncio.Future[None]) -> bool:
     """Leave running `work` to the gate serving this request; False when none is (then await
     it yourself)."""
-    pending = _PENDING.get()
+    pending = _mine()
     if pending is None:
         return False
     pending.append(work)
@@ -40,9 +49,9 @@ def hand_over(work: asyncio.Future[None]) -> bool:
 
 @contextlib.contextmanager
 def collecting() -> Iterator[list[asyncio.Future[None]]]:
-    """What handlers run inside this block hand over, for the gate to await."""
+    """What the handler run inside this block, in this task, hands over, for the gate."""
     pending: list[asyncio.Future[None]] = []
-    token = _PENDING.set(pending)
+    token = _PENDING.set((asyncio.current_task(), pending))
     try:
         yield pending
     finally:

@@ -109,6 +109,7 @@ class Stats:
     deviations: int = 0
     orders: int = 0
     quarantined: int = 0
+    handed_over: int = 0  # effects finished beside the gate's answer (envelope/later.py)
 
 
 # MOON_CMD kinds: what each must be signed as, and by whom.
@@ -191,7 +192,7 @@ class Engine:
             self._let_go(wf, held)
             return outcome
         finishing[0].add_done_callback(lambda _: self._let_go(wf, held))
-        later.hand_over(finishing[0])
+        self.stats.handed_over += later.hand_over(finishing[0])
         return outcome
 
     async def _decide(

@@ -130,6 +130,7 @@ async def test_a_dispatch_is_answered_once_its_orders_are_stored_and_holds_its_w
         reply = await asyncio.wait_for(answer, 10)
         cancelled = await asyncio.wait_for(cancel, 10)
     assert reply.result(DispatchReply).workflow_id == "w-held"
+    assert eng.stats.handed_over == 1  # the dispatch's effects went beside the answer
     assert not isinstance(cancelled, Refusal) and cancelled.state.status == "cancelled"
     orders = await js.stream_info(space.stream("WORK"))
     assert orders.state.last_seq == 1  # the order was stored before the cancel was decided
