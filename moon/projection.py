@@ -97,6 +97,13 @@ class Young:
             out.append(workflow_id)
         return out
 
+    def postpone(self, workflow_id: str, now_ms: int) -> None:
+        """Try again one young period from now (the broker was away): to the back of the line,
+        which keeps it in due order (nobody else is due later than that)."""
+        if (entry := self.entries.pop(workflow_id, None)) is not None:
+            entry.due_ms = now_ms + self.young_ms
+            self.entries[workflow_id] = entry
+
     def everyone(self) -> list[str]:
         return list(self.entries)
 
@@ -219,17 +226,20 @@ class Projector:
 
     async def run(self) -> None:
         """Project young workflows as they come due, refresh this engine's mark, and take over
-        the marks of engines that stopped refreshing theirs (moon/projection.py)."""
+        the marks of engines that stopped refreshing theirs."""
         next_mark = next_takeover = 0
         while True:
             now = self.engine.clock()
             if due := self.young.due(now):
                 results = await asyncio.gather(*(self.project(wf) for wf in due),
                                                return_exceptions=True)
-                for wf, result in zip(due, results, strict=True):
-                    if isinstance(result, Exception):  # stays young: tried again next round
-                        log.warning("projection_deferred", workflow=wf,
-                                    error=type(result).__name__)
+                failed = [(wf, r) for wf, r in zip(due, results, strict=True)
+                          if isinstance(r, Exception)]
+                for wf, _ in failed:  # stays young: tried again a young period later
+                    self.young.postpone(wf, now)
+                if failed:  # one line a round, not one per workflow while the broker is away
+                    log.warning("projection_deferred", workflows=len(failed),
+                                error=type(failed[0][1]).__name__)
             if now >= next_mark:
                 with contextlib.suppress(Exception):  # a missed refresh is not yet stale
                     await self.put_mark(now)

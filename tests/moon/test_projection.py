@@ -30,6 +30,8 @@ def test_young_workflows_come_due_in_order_and_the_mark_waits_for_the_oldest() -
     assert young.due(999) == [] and young.due(1_000) == ["a"]
     assert young.due(1_500) == ["a", "b"] and young.due(1_500, limit=1) == ["a"]
     assert young.floor(default=50) == 10
+    young.postpone("a", now_ms=1_200)  # the broker was away: a again after b
+    assert young.due(2_199) == ["b"] and young.due(2_200) == ["b", "a"]
     young.set_armed("b", 7_000)
     assert young.armed("b") == 7_000 and young.armed("a") is None
     young.drop("a")
