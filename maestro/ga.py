@@ -46,10 +46,11 @@ class _State:
             name: getattr(kernels, name) for name in jit.ENTRIES
         }
         self.fast = False
+        self.allowed = True
 
     def upgrade(self) -> None:
         """Switch to the compiled kernels if they are ready (same algorithm, same results)."""
-        if self.fast:
+        if self.fast or not self.allowed:
             return
         fns = jit.compiled()
         if fns is None:
@@ -116,12 +117,14 @@ def evolve(
     stop: Callable[[], bool],
     target: int = 0,
     population: int = POPULATION,
+    compiled: bool = True,
 ) -> Schedule:
     """The best schedule the GA finds from `schedule` (seeded into the first population) within
     `max_schedules` SGS passes, until `stop()` or the makespan reaches `target`.
 
     Keeps `schedule`'s modes; never returns a longer or invalid schedule than `schedule`. The
-    random source and the budget decide the result, not the clock nor the kernels' runtime.
+    random source and the budget decide the result, not the clock nor the kernels' runtime
+    (`compiled` False keeps the Python kernels throughout: tests compare the two).
     """
     if not fbi.applies(problem) or not problem.tasks:
         return schedule
@@ -142,13 +145,14 @@ def evolve(
     pop = [[0] * (2 * size * n), [0] * (2 * size * n), [0] * (2 * size), [0] * (2 * size),
            list(range(2 * size)), [0] * n, [_NONE, 0, 0, size]]
     state = _State(net, ws, pop, [rng.randrange(1, 1 << 32) for _ in range(4)])
+    state.allowed = compiled
     state.upgrade()
     made = 3
     state.fns["evaluate_into"](state.net, state.ws, state.pop, 0)
     npop = 1
 
     def done() -> bool:
-        return state.best_span() <= target or made >= max_schedules or stop()
+        return state.best_span() <= target or made + 3 > max_schedules or stop()
 
     while npop < size and not done():
         state.upgrade()
