@@ -22,7 +22,13 @@ from maestro.problem import Problem, Schedule, schedule_makespan, violations
 
 __all__ = ["evolve"]
 
-POPULATION = 40
+# Measured at 8 s on 18 hard j120 instances (RS 0.1-0.2, RF >= 0.5; load ~2.4) with the compiled
+# kernels: population 40 and no restarts 5.33 % mean gap (it stalls within ~10,000 schedules),
+# 100 without restarts 4.02 %, 100 restarting after 30 stale generations 3.43 % (after 15:
+# 3.84 %), 150 / 30: 3.34 %, 200 without: 3.87 %.
+POPULATION = 100
+# Generations in a row without a better best before all but the best are sampled afresh.
+RESTART = 30
 _NONE = 1 << 40  # "no best yet": above any makespan the time-indexed profile allows
 
 
@@ -117,6 +123,7 @@ def evolve(
     stop: Callable[[], bool],
     target: int = 0,
     population: int = POPULATION,
+    restart: int = RESTART,
     compiled: bool = True,
 ) -> Schedule:
     """The best schedule the GA finds from `schedule` (seeded into the first population) within
@@ -154,13 +161,25 @@ def evolve(
     def done() -> bool:
         return state.best_span() <= target or made + 3 > max_schedules or stop()
 
-    while npop < size and not done():
-        state.upgrade()
-        state.fns["sample_into"](state.net, state.ws, state.rng)
-        state.fns["evaluate_into"](state.net, state.ws, state.pop, int(state.pop[4][npop]))
-        npop += 1
-        made += 3
+    def fill(npop: int) -> int:
+        nonlocal made
+        while npop < size and not done():
+            state.upgrade()
+            state.fns["sample_into"](state.net, state.ws, state.rng)
+            state.fns["evaluate_into"](state.net, state.ws, state.pop, int(state.pop[4][npop]))
+            npop += 1
+            made += 3
+        return npop
+
+    npop = fill(npop)
+    stale, last = 0, state.best_span()
     while not done():
+        if stale >= restart:
+            # stuck: the best stays, fresh samples replace the rest (they share none of its
+            # lost diversity)
+            stale = 0
+            npop = fill(1)
+            continue
         state.upgrade()
         c = 0
         while c < size:
@@ -176,6 +195,8 @@ def evolve(
             if got < step or stop():
                 break
         npop = state.fns["survive"](state.pop, npop, c)
+        stale = stale + 1 if state.best_span() >= last else 0
+        last = state.best_span()
     out = tuple(zip(modes, state.best_start(), strict=True))
     if violations(problem, out) or schedule_makespan(problem, out) > schedule_makespan(
         problem, schedule
