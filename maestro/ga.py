@@ -6,10 +6,16 @@ Each individual is a precedence-feasible activity list; it is scheduled by the s
 justified once (right, then left), and its list is rewritten as the justified schedule's start
 order, so the next generation inherits the improvement. Two-point crossover keeps precedence
 feasibility by construction; mutation swaps neighbours that have no arc between them; the best
-`population` of parents and children survive.
+`population` distinct schedules of parents and children survive; after RESTART generations
+without a better best, all but the best are sampled afresh.
 
-Pure: the random source and the stop test are passed in by the shell (solve.py). Same scope as
-fbi.improve: finish-to-start edges with lags >= 0, no pinned, done or released tasks, modes kept.
+The loops are maestro/kernels.py: Python until maestro/jit.py has them compiled, then compiled
+(switched between two generations; the results are the same). This module is the driver: it
+builds the kernels' arrays, keeps the schedule budget and asks the stop test.
+
+Pure but for the kernels' runtime: the random source and the stop test are passed in by the
+shell (heuristic.py). Same scope as fbi.improve: finish-to-start edges with lags >= 0, no
+pinned, done or released tasks, modes kept.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ __all__ = ["evolve"]
 POPULATION = 100
 # Generations in a row without a better best before all but the best are sampled afresh.
 RESTART = 30
+# Restarts in a row without a better best before the GA stops early (heuristic.py sets it when a
+# CP-SAT round runs beside it, which then has both cores sooner). No limit by default.
+PATIENCE = 1 << 30
 _NONE = 1 << 40  # "no best yet": above any makespan the time-indexed profile allows
 
 
@@ -114,6 +123,20 @@ def _net(problem: Problem, modes: Sequence[int]) -> tuple[list[list[int]], int]:
     return [dur, dem, caps, *csr(preds), *csr(succs), topo, lft], h
 
 
+def _start(net: list[list[int]], h: int, first: list[int], size: int, rng: _Rng) -> _State:
+    """The search's arrays, with `first`'s start order as the list to evaluate first."""
+    n = len(net[0])
+    r_count = max(1, len(net[2]))
+    rank = [0] * n
+    for k, i in enumerate(net[9]):
+        rank[i] = k
+    seed = sorted(range(n), key=lambda i: (first[i], rank[i]))
+    ws = [[0] * (r_count * h), [0] * (h + 2), *([0] * n for _ in range(7)), seed]
+    pop = [[0] * (2 * size * n), [0] * (2 * size * n), [0] * (2 * size), [0] * (2 * size),
+           list(range(2 * size)), [0] * n, [_NONE, 0, 0, size]]
+    return _State(net, ws, pop, [rng.randrange(1, 1 << 32) for _ in range(4)])
+
+
 def evolve(
     problem: Problem,
     schedule: Schedule,
@@ -124,6 +147,7 @@ def evolve(
     target: int = 0,
     population: int = POPULATION,
     restart: int = RESTART,
+    patience: int = PATIENCE,
     compiled: bool = True,
 ) -> Schedule:
     """The best schedule the GA finds from `schedule` (seeded into the first population) within
@@ -139,19 +163,8 @@ def evolve(
     net, h = _net(problem, modes)
     if h > fbi.MAX_HORIZON:
         return schedule  # the profile is time-indexed: fine in periods, not in milliseconds
-    n = len(problem.tasks)
     size = max(2, population)
-    r_count = max(1, len(problem.resources))
-    topo = net[9]
-    rank = [0] * n
-    for k, i in enumerate(topo):
-        rank[i] = k
-    first = [s for _, s in schedule]
-    seed = sorted(range(n), key=lambda i: (first[i], rank[i]))
-    ws = [[0] * (r_count * h), [0] * (h + 2), *([0] * n for _ in range(7)), seed]
-    pop = [[0] * (2 * size * n), [0] * (2 * size * n), [0] * (2 * size), [0] * (2 * size),
-           list(range(2 * size)), [0] * n, [_NONE, 0, 0, size]]
-    state = _State(net, ws, pop, [rng.randrange(1, 1 << 32) for _ in range(4)])
+    state = _start(net, h, [s for _, s in schedule], size, rng)
     state.allowed = compiled
     state.upgrade()
     made = 3
@@ -172,12 +185,16 @@ def evolve(
         return npop
 
     npop = fill(npop)
-    stale, last = 0, state.best_span()
+    stale, last, fruitless, restarted_at = 0, state.best_span(), 0, state.best_span()
     while not done():
         if stale >= restart:
             # stuck: the best stays, fresh samples replace the rest (they share none of its
-            # lost diversity)
-            stale = 0
+            # lost diversity); after `patience` such restarts in a row found nothing, the GA
+            # gives its core back (to the CP-SAT round beside it, or the next one)
+            fruitless = fruitless + 1 if state.best_span() >= restarted_at else 0
+            if fruitless >= patience:
+                break
+            stale, restarted_at = 0, state.best_span()
             npop = fill(1)
             continue
         state.upgrade()

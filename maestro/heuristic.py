@@ -33,6 +33,11 @@ GA_SHARE = 0.4
 # on j120 (~85,000 a second quiet), so a loaded machine still finishes it within the share.
 FIRST_RATE = 1000
 GA_RATE = 20_000
+# Beside a CP-SAT round (up to solve.BESIDE_MAX_TASKS), the GA stops after this many fruitless
+# restarts: on j30 it settles within ~0.5 s of its 3.2 s share and cannot find the last needles
+# (j3029_8, j3013_2: 200,000 schedules, 4 seeds, none at the optimum) that CP-SAT finds when it
+# has the cores; alone (larger problems) it uses its whole share, since CP-SAT is not running.
+BESIDE_PATIENCE = 1
 
 
 def _target(problem: Problem) -> int:
@@ -70,7 +75,8 @@ def genetic(
     count, until = _budget(opts, deadline, GA_SHARE * opts.time_limit_s, GA_RATE)
     return ga.evolve(problem, start, random.Random(opts.seed), max_schedules=count,
                      stop=lambda: time.monotonic() >= until or (halt is not None and halt()),
-                     target=_target(problem))
+                     target=_target(problem),
+                     patience=ga.PATIENCE if halt is None else BESIDE_PATIENCE)
 
 
 def _budget(opts: SolveOptions, deadline: Deadline, share: float, rate: int) -> tuple[int, float]:

@@ -1,9 +1,9 @@
 """The CP-SAT adapter: the only module that imports ortools.
 
 It turns a Problem into an optional-interval model, seeds it with the best heuristic plan (serial
-SGS, then forward-backward improvement), and returns a Plan value (never an exception for an
-expected outcome). `find_conflict` names a minimal set of conflicting constraint groups with
-CP-SAT assumptions, for refusals.
+SGS, forward-backward improvement, the genetic algorithm: heuristic.py), and returns a Plan
+value (never an exception for an expected outcome). `find_conflict` names a minimal set of
+conflicting constraint groups with CP-SAT assumptions, for refusals.
 
 The time limit is a wall-clock promise: one deadline is fixed when the call starts, every phase
 (heuristic, model, CP-SAT) is budgeted from what is left of it, and a timer thread stops CP-SAT's
