@@ -12,6 +12,7 @@ Python kernels in place, with the reason in `failure()`.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import types
@@ -47,6 +48,10 @@ def start() -> None:
             return
         _thread = threading.Thread(target=_compile, daemon=True, name="maestro-jit")
         _thread.start()
+        # A daemon thread still inside numba when the interpreter finalizes can take the process
+        # down with it (a nonzero exit seen once in a loaded test run); a process that exits
+        # during a cold compile waits for it instead (seconds, once: later ones load the cache).
+        atexit.register(_ready.wait, 60)
 
 
 def compiled() -> dict[str, Callable[..., Any]] | None:
