@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Callable
 
-from maestro import fbi, ga
+from maestro import fbi, ga, jit
 from maestro.options import Deadline, SolveOptions
 from maestro.problem import Problem, Schedule, violations
 from maestro.sgs import serial_sgs
@@ -72,7 +72,13 @@ def genetic(
     worse than `start`."""
     if not fbi.applies(problem):
         return start
-    count, until = _budget(opts, deadline, GA_SHARE * opts.time_limit_s, GA_RATE)
+    share = GA_SHARE * opts.time_limit_s
+    count, until = _budget(opts, deadline, share, GA_RATE)
+    if opts.deterministic:
+        # The count is sized for the compiled kernels: wait for them (only a cold compile takes
+        # this long; a cache load is done by now) while half the share is left, so the count is
+        # reached and a replay gives the same plan. Without numba the clock cuts the count.
+        jit.wait(max(0.0, until - share / 2 - time.monotonic()))
     return ga.evolve(problem, start, random.Random(opts.seed), max_schedules=count,
                      stop=lambda: time.monotonic() >= until or (halt is not None and halt()),
                      target=_target(problem),
