@@ -1,9 +1,9 @@
 """The CP-SAT adapter: the only module that imports ortools.
 
 It turns a Problem into an optional-interval model, seeds it with the best heuristic plan (serial
-SGS, then forward-backward improvement), and returns a Plan value (never an exception for an
-expected outcome). `find_conflict` names a minimal set of conflicting constraint groups with
-CP-SAT assumptions, for refusals.
+SGS, forward-backward improvement, the genetic algorithm: heuristic.py), and returns a Plan
+value (never an exception for an expected outcome). `find_conflict` names a minimal set of
+conflicting constraint groups with CP-SAT assumptions, for refusals.
 
 The time limit is a wall-clock promise: one deadline is fixed when the call starts, every phase
 (heuristic, model, CP-SAT) is budgeted from what is left of it, and a timer thread stops CP-SAT's
@@ -14,8 +14,6 @@ wall time on a loaded machine (presolve, LNS sub-solves and the 2x net overran: 
 from __future__ import annotations
 
 import math
-import os
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,10 +22,11 @@ from typing import assert_never
 import msgspec
 from ortools.sat.python import cp_model
 
-from maestro import fbi, ga
+from maestro import fbi, jit
+from maestro.heuristic import GA_SHARE, first_plan, genetic
+from maestro.options import Deadline, SolveOptions, available_workers
 from maestro.plan import Plan, Source, Status, plan_from_schedule, primary_value
 from maestro.problem import Problem, Schedule, horizon, schedule_makespan, violations
-from maestro.sgs import serial_sgs
 
 __all__ = ["Deadline", "SolveOptions", "available_workers", "find_conflict", "solve"]
 
@@ -36,33 +35,8 @@ __all__ = ["Deadline", "SolveOptions", "available_workers", "find_conflict", "so
 STOP_MARGIN_S = 0.05
 
 
-class SolveOptions(msgspec.Struct, frozen=True):
-    """Solver knobs. `time_limit_s` is wall time for the whole call. `workers` None follows the
-    cores this process may run on. `deterministic` interleaves the workers' search and stops on
-    CP-SAT's deterministic time (and the heuristic on a schedule count), so the same input, seed
-    and workers give the same plan, unless the wall-clock limit comes first on a loaded machine.
-    """
-
-    time_limit_s: float = 2.0
-    workers: int | None = None
-    seed: int = 0
-    deterministic: bool = True
-    hint: bool = True
-    # share of the limit (at most HEURISTIC_CAP_S) for sampling + forward-backward improvement
-    heuristic_share: float = 0.1
-
-
-HEURISTIC_CAP_S = 1.0
-# Samples in a row without a better schedule before the heuristic hands over to CP-SAT. Measured
-# on the full j30 set at 8 s: with no stall the heuristic used its whole share (p50 0.81 s, all
-# 480 at the optimum); on a j120 sample a full 0.8-2.4 s share did not beat one justified pass
-# (2.8-3.1 % vs 2.8 % mean gap, within noise), so a short phase is all it earns.
-HEURISTIC_STALL = 10
-# Share of the limit for the first CP-SAT round, before the longer heuristic phase.
+# Share of the limit for the first CP-SAT round, before the genetic algorithm.
 QUICK_SHARE = 0.1
-# Share of the limit for the genetic algorithm between the two CP-SAT rounds (unproven after the
-# quick round). On hard j120 instances 3 s of GA alone matched 8 s of CP-SAT on 2 loaded cores.
-GA_SHARE = 0.4
 # Up to this many tasks a CP-SAT round runs beside the GA (not in deterministic mode). Measured
 # at 8 s on hard subsets, load 1-5: j60 mean gap 1.76 -> 1.64 % with it (CP-SAT proves and
 # finds more there), j120 5.26 -> 5.77 % (the GA is the stronger search there and loses CPU).
@@ -70,35 +44,6 @@ BESIDE_MAX_TASKS = 80
 # Up to this many tasks the side round runs to the deadline (no restart): on the j30 needles
 # (j3013_2, j3013_5, j3029_8) a restart lost the search that found the optimum.
 ONE_ROUND_MAX_TASKS = 40
-
-
-def available_workers() -> int:
-    """The cores this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-class Deadline:
-    """One wall-clock deadline (monotonic), shared by every phase of a plan."""
-
-    __slots__ = ("at",)
-
-    def __init__(self, seconds: float) -> None:
-        self.at = time.monotonic() + max(0.0, seconds)
-
-    def earlier(self, seconds: float) -> Deadline:
-        """The same deadline, `seconds` sooner (time kept for a phase after this one)."""
-        out = Deadline(0.0)
-        out.at = self.at - max(0.0, seconds)
-        return out
-
-    def left(self) -> float:
-        return self.at - time.monotonic()
-
-    def passed(self) -> bool:
-        return time.monotonic() >= self.at
 
 
 class _Model(msgspec.Struct, frozen=True):
@@ -335,57 +280,6 @@ _STATUS: Mapping[cp_model.CpSolverStatus, Status] = {
 }
 
 
-def _heuristic(
-    problem: Problem,
-    opts: SolveOptions,
-    deadline: Deadline,
-    start: Schedule | None = None,
-    *,
-    stall: int = HEURISTIC_STALL,
-    evolve: bool = False,
-    halt: Callable[[], bool] | None = None,
-) -> Schedule | None:
-    """Serial SGS (or `start`), then sampling + forward-backward improvement within its share
-    of the limit (in deterministic mode, a schedule count proportional to the limit instead of
-    a clock), until `stall` samples in a row bring nothing better. With `evolve`, the genetic
-    algorithm (ga.py) from `start` instead, for GA_SHARE of the limit."""
-    base = start if start is not None else serial_sgs(problem)
-    if base is None or violations(problem, base):
-        return None
-    if not fbi.applies(problem):
-        return base
-    share = (
-        GA_SHARE * opts.time_limit_s
-        if evolve
-        else min(HEURISTIC_CAP_S, opts.heuristic_share * opts.time_limit_s)
-    )
-    # Deterministic: a schedule count (~1000 a second on j120 here), cut only by the deadline
-    # (a replay on a loaded machine may then differ, but never overruns). Otherwise: the clock.
-    if opts.deterministic:
-        count, until = int(1000 * share), deadline.at - opts.time_limit_s / 2
-    else:
-        count, until = 1 << 30, min(deadline.at, time.monotonic() + share)
-    target = fbi.lower_bound(problem) if problem.objective == "makespan" else 0
-    if evolve:
-        return ga.evolve(
-            problem,
-            base,
-            random.Random(opts.seed),
-            max_schedules=count,
-            stop=lambda: time.monotonic() >= until or (halt is not None and halt()),
-            target=target,
-        )
-    return fbi.improve(
-        problem,
-        base,
-        random.Random(opts.seed),
-        max_schedules=count,
-        stop=lambda: time.monotonic() >= until,
-        target=target,
-        stall=stall,
-    )
-
-
 class _Round(msgspec.Struct, frozen=True):
     status: Status
     schedule: Schedule | None
@@ -495,9 +389,10 @@ def solve(
     opts = options or SolveOptions()
     t0 = time.perf_counter()
     end = deadline if deadline is not None else Deadline(opts.time_limit_s)
+    jit.start()  # in the background: ready by the GA round, or the GA starts on Python kernels
     if any(not t.modes for t in problem.tasks):
         return Plan(status="infeasible", source="none", unit=problem.unit)
-    first = _heuristic(problem, opts, end)
+    first = first_plan(problem, opts, end)
     lb = fbi.lower_bound(problem) if problem.objective == "makespan" else 0
 
     def done(schedule: Schedule, status: Status, bound: int | None, source: Source) -> Plan:
@@ -532,11 +427,11 @@ def solve(
                 else end.earlier(max(0.0, end.left() - GA_SHARE * opts.time_limit_s))
             )
             side = _Beside(problem, opts, best, lb, mid)
-            better = _heuristic(problem, opts, mid, best, evolve=True, halt=side.finished.is_set)
+            better = genetic(problem, opts, mid, best, halt=side.finished.is_set)
             rounds.append(side.join())
         else:
-            better = _heuristic(problem, opts, end, best, evolve=True)
-        if better is not None and primary_value(problem, better) < primary_value(problem, best):
+            better = genetic(problem, opts, end, best)
+        if primary_value(problem, better) < primary_value(problem, best):
             best, source = better, "sgs"
         for r in rounds:
             best, source, bound, status = _merge(problem, r, (best, source, bound, status))
