@@ -30,12 +30,25 @@ from typing import TYPE_CHECKING
 import msgspec
 import structlog
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import (
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+    NotFoundError,
+)
 
+from moon.journal import SignedDecisions
 from moon.outbox import wake_at
 from streams import subjects
+from streams.codec import Undecodable
 from streams.config import MARKS, MOON
 from streams.jetstream_store import last_sequence, ordered_read
+from streams.moon_events import (
+    WorkflowCancelled,
+    WorkflowCompensated,
+    WorkflowCompleted,
+    WorkflowFailed,
+)
 from streams.store import Unreadable
 from streams.subjects import Space
 
@@ -45,6 +58,7 @@ if TYPE_CHECKING:
 __all__ = ["MARK_EVERY_MS", "STALE_MS", "YOUNG_MS", "Mark", "Marks", "Projector", "Young"]
 
 log = structlog.get_logger("moon.projection")
+_ENDS = (WorkflowCompleted, WorkflowFailed, WorkflowCancelled, WorkflowCompensated)
 
 YOUNG_MS = 1_000  # W2's 3-step chain takes ~15 ms, W3's ~100 ms under load
 MARK_EVERY_MS = 1_000
@@ -188,6 +202,7 @@ class Projector:
         # A random name: a restarted engine's old mark goes stale and is taken over.
         self.instance = secrets.token_hex(8)
         self.appended = 0  # the last journal sequence this process appended
+        self._decisions = SignedDecisions(engine.walls)
 
     async def start(self) -> None:
         """This engine's mark before its first dispatch: a crash from here on is recoverable."""
@@ -202,6 +217,9 @@ class Projector:
             armed = self.young.armed(wf)
             if wf in self.engine.quarantined:
                 self.young.drop(wf)
+                return
+            if armed is None and await self._ended(wf):
+                self.young.drop(wf)  # ended (at another engine, say): nothing to wake
                 return
             try:
                 version, state = await self.engine.runner.load(wf)
@@ -223,6 +241,20 @@ class Projector:
                 effects.append(self.engine.effects.disarm(wf))
             await asyncio.gather(*effects)
             self.young.drop(wf)
+
+    async def _ended(self, wf: str) -> bool:
+        """Did the workflow's last journal message, verified, end it? One direct get, where a
+        load would make a consumer to read what another engine appended (and engines sharing
+        the work at full speed ran the server out of consumers)."""
+        try:
+            msg = await self.engine.js.get_last_msg(
+                self.engine.space.stream(MOON.name),
+                self.engine.space.subject(subjects.workflow_events(wf)), direct=True)
+        except NotFoundError:
+            return False
+        decision = self._decisions.try_decode(msg.data or b"")
+        return not isinstance(decision, Undecodable) and any(
+            isinstance(event, _ENDS) for event in decision.events)
 
     async def run(self) -> None:
         """Project young workflows as they come due, refresh this engine's mark, and take over
