@@ -293,6 +293,9 @@ def serve_command(
         read_input(offers, "offers")  # a missing file is one line now, not a traceback later
     configure_logging()
     try:
+        from maestro import jit  # noqa: PLC0415
+
+        jit.start()  # a service compiles the GA's kernels once, before its first hard plan
         raise typer.Exit(asyncio.run(_serve(data_dir, offers, metrics_port)))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

@@ -389,7 +389,6 @@ def solve(
     opts = options or SolveOptions()
     t0 = time.perf_counter()
     end = deadline if deadline is not None else Deadline(opts.time_limit_s)
-    jit.start()  # in the background: ready by the GA round, or the GA starts on Python kernels
     if any(not t.modes for t in problem.tasks):
         return Plan(status="infeasible", source="none", unit=problem.unit)
     first = first_plan(problem, opts, end)
@@ -416,6 +415,10 @@ def solve(
     bound = r1.bound if r1 is not None else (lb or None)
     status: Status = r1.status if r1 is not None else "unknown"
     if two and status in ("feasible", "unknown") and best is not None and end.left() > 0:
+        # Compiled in the background from the first plan that needs the GA (a service starts it
+        # when it starts): the GA begins on the Python kernels and switches when they are ready.
+        # A problem the quick round proves never pays for a compile, nor a CLI for its wait.
+        jit.start()
         rounds: list[_Round | None] = []
         if len(problem.tasks) <= BESIDE_MAX_TASKS and not opts.deterministic:
             # The GA (Python, one core) and a CP-SAT round (its own threads; it releases the
