@@ -9,17 +9,20 @@ whether that source may send this command to this workflow in its current state:
 - Replan and Compensate on the bus come only from a planner (MAESTRO's key).
 - Timer firings come only from the engine's own key.
 - Executor reports come only from the executor the attempt is bound to: the assigned executor,
-  or for a pool order the member whose start the engine journaled; a start names the reporter
-  itself and must fit the order (its executor, or a capability the registry lets it serve).
+  or for a pool order the member whose first report carried the order's claim token (it took
+  the order: moon/claims.py) or whose explicit start the engine journaled; a start names the
+  reporter itself and must fit the order (its executor, or a capability it may serve).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeAlias, assert_never
 
 from envelope.keys import KeyRing, Signer
 from envelope.registry import Registration
+from moon.claims import claim_key
 from moon.workflow import StepState, WorkflowState
 from streams.moon_events import (
     Cancel,
@@ -72,9 +75,18 @@ class FromGate:
     capability: str
 
 
+def _proves_nothing(key: bytes) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class FromExecutor:
+    """A report whose signature is the registered executor's. `proves` says whether the
+    report's claim token is an engine's for a claim key (moon/claims.py): whether its sender
+    took that order."""
+
     registration: Registration
+    proves: Callable[[bytes], bool] = _proves_nothing
 
 
 @dataclass(frozen=True)
@@ -107,7 +119,7 @@ def authorize(command: MoonCommand, source: Source, state: WorkflowState) -> Ref
         case FromEngine():
             return None if isinstance(command, FireTimer) else _no(source, command)
         case FromExecutor():
-            return _executor(command, source.registration, state)
+            return _executor(command, source, state)
         case _:
             assert_never(source)
 
@@ -131,7 +143,9 @@ def _bound_to(step: StepState) -> str | None:
     return step.executor
 
 
-def _executor(command: MoonCommand, who: Registration, state: WorkflowState) -> Refusal | None:
+def _executor(command: MoonCommand, source: FromExecutor, state: WorkflowState
+              ) -> Refusal | None:
+    who = source.registration
     if not isinstance(command, StartStep | Heartbeat | CheckpointStep | CompleteStep | FailStep):
         return Refusal(Reason.FORGED, f"{_kind(command)} may not come from an executor")
     step = state.steps.get(command.step)
@@ -154,6 +168,17 @@ def _executor(command: MoonCommand, who: Registration, state: WorkflowState) -> 
     if command.attempt != step.attempt:
         return None  # a stale attempt's report decides nothing; decide says so
     bound = _bound_to(step)
+    if bound is None and step.started_at is None:
+        # A pool attempt nobody is bound to yet: its first report binds it to its sender, if
+        # the sender took the order (its claim token) and may serve what it orders.
+        undo = step.status == "compensating"
+        capability = (step.spec.compensation if undo else step.spec.capability) or \
+            step.spec.capability
+        key = claim_key(command.workflow_id, command.step, command.attempt, compensation=undo)
+        if who.serves(capability) and source.proves(key):
+            return None
+        return Refusal(Reason.NOT_ASSIGNED, f"{command.step} attempt {command.attempt}: "
+                                            f"{who.executor} did not take its order")
     if bound != who.executor:
         return Refusal(Reason.NOT_ASSIGNED, f"{command.step} attempt {command.attempt} is bound "
                                             f"to {bound or 'no executor yet'}, not "

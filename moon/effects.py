@@ -1,7 +1,8 @@
 """What the engine sends after a decision: work orders, its wake-ups, commands. One adapter.
 
-Every send is idempotent by `Nats-Msg-Id`, so re-sending after a crash (the command was not
-acknowledged, so it comes back) never doubles an order or a timer.
+Every send carries `Nats-Msg-Id`, so a publish retried within the duplicate window is stored
+once. Timers are re-armed after a crash (a schedule replaces its predecessor); orders are not
+(moon/engine.py `_send_again` says why): each carries the claim token of its attempt.
 """
 
 from __future__ import annotations
@@ -16,42 +17,22 @@ from nats.js import JetStreamContext
 
 from envelope.keys import Signer
 from envelope.statement import COMMAND, ORDER, TIMER, sign_statement
-from moon.outbox import work_orders
-from moon.state import WorkflowState
+from moon.claims import claim_key, sign_claim
 from streams import subjects
 from streams.codec import Codec
 from streams.moon_events import (
-    CompensationScheduled,
     FireTimer,
     MoonCommand,
-    MoonEvent,
-    StepScheduled,
     WorkOrder,
     command_kind,
 )
 from streams.subjects import Space
 
-__all__ = ["COMMANDS", "ORDERS", "Effects", "in_flight_orders", "seal_command"]
+__all__ = ["COMMANDS", "ORDERS", "Effects", "seal_command"]
 
 COMMANDS: Codec[MoonCommand] = Codec(MoonCommand)
 ORDERS: Codec[WorkOrder] = Codec(WorkOrder)
 _encode = msgspec.json.Encoder().encode
-
-
-def in_flight_orders(state: WorkflowState) -> list[WorkOrder]:
-    """Orders for every attempt in flight: what to re-send when a command comes back after a
-    crash (its first handling may have journaled the decision but not sent the orders)."""
-    events: list[MoonEvent] = []
-    for name, step in state.steps.items():
-        at = step.scheduled_at or 0
-        if step.status in ("scheduled", "running"):
-            events.append(StepScheduled(at_ms=at, step=name, attempt=step.attempt,
-                                        executor=step.executor))
-        elif step.status == "compensating" and step.spec.compensation:
-            events.append(CompensationScheduled(at_ms=at, step=name, attempt=step.attempt,
-                                                capability=step.spec.compensation,
-                                                executor=step.executor))
-    return work_orders(state, events)
 
 
 def _rfc3339(at_ms: int) -> str:
@@ -86,6 +67,10 @@ class Effects:
 
         async def send(order: WorkOrder) -> None:
             key = ("undo:" if order.compensation else "") + order.idempotency_key
+            claim = sign_claim(self._signer, claim_key(order.workflow_id, order.step,
+                                                       order.attempt,
+                                                       compensation=order.compensation))
+            order = msgspec.structs.replace(order, claim=claim)
             # Signed: an executor runs only what an engine ordered (side effects are real).
             data = sign_statement(self._signer, ORDER, ORDERS.encode(order))
             await self._js.publish(self.order_subject(order), data,

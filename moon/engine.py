@@ -4,8 +4,9 @@ Order of effects for every command: authorize, decide and append (the journal is
 then, all at once, send the orders, arm the workflow's wake-up if its earliest timer moved
 earlier, and put its index entry if what `moon list` shows changed; then answer or acknowledge.
 A crash anywhere before the answer brings the command back; the decider then decides nothing
-(same command id) and the engine arms the wake-up and re-sends the orders of the state it folds
-(a schedule replaces its predecessor, orders carry `Nats-Msg-Id`). Several engines may share
+(same command id) and the engine arms the wake-up and puts the index entry of the state it folds
+(a schedule replaces its predecessor). Orders are sent once, never again: one its handling died
+before sending is found by the step's timeout (see `_send_again`). Several engines may share
 the work: optimistic concurrency on the journal keeps them correct.
 
 Timers are not messages per step: each workflow has one durable wake-up (a server-side
@@ -54,8 +55,9 @@ from moon.authority import (
     Walls,
     authorize,
 )
+from moon.claims import prover
 from moon.clock import BrokerClock
-from moon.effects import COMMANDS, Effects, in_flight_orders
+from moon.effects import COMMANDS, Effects
 from moon.index import WorkflowSummary
 from moon.narration import narrate
 from moon.outbox import due_timers, pending_timers, wake_at, work_orders
@@ -71,6 +73,7 @@ from streams.decider import Contention, Decided
 from streams.moon_events import (
     Deviation,
     Dispatched,
+    ExecutorReport,
     FireTimer,
     MoonCommand,
     MoonEvent,
@@ -301,15 +304,16 @@ class Engine:
         return []
 
     async def _send_again(self, state: WorkflowState, version: int, now: int) -> None:
-        """What a handling that died after its append may have left unsent: the orders in
-        flight (they carry `Nats-Msg-Id`), the wake-up (a schedule replaces its predecessor)
-        and the index entry."""
+        """What a handling that died after its append may have left unsent: the wake-up (a
+        schedule replaces its predecessor) and the index entry. Not the orders: an order once
+        taken is gone from WORK, and after a broker restart its `Nats-Msg-Id` is forgotten
+        with it, so a copy sent again would be taken and run again. An order the dead handling
+        never sent is found by the step's timeout (the wake-up armed here), which schedules
+        the next attempt: the same path as an executor that dies mid-step."""
         effects: list[Awaitable[object]] = [self._index_put(state, version, now)]
         if (after := wake_at(state)) is not None:
             effects.append(self.effects.arm(state.workflow_id, after, now))
-        sent, _ = await asyncio.gather(self.effects.send_orders(in_flight_orders(state)),
-                                       asyncio.gather(*effects))
-        self.stats.orders += sent
+        await asyncio.gather(*effects)
 
     async def quarantine(self, bad: Unreadable) -> Refusal:
         """A journal message that does not decode or verify: the workflow cannot be folded
@@ -404,10 +408,15 @@ class Engine:
         # The engine's clock stamps what happened when: an executor's clock is not trusted
         # to say whether its report was late.
         command = msgspec.structs.replace(command, at_ms=self.clock())
+        source = FromExecutor(registration)
+        if isinstance(command, ExecutorReport):
+            # Who sent it is what its signature says, whatever the body claims.
+            command = msgspec.structs.replace(command, executor=registration.executor)
+            source = FromExecutor(registration, prover(command.claim, self.walls.keys,
+                                                       self.walls.engines))
         retry = bool(msg.headers and msg.headers.get(RETRY_HEADER))
         try:
-            outcome = await self.submit(command, source=FromExecutor(registration),
-                                        redelivered=retry)
+            outcome = await self.submit(command, source=source, redelivered=retry)
         except Exception as error:
             self._deferred(command, error)
             return Refusal(Reason.UNAVAILABLE, type(error).__name__, retryable=True)

@@ -6,16 +6,18 @@ Reports are statements signed by this executor's key (moon/reports.py), sent to 
 requests and answered once the decision they cause is journaled; the engine accepts them only
 from the executor the attempt is bound to, and ignores reports for stale attempts.
 
-An attempt runs at most once, a step at least once. Before running an order the worker reports
-its start, and runs the attempt only if the engine answers that the start the journal holds for
-that attempt is this one (`run`): the journal's optimistic concurrency makes exactly one start
-win, whichever pool member or redelivery sent it. The start's command id carries this process's
-incarnation, so a redelivered order after a kill -9 (or at another member of the pool) is told
-"not yours" and acked unrun. Why not run first and report after: a kill between the side effect
-and the report would run it twice. What this costs: an attempt whose executor dies is not run
-again under the same key; the engine's step timeout or heartbeat timeout settles it and
-schedules the next attempt, which gets the last checkpoint. Give long steps a heartbeat timeout
-so that takes seconds, not `timeout_ms`.
+An attempt runs at most once, a step at least once. The worker claims an order by acknowledging
+its WORK message before running it: WORK is a work-queue stream, so the broker removes the
+message, durably, before it answers the acknowledgement, and nobody can take it again (moon/
+claims.py). The claim costs no write of its own and no round trip to the engine; the engine
+learns who took a pool order from its first report, which carries the order's claim token.
+A claim counts only if its answer came back within the consumer's ack wait of the pull that
+fetched it (each pull waits on its own inbox, so a message never answers a later pull): only
+then can the broker not have handed the order to anyone else meanwhile. Why not run first and
+acknowledge after: a kill between the side effect and the report would run it twice. What this
+costs: an attempt whose executor dies is not run again under the same key; the engine's step
+timeout or heartbeat timeout settles it and schedules the next attempt, which gets the last
+checkpoint. Give long steps a heartbeat timeout so that takes seconds, not `timeout_ms`.
 Three kinds of executor share this loop: an in-process Python handler, a subprocess command and
 an HTTP call (see `subprocess_handler` and `http_handler`).
 """
@@ -30,10 +32,10 @@ import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 import nats.errors
+import nats.js.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -52,7 +54,6 @@ from streams.moon_events import (
     CompleteStep,
     FailStep,
     Heartbeat,
-    StartStep,
     Usage,
     WorkOrder,
 )
@@ -70,9 +71,11 @@ __all__ = [
 ]
 
 log = structlog.get_logger("moon.worker")
-SEEN_KEYS = 100_000
 REPORT_TIMEOUT_S = 2.0
-PULL_WAIT_S = 1.0  # a fetch waits this long for an order before asking again
+PULL_WAIT_S = 1.0  # a pull waits this long for an order before asking again
+PULL_GRACE_S = 1.0  # beyond its expiry: an order answering a pull given up on waits its ack wait
+CLAIM_TIMEOUT_S = 2.0
+CLAIM_MARGIN_S = 1.0  # of the ack wait: a claim answered later than this is not trusted
 PULL_PAUSE_S = 0.25  # after a fetch that failed for another reason than an empty queue
 BACKOFF_S = (0.1, 2.0)  # first and longest pause between sends while the broker is away
 
@@ -113,7 +116,7 @@ class StepContext:
             CheckpointStep(
                 command_id=f"ckpt/{self.key}/{uuid.uuid4().hex[:12]}",
                 workflow_id=self.order.workflow_id, at_ms=_now_ms(), step=self.order.step,
-                attempt=self.order.attempt, state=state,
+                attempt=self.order.attempt, state=state, claim=self.order.claim,
             ),
         )
 
@@ -123,7 +126,7 @@ class StepContext:
         beat = Heartbeat(
             command_id=f"hb/{self.key}/{uuid.uuid4().hex[:12]}",
             workflow_id=self.order.workflow_id, at_ms=_now_ms(), step=self.order.step,
-            attempt=self.order.attempt,
+            attempt=self.order.attempt, claim=self.order.claim,
         )
         try:
             await self.worker.send(beat)
@@ -139,12 +142,9 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _claim_key(order: WorkOrder) -> str:
-    return ("undo:" if order.compensation else "") + order.idempotency_key
-
-
 async def _quietly(settle: Callable[[], Awaitable[object]]) -> None:
-    """Ack, nak or term: a broker that is away redelivers later, which the start makes safe."""
+    """Nak or term, or the ack of an order not run: a broker that is away redelivers it later,
+    to be claimed then."""
     with contextlib.suppress(Exception):
         await settle()
 
@@ -165,10 +165,9 @@ class Worker:
     # Orders of a capability in flight across the whole pool (the sum of its capacities): more
     # would sit in a busy worker's buffer while their deadlines run and others idle.
     pool_capacity: int = 64
-    # An order a dead broker node delivered, or whose ack it took with it, comes back after
-    # this; the journaled start makes the redelivery harmless and _keep_alive marks running
-    # steps in progress every ack_wait/3. At 30 s the pool got no orders for 30 s after a
-    # node's kill -9.
+    # An order fetched but not claimed (its worker died, the answer was lost) comes back after
+    # this; a claim answered later than ack_wait - CLAIM_MARGIN_S after its pull is not
+    # trusted. At 30 s the pool got no orders for 30 s after a node's kill -9.
     ack_wait_s: float = 5.0
     executed: int = 0  # attempts this process ran to completion: for stats
 
@@ -176,10 +175,6 @@ class Worker:
         self.js = self.nc.jetstream()
         self._slots = asyncio.Semaphore(self.capacity)
         self._stopping = asyncio.Event()
-        # Keys this process has settled: spares the start's round trip for a redelivery that
-        # comes back here. Bounded, oldest out; the journal is the record that counts.
-        self._seen: dict[str, None] = {}
-        self._incarnation = uuid.uuid4().hex[:12]
         self._keys = KeyRing()
         # Order deadlines are the engine's, by the broker's clock: compared on the same clock,
         # a worker whose own clock is off neither drops live orders nor runs dead ones.
@@ -228,22 +223,28 @@ class Worker:
         Pull, not push: a pool's push consumer delivers into one inbox, which on a broker with
         per-user inboxes only its first member could read."""
         await self.clock.sync()
-        subs = []
+        pulls = []
         own = f"exec-{subjects.token(self.executor_id)}"
         filters = [(subjects.work(self.executor_id), own)]
         filters += [(subjects.work_any(c), f"any-{subjects.token(c)}") for c in self.handlers]
+        stream = self.space.stream("WORK")
         for subject, name in filters:
             # The executor's own consumer is its alone; a capability's is the pool's, and the
             # first worker to create it sets its limit for all.
             limit = self.capacity if name == own else self.pool_capacity
-            subs.append(await self.js.pull_subscribe(
-                self.space.subject(subject), durable=self.space.consumer(name),
-                stream=self.space.stream("WORK"),
-                config=api.ConsumerConfig(ack_wait=self.ack_wait_s, max_ack_pending=limit,
-                                          max_deliver=-1),
-            ))
+            durable = self.space.consumer(name)
+            try:  # the pool's consumer may exist already: as its creator made it
+                await self.js.consumer_info(stream, durable)
+            except nats.js.errors.NotFoundError:
+                await self.js.add_consumer(stream, api.ConsumerConfig(
+                    name=durable, durable_name=durable,
+                    filter_subject=self.space.subject(subject),
+                    ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self.ack_wait_s,
+                    max_ack_pending=limit, max_deliver=-1,
+                ))
+            pulls.append(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}")
         async with asyncio.TaskGroup() as tasks:
-            pullers = [tasks.create_task(self._pull(sub, tasks)) for sub in subs]
+            pullers = [tasks.create_task(self._pull(subject, tasks)) for subject in pulls]
             pullers.append(tasks.create_task(self.clock.run()))
             if ready is not None:
                 ready.set()
@@ -252,17 +253,17 @@ class Worker:
             finally:
                 for puller in pullers:
                     puller.cancel()
-                for sub in subs:
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
 
-    async def _pull(self, sub: Any, tasks: asyncio.TaskGroup) -> None:
-        """Fetch as many orders as there are free slots, each run in its own task."""
+    async def _pull(self, next_subject: str, tasks: asyncio.TaskGroup) -> None:
+        """Ask for one order per free slot, each pull on its own inbox (a request), so an
+        order always answers the pull that asked for it and the claim's clock starts there."""
+        ask = msgspec.json.encode({"batch": 1, "expires": int(PULL_WAIT_S * 1e9)})
         while not self._stopping.is_set():
             await self._slots.acquire()
+            asked = time.monotonic()
             try:
-                msgs = await sub.fetch(1, timeout=PULL_WAIT_S)
-            except (TimeoutError, nats.errors.TimeoutError):  # nothing to take: ask again
+                msg = await self._ask(next_subject, ask)
+            except (TimeoutError, nats.errors.TimeoutError):  # no answer: ask again
                 self._slots.release()
                 continue
             except Exception as error:  # the broker is away, or refused: ask again, later
@@ -270,11 +271,28 @@ class Worker:
                 log.debug("fetch_failed", error=repr(error))
                 await asyncio.sleep(PULL_PAUSE_S)
                 continue
-            for msg in msgs:
-                task = tasks.create_task(self._take(msg))
-                task.add_done_callback(lambda _: self._slots.release())
-            if not msgs:
+            status = msg.headers.get("Status") if msg.headers else None
+            if status is not None or not msg.reply:  # 404/408: nothing to take; else refused
                 self._slots.release()
+                if status not in ("404", "408"):
+                    log.debug("fetch_refused", status=status,
+                              detail=msg.headers.get("Description") if msg.headers else None)
+                    await asyncio.sleep(PULL_PAUSE_S)
+                continue
+            task = tasks.create_task(self._take(msg, asked))
+            task.add_done_callback(lambda _: self._slots.release())
+
+    async def _ask(self, next_subject: str, ask: bytes) -> Msg:
+        """One pull on an inbox of its own, dropped after it: a JetStream message keeps its
+        own subject, so only the subscription tells which pull it answers, and an order that
+        comes after we gave up reaches no one (it is redelivered after the ack wait)."""
+        sub = await self.nc.subscribe(self.nc.new_inbox(), max_msgs=1)
+        try:
+            await self.nc.publish(next_subject, ask, reply=sub.subject)
+            return await sub.next_msg(timeout=PULL_WAIT_S + PULL_GRACE_S)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -282,7 +300,7 @@ class Worker:
     async def run_until_ready(self, ready: asyncio.Event) -> None:
         await self.run(ready=ready)
 
-    async def _take(self, msg: Msg) -> None:
+    async def _take(self, msg: Msg, asked: float) -> None:
         verified = open_statement(msg.data, ORDER, keys=self._keys, authors=self.engines)
         if isinstance(verified, Refusal):  # not an engine's order: never run, never redelivered
             log.warning("order_refused", subject=msg.subject, reason=verified.reason.value,
@@ -301,33 +319,28 @@ class Worker:
         if handler is None:
             await _quietly(lambda: msg.nak(delay=1))  # another worker of the pool may serve it
             return
-        key = _claim_key(order)
-        if key in self._seen:
-            await _quietly(msg.ack)  # run (or running) here already
-            return
-        # Marked before the start is sent: while it waits for the engine (a failover can take
-        # seconds), the order may be redelivered here, and that copy must not start it again.
-        self._seen[key] = None
-        if len(self._seen) > SEEN_KEYS:
-            del self._seen[next(iter(self._seen))]
-        # One id per take, the same across its retries: two takes of one order (here or at
-        # another pool member) send two different starts, and the journal lets one win.
-        start = StartStep(
-            command_id=f"start/{key}/{self._incarnation}/{uuid.uuid4().hex[:8]}",
-            at_ms=_now_ms(), workflow_id=order.workflow_id, step=order.step,
-            attempt=order.attempt, executor=self.executor_id,
-        )
-        answer = await self.deliver(order, start)
-        if answer is None:
-            return  # the engine stayed away past the deadline: a redelivery is acked unrun
-        if answer.run:
-            await self._run(order, handler, msg)
-        await _quietly(msg.ack)
+        if await self._claim(order, msg, asked):
+            await self._run(order, handler)
 
-    async def _run(self, order: WorkOrder, handler: Handler, msg: Msg) -> None:
+    async def _claim(self, order: WorkOrder, msg: Msg, asked: float) -> bool:
+        """Acknowledge the order and wait for the broker's answer: True if the order is ours.
+        Not ours: the answer never came (it may have been taken: the step's timeout settles
+        it, or it comes back to someone), or it came too late to be sure nobody else got it."""
+        try:
+            await msg.ack_sync(timeout=CLAIM_TIMEOUT_S)
+        except Exception as error:  # timeouts, reconnecting: not known to be ours
+            log.warning("claim_unanswered", key=order.idempotency_key, error=repr(error))
+            return False
+        took = time.monotonic() - asked
+        if took >= self.ack_wait_s - CLAIM_MARGIN_S:
+            log.warning("claim_late", key=order.idempotency_key, seconds=round(took, 3))
+            return False
+        return True
+
+    async def _run(self, order: WorkOrder, handler: Handler) -> None:
         wf, step, attempt = order.workflow_id, order.step, order.attempt
         key = order.idempotency_key
-        beat = asyncio.ensure_future(self._keep_alive(order, msg))
+        beat = asyncio.ensure_future(self._keep_alive(order))
         started = time.perf_counter()
         report: FailStep | CompleteStep
         try:
@@ -339,6 +352,7 @@ class Worker:
                 command_id=f"fail/{key}", at_ms=_now_ms(), error=str(error)[:2000] or repr(error),
                 error_type=type(error).__name__, retryable=not isinstance(error, NonRetryable),
                 usage=self._usage(started, 0), workflow_id=wf, step=step, attempt=attempt,
+                claim=order.claim,
             )
         else:
             result = outcome if isinstance(outcome, Result) else Result(output=outcome)
@@ -347,7 +361,7 @@ class Worker:
             report = CompleteStep(
                 command_id=f"done/{key}", at_ms=_now_ms(), result=result.output,
                 usage=self._usage(started, result.tokens), workflow_id=wf, step=step,
-                attempt=attempt,
+                attempt=attempt, claim=order.claim,
             )
         finally:
             beat.cancel()
@@ -357,15 +371,15 @@ class Worker:
         wall_s = time.perf_counter() - started
         return Usage(tokens=tokens, wall_ms=int(wall_s * 1000), joules=self.watts * wall_s)
 
-    async def _keep_alive(self, order: WorkOrder, msg: Msg) -> None:
-        """Tell JetStream (ack wait) and the engine (heartbeat timeout) that we are alive."""
-        period = min(self.ack_wait_s, (order.heartbeat_timeout_ms or 60_000) / 1000) / 3
+    async def _keep_alive(self, order: WorkOrder) -> None:
+        """Tell the engine we are alive (its heartbeat timeout). The first beat binds the
+        attempt to us, so it goes at once."""
+        if not order.heartbeat_timeout_ms:
+            return
         ctx = StepContext(order=order, worker=self)
         while True:
-            await asyncio.sleep(period)
-            await _quietly(msg.in_progress)  # a beat missed while the broker restarts is fine
-            if order.heartbeat_timeout_ms:
-                await ctx.heartbeat()
+            await ctx.heartbeat()
+            await asyncio.sleep(order.heartbeat_timeout_ms / 1000 / 3)
 
 
 def subprocess_handler(argv: Sequence[str], *, timeout_s: float = 300.0) -> Handler:

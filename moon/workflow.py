@@ -65,6 +65,7 @@ from streams.moon_events import (
     DeviationKind,
     Dispatch,
     Dispatched,
+    ExecutorReport,
     FailStep,
     FireTimer,
     Heartbeat,
@@ -285,6 +286,19 @@ def _start(command: StartStep, state: WorkflowState) -> list[MoonEvent] | Refusa
     ]
 
 
+def _binding(report: ExecutorReport, s: StepState, *, started_ms: int) -> list[MoonEvent]:
+    """An attempt is claimed by taking its order, not by a journaled start (moon/claims.py):
+    the first report of an in-flight attempt from its executor journals the start with it, in
+    the same decision, so the journal still says who ran it and from when. Only an executor's
+    report binds (the engine stamps `executor` from its signature; the gate's checkpoint has
+    none)."""
+    if s.started_at is not None or not report.executor:
+        return []
+    at = max(started_ms, s.scheduled_at or started_ms)
+    return [StepStarted(at_ms=min(at, report.at_ms), step=report.step, attempt=report.attempt,
+                        executor=report.executor, command_id=report.command_id)]
+
+
 def _heartbeat(command: Heartbeat, state: WorkflowState) -> list[MoonEvent] | Refusal:
     s = _locate(state, command.step, command.attempt)
     if not isinstance(s, StepState):
@@ -292,6 +306,8 @@ def _heartbeat(command: Heartbeat, state: WorkflowState) -> list[MoonEvent] | Re
     window = s.spec.heartbeat_timeout_ms
     if is_terminal(state) or s.status not in IN_FLIGHT or window is None:
         return []
+    if binding := _binding(command, s, started_ms=command.at_ms):
+        return binding  # the first word from whoever took it: its window starts now
     if s.heartbeat_at is None or command.at_ms - s.heartbeat_at < window / 2:
         return []  # not started yet, or recent enough: journaling it buys no liveness
     return [StepHeartbeat(at_ms=command.at_ms, step=command.step, attempt=command.attempt)]
@@ -304,6 +320,7 @@ def _checkpoint(command: CheckpointStep, state: WorkflowState) -> list[MoonEvent
     if is_terminal(state) or s.status not in IN_FLIGHT or s.checkpoint == command.state:
         return []
     return [
+        *_binding(command, s, started_ms=command.at_ms),
         StepCheckpointed(
             at_ms=command.at_ms, step=command.step, attempt=command.attempt, state=command.state
         )
@@ -325,6 +342,8 @@ def _complete(command: CompleteStep, acc: _Acc) -> list[MoonEvent] | Refusal | N
     if is_terminal(state) or s.status not in IN_FLIGHT:
         return _settled(s, state, "completed")
     at = command.at_ms
+    for event in _binding(command, s, started_ms=at - command.usage.wall_ms):
+        acc.emit(event)
     if s.status == "compensating":
         acc.emit(
             StepCompensated(
@@ -363,6 +382,8 @@ def _fail(command: FailStep, acc: _Acc) -> list[MoonEvent] | Refusal | None:
         return s
     if is_terminal(state) or s.status not in IN_FLIGHT:
         return _settled(s, state, "failed")
+    for event in _binding(command, s, started_ms=command.at_ms - command.usage.wall_ms):
+        acc.emit(event)
     policy = s.spec.retry
     retryable = command.retryable and (command.error_type or command.error) not in set(
         policy.non_retryable_errors

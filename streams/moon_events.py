@@ -26,6 +26,7 @@ __all__ = [
     "DeviationKind",
     "Dispatch",
     "Dispatched",
+    "ExecutorReport",
     "FailStep",
     "FireTimer",
     "Heartbeat",
@@ -155,28 +156,32 @@ class StartStep(MoonCommandBase, frozen=True, tag="moon.start_step"):
     executor: str
 
 
-class Heartbeat(MoonCommandBase, frozen=True, tag="moon.heartbeat"):
+class ExecutorReport(MoonCommandBase, frozen=True):
+    """What every report after the claim carries: the attempt, the claim token its order
+    carried (proof its sender took that order), and who sent it, stamped by the engine from
+    the verified signature (a sender's own word for it counts for nothing)."""
+
     step: str
     attempt: int
+    claim: bytes = b""
+    executor: str = ""
 
 
-class CheckpointStep(MoonCommandBase, frozen=True, tag="moon.checkpoint_step"):
-    step: str
-    attempt: int
-    state: bytes
+class Heartbeat(ExecutorReport, frozen=True, tag="moon.heartbeat"):
+    pass
 
 
-class CompleteStep(MoonCommandBase, frozen=True, tag="moon.complete_step"):
-    step: str
-    attempt: int
+class CheckpointStep(ExecutorReport, frozen=True, tag="moon.checkpoint_step"):
+    state: bytes = b""
+
+
+class CompleteStep(ExecutorReport, frozen=True, tag="moon.complete_step"):
     result: bytes = b""
     usage: Usage = Usage()
 
 
-class FailStep(MoonCommandBase, frozen=True, tag="moon.fail_step"):
-    step: str
-    attempt: int
-    error: str
+class FailStep(ExecutorReport, frozen=True, tag="moon.fail_step"):
+    error: str = ""
     error_type: str = ""  # matched against RetryPolicy.non_retryable_errors
     retryable: bool = True
     usage: Usage = Usage()
@@ -418,6 +423,9 @@ class WorkOrder(msgspec.Struct, frozen=True):
     heartbeat_timeout_ms: int | None = None
     plan_revision: int = 0
     traceparent: str | None = None  # W3C, the attempt's span as parent: the executor's spans
+    # The engine's signature over the attempt's claim key (moon/claims.py): only whoever took
+    # this order holds it, and a report carrying it binds a pool attempt to its sender.
+    claim: bytes = b""
 
 
 class TimerRequest(msgspec.Struct, frozen=True):

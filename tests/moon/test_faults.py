@@ -32,7 +32,6 @@ from streams.moon_events import (
     StepCompensated,
     StepCompleted,
     StepScheduled,
-    StepStarted,
     StepTimedOut,
 )
 from streams.replies import Reason, Refusal
@@ -302,9 +301,11 @@ async def test_a_hanging_step_times_out_late_and_is_retried_or_failed_across_a_r
 ):
     await fw.short_ack_wait_engine_consumer(js, space)
     release = asyncio.Event()
+    hanging: set[str] = set()
 
     async def work(ctx: StepContext) -> Result:
         if ctx.order.attempt == 1:
+            hanging.add(ctx.order.workflow_id)
             await release.wait()  # hangs: only the step_timeout timer can settle it
         return Result(output=b"ok")
 
@@ -322,13 +323,10 @@ async def test_a_hanging_step_times_out_late_and_is_retried_or_failed_across_a_r
             for command in (retried, failing):
                 await tw.send_dispatch(nc, space, command)
 
-            async def both_started() -> bool:
-                for c in (retried, failing):
-                    if not events_of(await fw.decisions(js, space, c.workflow_id), StepStarted):
-                        return False
-                return True
+            async def both_taken() -> bool:  # claimed by the worker: nothing journals it
+                return hanging == {retried.workflow_id, failing.workflow_id}
 
-            await fw.wait_for(both_started, 20)
+            await fw.wait_for(both_taken, 20)
         finally:
             fw.kill9(proc)
         await asyncio.sleep(2.0)  # the timers fire while no engine runs

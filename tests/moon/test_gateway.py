@@ -69,7 +69,9 @@ async def test_a_retried_dispatch_whose_first_handling_died_after_the_append_sti
 ):
     """`moon serve` journals the dispatch and dies before its orders are sent; the caller
     sends the same request to the restarted service: the workflow must not be left with nothing
-    to move it (the retry decides nothing new, so it must re-send what the state waits on)."""
+    to move it. The retry decides nothing new and sends no order (an order sent twice could run
+    twice: moon/engine.py `_send_again`); it arms the wake-up, and the step's timeout schedules
+    the next attempt, which runs."""
     trust = local_trust(tmp_path)
 
     async def work(ctx):
@@ -80,7 +82,7 @@ async def test_a_retried_dispatch_whose_first_handling_died_after_the_append_sti
 
     client = Client(nc, trust.operator, trust.services, grant=(trust.operator_grant,),
                     space=space)
-    request_id, _, sealed = client.seal("moon.dispatch", body([step("a")]))
+    request_id, _, sealed = client.seal("moon.dispatch", body([step("a", timeout_ms=1500)]))
     dying = await new_engine(nc, space)
     dying.effects.send_orders = killed  # type: ignore[method-assign]
     async with moon_gate(nc, dying, signer=trust.moon,
@@ -94,6 +96,7 @@ async def test_a_retried_dispatch_whose_first_handling_died_after_the_append_sti
         assert not isinstance(again, Refusal), again
         final = await restarted.wait_terminal(again.result(DispatchReply).workflow_id, 30)
     assert final.status == "completed"
+    assert final.steps["a"].attempt == 2  # the first attempt's order was never sent
 
 
 async def test_a_dispatch_is_answered_once_its_orders_are_stored_and_holds_its_workflow_meanwhile(

@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 
 from envelope.keys import signer_from_seed
 from envelope.statement import COMMAND, DECISION, SNAPSHOT, TIMER, sign_statement
+from moon.claims import claim_key, sign_claim
 from moon.effects import COMMANDS, seal_command
 from moon.engine import Engine
 from moon.journal import DECISIONS, STATE_VERSION
@@ -166,6 +167,33 @@ async def test_only_maestros_key_replans_and_never_a_gate_caller_without_admin(
 
 
 # --- reports: signed by the executor the attempt is bound to ------------------------------------
+
+
+async def test_a_pool_member_cannot_complete_an_order_another_member_took(
+    moon: Engine, nc: Client, js: JetStreamContext, space: Space, hold: Hold
+) -> None:
+    """A pool attempt is bound by its first report, which must carry the claim token of the
+    order it reports on: only the member that took the order has it."""
+    async with worker(nc, space, {"work": hold}, executor_id="honest"):
+        command = dispatch([step("a")])  # no executor: any member of the `work` pool
+        await moon.submit(command)
+        await asyncio.wait_for(hold.started.wait(), 10)
+        rogue = Worker(nc, executor_id="rogue", handlers={}, space=space, engines=frozenset(),
+                       signer=await tw.executor(js, space, "rogue", ["work"]))
+        key = claim_key(command.workflow_id, "a", 1, compensation=False)
+        for n, claim in enumerate((b"", sign_claim(rogue.signer, key))):  # none, its own
+            forged = CompleteStep(command_id=f"rogue-done-{n}", workflow_id=command.workflow_id,
+                                  at_ms=now_ms(), step="a", attempt=1, result=b"FORGED",
+                                  claim=claim)
+            answer = await rogue.request(forged)
+            assert (answer.ok, answer.reason) == (False, Reason.NOT_ASSIGNED.value)
+        audits = await refusals(js, space, 2)
+        assert [a.reason for a in audits] == [Reason.NOT_ASSIGNED, Reason.NOT_ASSIGNED]
+        assert (await moon.state(command.workflow_id)).steps["a"].status == "scheduled"
+        hold.release.set()
+        final = await moon.wait_terminal(command.workflow_id, 20)
+    assert final.steps["a"].result == b"honest"
+    assert final.steps["a"].executor == "honest"
 
 
 async def test_a_registered_executor_cannot_report_for_another_executors_attempt(
@@ -327,10 +355,11 @@ async def test_a_timer_is_the_engines_own_and_never_fires_early(
         # Even the engine's own timer, fired a minute early, decides nothing.
         await js.publish(subject, seal_command(tw.trust_for(space).moon, early))
         # Taken and settled by the engine (nothing pending or unacked on its consumer), and
-        # nothing decided: the journal still ends with the start.
+        # nothing decided: the attempt is still the first, in flight (taken, not reported).
         await fw.wait_for(lambda: _commands_settled(js, space), 10)
         state = await moon.state(command.workflow_id)
-        assert state.steps["a"].status == "running" and state.steps["a"].attempt == 1
+        assert state.steps["a"].status == "scheduled" and state.steps["a"].attempt == 1
+        assert len(await fw.decisions(js, space, command.workflow_id)) == 1
         hold.release.set()
         await moon.wait_terminal(command.workflow_id, 20)
 

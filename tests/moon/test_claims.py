@@ -1,0 +1,151 @@
+"""Claiming an attempt by acknowledging its order: no journaled start, no engine round trip.
+
+What must hold: an order once taken never runs again (not even when the engine handles a
+command again after a broker restart, which forgets the taken order's `Nats-Msg-Id`); the
+journal still says who ran each attempt and from when, in the decision of its first report; a
+claim answered too late is not trusted; a claim token proves one attempt, by an engine only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import Counter
+
+from envelope.keys import KeyRing, signer_from_seed
+from moon.claims import claim_key, prover, sign_claim
+from moon.worker import Result, StepContext, Worker
+from streams.broker import open_connection
+from streams.config import Topology, ensure_streams
+from streams.moon_events import CompleteStep, StepCompleted, StepStarted, WorkOrder
+
+from . import fault_world as fw
+from .engine_world import dispatch, engine, new_worker, step, worker
+
+# --- the token, pure ----------------------------------------------------------------------------
+
+
+def test_a_claim_token_proves_its_own_attempt_by_an_engine_and_nothing_else() -> None:
+    engine_key, other = signer_from_seed(os.urandom(32)), signer_from_seed(os.urandom(32))
+    key = claim_key("wf", "a", 1, compensation=False)
+    token = sign_claim(engine_key, key)
+    proves = prover(token, KeyRing(), [engine_key.did])
+    assert proves(key)
+    assert not proves(claim_key("wf", "a", 2, compensation=False))  # another attempt
+    assert not proves(claim_key("wf", "a", 1, compensation=True))  # its compensation
+    assert not proves(claim_key("wf2", "a", 1, compensation=False))
+    # Signed by anyone but an engine (an executor forging one) proves nothing; nor does none.
+    assert not prover(sign_claim(other, key), KeyRing(), [engine_key.did])(key)
+    assert not prover(b"", KeyRing(), [engine_key.did])(key)
+
+
+# --- the journal: four decisions for three steps ------------------------------------------------
+
+
+async def test_a_three_step_chain_journals_each_start_with_its_completion(nc, js, space) -> None:
+    async def work(ctx: StepContext) -> Result:
+        return Result(output=ctx.order.step.encode())
+
+    async with engine(nc, space) as moon, worker(nc, space, {"work": work}, executor_id="x1"):
+        command = dispatch([step("a"), step("b", needs=("a",)), step("c", needs=("b",))])
+        await moon.submit(command)
+        final = await moon.wait_terminal(command.workflow_id, 20)
+        decisions = await fw.decisions(js, space, command.workflow_id)
+    assert final.status == "completed"
+    # The dispatch, then one decision per step: its start (who, from when) and its completion.
+    assert len(decisions) == 4
+    for decision, name in zip(decisions[1:], "abc", strict=True):
+        kinds = [type(event) for event in decision.events]
+        assert kinds[:2] == [StepStarted, StepCompleted], kinds
+        started = decision.events[0]
+        assert isinstance(started, StepStarted)
+        assert (started.step, started.executor) == (name, "x1")
+        assert final.steps[name].started_at is not None
+        assert final.steps[name].scheduled_at <= final.steps[name].started_at  # type: ignore[operator]
+
+
+# --- an order taken is never sent again ---------------------------------------------------------
+
+
+async def test_a_command_handled_again_after_a_broker_restart_does_not_resend_a_taken_order(
+    broker, space
+) -> None:
+    """b's order is taken (running); the broker restarts, forgetting its `Nats-Msg-Id`; a's
+    completion comes back as a retry. Sending b's order again would be stored anew and run
+    again: the engine must not send it."""
+    client = await open_connection(broker.url, name="claims-restart")
+    js = client.jetstream()
+    await ensure_streams(js, Topology(space=space))
+    runs: Counter[str] = Counter()
+    b_running, release = asyncio.Event(), asyncio.Event()
+
+    async def work(ctx: StepContext) -> Result:
+        runs[ctx.key] += 1
+        if ctx.order.step == "b":
+            b_running.set()
+            await release.wait()
+        return Result(output=ctx.order.step.encode())
+
+    try:
+        async with engine(client, space) as moon, worker(client, space, {"work": work},
+                                                         capacity=4) as w:
+            command = dispatch([step("a"), step("b", needs=("a",))])
+            wf = command.workflow_id
+            await moon.submit(command)
+            await asyncio.wait_for(b_running.wait(), 10)
+            work_stream = space.stream("WORK")
+            before = (await js.stream_info(work_stream)).state.last_seq
+            await asyncio.to_thread(broker.kill)
+            await asyncio.to_thread(broker.start)
+            again = CompleteStep(command_id=f"done/{wf}/a/1", workflow_id=wf, at_ms=0, step="a",
+                                 attempt=1, result=b"a")
+            answer = await _until_answered(w, again)
+            assert answer.ok, answer
+            after = (await js.stream_info(work_stream)).state.last_seq
+            release.set()
+            final = await fw.wait_all_terminal(js, space, [wf], timeout_s=30)
+        assert final[wf].status == "completed"
+        assert after == before == 2  # a's order and b's, nothing sent again
+        assert runs == Counter({f"{wf}/a/1": 1, f"{wf}/b/1": 1})
+    finally:
+        await client.close()
+
+
+async def _until_answered(w: Worker, report: CompleteStep):  # type: ignore[no-untyped-def]
+    for _ in range(100):  # the engine reconnects to the restarted broker
+        try:
+            return await w.request(report, retry=True)
+        except Exception:  # no responders while it reconnects
+            await asyncio.sleep(0.1)
+    raise AssertionError("the engine never answered")
+
+
+# --- a claim answered too late -------------------------------------------------------------------
+
+
+class _Acked:
+    """A delivered order whose acknowledgement the broker answers: how long after the pull is
+    the test's choice."""
+
+    def __init__(self) -> None:
+        self.acked = 0
+
+    async def ack_sync(self, **_: object) -> None:
+        self.acked += 1
+
+
+async def test_a_claim_answered_later_than_the_ack_wait_allows_is_not_run(nc, js, space) -> None:
+    w = await new_worker(nc, space, {"work": _never}, ack_wait_s=5.0)
+    order = WorkOrder(workflow_id="wf", step="a", attempt=1, capability="work", executor=None,
+                      deadline_ms=0, timeout_ms=1000, idempotency_key="wf/a/1")
+    msg = _Acked()
+    # Answered within the ack wait of its pull: nobody else can have been given the order.
+    assert await w._claim(order, msg, time.monotonic())  # type: ignore[arg-type]
+    # The pull was asked 4.5 s ago: the broker may have redelivered it by the time we acked.
+    assert not await w._claim(order, msg, time.monotonic() - 4.5)  # type: ignore[arg-type]
+    assert msg.acked == 2  # acknowledged either way: a late claim's order is not run by anyone
+
+
+async def _never(ctx: StepContext) -> Result:
+    raise AssertionError("not run")
