@@ -503,6 +503,7 @@ def verdict(tally: Tally, plans: list[Plan], reader: Reader) -> None:
     problems = {
         "workflows did not end completed or compensated": sum(other.values()),
         "workflows ended otherwise than seeded": tally.unexpected,
+        "attempts begun twice (an attempt runs at most once)": tally.keys_begun_twice,
         "keys done twice": tally.keys_done_twice,
         "journaled completions run twice": tally.completions_run_twice,
         "journaled completions without a side effect": tally.completions_without_effect,
