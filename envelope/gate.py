@@ -363,7 +363,7 @@ class Gate:
             return pending.refuse(Refusal(
                 Reason.UNAVAILABLE, "revocation list is not current", retryable=True,
                 retry_after_ms=1000))
-        return await admit_shared(pending, self.limits, now)
+        return await admit_shared(pending, self.limits, now, answers_replays=route.idempotent)
 
     async def _accepted(
         self, route: _Route, outcomes: Outcomes, opened: Opened, header_trace: str, now: int

@@ -75,12 +75,24 @@ class Limits(Protocol):
         ...
 
 
-async def admit_shared(pending: Pending, limits: Limits, now_ms: int) -> Opened | Refusal:
-    """seal.admit, on a Limits store: replay, treaty rate, balance (same order, same answers)."""
+async def admit_shared(pending: Pending, limits: Limits, now_ms: int, *,
+                       answers_replays: bool = False) -> Opened | Refusal:
+    """seal.admit, on a Limits store: replay, treaty rate, balance (same order, same answers).
+
+    `answers_replays`: the route keeps each request id's first answer and its handler decides
+    by the request id (the gate's idempotent routes). There the nonce protects nothing the
+    answer does not: the same bytes again are a retry, never refused as a replay, and get the
+    first answer; other bytes under the same nonce can only come from the caller's own key. So
+    when nothing is spent either (no treaty rate token, no reservation), no nonce is stored:
+    one fsync'd write and one stage less before the handler."""
+    budget = pending.opened.budget
+    spends = pending.treaty is not None or (budget is not None and bool(budget.tokens))
+    if answers_replays and not spends:
+        refused = await limits.spend(pending.opened.caller, budget)  # a read: nothing reserved
+        return pending.opened if refused is None else pending.refuse(refused)
     seen = limits.seen(pending.nonce_key, pending.keep_until_ms, now_ms,
                        request=pending.opened.request_hash)
-    budget = pending.opened.budget
-    if pending.treaty is None and (budget is None or not budget.tokens):
+    if not spends:
         # Nothing here spends anything a replay must not take (no rate token, no reservation):
         # the balance is read while the nonce is stored, one round trip instead of two. The
         # answers keep their order: a replay is refused as one even when it is also broke.

@@ -51,6 +51,41 @@ async def test_a_signed_dispatch_runs_once_and_replays(nc, js, space, tmp_path):
     assert audits.state.messages >= 3
 
 
+async def test_a_dispatch_sent_again_byte_for_byte_gets_its_first_answer_without_a_nonce(
+    nc, js, space, tmp_path
+):
+    """MOON's routes keep each request id's first answer and decide by the request id, so the
+    gate stores no nonce for them (one write and one stage less): the same bytes again (a
+    retry, or someone replaying them) get the first answer and start nothing. A route that
+    is not idempotent still stores its nonce first."""
+    trust = local_trust(tmp_path)
+
+    async def work(ctx):
+        return Result(output=b"ok")
+
+    async with engine(nc, space) as eng, worker(nc, space, {"work": work}):
+        gate = moon_gate(nc, eng, signer=trust.moon, trust=trust.trust_for(trust.moon))
+        async with gate.serving():
+            client = Client(nc, trust.operator, trust.services, grant=(trust.operator_grant,),
+                            space=space)
+            request_id, _, sealed = client.seal("moon.dispatch", body([step("a")]))
+            first = await client.send("moon.dispatch", request_id, "", sealed)
+            assert not isinstance(first, Refusal), first
+            wf = first.result(DispatchReply).workflow_id
+            await eng.wait_terminal(wf, 30)
+            nonces = await js.stream_info("KV_" + space.bucket("envelope_nonces"))
+            assert nonces.state.messages == 0
+            again = await client.send("moon.dispatch", request_id, "", sealed)
+            assert again.result(DispatchReply) == first.result(DispatchReply)
+            replay = await client.call("moon.replay", {"workflow_id": wf},
+                                       capability="moon:read")
+            assert not isinstance(replay, Refusal), replay
+            nonces = await js.stream_info("KV_" + space.bucket("envelope_nonces"))
+            assert nonces.state.messages == 1  # the replay route's
+    journal = await js.stream_info(space.stream("MOON"))
+    assert journal.state.messages == 2  # one dispatch, one completion: nothing started twice
+
+
 async def test_an_unsigned_dispatch_is_refused_and_audited(nc, js, space, tmp_path):
     trust = local_trust(tmp_path)
     eng = await new_engine(nc, space)
