@@ -386,9 +386,38 @@ async def _dispatch(path: Path, data_dir: Path | None) -> Any:
                               budget=budget, plan_id=command.plan_id,
                               plan_revision=command.plan_revision,
                               on_failure=command.on_failure)
-    outcome = await _gate(data_dir, "dispatch", request, request_id=command.command_id,
-                          name="moon-dispatch")
+    from moon.operator import operator_call  # noqa: PLC0415
+    from streams.replies import Refusal  # noqa: PLC0415
+
+    home = data_dir or home_dir()
+    async with connect(data_dir=home, name="moon-dispatch", role="operator") as nc:
+        outcome = await operator_call(nc, home, space_from_env(), "moon.dispatch", request,
+                                      request_id=command.command_id)
+        if not isinstance(outcome, Refusal):
+            await _listed(nc, command.workflow_id)
     return command.workflow_id, outcome
+
+
+async def _listed(nc: Any, workflow_id: str, timeout_s: float = 2.0) -> None:
+    """Return once `moon list` shows the workflow: the engine holds a young workflow's index
+    entry back a moment (moon/projection.py INDEX_MS), and a `moon list` run right after this
+    command should see what it dispatched. Best effort: the dispatch itself is done."""
+    import contextlib  # noqa: PLC0415
+
+    from streams.config import WORKFLOWS  # noqa: PLC0415
+
+    kv = await nc.jetstream().key_value(space_from_env().bucket(WORKFLOWS.name))
+    watcher = await kv.watch(workflow_id)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for entry in watcher:
+                if entry is not None and entry.value:
+                    return
+    except TimeoutError:
+        return
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()
 
 
 @app.command("dispatch")

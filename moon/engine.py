@@ -41,7 +41,7 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import NoStreamResponseError, NotFoundError
+from nats.js.errors import KeyWrongLastSequenceError, NoStreamResponseError, NotFoundError
 
 from envelope import later
 from envelope.registry import Registry
@@ -90,6 +90,7 @@ from streams.subjects import Space, reports
 __all__ = ["Engine", "follow_until_terminal"]
 
 log = structlog.get_logger("moon.engine")
+_listing = msgspec.json.Decoder(WorkflowSummary)
 ENGINE_CONSUMER = "moon-engine"
 TIMER_EARLY_MS = 1_000  # schedules have one-second precision
 WAKE_SLACK_MS = 20  # a timer due this soon fires with the wake-up instead of another schedule
@@ -263,7 +264,14 @@ class Engine:
                 elif after is None and before is not None:
                     effects.append(self.effects.disarm(wf))
             if index.changed(outcome.prior, state):
-                effects.append(self._index_put(state, outcome.version, now))
+                listing = index.summary(state, outcome.version, now)
+                if wf in self.young and not is_terminal(state):
+                    # Held back a moment (moon/projection.py INDEX_MS): most workflows end
+                    # by then and write only their final entry.
+                    self.young.defer_listing(wf, listing, now)
+                else:
+                    self.young.take_listing(wf)  # this one supersedes a held one
+                    effects.append(self.put_listing(listing))
         elif redelivered or outcome.duplicate:
             self.stats.duplicates += 1
             version = (outcome.version if outcome.state_version is None
@@ -310,6 +318,7 @@ class Engine:
         with it, so a copy sent again would be taken and run again. An order the dead handling
         never sent is found by the step's timeout (the wake-up armed here), which schedules
         the next attempt: the same path as an executor that dies mid-step."""
+        self.young.take_listing(state.workflow_id)  # superseded by the entry put here
         effects: list[Awaitable[object]] = [self._index_put(state, version, now)]
         if (after := wake_at(state)) is not None:
             effects.append(self.effects.arm(state.workflow_id, after, now))
@@ -371,8 +380,36 @@ class Engine:
             del self._locks[workflow_id]
 
     async def _index_put(self, state: WorkflowState, version: int, now: int) -> None:
+        await self.put_listing(index.summary(state, version, now))
+
+    async def put_listing(self, listing: WorkflowSummary, *, if_newer: bool = False) -> None:
+        """Put a workflow's index entry. `if_newer`: one held back or read from the journal
+        earlier (moon/projection.py), which another engine's decision, or a quarantine, may have
+        overtaken since: put only over an entry of an older journal version, compare-and-set."""
         bucket = await self._workflows()
-        await bucket.put(state.workflow_id, msgspec.json.encode(index.summary(state, version, now)))
+        value = msgspec.json.encode(listing)
+        if not if_newer:
+            await bucket.put(listing.workflow_id, value)
+            return
+        for _ in range(8):  # each lost race re-reads: someone else put a newer one, or not
+            try:
+                entry = await bucket.get(listing.workflow_id)
+            except NotFoundError:  # also a deleted key
+                entry = None
+            try:
+                if entry is None:
+                    await bucket.create(listing.workflow_id, value)
+                    return
+                current = _listing.decode(entry.value or b"{}")
+                if current.version >= listing.version:
+                    return
+                await bucket.update(listing.workflow_id, value, last=entry.revision)
+                return
+            except KeyWrongLastSequenceError:
+                continue
+            except msgspec.DecodeError:  # not an entry we wrote: replace it
+                await bucket.update(listing.workflow_id, value, last=entry.revision)
+                return
 
     # --- executors' reports (request/reply) ----------------------------------------------------
 

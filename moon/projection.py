@@ -15,6 +15,12 @@ not refreshed for STALE_MS is a dead engine's: any engine arms the wake-ups of e
 dispatched since it (the journal's `dispatched` subjects), then drops it. Arming twice is
 harmless: a schedule replaces its predecessor, and a firing with nothing due decides nothing.
 
+A young workflow's index entry (what `moon list` shows) is held back INDEX_MS as well: one that
+ends by then writes only its final entry (a 3-step chain: 11 -> 10 writes), one still running
+is listed then. A held entry put late never overwrites a newer one (another engine's decision,
+a quarantine): it is compared by journal version and set only over an older one. Per-workflow
+reads (the surfaces' summary) read the journal of a workflow the index does not list yet.
+
 `Young` is the pure bookkeeping (the clock passed in); `Marks` is the adapter over the bucket.
 """
 
@@ -37,6 +43,7 @@ from nats.js.errors import (
     NotFoundError,
 )
 
+from moon.index import WorkflowSummary, summary
 from moon.journal import SignedDecisions
 from moon.outbox import wake_at
 from streams import subjects
@@ -55,12 +62,17 @@ from streams.subjects import Space
 if TYPE_CHECKING:
     from moon.engine import Engine
 
-__all__ = ["MARK_EVERY_MS", "STALE_MS", "YOUNG_MS", "Mark", "Marks", "Projector", "Young"]
+__all__ = ["INDEX_MS", "MARK_EVERY_MS", "STALE_MS", "YOUNG_MS", "Mark", "Marks", "Projector",
+           "Young"]
 
 log = structlog.get_logger("moon.projection")
 _ENDS = (WorkflowCompleted, WorkflowFailed, WorkflowCancelled, WorkflowCompensated)
 
 YOUNG_MS = 1_000  # W2's 3-step chain takes ~15 ms, W3's ~100 ms under load
+# A dispatch's index entry waits this long: `moon list` may miss a workflow for as long (as a
+# Temporal visibility store lags), a CLI's own start-up takes longer, and `moon status` reads
+# the journal.
+INDEX_MS = 100
 MARK_EVERY_MS = 1_000
 STALE_MS = 10_000  # ten missed refreshes: the engine is dead (or stalled, and projecting twice
 # is harmless)
@@ -76,6 +88,9 @@ class _Entry:
     due_ms: int
     seq: int
     armed_ms: int | None = None  # the wake-up armed while young (a timer due soon), if any
+    # What `moon list` should show of it and has not been put yet: a young workflow's index
+    # entry waits INDEX_MS, so one that ends by then writes only its final entry.
+    unlisted: WorkflowSummary | None = None
 
 
 @dataclass
@@ -83,10 +98,42 @@ class Young:
     """The workflows this engine dispatched and has not projected yet, oldest first."""
 
     young_ms: int = YOUNG_MS
+    index_ms: int = INDEX_MS
     entries: dict[str, _Entry] = field(default_factory=dict)
+    listing_due: dict[str, int] = field(default_factory=dict)  # in due order, as `entries`
 
     def add(self, workflow_id: str, seq: int, now_ms: int) -> None:
         self.entries.setdefault(workflow_id, _Entry(now_ms + self.young_ms, seq))
+
+    def defer_listing(self, workflow_id: str, summary: WorkflowSummary, now_ms: int) -> None:
+        """Hold the workflow's index entry back until INDEX_MS after its dispatch (the first
+        held summary sets when; a later one replaces it)."""
+        if (entry := self.entries.get(workflow_id)) is None:
+            return
+        if entry.unlisted is None:
+            self.listing_due.setdefault(workflow_id, now_ms + self.index_ms)
+        entry.unlisted = summary
+
+    def take_listing(self, workflow_id: str) -> WorkflowSummary | None:
+        """The held index entry, now to be put (or superseded by one put at once)."""
+        self.listing_due.pop(workflow_id, None)
+        entry = self.entries.get(workflow_id)
+        if entry is None or entry.unlisted is None:
+            return None
+        summary, entry.unlisted = entry.unlisted, None
+        return summary
+
+    def next_listing(self) -> int | None:
+        """When the first held index entry is due."""
+        return next(iter(self.listing_due.values()), None)
+
+    def listings_due(self, now_ms: int, *, limit: int = 256) -> list[str]:
+        out: list[str] = []
+        for workflow_id, due_ms in self.listing_due.items():
+            if due_ms > now_ms or len(out) >= limit:
+                break
+            out.append(workflow_id)
+        return out
 
     def __contains__(self, workflow_id: object) -> bool:
         return workflow_id in self.entries
@@ -123,6 +170,7 @@ class Young:
 
     def drop(self, workflow_id: str) -> None:
         self.entries.pop(workflow_id, None)
+        self.listing_due.pop(workflow_id, None)
 
     def floor(self, default: int) -> int:
         """The mark to publish: the earliest dispatch not yet projected, else `default`."""
@@ -234,6 +282,11 @@ class Projector:
             if armed is not None and armed <= now:
                 armed = None  # fired: the next timer needs a wake-up of its own
             effects: list[Awaitable[object]] = []
+            if wf not in self.young or self.young.take_listing(wf) is not None:
+                # Its index entry was held back (or, at an engine that died, may have been):
+                # what the journal says now.
+                effects.append(self.engine.put_listing(summary(state, version, now),
+                                                       if_newer=True))
             after = wake_at(state)
             if after is not None and (armed is None or after < armed):
                 effects.append(self.engine.effects.arm(wf, after, now))
@@ -272,6 +325,12 @@ class Projector:
                 if failed:  # one line a round, not one per workflow while the broker is away
                     log.warning("projection_deferred", workflows=len(failed),
                                 error=type(failed[0][1]).__name__)
+            if listings := self.young.listings_due(now):
+                results = await asyncio.gather(*(self.list_now(wf) for wf in listings),
+                                               return_exceptions=True)
+                if errors := [r for r in results if isinstance(r, Exception)]:
+                    log.warning("listing_deferred", workflows=len(errors),
+                                error=type(errors[0]).__name__)  # tried again soon
             if now >= next_mark:
                 with contextlib.suppress(Exception):  # a missed refresh is not yet stale
                     await self.put_mark(now)
@@ -282,7 +341,27 @@ class Projector:
                 except Exception as error:  # broker away: checked again next time
                     log.warning("takeover_deferred", error=type(error).__name__)
                 next_takeover = now + 2 * MARK_EVERY_MS
-            await asyncio.sleep(0.05 if self.young.due(self.engine.clock()) else 0.1)
+            await asyncio.sleep(self._pause(self.engine.clock()))
+
+    def _pause(self, now: int) -> float:
+        """Until the next held index entry is due (so `moon list` lags a dispatch by INDEX_MS,
+        not a round more), at most 0.1 s; 0.05 s while projections are due."""
+        pause = 0.05 if self.young.due(now) else 0.1
+        if (listing := self.young.next_listing()) is not None:
+            pause = min(pause, max(0.0, (listing - now) / 1000))
+        return pause
+
+    async def list_now(self, wf: str) -> None:
+        """Put a young workflow's held index entry (it is INDEX_MS old and still running)."""
+        async with self.engine.workflow_lock(wf):
+            held = self.young.take_listing(wf)
+            if held is None or wf in self.engine.quarantined:
+                return  # ended meanwhile (its final entry was put with the end), or stopped
+            try:
+                await self.engine.put_listing(held, if_newer=True)
+            except Exception:
+                self.young.defer_listing(wf, held, self.engine.clock())
+                raise
 
     async def put_mark(self, now: int) -> None:
         await self.marks.put(self.instance, Mark(seq=self.young.floor(self.appended + 1),

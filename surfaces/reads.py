@@ -16,7 +16,7 @@ from nats.js.errors import NotFoundError
 
 from maestro import plans
 from maestro.journals import SignedPlans
-from moon import replay
+from moon import index, replay
 from moon.authority import Walls
 from moon.index import WorkflowSummary
 from moon.journal import journal
@@ -93,8 +93,18 @@ class Reads:
         try:
             entry = await kv.get(workflow_id)
         except NotFoundError:
-            return None
+            return await self._unlisted(workflow_id)
         return _summary.decode(entry.value) if entry.value else None
+
+    async def _unlisted(self, workflow_id: str) -> WorkflowSummary | None:
+        """Not in the index (yet): the engine holds a young workflow's entry back a moment
+        (moon/projection.py INDEX_MS), so a workflow asked about right after its dispatch is
+        read from its journal; None if the journal does not know it either."""
+        loaded = await self.moon.read(workflow_id)
+        if not loaded.items:
+            return None
+        state = replay.fold(item.value for item in loaded.items)
+        return index.summary(state, loaded.version, loaded.items[-1].time_ms)
 
     async def workflow(self, workflow_id: str) -> tuple[int, WorkflowState] | None:
         """The workflow as the journal says: (version, folded state), None when unknown."""

@@ -93,8 +93,22 @@ async def test_a_workflow_that_ends_young_arms_no_wake_up(nc, js, space):
         await eng.wait_terminal(command.workflow_id, 30)
         entry = await _entry_reaches(js, space, command.workflow_id, "completed")
         assert entry.completed == 3
-        assert await _index_puts(js, space) == 2  # running, then how it ended
+        # Only how it ended: the running entry was held back (INDEX_MS) and never needed.
+        assert await _index_puts(js, space) == 1
         assert await _wake_up(js, space, command.workflow_id) is None
+
+
+async def test_a_young_workflow_still_running_is_listed_a_moment_after_its_dispatch(
+    nc, js, space
+):
+    async with engine(nc, space, young_ms=60_000) as eng:  # young for the whole test
+        command = dispatch([step("a", capability="nobody-offers-this", timeout_ms=600_000)])
+        await eng.submit(command)
+        assert await _index_puts(js, space) == 0  # held back
+        entry = await _entry_reaches(js, space, command.workflow_id, "running", timeout_s=5)
+        assert (entry.steps, entry.completed) == (1, 0)
+        assert command.workflow_id in eng.young  # listed, still young: its wake-up waits
+        assert await _index_puts(js, space) == 1
 
 
 async def test_a_workflow_still_running_when_it_grows_up_gets_its_wake_up(nc, js, space):
@@ -146,3 +160,19 @@ async def test_an_engine_killed_9_while_a_workflow_is_young_is_taken_over_by_ano
     async with engine(nc, space, stale_ms=1_500):
         msg = await wake
     assert "Nats-Schedule" in (msg.headers or {})
+
+
+async def test_an_entry_held_back_never_overwrites_a_newer_one(nc, js, space):
+    """Another engine (or a quarantine) may list a workflow after this engine held its entry
+    back: the held one, put late, must not take the index back to an older journal version."""
+    async with engine(nc, space) as eng:
+        newer = WorkflowSummary(workflow_id="wf-held", status="completed", steps=1,
+                                completed=1, version=10, updated_ms=2)
+        older = WorkflowSummary(workflow_id="wf-held", status="running", steps=1, completed=0,
+                                version=5, updated_ms=1)
+        await eng.put_listing(older, if_newer=True)  # none yet: created
+        kv = await js.key_value(space.bucket(WORKFLOWS.name))
+        assert msgspec.json.decode((await kv.get("wf-held")).value, type=WorkflowSummary) == older
+        await eng.put_listing(newer)
+        await eng.put_listing(older, if_newer=True)  # late: dropped
+        assert msgspec.json.decode((await kv.get("wf-held")).value, type=WorkflowSummary) == newer
