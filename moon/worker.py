@@ -32,6 +32,7 @@ import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -140,6 +141,11 @@ _reply = msgspec.json.Decoder(ReportReply)
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+async def _dropped(sub: Any) -> None:
+    with contextlib.suppress(Exception):
+        await sub.unsubscribe()
 
 
 async def _quietly(settle: Callable[[], Awaitable[object]]) -> None:
@@ -255,44 +261,49 @@ class Worker:
                     puller.cancel()
 
     async def _pull(self, next_subject: str, tasks: asyncio.TaskGroup) -> None:
-        """Ask for one order per free slot, each pull on its own inbox (a request), so an
-        order always answers the pull that asked for it and the claim's clock starts there."""
+        """Ask for one order per free slot, one pull at a time on an inbox of this puller's:
+        a JetStream message keeps its own subject, so only the subscription tells which pull it
+        answers, and with one pull out at a time (it ends with its order or a status) every
+        message on it answers the pull just sent. The claim's clock starts at that pull."""
         ask = msgspec.json.encode({"batch": 1, "expires": int(PULL_WAIT_S * 1e9)})
-        while not self._stopping.is_set():
-            await self._slots.acquire()
-            asked = time.monotonic()
-            try:
-                msg = await self._ask(next_subject, ask)
-            except (TimeoutError, nats.errors.TimeoutError):  # no answer: ask again
-                self._slots.release()
-                continue
-            except Exception as error:  # the broker is away, or refused: ask again, later
-                self._slots.release()
-                log.debug("fetch_failed", error=repr(error))
-                await asyncio.sleep(PULL_PAUSE_S)
-                continue
-            status = msg.headers.get("Status") if msg.headers else None
-            if status is not None or not msg.reply:  # 404/408: nothing to take; else refused
-                self._slots.release()
-                if status not in ("404", "408"):
-                    log.debug("fetch_refused", status=status,
-                              detail=msg.headers.get("Description") if msg.headers else None)
-                    await asyncio.sleep(PULL_PAUSE_S)
-                continue
-            task = tasks.create_task(self._take(msg, asked))
-            task.add_done_callback(lambda _: self._slots.release())
-
-    async def _ask(self, next_subject: str, ask: bytes) -> Msg:
-        """One pull on an inbox of its own, dropped after it: a JetStream message keeps its
-        own subject, so only the subscription tells which pull it answers, and an order that
-        comes after we gave up reaches no one (it is redelivered after the ack wait)."""
-        sub = await self.nc.subscribe(self.nc.new_inbox(), max_msgs=1)
+        sub = None
         try:
-            await self.nc.publish(next_subject, ask, reply=sub.subject)
-            return await sub.next_msg(timeout=PULL_WAIT_S + PULL_GRACE_S)
+            while not self._stopping.is_set():
+                await self._slots.acquire()
+                if sub is None:
+                    sub = await self.nc.subscribe(self.nc.new_inbox())
+                asked = time.monotonic()
+                try:
+                    await self.nc.publish(next_subject, ask, reply=sub.subject)
+                    msg = await sub.next_msg(timeout=PULL_WAIT_S + PULL_GRACE_S)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    # Neither an order nor the pull's end came: an answer may still be on its
+                    # way, and would be taken for the next pull's. A new inbox; anything sent
+                    # to this one reaches no one and is redelivered after the ack wait.
+                    self._slots.release()
+                    await _dropped(sub)
+                    sub = None
+                    continue
+                except Exception as error:  # the broker is away, or refused: ask again, later
+                    self._slots.release()
+                    await _dropped(sub)
+                    sub = None
+                    log.debug("fetch_failed", error=repr(error))
+                    await asyncio.sleep(PULL_PAUSE_S)
+                    continue
+                status = msg.headers.get("Status") if msg.headers else None
+                if status is not None or not msg.reply:  # 404/408: nothing to take
+                    self._slots.release()
+                    if status not in ("404", "408"):
+                        log.debug("fetch_refused", status=status,
+                                  detail=msg.headers.get("Description") if msg.headers else None)
+                        await asyncio.sleep(PULL_PAUSE_S)
+                    continue
+                task = tasks.create_task(self._take(msg, asked))
+                task.add_done_callback(lambda _: self._slots.release())
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            if sub is not None:
+                await _dropped(sub)
 
     def stop(self) -> None:
         self._stopping.set()
