@@ -12,12 +12,13 @@ message, durably, before it answers the acknowledgement, and nobody can take it 
 claims.py). The claim costs no write of its own and no round trip to the engine; the engine
 learns who took a pool order from its first report, which carries the order's claim token.
 A claim counts only if its answer came back within the consumer's ack wait of the pull that
-fetched it (each pull waits on its own inbox, so a message never answers a later pull): only
-then can the broker not have handed the order to anyone else meanwhile. Why not run first and
-acknowledge after: a kill between the side effect and the report would run it twice. What this
-costs: an attempt whose executor dies is not run again under the same key; the engine's step
-timeout or heartbeat timeout settles it and schedules the next attempt, which gets the last
-checkpoint. Give long steps a heartbeat timeout so that takes seconds, not `timeout_ms`.
+fetched it (a puller has one pull out at a time on its inbox, so a message never answers a
+later pull): only then can the broker not have handed the order to anyone else meanwhile.
+Why not run first and acknowledge after: a kill between the side effect and the report would
+run it twice. What this costs: an attempt whose executor dies is not run again under the same
+key; the engine's step timeout or heartbeat timeout settles it and schedules the next attempt,
+which gets the last checkpoint. Give long steps a heartbeat timeout so that takes seconds, not
+`timeout_ms`.
 Three kinds of executor share this loop: an in-process Python handler, a subprocess command and
 an HTTP call (see `subprocess_handler` and `http_handler`).
 """
@@ -229,7 +230,7 @@ class Worker:
         Pull, not push: a pool's push consumer delivers into one inbox, which on a broker with
         per-user inboxes only its first member could read."""
         await self.clock.sync()
-        pulls = []
+        pulls: list[tuple[str, float]] = []
         own = f"exec-{subjects.token(self.executor_id)}"
         filters = [(subjects.work(self.executor_id), own)]
         filters += [(subjects.work_any(c), f"any-{subjects.token(c)}") for c in self.handlers]
@@ -240,17 +241,20 @@ class Worker:
             limit = self.capacity if name == own else self.pool_capacity
             durable = self.space.consumer(name)
             try:  # the pool's consumer may exist already: as its creator made it
-                await self.js.consumer_info(stream, durable)
+                info = await self.js.consumer_info(stream, durable)
             except nats.js.errors.NotFoundError:
-                await self.js.add_consumer(stream, api.ConsumerConfig(
+                info = await self.js.add_consumer(stream, api.ConsumerConfig(
                     name=durable, durable_name=durable,
                     filter_subject=self.space.subject(subject),
                     ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self.ack_wait_s,
                     max_ack_pending=limit, max_deliver=-1,
                 ))
-            pulls.append(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}")
+            # The claim is timed against the ack wait the broker applies, whoever set it.
+            ack_wait = min(self.ack_wait_s, info.config.ack_wait or self.ack_wait_s)
+            pulls.append((f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}", ack_wait))
         async with asyncio.TaskGroup() as tasks:
-            pullers = [tasks.create_task(self._pull(subject, tasks)) for subject in pulls]
+            pullers = [tasks.create_task(self._pull(subject, ack_wait, tasks))
+                       for subject, ack_wait in pulls]
             pullers.append(tasks.create_task(self.clock.run()))
             if ready is not None:
                 ready.set()
@@ -260,7 +264,7 @@ class Worker:
                 for puller in pullers:
                     puller.cancel()
 
-    async def _pull(self, next_subject: str, tasks: asyncio.TaskGroup) -> None:
+    async def _pull(self, next_subject: str, ack_wait: float, tasks: asyncio.TaskGroup) -> None:
         """Ask for one order per free slot, one pull at a time on an inbox of this puller's:
         a JetStream message keeps its own subject, so only the subscription tells which pull it
         answers, and with one pull out at a time (it ends with its order or a status) every
@@ -299,7 +303,7 @@ class Worker:
                                   detail=msg.headers.get("Description") if msg.headers else None)
                         await asyncio.sleep(PULL_PAUSE_S)
                     continue
-                task = tasks.create_task(self._take(msg, asked))
+                task = tasks.create_task(self._take(msg, asked, ack_wait))
                 task.add_done_callback(lambda _: self._slots.release())
         finally:
             if sub is not None:
@@ -311,7 +315,7 @@ class Worker:
     async def run_until_ready(self, ready: asyncio.Event) -> None:
         await self.run(ready=ready)
 
-    async def _take(self, msg: Msg, asked: float) -> None:
+    async def _take(self, msg: Msg, asked: float, ack_wait: float) -> None:
         verified = open_statement(msg.data, ORDER, keys=self._keys, authors=self.engines)
         if isinstance(verified, Refusal):  # not an engine's order: never run, never redelivered
             log.warning("order_refused", subject=msg.subject, reason=verified.reason.value,
@@ -330,10 +334,10 @@ class Worker:
         if handler is None:
             await _quietly(lambda: msg.nak(delay=1))  # another worker of the pool may serve it
             return
-        if await self._claim(order, msg, asked):
+        if await self._claim(order, msg, asked, ack_wait):
             await self._run(order, handler)
 
-    async def _claim(self, order: WorkOrder, msg: Msg, asked: float) -> bool:
+    async def _claim(self, order: WorkOrder, msg: Msg, asked: float, ack_wait: float) -> bool:
         """Acknowledge the order and wait for the broker's answer: True if the order is ours.
         Not ours: the answer never came (it may have been taken: the step's timeout settles
         it, or it comes back to someone), or it came too late to be sure nobody else got it."""
@@ -343,7 +347,7 @@ class Worker:
             log.warning("claim_unanswered", key=order.idempotency_key, error=repr(error))
             return False
         took = time.monotonic() - asked
-        if took >= self.ack_wait_s - CLAIM_MARGIN_S:
+        if took >= ack_wait - min(CLAIM_MARGIN_S, ack_wait / 2):
             log.warning("claim_late", key=order.idempotency_key, seconds=round(took, 3))
             return False
         return True

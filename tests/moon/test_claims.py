@@ -141,10 +141,12 @@ async def test_a_claim_answered_later_than_the_ack_wait_allows_is_not_run(nc, js
                       deadline_ms=0, timeout_ms=1000, idempotency_key="wf/a/1")
     msg = _Acked()
     # Answered within the ack wait of its pull: nobody else can have been given the order.
-    assert await w._claim(order, msg, time.monotonic())  # type: ignore[arg-type]
+    assert await w._claim(order, msg, time.monotonic(), 5.0)  # type: ignore[arg-type]
     # The pull was asked 4.5 s ago: the broker may have redelivered it by the time we acked.
-    assert not await w._claim(order, msg, time.monotonic() - 4.5)  # type: ignore[arg-type]
-    assert msg.acked == 2  # acknowledged either way: a late claim's order is not run by anyone
+    assert not await w._claim(order, msg, time.monotonic() - 4.5, 5.0)  # type: ignore[arg-type]
+    # Timed against the ack wait the broker applies (the consumer's creator set it): 1 s here.
+    assert not await w._claim(order, msg, time.monotonic() - 0.6, 1.0)  # type: ignore[arg-type]
+    assert msg.acked == 3  # acknowledged either way: a late claim's order is not run by anyone
 
 
 async def _never(ctx: StepContext) -> Result:
