@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -33,6 +34,7 @@ __all__ = ["COMMANDS", "ORDERS", "Effects", "seal_command"]
 COMMANDS: Codec[MoonCommand] = Codec(MoonCommand)
 ORDERS: Codec[WorkOrder] = Codec(WorkOrder)
 _encode = msgspec.json.Encoder().encode
+SENT_KEPT = 100_000  # workflows whose orders a cancel can withdraw
 
 
 def _rfc3339(at_ms: int) -> str:
@@ -55,6 +57,9 @@ class Effects:
 
     def __init__(self, js: JetStreamContext, space: Space, signer: Signer) -> None:
         self._js, self._space, self._signer = js, space, signer
+        # The WORK sequences of the orders sent per live workflow, newest workflows last:
+        # what a cancel withdraws. Bounded: a workflow this process forgot is not withdrawn.
+        self._sent: OrderedDict[str, list[int]] = OrderedDict()
 
     def order_subject(self, order: WorkOrder) -> str:
         target = subjects.work(order.executor) if order.executor else subjects.work_any(
@@ -73,12 +78,37 @@ class Effects:
             order = msgspec.structs.replace(order, claim=claim)
             # Signed: an executor runs only what an engine ordered (side effects are real).
             data = sign_statement(self._signer, ORDER, ORDERS.encode(order))
-            await self._js.publish(self.order_subject(order), data,
-                                   headers={"Nats-Msg-Id": key})
+            ack = await self._js.publish(self.order_subject(order), data,
+                                         headers={"Nats-Msg-Id": key})
+            self._sent.setdefault(order.workflow_id, []).append(ack.seq)
+            self._sent.move_to_end(order.workflow_id)
+            while len(self._sent) > SENT_KEPT:
+                self._sent.popitem(last=False)
 
         batch = list(orders)
         await asyncio.gather(*(send(order) for order in batch))
         return len(batch)
+
+    async def withdraw(self, workflow_id: str) -> int:
+        """Delete the orders this process sent for a workflow that was cancelled, so a queued
+        one is never taken (an order is not claimed by a journaled start any more, so the
+        engine cannot refuse it at the start). Best effort: one already taken is gone from
+        WORK (it runs, and its report is refused), one another engine process sent is not
+        known here. The number deleted."""
+        seqs = self._sent.pop(workflow_id, [])
+        stream = self._space.stream("WORK")
+
+        async def delete(seq: int) -> bool:
+            try:
+                return bool(await self._js.delete_msg(stream, seq))
+            except Exception:  # taken already (not found), or the broker is away
+                return False
+
+        return sum(await asyncio.gather(*(delete(seq) for seq in seqs)))
+
+    def forget(self, workflow_id: str) -> None:
+        """The workflow ended otherwise: its orders are its executors'."""
+        self._sent.pop(workflow_id, None)
 
     async def send_command(self, command: MoonCommand) -> None:
         subject = self._space.subject(subjects.moon_cmd(command.workflow_id, command_kind(command)))

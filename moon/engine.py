@@ -263,6 +263,10 @@ class Engine:
                     effects.append(self.effects.arm(wf, after, now))
                 elif after is None and before is not None:
                     effects.append(self.effects.disarm(wf))
+            if state.status == "cancelled":
+                effects.append(self.effects.withdraw(wf))
+            elif is_terminal(state):
+                self.effects.forget(wf)
             if index.changed(outcome.prior, state):
                 listing = index.summary(state, outcome.version, now)
                 if wf in self.young and not is_terminal(state):

@@ -288,6 +288,8 @@ def rights(name: str, space: Space | None = None, capabilities: Sequence[str] = 
                 on.s("audit.moon.>"),
                 *on.read(on.stream("MOON")),
                 *on.info(cmd), *on.info(on.stream("WORK")), *on.info(on.stream("AUDIT")),
+                # withdrawing the queued orders of a cancelled workflow (moon/effects.py)
+                f"$JS.API.STREAM.MSG.DELETE.{on.stream('WORK')}",
                 f"$JS.API.STREAM.PURGE.{cmd}",         # dropping its own timers (see above)
                 *on.durable(cmd, on.space.consumer("moon-engine"), on.s("moon.cmd.>"),
                             push=True),

@@ -15,10 +15,12 @@ from collections import Counter
 
 from envelope.keys import KeyRing, signer_from_seed
 from moon.claims import claim_key, prover, sign_claim
+from moon.clock import local_ms as now_ms
 from moon.worker import Result, StepContext, Worker
 from streams.broker import open_connection
 from streams.config import Topology, ensure_streams
-from streams.moon_events import CompleteStep, StepCompleted, StepStarted, WorkOrder
+from streams.moon_events import Cancel, CompleteStep, StepCompleted, StepStarted, WorkOrder
+from streams.replies import Refusal
 
 from . import fault_world as fw
 from .engine_world import dispatch, engine, new_worker, step, worker
@@ -151,3 +153,32 @@ async def test_a_claim_answered_later_than_the_ack_wait_allows_is_not_run(nc, js
 
 async def _never(ctx: StepContext) -> Result:
     raise AssertionError("not run")
+
+
+# --- a cancel withdraws what is still queued ---------------------------------------------------
+
+
+async def test_a_cancel_withdraws_the_orders_still_queued(nc, js, space) -> None:
+    """The engine no longer refuses a start, so a cancelled workflow's queued order would run
+    when an executor came for it: the cancel deletes the orders its engine sent."""
+    ran: list[str] = []
+
+    async def work(ctx: StepContext) -> Result:
+        ran.append(ctx.key)
+        return Result(output=b"ran")
+
+    async with engine(nc, space) as moon:
+        command = dispatch([step("a"), step("b")])  # no executor yet: both orders wait
+        await moon.submit(command)
+        work_stream = space.stream("WORK")
+        assert (await js.stream_info(work_stream)).state.messages == 2
+        cancel = Cancel(command_id="cancel-it", workflow_id=command.workflow_id, at_ms=now_ms(),
+                        reason="changed my mind")
+        cancelled = await moon.submit(cancel)
+        assert not isinstance(cancelled, Refusal), cancelled
+        assert (await js.stream_info(work_stream)).state.messages == 0
+        async with worker(nc, space, {"work": work}) as w:  # an executor comes: nothing to take
+            consumer = await js.consumer_info(work_stream, space.consumer("any-work"))
+            assert (consumer.num_pending, consumer.num_ack_pending) == (0, 0)
+            assert w.executed == 0
+    assert ran == []
