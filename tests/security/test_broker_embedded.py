@@ -58,6 +58,9 @@ async def test_rotating_a_role_on_a_running_embedded_server(home):
             except nats.errors.Error as error:
                 assert "Authorization Violation" in str(error)
                 break
+            except ConnectionResetError:  # closed mid-handshake (the reload): ask again
+                await asyncio.sleep(0.05)
+                continue
             await nc.close()
             await asyncio.sleep(0.05)
         else:
