@@ -403,17 +403,11 @@ class Engine:
             try:
                 if entry is None:
                     await bucket.create(listing.workflow_id, value)
-                    return
-                current = _listing.decode(entry.value or b"{}")
-                if current.version >= listing.version:
-                    return
-                await bucket.update(listing.workflow_id, value, last=entry.revision)
+                elif _version(entry.value) < listing.version:
+                    await bucket.update(listing.workflow_id, value, last=entry.revision)
                 return
             except KeyWrongLastSequenceError:
                 continue
-            except msgspec.DecodeError:  # not an entry we wrote: replace it
-                await bucket.update(listing.workflow_id, value, last=entry.revision)
-                return
 
     # --- executors' reports (request/reply) ----------------------------------------------------
 
@@ -720,6 +714,14 @@ def _fire_id(workflow_id: str, timer: TimerRequest) -> str:
     """A timer's firing, named by what it fires and when it was due: a wake-up handled twice
     (two engines, a redelivery) fires it once."""
     return f"timer/{workflow_id}/{timer.name}/{timer.at_ms}"
+
+
+def _version(value: bytes | None) -> int:
+    """The journal version an index entry shows; -1 for one no engine wrote (replaced)."""
+    try:
+        return _listing.decode(value or b"").version
+    except msgspec.DecodeError:
+        return -1
 
 
 def _count_events(events: Iterable[MoonEvent]) -> None:

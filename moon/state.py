@@ -138,6 +138,13 @@ def _step(state: WorkflowState, step: str, **changes: object) -> WorkflowState:
     return _replace(state, steps={**state.steps, step: _replace(state.steps[step], **changes)})
 
 
+def _spent(state: WorkflowState, step: str, usage: Usage, **changes: object) -> WorkflowState:
+    """An attempt ended: its usage counts for the step and the workflow, and the step changes."""
+    s = state.steps[step]
+    return _step(_replace(state, usage=state.usage + usage), step, usage=s.usage + usage,
+                 **changes)
+
+
 def evolve(state: WorkflowState, event: MoonEvent) -> WorkflowState:
     """Total and pure: the state after one event."""
     match event:
@@ -201,27 +208,12 @@ def evolve(state: WorkflowState, event: MoonEvent) -> WorkflowState:
         case StepCheckpointed():
             return _step(state, event.step, checkpoint=event.state, heartbeat_at=event.at_ms)
         case StepCompleted():
-            s = state.steps[event.step]
-            state = _replace(state, usage=state.usage + event.usage)
-            return _step(
-                state,
-                event.step,
-                status="completed",
-                result=event.result,
-                usage=s.usage + event.usage,
-                outcome="completed",
-            )
+            return _spent(state, event.step, event.usage, status="completed",
+                          result=event.result, outcome="completed")
         case StepFailed():
-            s = state.steps[event.step]
-            state = _replace(state, usage=state.usage + event.usage)
-            return _step(
-                state,
-                event.step,
-                status="backoff" if event.will_retry else "failed",
-                usage=s.usage + event.usage,
-                error=event.error,
-                outcome="failed",
-            )
+            return _spent(state, event.step, event.usage,
+                          status="backoff" if event.will_retry else "failed", error=event.error,
+                          outcome="failed")
         case RetryScheduled():
             # The preceding failure already moved the step to its backoff status; the due time
             # is kept so that a lost backoff timer can be armed again (pending_timers).
@@ -278,26 +270,13 @@ def evolve(state: WorkflowState, event: MoonEvent) -> WorkflowState:
                 outcome="",
             )
         case StepCompensated():
-            s = state.steps[event.step]
-            state = _replace(state, usage=state.usage + event.usage)
-            return _step(
-                state,
-                event.step,
-                status="compensated",
-                usage=s.usage + event.usage,
-                outcome="completed",
-            )
+            return _spent(state, event.step, event.usage, status="compensated",
+                          outcome="completed")
         case CompensationFailed():
-            s = state.steps[event.step]
-            state = _replace(state, usage=state.usage + event.usage)
-            return _step(
-                state,
-                event.step,
-                status="compensation_backoff" if event.will_retry else "compensation_failed",
-                usage=s.usage + event.usage,
-                error=event.error,
-                outcome="failed",
-            )
+            return _spent(state, event.step, event.usage,
+                          status="compensation_backoff" if event.will_retry
+                          else "compensation_failed",
+                          error=event.error, outcome="failed")
         case WorkflowCompleted():
             return _replace(state, status="completed")
         case WorkflowFailed():

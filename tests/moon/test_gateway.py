@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from envelope.client import Client
 from envelope.local import local_trust
@@ -19,34 +20,41 @@ def body(steps, **extra) -> dict:
     return {"steps": list(steps), **extra}
 
 
-async def test_a_signed_dispatch_runs_once_and_replays(nc, js, space, tmp_path):
+async def _ok(ctx):
+    return Result(output=b"ok")
+
+
+@contextlib.asynccontextmanager
+async def gated(nc, space, tmp_path):  # type: ignore[no-untyped-def]
+    """An engine, a worker for the `work` capability, MOON's gate in front, and the operator's
+    client."""
     trust = local_trust(tmp_path)
-
-    async def work(ctx):
-        return Result(output=b"ok")
-
-    async with engine(nc, space) as eng, worker(nc, space, {"work": work}):
+    async with engine(nc, space) as eng, worker(nc, space, {"work": _ok}):
         gate = moon_gate(nc, eng, signer=trust.moon, trust=trust.trust_for(trust.moon))
         async with gate.serving():
-            client = Client(nc, trust.operator, trust.services, grant=(trust.operator_grant,),
-                            space=space)
-            request_id, _, sealed = client.seal("moon.dispatch",
-                                                body([step("a"), step("b", needs=("a",))]))
-            reply = await client.send("moon.dispatch", request_id, "", sealed)
-            again = await client.send("moon.dispatch", request_id, "", sealed)
-            assert not isinstance(reply, Refusal), reply
-            first = reply.result(DispatchReply)
-            assert again.result(DispatchReply) == first
-            final = await eng.wait_terminal(first.workflow_id, 30)
-            assert final.status == "completed"
-            replayed = await client.call("moon.replay",
-                                         {"workflow_id": first.workflow_id, "verify": True},
-                                         capability="moon:read")
-            assert replayed.result(ReplayReply).mismatches == 0
-            assert replayed.result(ReplayReply).status == "completed"
-            bad = await client.call("moon.dispatch", body([step("a", needs=("a",))]))
-            assert isinstance(bad, Refusal)
-            assert bad.reason is Reason.CYCLE
+            yield eng, Client(nc, trust.operator, trust.services,
+                              grant=(trust.operator_grant,), space=space)
+
+
+async def test_a_signed_dispatch_runs_once_and_replays(nc, js, space, tmp_path):
+    async with gated(nc, space, tmp_path) as (eng, client):
+        request_id, _, sealed = client.seal("moon.dispatch",
+                                            body([step("a"), step("b", needs=("a",))]))
+        reply = await client.send("moon.dispatch", request_id, "", sealed)
+        again = await client.send("moon.dispatch", request_id, "", sealed)
+        assert not isinstance(reply, Refusal), reply
+        first = reply.result(DispatchReply)
+        assert again.result(DispatchReply) == first
+        final = await eng.wait_terminal(first.workflow_id, 30)
+        assert final.status == "completed"
+        replayed = await client.call("moon.replay",
+                                     {"workflow_id": first.workflow_id, "verify": True},
+                                     capability="moon:read")
+        assert replayed.result(ReplayReply).mismatches == 0
+        assert replayed.result(ReplayReply).status == "completed"
+        bad = await client.call("moon.dispatch", body([step("a", needs=("a",))]))
+        assert isinstance(bad, Refusal)
+        assert bad.reason is Reason.CYCLE
     audits = await js.stream_info(space.stream("AUDIT"))
     assert audits.state.messages >= 3
 
@@ -58,30 +66,21 @@ async def test_a_dispatch_sent_again_byte_for_byte_gets_its_first_answer_without
     gate stores no nonce for them (one write and one stage less): the same bytes again (a
     retry, or someone replaying them) get the first answer and start nothing. A route that
     is not idempotent still stores its nonce first."""
-    trust = local_trust(tmp_path)
-
-    async def work(ctx):
-        return Result(output=b"ok")
-
-    async with engine(nc, space) as eng, worker(nc, space, {"work": work}):
-        gate = moon_gate(nc, eng, signer=trust.moon, trust=trust.trust_for(trust.moon))
-        async with gate.serving():
-            client = Client(nc, trust.operator, trust.services, grant=(trust.operator_grant,),
-                            space=space)
-            request_id, _, sealed = client.seal("moon.dispatch", body([step("a")]))
-            first = await client.send("moon.dispatch", request_id, "", sealed)
-            assert not isinstance(first, Refusal), first
-            wf = first.result(DispatchReply).workflow_id
-            await eng.wait_terminal(wf, 30)
-            nonces = await js.stream_info("KV_" + space.bucket("envelope_nonces"))
-            assert nonces.state.messages == 0
-            again = await client.send("moon.dispatch", request_id, "", sealed)
-            assert again.result(DispatchReply) == first.result(DispatchReply)
-            replay = await client.call("moon.replay", {"workflow_id": wf},
-                                       capability="moon:read")
-            assert not isinstance(replay, Refusal), replay
-            nonces = await js.stream_info("KV_" + space.bucket("envelope_nonces"))
-            assert nonces.state.messages == 1  # the replay route's
+    async with gated(nc, space, tmp_path) as (eng, client):
+        request_id, _, sealed = client.seal("moon.dispatch", body([step("a")]))
+        first = await client.send("moon.dispatch", request_id, "", sealed)
+        assert not isinstance(first, Refusal), first
+        wf = first.result(DispatchReply).workflow_id
+        await eng.wait_terminal(wf, 30)
+        nonces = await js.stream_info("KV_" + space.bucket("envelope_nonces"))
+        assert nonces.state.messages == 0
+        again = await client.send("moon.dispatch", request_id, "", sealed)
+        assert again.result(DispatchReply) == first.result(DispatchReply)
+        replay = await client.call("moon.replay", {"workflow_id": wf},
+                                   capability="moon:read")
+        assert not isinstance(replay, Refusal), replay
+        nonces = await js.stream_info("KV_" + space.bucket("envelope_nonces"))
+        assert nonces.state.messages == 1  # the replay route's
     journal = await js.stream_info(space.stream("MOON"))
     assert journal.state.messages == 2  # one dispatch, one completion: nothing started twice
 
