@@ -1,19 +1,22 @@
 """The JetStream adapter of the event-store port: the only journal code that imports nats.
 
 Appends are one `js.publish` per decision with subject-filter OCC and `Nats-Msg-Id` = the
-command id (never `publish_async`: a rejected one never resolves, nats-py #985). Reads and
-subscriptions use ordered consumers with callbacks (never `fetch`, #986) and a watchdog (#510).
+command id (never `publish_async`: a rejected one never resolves, nats-py #985). Reads are
+batched direct gets (no consumer); subscriptions use ordered consumers with callbacks (never
+`fetch`, #986) and a watchdog (#510).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar, overload
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
@@ -31,8 +34,11 @@ _ACTUAL = re.compile(r"wrong last sequence: (\d+)")
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 MSG_ID = "Nats-Msg-Id"
+# A direct get's answer names its message in headers (server stream.go getDirectRequest).
+SEQUENCE, SUBJECT, TIME_STAMP, NUM_PENDING = (
+    "Nats-Sequence", "Nats-Subject", "Nats-Time-Stamp", "Nats-Num-Pending")
 PUBLISH_RETRIES = 3  # ADR-22: no-responders during a leader election is retried, idempotently
-STALL_S = 5.0  # an ordered consumer that delivers nothing for this long is recreated
+STALL_S = 5.0  # an ordered consumer or a batch get that delivers nothing for this long is redone
 
 
 def _time_ms(msg: Msg) -> int:
@@ -83,70 +89,102 @@ async def ordered_read(
     js: JetStreamContext, stream: str, filter_: str, *, after: int, upto: int,
     with_ids: bool = False,
 ) -> list[Any]:
-    """(seq, subject, time_ms, data) with after < seq <= upto, through an ordered consumer.
+    """(seq, subject, time_ms, data) with after < seq <= upto, in order, by batched direct gets.
 
-    The caller knows `upto` exists, so the read ends on reaching it, not on a timeout; a stall
-    recreates the consumer from the last sequence seen (nats-py #510).
+    A batch get (`$JS.API.DIRECT.GET.<stream>` with `next_by_subj` and `batch`, server 2.11+) is
+    one request answered by the messages and an end-of-batch status: no consumer is made, so two
+    engines re-reading workflows at once never meet the server's consumer limit, and a read costs
+    the server no consumer state. The caller knows `upto` exists (it read it as the filter's last
+    sequence), so the read ends on reaching it; a batch cut short by the server's byte limit goes
+    on from where it stopped, and a replica behind the leader (in a cluster any replica at least
+    90 % caught up answers direct gets) is asked again, a few times, before giving up at what a
+    message deleted meanwhile leaves.
     """
     out: list[Any] = []
-    position, done = after, False
-    while not done:
-        position, done = await _read_once(js, stream, filter_, position, upto, out, with_ids)
+    position, tries = after, 0
+    while position < upto:
+        got, pending = await _batch(js, stream, filter_, position, upto, out, with_ids)
+        if got > position:
+            position, tries = got, 0
+            continue
+        tries += 1
+        if pending == 0 and tries > _SHORT_TRIES:
+            break  # nothing more matches, asked enough: the rest was deleted meanwhile
+        await asyncio.sleep(min(0.25, 0.01 * tries))  # a lagging replica, an election, a stall
     return out
 
 
-async def _read_once(  # noqa: PLR0917 - a private step of ordered_read, called once
+_SHORT_TRIES = 5
+_EOB = "204"
+_NOT_FOUND = "404"
+_NO_RESPONDERS = "503"
+
+
+async def _batch(  # noqa: PLR0917 - a private step of ordered_read
     js: JetStreamContext, stream: str, filter_: str, position: int, upto: int,
     out: list[Any], with_ids: bool,
-) -> tuple[int, bool]:
-    """One ordered consumer from `position`; returns where it got and whether it finished."""
-    if position >= upto:
-        return position, True
+) -> tuple[int, int]:
+    """One batch get after `position`: rows up to `upto` appended to `out`; returns the last
+    sequence served (`position` when none) and how many matching messages the server says
+    are left after it."""
+    nc = js._nc  # the connection the context wraps: one request, many replies
+    inbox = nc.new_inbox()
     done = asyncio.Event()
-    progress = asyncio.Event()
+    last, pending = position, 1
+    refused: list[str] = []
 
     async def on_msg(msg: Msg) -> None:
-        nonlocal position
-        seq, time_ms, pending = _position(msg)
-        if seq > upto:
+        nonlocal last, pending
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status is not None:
+            if status == _EOB:
+                pending = int(headers.get(NUM_PENDING) or 0)
+            elif status == _NOT_FOUND:
+                pending = 0
+            elif status == _NO_RESPONDERS:
+                pending = 1  # no replica answers yet (an election): ask again
+            else:
+                refused.append(f"{status} {headers.get('Description', '')}")
             done.set()
             return
-        if seq <= position:
-            return
-        row = (seq, msg.subject, time_ms, msg.data)
-        out.append((*row, (msg.headers or {}).get(MSG_ID)) if with_ids else row)
-        position = seq
-        progress.set()
-        if seq >= upto or pending == 0:
-            done.set()
+        seq = int(headers[SEQUENCE])
+        if position < seq <= upto:
+            row = (seq, headers[SUBJECT], _stamp_ms(headers[TIME_STAMP]), msg.data)
+            out.append((*row, headers.get(MSG_ID)) if with_ids else row)
+            last = max(last, seq)
 
-    sub = await js.subscribe(
-        filter_,
-        stream=stream,
-        ordered_consumer=True,
-        cb=on_msg,
-        pending_msgs_limit=1_000_000,
-        pending_bytes_limit=1 << 30,
-        config=api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=position + 1
-        ),
-    )
+    sub = await nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=1_000_000,
+                             pending_bytes_limit=1 << 30)
     try:
-        while not done.is_set():
-            progress.clear()
-            waiter = asyncio.ensure_future(progress.wait())
-            finisher = asyncio.ensure_future(done.wait())
-            await asyncio.wait(
-                {waiter, finisher}, timeout=STALL_S, return_when=asyncio.FIRST_COMPLETED
-            )
-            waiter.cancel()
-            finisher.cancel()
-            if not progress.is_set() and not done.is_set():
-                return position, False  # stalled (nats-py #510): the caller recreates it
+        request = {"seq": position + 1, "next_by_subj": filter_, "batch": max(1, upto - position)}
+        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", _json(request), reply=inbox)
+        try:
+            await asyncio.wait_for(done.wait(), STALL_S)
+        except TimeoutError:
+            return last, 1  # lost on the way (a server going down): ask again from here
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-    return position, True
+    if refused:
+        raise APIError(description=f"direct get on {stream}: {refused[0]}")
+    return last, pending
+
+
+def _json(value: object) -> bytes:
+    return msgspec.json.encode(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_ms(whole: str) -> int:
+    return int(datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp()) * 1000
+
+
+def _stamp_ms(stamp: str) -> int:
+    """Milliseconds of a direct get's `Nats-Time-Stamp` (Go's RFC 3339 with up to nine digits of
+    fraction, trailing zeros trimmed, UTC); whole seconds are parsed once each."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return _second_ms(whole) + int((fraction + "000")[:3])
 
 
 class JetStreamStore(Generic[T]):
