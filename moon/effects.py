@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 import msgspec
 from nats.js import JetStreamContext
 
-from envelope.keys import Signer
+from envelope.keys import KeyRing, Signer
 from envelope.statement import COMMAND, ORDER, TIMER, sign_statement
-from moon.claims import claim_key, sign_claim
+from moon.claims import Claims, claim_key
 from streams import subjects
 from streams.codec import Codec
 from streams.moon_events import (
@@ -55,8 +55,10 @@ class Effects:
     """`signer` signs every command this process puts on MOON_CMD (the engine's key for
     timers, MAESTRO's for replans and compensations)."""
 
-    def __init__(self, js: JetStreamContext, space: Space, signer: Signer) -> None:
+    def __init__(self, js: JetStreamContext, space: Space, signer: Signer,
+                 claims: Claims | None = None) -> None:
         self._js, self._space, self._signer = js, space, signer
+        self.claims = claims or Claims(signer, KeyRing(), (signer.did,))
         # The WORK sequences of the orders sent per live workflow, newest workflows last:
         # what a cancel withdraws. Bounded: a workflow this process forgot is not withdrawn.
         self._sent: OrderedDict[str, list[int]] = OrderedDict()
@@ -72,9 +74,8 @@ class Effects:
 
         async def send(order: WorkOrder) -> None:
             key = ("undo:" if order.compensation else "") + order.idempotency_key
-            claim = sign_claim(self._signer, claim_key(order.workflow_id, order.step,
-                                                       order.attempt,
-                                                       compensation=order.compensation))
+            claim = self.claims.token(claim_key(order.workflow_id, order.step, order.attempt,
+                                                compensation=order.compensation))
             order = msgspec.structs.replace(order, claim=claim)
             # Signed: an executor runs only what an engine ordered (side effects are real).
             data = sign_statement(self._signer, ORDER, ORDERS.encode(order))

@@ -55,7 +55,7 @@ from moon.authority import (
     Walls,
     authorize,
 )
-from moon.claims import prover
+from moon.claims import Claims
 from moon.clock import BrokerClock
 from moon.effects import COMMANDS, Effects
 from moon.index import WorkflowSummary
@@ -144,7 +144,8 @@ class Engine:
             raise ValueError("an engine needs its key: it signs what it journals")
         self.js = self.nc.jetstream()
         self.runner = journal.runner(self.js, self.space, self.walls)
-        self.effects = Effects(self.js, self.space, self.walls.signer)
+        self.effects = Effects(self.js, self.space, self.walls.signer,
+                               Claims(self.walls.signer, self.walls.keys, self.walls.engines))
         self.broker_clock = BrokerClock(
             self.nc, f"$JS.API.STREAM.INFO.{self.space.stream('MOON_CMD')}")
         self.clock: Callable[[], int] = self.clock_ms or self.broker_clock
@@ -447,8 +448,7 @@ class Engine:
         if isinstance(command, ExecutorReport):
             # Who sent it is what its signature says, whatever the body claims.
             command = msgspec.structs.replace(command, executor=registration.executor)
-            source = FromExecutor(registration, prover(command.claim, self.walls.keys,
-                                                       self.walls.engines))
+            source = FromExecutor(registration, self.effects.claims.prover(command.claim))
         retry = bool(msg.headers and msg.headers.get(RETRY_HEADER))
         try:
             outcome = await self.submit(command, source=source, redelivered=retry)

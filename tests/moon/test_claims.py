@@ -14,7 +14,8 @@ import time
 from collections import Counter
 
 from envelope.keys import KeyRing, signer_from_seed
-from moon.claims import claim_key, prover, sign_claim
+from moon import claims as claims_module
+from moon.claims import Claims, claim_key, prover, sign_claim
 from moon.clock import local_ms as now_ms
 from moon.worker import Result, StepContext, Worker
 from streams.broker import open_connection
@@ -40,6 +41,31 @@ def test_a_claim_token_proves_its_own_attempt_by_an_engine_and_nothing_else() ->
     # Signed by anyone but an engine (an executor forging one) proves nothing; nor does none.
     assert not prover(sign_claim(other, key), KeyRing(), [engine_key.did])(key)
     assert not prover(b"", KeyRing(), [engine_key.did])(key)
+
+
+def test_an_engines_own_tokens_are_checked_without_a_verify_and_others_still_are(
+        monkeypatch) -> None:
+    engine_key, peer, rogue = (signer_from_seed(os.urandom(32)) for _ in range(3))
+    claims = Claims(engine_key, KeyRing(), [engine_key.did, peer.did], kept=2)
+    keys = [claim_key("wf", s, 1, compensation=False) for s in "abc"]
+    own = [claims.token(k) for k in keys]
+    assert own[0] == sign_claim(engine_key, keys[0])  # the same bytes any engine would check
+    verified = []
+    real = claims_module._verifies
+
+    def counting(*args):
+        verified.append(args[1])
+        return real(*args)
+
+    monkeypatch.setattr(claims_module, "_verifies", counting)
+    assert claims.prover(own[2])(keys[2]) and claims.prover(own[1])(keys[1])
+    assert verified == []  # its own recent tokens: a lookup
+    assert claims.prover(own[0])(keys[0])  # forgotten (kept=2): verified, still good
+    assert claims.prover(sign_claim(peer, keys[0]))(keys[0])  # another engine's: verified
+    assert verified
+    assert not claims.prover(sign_claim(rogue, keys[2]))(keys[2])  # a forgery, even for a key
+    assert not claims.prover(own[1])(keys[2])  # its token for another attempt proves nothing
+    assert not claims.prover(b"")(keys[2])
 
 
 # --- the journal: four decisions for three steps ------------------------------------------------
