@@ -156,6 +156,7 @@ class Gate:
         self._outcomes: Outcomes | None = None
         self._slots = asyncio.Semaphore(concurrency)
         self._in_hand: set[asyncio.Task[None]] = set()
+        self._finishing: set[asyncio.Task[None]] = set()  # effects left after their answer
 
     def route(self, method: str, handler: Handler, *, capability: str | None = None,
               idempotent: bool = False) -> None:
@@ -230,6 +231,8 @@ class Gate:
                     await sub.unsubscribe()
             if self._in_hand:  # answered and audited, not cut off half way
                 await asyncio.wait(set(self._in_hand), timeout=10)
+            if self._finishing:
+                await asyncio.wait(set(self._finishing), timeout=10)
 
     async def _watch_revocations(self, revocations: Revocations) -> None:
         """The watchdog runs for the gate's life; this notes when the set stopped being live."""
@@ -425,10 +428,14 @@ class Gate:
                 await asyncio.gather(outcomes.release(opened.request_id), audited)
         elif route.idempotent:
             # The answer and its audit record at once; the audit record's id is the request's,
-            # so a second run's record is the same one.
-            first, *_ = await asyncio.gather(
+            # so a second run's record is the same one. What the handler left running (its
+            # work orders) is not waited for: the answer says the request is durably accepted,
+            # which its journal append made true, and an effect lost to a crash is found the
+            # way one lost after the answer always was (a step's timeout).
+            self._finish_beside(later)
+            first, _ = await asyncio.gather(
                 outcomes.keep(opened.request_id, opened.caller, now, response),
-                self.audit.append(record, msg_id=record.id), *later)
+                self.audit.append(record, msg_id=record.id))
             if isinstance(first, bytes):
                 log.info("replayed", outcome="stored")
                 self._count(route, "replayed", None)
@@ -444,6 +451,21 @@ class Gate:
         log.info("answered", outcome=outcome, reason=record.reason)
         self._count(route, outcome, record.reason)
         return response
+
+    def _finish_beside(self, later: list[asyncio.Future[None]]) -> None:
+        """Let a handler's effects finish after its answer leaves; a failure is logged (the
+        effect's own recovery, not the caller's retry, settles it)."""
+        if not later:
+            return
+
+        async def finish() -> None:
+            for result in await asyncio.gather(*later, return_exceptions=True):
+                if isinstance(result, Exception):
+                    self._log.warning("effect_failed", error=repr(result))
+
+        task = asyncio.get_running_loop().create_task(finish())
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
 
     async def _not_first(self, route: _Route, opened: Opened, refusal: Refusal, now: int,
                          log: Any) -> bytes:

@@ -1,13 +1,14 @@
-"""Work a handler's answer does not depend on, finished beside the gate's own writes.
+"""Work a handler's answer does not depend on, finished beside and after the gate's writes.
 
-A MOON command's effects (its work orders, its index entry) follow its journal append, and so
-did the gate's answer and audit record, one fsync'd write after the other. For a route that is
-idempotent by its request id, the gate collects what the handler hands over here and awaits it
-together with its answer and audit record: the reply still leaves only when all of it is
-stored, one stage sooner. A crash in between leaves the caller unanswered, and its retry runs
-the handler again, which decides nothing new and sends the effects again (they carry
-`Nats-Msg-Id`). What is handed over is already running: nobody's failure to await it can
-leave it undone.
+A MOON command's effects (its work orders, its wake-up) follow its journal append, and so did
+the gate's answer and audit record, one fsync'd write after the other. For a route that is
+idempotent by its request id, the gate collects what the handler hands over here and lets it
+finish while it stores the answer and the audit record, and after the reply has left: the
+answer says the command is durably accepted, which the journal append made true, and it waits
+for two writes, not three. An effect a crash cuts off is not sent again by the caller's retry
+(a taken order's `Nats-Msg-Id` does not survive a broker restart, so orders are never re-sent);
+the step's timeout finds a lost order, as it finds an executor that died. What is handed over
+is already running: nobody's failure to await it can leave it undone.
 """
 
 from __future__ import annotations
