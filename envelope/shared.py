@@ -88,7 +88,7 @@ async def admit_shared(pending: Pending, limits: Limits, now_ms: int, *,
     budget = pending.opened.budget
     spends = pending.treaty is not None or (budget is not None and bool(budget.tokens))
     if answers_replays and not spends:
-        refused = await limits.spend(pending.opened.caller, budget)  # a read: nothing reserved
+        refused = await limits.spend(pending.opened.caller, budget)  # reserves nothing: no read
         return pending.opened if refused is None else pending.refuse(refused)
     seen = limits.seen(pending.nonce_key, pending.keep_until_ms, now_ms,
                        request=pending.opened.request_hash)
@@ -200,6 +200,10 @@ class KvLimits:
         return _CONTENDED_MS
 
     async def spend(self, caller: str, budget: Budget | None) -> Refusal | None:
+        if budget is None or budget.tokens == 0:
+            # Reserves nothing, so no balance can refuse it (an account never holds less than
+            # nothing: set_balance): no read. It was a KV round trip before every dispatch.
+            return None
         name = ledger_key(caller)
         for _ in range(_CONFLICT_RETRIES):
             left, revision = await self._read(name, _int)
@@ -243,6 +247,10 @@ _UNREADABLE = object()  # a value we never wrote: the check fails closed
 
 async def set_balance(js: JetStreamContext, caller: str, tokens: int, *,
                       space: Space = ROOT_SPACE, bucket: str = LIMITS.name) -> None:
-    """Give a caller an account of `tokens` (operators); without one a caller is unmetered."""
+    """Give a caller an account of `tokens` (operators); without one a caller is unmetered.
+    Never less than nothing: a request that reserves no tokens is then never refused by a
+    balance, which lets the gate admit it without reading the ledger."""
+    if tokens < 0:
+        raise ValueError(f"a balance is at least 0 tokens, not {tokens}")
     kv = await js.key_value(space.bucket(bucket))
     await kv.put(ledger_key(caller), _encode(tokens))

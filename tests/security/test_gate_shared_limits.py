@@ -147,3 +147,22 @@ async def test_a_nonce_bucket_that_forgets_before_envelopes_expire_is_refused_at
     with pytest.raises(RuntimeError, match="keeps nonces"):
         async with world.gate.serving():
             pass
+
+
+async def test_a_request_that_reserves_nothing_is_admitted_without_reading_the_ledger(
+    nc: Nats, js: JetStreamContext, space: Space
+) -> None:
+    # A damaged ledger entry fails closed for what it meters (a reservation) and is not read
+    # for a request that reserves no tokens: no balance can refuse one (never below 0).
+    async with replicas(nc, js, space) as (one, _):
+        kv = await js.key_value(space.bucket(LIMITS.name))
+        await kv.put(ledger_key(one.caller.did), b"\xc1 not a balance")
+        free = sealed(one, "r-free", nonce=b"f" * 16, tokens=0)
+        answer, _ = await one.gate.handle("dispatch", free)
+        assert opened(one, free, answer, "r-free").outcome == "accepted"
+        metered = sealed(one, "r-metered", nonce=b"m" * 16, tokens=10)
+        answer, _ = await one.gate.handle("dispatch", metered)
+        refused = opened(one, metered, answer, "r-metered").refusal
+        assert refused is not None and refused.reason is Reason.UNAVAILABLE
+    with pytest.raises(ValueError, match="at least 0"):
+        await set_balance(js, one.caller.did, -1, space=space)
