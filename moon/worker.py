@@ -33,7 +33,7 @@ import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import nats.errors
@@ -156,6 +156,12 @@ async def _quietly(settle: Callable[[], Awaitable[object]]) -> None:
         await settle()
 
 
+class _Pulled(NamedTuple):
+    taken: int  # orders handed to tasks (each frees its own slot)
+    refused: bool = False  # ended by a status other than "nothing to take": pause
+    lost: bool = False  # its end never came: drop its inbox
+
+
 @dataclass
 class Worker:
     """One executor process: serves capabilities, bound to its own orders and shared pools.
@@ -253,7 +259,10 @@ class Worker:
             ack_wait = min(self.ack_wait_s, info.config.ack_wait or self.ack_wait_s)
             pulls.append((f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}", ack_wait))
         async with asyncio.TaskGroup() as tasks:
-            pullers = [tasks.create_task(self._pull(subject, ack_wait, tasks))
+            # A busy puller may hold its share of the slots in one pull, an idle one one slot:
+            # neither starves the other.
+            most = max(1, self.capacity // len(pulls))
+            pullers = [tasks.create_task(self._pull(subject, ack_wait, tasks, most))
                        for subject, ack_wait in pulls]
             pullers.append(tasks.create_task(self.clock.run()))
             if ready is not None:
@@ -264,50 +273,90 @@ class Worker:
                 for puller in pullers:
                     puller.cancel()
 
-    async def _pull(self, next_subject: str, ack_wait: float, tasks: asyncio.TaskGroup) -> None:
-        """Ask for one order per free slot, one pull at a time on an inbox of this puller's:
-        a JetStream message keeps its own subject, so only the subscription tells which pull it
-        answers, and with one pull out at a time (it ends with its order or a status) every
-        message on it answers the pull just sent. The claim's clock starts at that pull."""
-        ask = msgspec.json.encode({"batch": 1, "expires": int(PULL_WAIT_S * 1e9)})
-        sub = None
+    async def _pull(self, next_subject: str, ack_wait: float, tasks: asyncio.TaskGroup,
+                    most: int = 1) -> None:
+        """Ask for orders for free slots, one pull at a time on an inbox of this puller's: a
+        JetStream message keeps its own subject, so only the subscription tells which pull it
+        answers, and with one pull out at a time (it ends when its batch is delivered, or with
+        a status) every message on it answers the pull just sent. The claim's clock starts at
+        that pull: the broker's ack wait for each order starts at its delivery, no sooner. While
+        orders keep coming one pull asks for several (up to `most`): each order had a pull of
+        its own, a message into the broker and a write out of this process."""
+        sub, size = None, 1
         try:
             while not self._stopping.is_set():
-                await self._slots.acquire()
+                # A pull holds its slots while it waits: one only, unless the last one filled
+                # its whole batch (orders are coming): then twice as many, up to `most`.
+                wanted = await self._free_slots(size)
                 if sub is None:
                     sub = await self.nc.subscribe(self.nc.new_inbox())
                 asked = time.monotonic()
+                ask = msgspec.json.encode({"batch": wanted, "expires": int(PULL_WAIT_S * 1e9)})
                 try:
                     await self.nc.publish(next_subject, ask, reply=sub.subject)
-                    msg = await sub.next_msg(timeout=PULL_WAIT_S + PULL_GRACE_S)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    # Neither an order nor the pull's end came: an answer may still be on its
-                    # way, and would be taken for the next pull's. A new inbox; anything sent
-                    # to this one reaches no one and is redelivered after the ack wait.
-                    self._slots.release()
-                    await _dropped(sub)
-                    sub = None
-                    continue
-                except Exception as error:  # the broker is away, or refused: ask again, later
-                    self._slots.release()
+                except Exception as error:  # the broker is away: ask again, later
+                    self._release(wanted)
                     await _dropped(sub)
                     sub = None
                     log.debug("fetch_failed", error=repr(error))
                     await asyncio.sleep(PULL_PAUSE_S)
                     continue
-                status = msg.headers.get("Status") if msg.headers else None
-                if status is not None or not msg.reply:  # 404/408: nothing to take
-                    self._slots.release()
-                    if status not in ("404", "408"):
-                        log.debug("fetch_refused", status=status,
-                                  detail=msg.headers.get("Description") if msg.headers else None)
-                        await asyncio.sleep(PULL_PAUSE_S)
-                    continue
-                task = tasks.create_task(self._take(msg, asked, ack_wait))
-                task.add_done_callback(lambda _: self._slots.release())
+                got = await self._orders(sub, wanted, asked, ack_wait, tasks)
+                self._release(wanted - got.taken)
+                if got.taken < wanted:
+                    size = 1  # the queue ran dry (or the pull was lost)
+                elif wanted == size:
+                    size = min(most, 2 * size)
+                if got.lost:
+                    # Neither the batch nor the pull's end came: an answer may still be on its
+                    # way, and would be taken for the next pull's. A new inbox; anything sent
+                    # to this one reaches no one and is redelivered after the ack wait.
+                    await _dropped(sub)
+                    sub = None
+                if got.refused:
+                    await asyncio.sleep(PULL_PAUSE_S)
         finally:
             if sub is not None:
                 await _dropped(sub)
+
+    async def _free_slots(self, most: int) -> int:
+        """Wait for one free slot, then take the others free now, up to `most`."""
+        await self._slots.acquire()
+        taken = 1
+        while taken < most and not self._slots.locked():
+            await self._slots.acquire()  # free: returns at once
+            taken += 1
+        return taken
+
+    def _release(self, n: int) -> None:
+        for _ in range(n):
+            self._slots.release()
+
+    async def _orders(self, sub: Any, wanted: int, asked: float, ack_wait: float,
+                      tasks: asyncio.TaskGroup) -> _Pulled:
+        """The orders answering one pull, each taken in a task of its own (which frees its slot
+        when done), until the batch is in or a status ends the pull."""
+        taken = 0
+        deadline = asked + PULL_WAIT_S + PULL_GRACE_S
+        while taken < wanted:
+            try:
+                msg = await sub.next_msg(timeout=max(0.001, deadline - time.monotonic()))
+            except (TimeoutError, nats.errors.TimeoutError):
+                return _Pulled(taken, lost=True)
+            except Exception as error:  # the connection went: the pull is gone with it
+                log.debug("fetch_failed", error=repr(error))
+                return _Pulled(taken, lost=True, refused=True)
+            status = msg.headers.get("Status") if msg.headers else None
+            if status is not None or not msg.reply:  # 404/408: nothing (more) to take
+                refused = status not in ("404", "408")
+                if refused:
+                    log.debug("fetch_refused", status=status,
+                              detail=msg.headers.get("Description") if msg.headers else None)
+                return _Pulled(taken, refused=refused)
+            task = tasks.create_task(self._take(msg, asked, ack_wait))
+            task.add_done_callback(lambda _: self._slots.release())
+            taken += 1
+        return _Pulled(taken)
 
     def stop(self) -> None:
         self._stopping.set()

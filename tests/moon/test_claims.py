@@ -208,3 +208,37 @@ async def test_a_cancel_withdraws_the_orders_still_queued(nc, js, space) -> None
             assert (consumer.num_pending, consumer.num_ack_pending) == (0, 0)
             assert w.executed == 0
     assert ran == []
+
+
+# --- pulls: one serves several orders while they keep coming ------------------------------------
+
+
+async def test_a_worker_asks_for_several_orders_in_one_pull_while_they_keep_coming(
+        nc, js, space) -> None:
+    pulls = 0
+    publish = nc.publish
+
+    async def counted(subject, *args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal pulls
+        pulls += subject.startswith("$JS.API.CONSUMER.MSG.NEXT.")
+        return await publish(subject, *args, **kwargs)
+
+    async def work(ctx: StepContext) -> Result:
+        return Result(output=b"ok")
+
+    async with engine(nc, space) as moon:
+        commands = [dispatch([step("a")]) for _ in range(60)]
+        await asyncio.gather(*(moon.submit(c) for c in commands))  # queued before any pull
+        nc.publish = counted  # type: ignore[method-assign]
+        try:
+            async with worker(nc, space, {"work": work}, executor_id="x1", capacity=64) as w:
+                finals = await asyncio.gather(*(moon.wait_terminal(c.workflow_id, 30)
+                                                for c in commands))
+                ran = w.executed
+        finally:
+            nc.publish = publish  # type: ignore[method-assign]
+    assert [f.status for f in finals] == ["completed"] * 60
+    assert ran == 60
+    # One pull per order before; now a pull doubles (up to 32: 64 slots, 2 pullers) while each
+    # fills and free slots allow. Idle re-pulls (one a second per puller) fit in the margin.
+    assert pulls <= 20, pulls
