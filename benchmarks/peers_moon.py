@@ -271,6 +271,15 @@ class Stack:
                                 or line.startswith(b"Traceback"))
         return out
 
+    def log_warnings(self) -> dict[str, int]:
+        """Warning lines per process (a command retried after a failure says `command_failed`
+        at error level; a refused report, a late claim, a lost report at warning)."""
+        out = {}
+        for name in self.children:
+            with (self.home / f"{name}.log").open("rb") as lines:
+                out[name] = sum(1 for line in lines if b'"level": "warning"' in line)
+        return out
+
 
 async def until(what: str, check: Callable[[], Awaitable[bool]], timeout_s: float = 60) -> None:
     """Poll `check` (a process's readiness, seen from outside it) until true or time is up."""
@@ -641,6 +650,7 @@ async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
         stack.stop()
         broker.stop()
     result["log_problem_lines"] = stack.log_problems()
+    result["log_warning_lines"] = stack.log_warnings()
     result["processes"] = (f"nats-server, {args.engines}x moon serve, {args.workers}x moon "
                            "worker, bench client")
     return result
