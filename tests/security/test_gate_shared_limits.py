@@ -51,6 +51,13 @@ def sealed(world: Moon, request_id: str, *, nonce: bytes, tokens: int = 200,
                 request_id=request_id, nonce=nonce, now_ms=now_ms(), **extra)
 
 
+async def dispatched(world: Moon, request_id: str, *, nonce: bytes, tokens: int) -> Response:
+    """A dispatch reserving `tokens`, answered by `world`'s gate: the opened answer."""
+    data = sealed(world, request_id, nonce=nonce, tokens=tokens)
+    answer, _ = await world.gate.handle("dispatch", data)
+    return opened(world, data, answer, request_id)
+
+
 async def test_a_nonce_seen_by_one_replica_is_replayed_at_the_other(
     nc: Nats, js: JetStreamContext, space: Space
 ) -> None:
@@ -74,12 +81,8 @@ async def test_a_budget_spent_at_one_replica_is_gone_at_the_other(
 ) -> None:
     async with replicas(nc, js, space) as (one, two):
         await set_balance(js, one.caller.did, 1000, space=space)
-        first = sealed(one, "r-1", nonce=b"1" * 16, tokens=600)
-        answer, _ = await one.gate.handle("dispatch", first)
-        assert opened(one, first, answer, "r-1").outcome == "accepted"
-        second = sealed(two, "r-2", nonce=b"2" * 16, tokens=600)
-        answer, _ = await two.gate.handle("dispatch", second)
-        refused = opened(two, second, answer, "r-2").refusal
+        assert (await dispatched(one, "r-1", nonce=b"1" * 16, tokens=600)).outcome == "accepted"
+        refused = (await dispatched(two, "r-2", nonce=b"2" * 16, tokens=600)).refusal
         assert refused is not None and refused.reason is Reason.BUDGET_EXHAUSTED
         kv = await js.key_value(space.bucket(LIMITS.name))
         left = (await kv.get(ledger_key(one.caller.did))).value
@@ -157,12 +160,9 @@ async def test_a_request_that_reserves_nothing_is_admitted_without_reading_the_l
     async with replicas(nc, js, space) as (one, _):
         kv = await js.key_value(space.bucket(LIMITS.name))
         await kv.put(ledger_key(one.caller.did), b"\xc1 not a balance")
-        free = sealed(one, "r-free", nonce=b"f" * 16, tokens=0)
-        answer, _ = await one.gate.handle("dispatch", free)
-        assert opened(one, free, answer, "r-free").outcome == "accepted"
-        metered = sealed(one, "r-metered", nonce=b"m" * 16, tokens=10)
-        answer, _ = await one.gate.handle("dispatch", metered)
-        refused = opened(one, metered, answer, "r-metered").refusal
+        free = await dispatched(one, "r-free", nonce=b"f" * 16, tokens=0)
+        assert free.outcome == "accepted"
+        refused = (await dispatched(one, "r-metered", nonce=b"m" * 16, tokens=10)).refusal
         assert refused is not None and refused.reason is Reason.UNAVAILABLE
     with pytest.raises(ValueError, match="at least 0"):
         await set_balance(js, one.caller.did, -1, space=space)
