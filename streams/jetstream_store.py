@@ -103,7 +103,9 @@ async def ordered_read(
     out: list[Any] = []
     position, tries = after, 0
     while position < upto:
-        got, pending = await _batch(js, stream, filter_, position, upto, out, with_ids)
+        got, pending, beyond = await _batch(js, stream, filter_, position, upto, out, with_ids)
+        if beyond:
+            break  # a message past `upto` came: the server serves in order, so all before it did
         if got > position:
             position, tries = got, 0
             continue
@@ -123,18 +125,18 @@ _NO_RESPONDERS = "503"
 async def _batch(  # noqa: PLR0917 - a private step of ordered_read
     js: JetStreamContext, stream: str, filter_: str, position: int, upto: int,
     out: list[Any], with_ids: bool,
-) -> tuple[int, int]:
+) -> tuple[int, int, bool]:
     """One batch get after `position`: rows up to `upto` appended to `out`; returns the last
-    sequence served (`position` when none) and how many matching messages the server says
-    are left after it."""
+    sequence served up to `upto` (`position` when none), how many matching messages the server
+    says are left after the last it served, and whether one past `upto` came."""
     nc = js._nc  # the connection the context wraps: one request, many replies
     inbox = nc.new_inbox()
     done = asyncio.Event()
-    last, pending = position, 1
+    last, pending, beyond = position, 1, False
     refused: list[str] = []
 
     async def on_msg(msg: Msg) -> None:
-        nonlocal last, pending
+        nonlocal last, pending, beyond
         headers = msg.headers or {}
         status = headers.get("Status")
         if status is not None:
@@ -149,10 +151,12 @@ async def _batch(  # noqa: PLR0917 - a private step of ordered_read
             done.set()
             return
         seq = int(headers[SEQUENCE])
-        if position < seq <= upto:
+        if seq > upto:
+            beyond = True
+        elif seq > last:
             row = (seq, headers[SUBJECT], _stamp_ms(headers[TIME_STAMP]), msg.data)
             out.append((*row, headers.get(MSG_ID)) if with_ids else row)
-            last = max(last, seq)
+            last = seq
 
     sub = await nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=1_000_000,
                              pending_bytes_limit=1 << 30)
@@ -162,13 +166,13 @@ async def _batch(  # noqa: PLR0917 - a private step of ordered_read
         try:
             await asyncio.wait_for(done.wait(), STALL_S)
         except TimeoutError:
-            return last, 1  # lost on the way (a server going down): ask again from here
+            return last, 1, False  # lost on the way (a server going down): ask again from here
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
     if refused:
         raise APIError(description=f"direct get on {stream}: {refused[0]}")
-    return last, pending
+    return last, pending, beyond
 
 
 def _json(value: object) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from nats.js import api
@@ -61,3 +62,15 @@ def test_a_stamp_is_read_to_the_millisecond_with_or_without_a_fraction():
     assert _stamp_ms("2026-12-01T20:41:06.34608437Z") == 1796157666346
     assert _stamp_ms("2026-12-01T20:41:06Z") == 1796157666000
     assert _stamp_ms("2026-12-01T20:41:06.5Z") == 1796157666500
+
+
+async def test_a_read_whose_last_message_was_deleted_ends_at_the_next_one_past_it(nc, space):
+    # `upto` names a message deleted since (an old KV revision, a taken order): the server then
+    # serves the next match past it, and the read is over, however much more the stream holds.
+    js = nc.jetstream()
+    stream, base = await _stream(js, space)
+    for i in range(6):
+        await js.publish(f"{base}.x", str(i).encode())
+    await js.delete_msg(stream, 3)
+    rows = await asyncio.wait_for(ordered_read(js, stream, f"{base}.x", after=1, upto=3), 2)
+    assert [seq for seq, *_ in rows] == [2]
