@@ -9,8 +9,8 @@ only way into WORK), so a report carrying the token comes from whoever took that
 first report binds a pool attempt to it (moon/authority.py). Pure but for the signature.
 
 `Claims` keeps the tokens this process signed (bounded): checking one of its own, the common
-case, is a lookup and a constant-time compare, not an ed25519 verify (a tenth of the engine's
-CPU on a 3-step workflow went to verifying its own tokens); a token it does not hold (another
+case, is a lookup and a constant-time compare, not an ed25519 verify (about 3 % of the engine's
+CPU under the peers' W3 went to verifying its own tokens); a token it does not hold (another
 engine's, or from before a restart) is verified against the engines' keys as before.
 """
 
