@@ -11,7 +11,10 @@ the board (maestro/board.py), never from a bid.
 Who says so: a bid and an award acknowledgement are each a statement signed by the executor's
 own key (BID, AWARD_ACK), and count only when that key is the one the operator-signed registry
 (`envelope.registry`) holds for the executor they name (`open_signed`, which the board uses for
-offers too). Anything else on the bus is skipped and logged.
+offers too). A call for bids and an award are signed by the planner (CFP, AWARD): a Bidder that
+names its planners prices, remembers and binds itself to nothing anyone else sent (a forged call
+would replace its bid for a plan, and the real award would then be refused). Anything else on
+the bus is skipped and logged.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ __all__ = [
     "AWARD",
     "AWARD_ACK",
     "BID",
+    "CFP",
     "Award",
     "AwardAck",
     "Bid",
@@ -64,6 +68,7 @@ log = structlog.get_logger("maestro.market")
 BID = b"maestro.bid.v1"  # a bid, by its executor
 AWARD_ACK = b"maestro.award_ack.v1"  # an award acknowledgement (or refusal), by its executor
 AWARD = b"maestro.award.v1"  # a binding award, by the planner that makes it
+CFP = b"maestro.cfp.v1"  # a call for bids, by the planner that tenders
 
 # --- messages ------------------------------------------------------------------------------
 
@@ -297,13 +302,15 @@ async def call_for_bids(
     timeout_s: float,
     *,
     registry: Registry,
+    signer: Signer,
     expected: int | None = None,
     keys: KeyRing | None = None,
 ) -> list[Bid]:
-    """Publish `cfp` on `maestro.cfp.<plan>` and gather the bids that arrive within `timeout_s`
-    (or until `expected` executors have bid). One bid per executor (its last); a bid counts
-    only when signed by its executor's registered key, for this plan, quoting capabilities
-    the registration lets it serve; the others are logged and ignored. No bidder gives []."""
+    """Publish `cfp`, signed by the planner's `signer`, on `maestro.cfp.<plan>` and gather the
+    bids that arrive within `timeout_s` (or until `expected` executors have bid). One bid per
+    executor (its last); a bid counts only when signed by its executor's registered key, for
+    this plan, quoting capabilities the registration lets it serve; the others are logged and
+    ignored. No bidder gives []."""
     keys = keys or KeyRing()
     if cfp.bids_due_ms is None:
         cfp = msgspec.structs.replace(cfp, bids_due_ms=_now_ms() + int(timeout_s * 1000))
@@ -311,7 +318,8 @@ async def call_for_bids(
     sub: Subscription = await nc.subscribe(inbox)
     bids: dict[str, Bid] = {}
     try:
-        await nc.publish(space.subject(cfp_subject(cfp.plan)), _encoder.encode(cfp), reply=inbox)
+        await nc.publish(space.subject(cfp_subject(cfp.plan)),
+                         sign_statement(signer, CFP, _encoder.encode(cfp)), reply=inbox)
         loop = asyncio.get_running_loop()
         until = loop.time() + timeout_s
         while expected is None or len(bids) < expected:
@@ -431,6 +439,7 @@ class Bidder:
         self.bids: dict[str, Bid] = {}
         self.awards: list[Award] = []
         self._subs: list[Subscription] = []
+        self._keys = KeyRing()
 
     async def start(self) -> Bidder:
         self._subs = [
@@ -459,11 +468,18 @@ class Bidder:
         for plan in [p for p, b in self.bids.items() if b.valid_until_ms < now_ms]:
             del self.bids[plan]
 
+    def _authors(self) -> Container[str] | Callable[[str], bool]:
+        return _anyone if self.planners is None else self.planners
+
     async def _on_cfp(self, msg: Msg) -> None:
         if not msg.reply:
             return
+        verified = open_statement(msg.data, CFP, keys=self._keys, authors=self._authors())
+        if isinstance(verified, Refusal):
+            log.warning("cfp_rejected", subject=msg.subject, why=verified.detail)
+            return  # not a planner's call: no price given, no bid replaced
         try:
-            cfp = _cfp_decoder.decode(msg.data)
+            cfp = _cfp_decoder.decode(verified.body)
         except _DECODE_ERRORS as error:
             log.warning("call for bids does not decode", subject=msg.subject, error=str(error))
             return
@@ -508,8 +524,7 @@ class Bidder:
         return AwardAck(plan=request.plan, executor=me, award=bound)
 
     async def _on_award(self, msg: Msg) -> None:
-        verified = open_statement(msg.data, AWARD, keys=KeyRing(),
-                                  authors=_anyone if self.planners is None else self.planners)
+        verified = open_statement(msg.data, AWARD, keys=self._keys, authors=self._authors())
         if isinstance(verified, Refusal):
             log.warning("award_rejected", subject=msg.subject, why=verified.detail)
             return  # not a planner's award: no answer binds anyone

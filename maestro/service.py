@@ -253,7 +253,7 @@ class Maestro:
             return ()
         bids = await call_for_bids(self.nc, self.space, tender(plan_id, goal),
                                    self.market.bid_timeout_s, expected=expected,
-                                   registry=self.registry, keys=self.keys)
+                                   registry=self.registry, signer=self.signer, keys=self.keys)
         return tuple(sorted(bids, key=lambda b: b.executor))
 
     async def ratify(self, plan_id: str, *, approved: bool, by: str, command_id: str,

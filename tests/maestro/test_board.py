@@ -11,6 +11,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.kv import KV_PURGE
 
+from envelope.keys import signer_from_seed
 from envelope.registry import Registration, Registry, register
 from maestro.board import (
     Advertiser,
@@ -31,6 +32,7 @@ from streams.replies import Reason, Refusal
 from streams.subjects import Space
 from tests.maestro.conftest import Executors, executors, offer
 
+PLANNER = signer_from_seed(b"p" * 32)  # the Bidders here name no planners: any signed call
 CFP = CallForBids(
     plan="p1",
     steps=(
@@ -199,7 +201,8 @@ async def test_call_for_bids_keeps_only_timely_bids(
         outsider = Bidder(nc, Space(space.prefix + "other"), offer("o", ("search", 1, 1)),
                           signer=known.key("o"))
         async with a, b, outsider:
-            bids = await call_for_bids(nc, space, CFP, timeout_s=1.0, registry=known.registry)
+            bids = await call_for_bids(nc, space, CFP, timeout_s=1.0, registry=known.registry,
+                                       signer=PLANNER)
             await asyncio.wait_for(late_sent.wait(), timeout=5)
     await slow_sub.unsubscribe()
     assert sorted(bid.executor for bid in bids) == ["a", "b"]
@@ -215,10 +218,11 @@ async def test_call_for_bids_stops_at_expected(
         async with Bidder(nc, space, offer("a", ("search", 500, 10)), signer=known.key("a")):
             started = asyncio.get_running_loop().time()
             bids = await call_for_bids(nc, space, CFP, timeout_s=10.0, expected=1,
-                                       registry=known.registry)
+                                       registry=known.registry, signer=PLANNER)
             assert asyncio.get_running_loop().time() - started < 5.0
         assert [bid.executor for bid in bids] == ["a"]
-        nobody = await call_for_bids(nc, space, CFP, timeout_s=0.2, registry=known.registry)
+        nobody = await call_for_bids(nc, space, CFP, timeout_s=0.2, registry=known.registry,
+                                     signer=PLANNER)
         assert nobody == []  # nobody listening
 
 
@@ -242,7 +246,7 @@ async def _award_round(nc: Client, space: Space, known: Executors) -> None:
                signer=known.key("b"))
     async with a, b:
         bids = {bid.executor: bid for bid in await call_for_bids(
-            nc, space, CFP, 1.0, expected=2, registry=registry)}
+            nc, space, CFP, 1.0, expected=2, registry=registry, signer=known.registrar)}
         bound = await bind("p1", "b", ["s1", "s3"])
         assert isinstance(bound, Award)
         assert bound.executor == "b"

@@ -13,11 +13,13 @@ import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 
+from envelope.keys import KeyRing
 from envelope.local import executor_key, local_trust
 from envelope.registry import Registration, Registry, register
-from envelope.statement import OFFER, sign_statement
+from envelope.statement import OFFER, open_statement, sign_statement
 from maestro.board import (
     AWARD_ACK,
+    CFP,
     Award,
     AwardAck,
     Bidder,
@@ -102,7 +104,9 @@ async def test_a_bid_not_signed_by_the_bidder_is_not_a_bid(nc, js, space, tmp_pa
     async def answer(msg: Msg) -> None:
         from maestro.board import CallForBids  # noqa: PLC0415
 
-        cfp = msgspec.json.decode(msg.data, type=CallForBids)
+        opened = open_statement(msg.data, CFP, keys=KeyRing(), authors={trust.maestro.did})
+        assert not isinstance(opened, Refusal), opened
+        cfp = msgspec.json.decode(opened.body, type=CallForBids)
         cheap = price(_offer("honest", 0), cfp, now_ms=0, valid_for_ms=10**15)
         assert cheap is not None
         await msg.respond(msgspec.json.encode(cheap))
@@ -173,5 +177,37 @@ async def test_a_bidder_binds_itself_only_to_its_planners_awards(nc, js, space, 
                                signer=trust.maestro)
             assert isinstance(real, Award), real
             assert bidder.awards == [real]
+    finally:
+        await registry.stop()
+
+
+async def test_a_bidder_prices_only_its_planners_calls_for_bids(nc, js, space, tmp_path):
+    """A call for bids changes what a Bidder holds (its bid for the plan, which the award is
+    checked against): one MAESTRO did not sign (unsigned, or signed by anyone else) gets no
+    price and replaces nothing, so the real award still binds."""
+    from maestro.board import CallForBids, CfpStep, call_for_bids, cfp_subject  # noqa: PLC0415
+
+    trust = local_trust(tmp_path)
+    key = executor_key(tmp_path, "honest")
+    await register(js, trust.operator, Registration("honest", key.did), space=space)
+    registry = await Registry(js, registrars=trust.registrars, space=space).start()
+    bidder = Bidder(nc, space, _offer("honest", 5), signer=key, planners=trust.planners)
+    real = CallForBids(plan="p1", steps=(CfpStep("a", "work", duration_ms=100),))
+    other = CallForBids(plan="p1", steps=(CfpStep("zz", "work", duration_ms=100),))
+    try:
+        async with bidder:
+            bids = await call_for_bids(nc, space, real, 1.0, expected=1, registry=registry,
+                                       signer=trust.maestro)
+            assert [b.steps for b in bids] == [("a",)]
+            subject = space.subject(cfp_subject("p1"))
+            for forged in (msgspec.json.encode(other),  # unsigned
+                           sign_statement(stranger(), CFP, msgspec.json.encode(other))):
+                with contextlib.suppress(nats.errors.TimeoutError):
+                    answer = await nc.request(subject, forged, timeout=0.5)
+                    raise AssertionError(f"a forged call was priced: {answer.data[:80]!r}")
+            assert bidder.bids["p1"].steps == ("a",)  # the real bid, not replaced
+            bound = await award(nc, space, "p1", "honest", ["a"], registry=registry,
+                                signer=trust.maestro)
+            assert isinstance(bound, Award), bound
     finally:
         await registry.stop()
