@@ -264,20 +264,19 @@ class Stack:
                 proc.wait()
 
     def log_problems(self) -> dict[str, int]:
-        out = {}
-        for name in self.children:
-            with (self.home / f"{name}.log").open("rb") as lines:
-                out[name] = sum(1 for line in lines if b'"level": "error"' in line
-                                or line.startswith(b"Traceback"))
-        return out
+        return self._count_lines(lambda line: b'"level": "error"' in line
+                                 or line.startswith(b"Traceback"))
 
     def log_warnings(self) -> dict[str, int]:
         """Warning lines per process (a command retried after a failure says `command_failed`
         at error level; a refused report, a late claim, a lost report at warning)."""
+        return self._count_lines(lambda line: b'"level": "warning"' in line)
+
+    def _count_lines(self, counts: Callable[[bytes], bool]) -> dict[str, int]:
         out = {}
         for name in self.children:
             with (self.home / f"{name}.log").open("rb") as lines:
-                out[name] = sum(1 for line in lines if b'"level": "warning"' in line)
+                out[name] = sum(1 for line in lines if counts(line))
         return out
 
 

@@ -41,10 +41,6 @@ PUBLISH_RETRIES = 3  # ADR-22: no-responders during a leader election is retried
 STALL_S = 5.0  # an ordered consumer or a batch get that delivers nothing for this long is redone
 
 
-def _time_ms(msg: Msg) -> int:
-    return _position(msg)[1]
-
-
 def _position(msg: Msg) -> tuple[int, int, int]:
     """(stream seq, time ms, pending) of a delivered message, read straight off its ack subject.
 
@@ -162,7 +158,8 @@ async def _batch(  # noqa: PLR0917 - a private step of ordered_read
                              pending_bytes_limit=1 << 30)
     try:
         request = {"seq": position + 1, "next_by_subj": filter_, "batch": max(1, upto - position)}
-        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", _json(request), reply=inbox)
+        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", msgspec.json.encode(request),
+                         reply=inbox)
         try:
             await asyncio.wait_for(done.wait(), STALL_S)
         except TimeoutError:
@@ -173,10 +170,6 @@ async def _batch(  # noqa: PLR0917 - a private step of ordered_read
     if refused:
         raise APIError(description=f"direct get on {stream}: {refused[0]}")
     return last, pending, beyond
-
-
-def _json(value: object) -> bytes:
-    return msgspec.json.encode(value)
 
 
 @functools.lru_cache(maxsize=4096)
