@@ -3,6 +3,10 @@
 Each node is an `EmbeddedBroker` with a cluster block: its own client and route ports, its own
 store, routes to the others. Streams on it are created with replicas=3 (`Topology.replicas`), so
 an acknowledged append lives on a majority before the ack and survives one node's kill -9.
+
+Routes are authenticated: a route carries every account's traffic with none of the accounts'
+rights, so a server that could join unasked would read and write every stream. Each node
+requires the cluster's route password, kept 0600 beside the role seeds (`route.secret`).
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,23 +31,50 @@ from streams.broker import (
     open_connection,
     provision_executor,
 )
-from streams.credentials import creds_dir
+from streams.credentials import creds_dir, write_private
 from streams.roles import executor_role
 from streams.subjects import Space
 
-__all__ = ["CLUSTER_NAME", "ClusterNode", "EmbeddedCluster", "cluster_config_text"]
+__all__ = [
+    "CLUSTER_NAME", "ClusterNode", "EmbeddedCluster", "cluster_config_text", "render_routes",
+    "route_secret",
+]
 
 CLUSTER_NAME = "maestro-test"
 # As deploy/nats-cluster-*.conf: with R3 an acked write is on two stores already; fsync on every
 # append would only slow a test whose kills are process kills (the page cache survives them).
 SYNC_INTERVAL = "10s"
+ROUTE_USER = "route"
+
+
+def route_secret(creds: Path) -> str:
+    """The cluster's route password: made once, kept with the seeds so a restart keeps it."""
+    path = creds / "route.secret"
+    if not path.is_file():
+        creds.mkdir(parents=True, exist_ok=True)
+        write_private(path, secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def render_routes(secret: str | None, routes: Sequence[str]) -> str:
+    """A cluster block's `authorization` and `routes` (each `host:port`): with a `secret`, a
+    route in either direction must present it; None leaves the route port open (tests of the
+    defence only)."""
+    login = "" if secret is None else f"{ROUTE_USER}:{secret}@"
+    lines = [] if secret is None else [
+        "authorization {", f"  user: {ROUTE_USER}", f'  password: "{secret}"', "  timeout: 2",
+        "}",
+    ]
+    lines += ["routes: [", *(f"  nats-route://{login}{route}" for route in routes), "]"]
+    return "\n".join(lines) + "\n"
 
 
 def cluster_config_text(
-    *, name: str, port: int, cluster_port: int, routes: list[int], store_dir: Path
+    *, name: str, port: int, cluster_port: int, routes: list[int], store_dir: Path,
+    secret: str | None,
 ) -> str:
     """One node's config: loopback client and route ports, routes to every other node."""
-    route_lines = [f"    nats-route://127.0.0.1:{p}" for p in routes]
+    block = render_routes(secret, [f"127.0.0.1:{p}" for p in routes])
     return "\n".join([
         f"server_name: {name}",
         f"listen: 127.0.0.1:{port}",
@@ -53,9 +86,7 @@ def cluster_config_text(
         "cluster {",
         f"  name: {CLUSTER_NAME}",
         f"  listen: 127.0.0.1:{cluster_port}",
-        "  routes: [",
-        *route_lines,
-        "  ]",
+        *(f"  {line}" for line in block.splitlines()),
         "}",
     ]) + "\n"
 
@@ -67,11 +98,12 @@ class ClusterNode(EmbeddedBroker):
     name: str = "maestro-0"
     cluster_port: int = 0
     routes: list[int] = field(default_factory=list)
+    route_secret: str | None = field(default=None, repr=False)
 
     def config_text(self) -> str:
         return cluster_config_text(
             name=self.name, port=self.port, cluster_port=self.cluster_port, routes=self.routes,
-            store_dir=self.store_dir.resolve(),
+            store_dir=self.store_dir.resolve(), secret=self.route_secret,
         )
 
     @property
@@ -95,12 +127,13 @@ class EmbeddedCluster:
         binary = find_server_binary()
         cluster_ports = [free_port() for _ in range(self.size)]
         self.creds = self.creds or creds_dir(self.data_dir)
+        secret = route_secret(self.creds)
         self.nodes = [
             ClusterNode(
                 data_dir=self.data_dir / f"n{i}", port=free_port(), sync_always=False,
                 auth=self.auth, space=self.space, creds=self.creds,
                 binary=binary, name=f"maestro-{i}", cluster_port=cluster_ports[i],
-                routes=[p for j, p in enumerate(cluster_ports) if j != i],
+                routes=[p for j, p in enumerate(cluster_ports) if j != i], route_secret=secret,
             )
             for i in range(self.size)
         ]

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import nats
@@ -41,11 +43,37 @@ def _check(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str
                           text=True, env={**base, **env}, cwd=config.parent, check=False)
 
 
+def _render_routes(directory: Path) -> Path:
+    subprocess.run([sys.executable, str(DEPLOY / "render.py"), "--routes", str(directory)],
+                   check=True, capture_output=True)
+    return directory / "routes.conf"
+
+
 @pytest.mark.parametrize("name", CONFIGS)
-def test_the_server_accepts_the_config(name, keys):
-    done = _check(DEPLOY / name, keys[1])
+def test_the_server_accepts_the_config(name, keys, tmp_path):
+    """Each config as deployed: beside accounts.conf and the routes.conf render.py writes."""
+    for file in (name, "accounts.conf"):
+        shutil.copy(DEPLOY / file, tmp_path / file)
+    _render_routes(tmp_path)
+    done = _check(tmp_path / name, keys[1])
     assert done.returncode == 0, done.stderr
     assert "is valid" in done.stdout + done.stderr
+
+
+def test_every_cluster_route_needs_the_password_render_writes_once_and_privately(tmp_path):
+    """Each node requires the route password and dials every node with it; a second run keeps
+    the password the running nodes share; nobody but the owner may read it."""
+    routes = _render_routes(tmp_path)
+    text = routes.read_text()
+    assert routes.stat().st_mode & 0o077 == 0
+    password = re.search(r'password: "([^"]+)"', text)
+    assert password is not None and len(password.group(1)) >= 32
+    dialled = re.findall(r"nats-route://route:([^@]+)@(maestro-\d):6222", text)
+    assert dialled == [(password.group(1), f"maestro-{i}") for i in (1, 2, 3)]
+    assert _render_routes(tmp_path).read_text() == text
+    for i in (1, 2, 3):
+        conf = (DEPLOY / f"nats-cluster-{i}.conf").read_text()
+        assert 'include "routes.conf"' in conf and "nats-route://" not in conf
 
 
 def test_accounts_conf_is_generated_from_the_roles():

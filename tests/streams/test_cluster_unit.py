@@ -14,12 +14,15 @@ from streams.cluster import EmbeddedCluster, cluster_config_text
 
 def test_a_node_routes_to_every_other_node_and_listens_on_loopback_only():
     text = cluster_config_text(name="maestro-1", port=4001, cluster_port=6001,
-                               routes=[6000, 6002], store_dir=Path("/data/n1/jetstream"))
+                               routes=[6000, 6002], store_dir=Path("/data/n1/jetstream"),
+                               secret="s3cret")
     assert "server_name: maestro-1" in text
     assert "listen: 127.0.0.1:4001" in text
     assert "listen: 127.0.0.1:6001" in text
-    assert re.findall(r"nats-route://([\d.]+):(\d+)", text) == [("127.0.0.1", "6000"),
-                                                                 ("127.0.0.1", "6002")]
+    assert re.findall(r"nats-route://route:s3cret@([\d.]+):(\d+)", text) == [
+        ("127.0.0.1", "6000"), ("127.0.0.1", "6002")
+    ]
+    assert re.search(r'authorization \{\s*user: route\s*password: "s3cret"', text)
     assert 'store_dir: "/data/n1/jetstream"' in text
     assert "sync_interval: 10s" in text  # as deploy/: R3 is the durability, not fsync
 
