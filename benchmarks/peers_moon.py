@@ -78,6 +78,7 @@ from streams.broker import (  # noqa: E402
 )
 from streams.config import WORKFLOWS, Topology, ensure_streams  # noqa: E402
 from streams.jetstream_store import last_sequence, ordered_read  # noqa: E402
+from streams.loop import run as run_loop  # noqa: E402
 from streams.moon_events import (  # noqa: E402
     Decision,
     Dispatch,
@@ -684,7 +685,7 @@ def main() -> int:
     if args.check is None:
         args.check = args.engines > 1
     with tempfile.TemporaryDirectory(prefix="peers-moon-") as tmp:
-        result = asyncio.run(run(args, Path(tmp)))
+        result = run_loop(run(args, Path(tmp)))
     result["version"] = version()
     result["durability"] = ("nats-server sync_interval: always (fsync per write), file streams R1"
                             if not args.no_sync else

@@ -17,6 +17,7 @@ from moon.cli import MetricsPort, configure_logging, home_dir
 from streams.cli_errors import Exit, fail, lazy_group, read_input
 from streams.cli_errors import run as run_cli
 from streams.cli_params import install as _plain_options
+from streams.loop import run as run_loop
 
 __all__ = ["app", "main"]
 
@@ -198,9 +199,8 @@ def board_command(
             finally:
                 await registry.stop()
 
-    import asyncio  # noqa: PLC0415
 
-    for offer in asyncio.run(live()):
+    for offer in run_loop(live()):
         caps = ", ".join(c.capability for c in offer.capabilities)
         print(f"{offer.executor:<20} {offer.organisation:<10} trust {offer.trust:.2f} "
               f"reliability {offer.reliability:.2f}  {caps}")
@@ -287,7 +287,6 @@ def serve_command(
 ) -> None:
     """Serve map.maestro.plan/allocate/ratify/replan (and intents) and replan on deviations.
     Health: `health.maestro` and `$SRV.PING|INFO|STATS.maestro` over NATS."""
-    import asyncio  # noqa: PLC0415
 
     if offers is not None:
         read_input(offers, "offers")  # a missing file is one line now, not a traceback later
@@ -296,7 +295,7 @@ def serve_command(
         from maestro import jit  # noqa: PLC0415
 
         jit.start()  # a service compiles the GA's kernels once, before its first hard plan
-        raise typer.Exit(asyncio.run(_serve(data_dir, offers, metrics_port)))
+        raise typer.Exit(run_loop(_serve(data_dir, offers, metrics_port)))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -314,14 +313,13 @@ def run_command(
     """Plan GOAL, allocate it, dispatch it through the signed gates and follow it to its end,
     on the stack `maestro up` runs; exit 0 when the workflow completed, 1 when it did not,
     2 when the plan was refused."""
-    import asyncio  # noqa: PLC0415
 
     from streams.cli_errors import Exit, fail  # noqa: PLC0415
 
     if not goal_path.is_file():
         fail(f"maestro run: no goal file {goal_path}", Exit.INPUT)
     times: list[int] = []  # every event's time, by the engine's clock (the journal's)
-    outcome = asyncio.run(_run_goal(goal_path, data_dir, timeout, follow, times))
+    outcome = run_loop(_run_goal(goal_path, data_dir, timeout, follow, times))
     if isinstance(outcome, str):
         _err().print(f"maestro run: refused: {outcome}", markup=False)
         raise typer.Exit(int(Exit.REFUSED))
@@ -385,14 +383,13 @@ def up_command(
     """The whole stack on this machine: broker, MOON, MAESTRO, HTTP/MCP/A2A and the web UI
     (/ui); Ctrl-C stops it. Logs a line per step transition and replan on stderr (--quiet:
     warnings only)."""
-    import asyncio  # noqa: PLC0415
     import logging  # noqa: PLC0415
 
     from surfaces.up import run_up  # noqa: PLC0415
 
     configure_logging(logging.WARNING if quiet else logging.INFO)
     try:
-        raise typer.Exit(asyncio.run(run_up(data_dir or home_dir(), port=port,
+        raise typer.Exit(run_loop(run_up(data_dir or home_dir(), port=port,
                                             http_port=http_port, demo_executors=demo_executors,
                                             ui_actions=ui_actions)))
     except KeyboardInterrupt:
@@ -404,14 +401,13 @@ def demo_command(
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
 ) -> None:
     """Everything in one process on the embedded broker: plan, run, fail, replan, audit, replay."""
-    import asyncio  # noqa: PLC0415
     import logging  # noqa: PLC0415
 
     from maestro.demo import run_demo  # noqa: PLC0415
 
     configure_logging(logging.WARNING)
     try:
-        raise typer.Exit(asyncio.run(run_demo(data_dir or home_dir())))
+        raise typer.Exit(run_loop(run_demo(data_dir or home_dir())))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

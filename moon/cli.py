@@ -19,6 +19,7 @@ import typer
 from streams.cli_errors import Exit, fail, read_input
 from streams.cli_errors import run as run_cli
 from streams.cli_params import install as _plain_options
+from streams.loop import run as run_loop
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -240,7 +241,7 @@ def serve_command(
     Health: `health.moon-engine` and `$SRV.PING|INFO|STATS.moon-engine` over NATS."""
     configure_logging()
     try:
-        raise typer.Exit(asyncio.run(_serve(data_dir, concurrency, metrics_port)))
+        raise typer.Exit(run_loop(_serve(data_dir, concurrency, metrics_port)))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -309,7 +310,7 @@ def worker_command(
     configure_logging()
     argv = shlex.split(command) if command else None
     try:
-        raise typer.Exit(asyncio.run(
+        raise typer.Exit(run_loop(
             _worker(data_dir, executor, capability, argv, url, watts, capacity, metrics_port)))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
@@ -332,7 +333,7 @@ async def _gate(data_dir: Path | None, method: str, body: Any, *,
 
 def _run(coro: Any) -> Any:
     try:
-        return asyncio.run(coro)
+        return run_loop(coro)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

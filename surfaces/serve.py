@@ -23,6 +23,7 @@ from starlette.routing import Mount
 
 from envelope.keys import KeyRing, load_signer
 from streams.logs import configure_logging
+from streams.loop import run as run_loop
 from streams.subjects import Space
 from surfaces.a2a_server import A2aSurface
 from surfaces.forward import Caller, Gateway
@@ -176,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # JSON lines on stderr, as every service logs (for `mcp`, stdout is the protocol).
     configure_logging()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_main(args))
+        run_loop(_main(args))
 
 
 if __name__ == "__main__":
