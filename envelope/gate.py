@@ -317,7 +317,7 @@ class Gate:
         self, route: _Route, outcomes: Outcomes, data: bytes, headers: Mapping[str, str] | None
     ) -> tuple[bytes, str]:
         """Open, dedupe, run, seal, store and audit one request; returns (response, traceparent)."""
-        with metrics.GATE_SECONDS.labels(self.service, route.method).time():
+        with metrics.labelled(metrics.GATE_SECONDS, self.service, route.method).time():
             try:
                 return await self._answer(route, outcomes, data, headers)
             except Exception as error:
@@ -480,8 +480,9 @@ class Gate:
         return self._respond(record, audience=opened.caller, reply=refusal)
 
     def _count(self, route: _Route, outcome: str, reason: Reason | None) -> None:
-        metrics.GATE_REQUESTS.labels(
-            self.service, route.method, outcome, "" if reason is None else reason.value
+        metrics.labelled(
+            metrics.GATE_REQUESTS, self.service, route.method, outcome,
+            "" if reason is None else reason.value,
         ).inc()
 
     async def _refused(

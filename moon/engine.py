@@ -207,18 +207,18 @@ class Engine:
         """`submit` with the workflow's lock held. With `finishing`, the effects are not
         awaited: the task that sends them is put there."""
         kind = command_kind(command)
-        with metrics.COMMAND_SECONDS.labels(kind).time():
+        with metrics.labelled(metrics.COMMAND_SECONDS, kind).time():
             outcome = await self._decide_and_send(command, source, redelivered=redelivered,
                                                   finishing=finishing)
         match outcome:
             case Refusal():
-                metrics.COMMANDS.labels(kind, "refused").inc()
+                metrics.labelled(metrics.COMMANDS, kind, "refused").inc()
             case _ if outcome.duplicate:
-                metrics.COMMANDS.labels(kind, "duplicate").inc()
+                metrics.labelled(metrics.COMMANDS, kind, "duplicate").inc()
             case _ if not outcome.events:
-                metrics.COMMANDS.labels(kind, "noop").inc()
+                metrics.labelled(metrics.COMMANDS, kind, "noop").inc()
             case _:
-                metrics.COMMANDS.labels(kind, "decided").inc()
+                metrics.labelled(metrics.COMMANDS, kind, "decided").inc()
                 _count_events(outcome.events)
         return outcome
 
@@ -587,7 +587,7 @@ class Engine:
         else:
             log.exception("command_failed", workflow=command.workflow_id,
                           command=command.command_id)
-        metrics.COMMANDS.labels(command_kind(command), "failed").inc()
+        metrics.labelled(metrics.COMMANDS, command_kind(command), "failed").inc()
 
     async def _settle_refused(self, kind: str, refusal: Refusal, raw: bytes, *,
                               caller: str = "", workflow: str = "") -> bool | None:
@@ -613,7 +613,7 @@ class Engine:
             result_ref=f"moon.wf.{workflow}" if workflow else "",
         )
         await self._publish_audit(record)
-        metrics.COMMANDS.labels(kind or "unknown", "refused").inc()
+        metrics.labelled(metrics.COMMANDS, kind or "unknown", "refused").inc()
         log.info("command_refused", kind=kind, workflow=workflow or None,
                  reason=refusal.reason.value, detail=refusal.detail[:200])
         return refusal
@@ -726,10 +726,10 @@ def _version(value: bytes | None) -> int:
 
 def _count_events(events: Iterable[MoonEvent]) -> None:
     for event in events:
-        metrics.EVENTS.labels(type(event).__struct_config__.tag).inc()
+        metrics.labelled(metrics.EVENTS, str(type(event).__struct_config__.tag)).inc()
         match event:
             case Deviation():
-                metrics.DEVIATIONS.labels(event.kind).inc()
+                metrics.labelled(metrics.DEVIATIONS, event.kind).inc()
             case StepCompleted():
                 metrics.STEP_SECONDS.observe(event.usage.wall_ms / 1000)
             case _:

@@ -411,7 +411,7 @@ class Worker:
             outcome = await tracing.run_step(order, self.executor_id,
                                              handler(StepContext(order=order, worker=self)))
         except Exception as error:  # a failed step is a fact to report, not a crash
-            metrics.WORKER_STEPS.labels(order.capability, "failed").inc()
+            metrics.labelled(metrics.WORKER_STEPS, order.capability, "failed").inc()
             report = FailStep(
                 command_id=f"fail/{key}", at_ms=_now_ms(), error=str(error)[:2000] or repr(error),
                 error_type=type(error).__name__, retryable=not isinstance(error, NonRetryable),
@@ -421,7 +421,7 @@ class Worker:
         else:
             result = outcome if isinstance(outcome, Result) else Result(output=outcome)
             self.executed += 1
-            metrics.WORKER_STEPS.labels(order.capability, "completed").inc()
+            metrics.labelled(metrics.WORKER_STEPS, order.capability, "completed").inc()
             report = CompleteStep(
                 command_id=f"done/{key}", at_ms=_now_ms(), result=result.output,
                 usage=self._usage(started, result.tokens), workflow_id=wf, step=step,

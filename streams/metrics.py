@@ -8,7 +8,10 @@ snapshot of the counters, in the `$SRV.STATS` reply of the service's health endp
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client.metrics import MetricWrapperBase
 
 __all__ = [
     "COMMANDS",
@@ -22,6 +25,7 @@ __all__ = [
     "REPLAN_SECONDS",
     "STEP_SECONDS",
     "WORKER_STEPS",
+    "labelled",
     "serve_metrics",
     "snapshot",
 ]
@@ -74,6 +78,21 @@ REPLANS = Counter("maestro_replans", "Replans after a deviation, by outcome (rev
                   ["outcome"])
 REPLAN_SECONDS = Histogram("maestro_replan_seconds", "From a deviation read to its revision sent.",
                            buckets=_SLOW)
+
+
+M = TypeVar("M", bound=MetricWrapperBase)
+_CHILDREN: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
+
+
+def labelled(metric: M, *values: str) -> M:
+    """`metric.labels(*values)`, kept: the library validates the values, builds the key and
+    takes a lock on every call, ~2.6 % of the engine's CPU under load counted per event. As
+    many entries as the metric has children, which it keeps anyway."""
+    key = (id(metric), values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*values)
+    return found  # type: ignore[return-value]  # stored from metric.labels: the same type
 
 
 def serve_metrics(port: int, addr: str | None = None) -> int:
