@@ -2,12 +2,13 @@
 
 Only typer is imported at start-up (`moon --help` in well under 0.2 s): everything else is
 imported by the command that needs it, and operator errors end as one line and an exit code
-(streams.cli_errors; `--debug` shows tracebacks).
+(streams.cli_errors; `--debug` shows tracebacks). The commands are all here; what they run is
+in moon/cli_services.py (serve, worker) and moon/cli_journal.py (reads and the gate), and the
+lazy stand-ins they share in moon/cli_lazy.py.
 """
 
 from __future__ import annotations
 
-import importlib
 import shlex
 import sys
 import time
@@ -16,7 +17,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from streams.cli_errors import Exit, fail, read_input
+from moon.cli_journal import _command, _dispatch, _fork, _known, _list, _Read, _read
+from moon.cli_lazy import configure_logging, connect, home_dir, space_from_env
+from moon.cli_services import _serve, _worker
+from streams.cli_errors import Exit, fail
 from streams.cli_errors import run as run_cli
 from streams.cli_params import install as _plain_options
 from streams.loop import run as run_loop
@@ -26,22 +30,10 @@ if TYPE_CHECKING:
 
     from streams.tail import Row
 
-__all__ = ["app", "main"]
+__all__ = ["MetricsPort", "app", "configure_logging", "home_dir", "main"]
 
 _plain_options()  # str/int/float/Path options without importing pydantic (streams/cli_params.py)
 
-
-class _Lazy:
-    """A module imported on first use: asyncio alone is a sixth of the `--help` budget."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(importlib.import_module(self._name), attr)
-
-
-asyncio: Any = _Lazy("asyncio")
 
 # Plain (click) help: rich's help renderer alone costs more than the 0.2 s `--help` budget.
 app = typer.Typer(help="MOON: durable workflows on NATS JetStream.", no_args_is_help=True,
@@ -60,50 +52,6 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for errors")] = False,
 ) -> None:
     """MOON: durable workflows on NATS JetStream."""
-
-
-# Lazy stand-ins for what the service wiring below uses, so importing this module (for --help)
-# does not import nats, asyncio's event loop machinery or structlog.
-def connect(*args: Any, **kwargs: Any) -> Any:
-    from streams.broker import connect as connect_  # noqa: PLC0415
-
-    return connect_(*args, **kwargs)
-
-
-def home_dir() -> Path:
-    from streams.broker import home_dir as home_dir_  # noqa: PLC0415
-
-    return home_dir_()
-
-
-def space_from_env() -> Any:
-    from streams.config import space_from_env as space_from_env_  # noqa: PLC0415
-
-    return space_from_env_()
-
-
-def replicas_from_env() -> Any:
-    from streams.config import replicas_from_env as replicas_from_env_  # noqa: PLC0415
-
-    return replicas_from_env_()
-
-
-def Topology(**kwargs: Any) -> Any:  # noqa: N802 - stands in for the class
-    from streams.config import Topology as Topology_  # noqa: PLC0415
-
-    return Topology_(**kwargs)
-
-
-async def ensure_streams(*args: Any, **kwargs: Any) -> Any:
-    from streams.config import ensure_streams as ensure_streams_  # noqa: PLC0415
-
-    return await ensure_streams_(*args, **kwargs)
-
-
-def configure_logging(*args: Any, **kwargs: Any) -> None:
-    from streams.logs import configure_logging as configure_logging_  # noqa: PLC0415
-
-    configure_logging_(*args, **kwargs)
 
 
 def _console(stderr: bool = False) -> Console:
@@ -196,41 +144,6 @@ MetricsPort = Annotated[int | None, typer.Option(
          "(default 127.0.0.1)")]
 
 
-def _joined(service: str, nc: Any, home: Path, space: Any, role: str) -> None:
-    """Say at start which broker and data dir this service joined."""
-    import structlog  # noqa: PLC0415
-
-    from moon.narration import joined  # noqa: PLC0415
-
-    url = nc.connected_url.geturl() if nc.connected_url else ""
-    structlog.get_logger(service).info(
-        "joined", **joined(url, str(home.absolute()), space.prefix, role))
-
-
-async def _serve(data_dir: Path | None, concurrency: int, metrics_port: int | None) -> int:
-    from envelope.local import local_trust  # noqa: PLC0415 - keep `moon tail` start-up light
-    from moon.engine import Engine  # noqa: PLC0415
-    from moon.gateway import moon_gate  # noqa: PLC0415
-    from moon.local import local_registry, local_walls  # noqa: PLC0415
-    from moon.service import serve_engine  # noqa: PLC0415
-
-    home = data_dir or home_dir()
-    trust = local_trust(home)
-    space = space_from_env()
-    async with connect(data_dir=home, name="moon-engine", role="engine") as nc:
-        _joined("moon.engine", nc, home, space, "engine")
-        js = nc.jetstream()
-        await ensure_streams(js, Topology(space=space, replicas=replicas_from_env()))
-        registry = await local_registry(js, space, trust)
-        engine = Engine(nc, walls=local_walls(trust, writer=True), registry=registry,
-                        space=space, concurrency=concurrency)
-        gate = moon_gate(nc, engine, signer=trust.moon, trust=trust.trust_for(trust.moon))
-        async with gate.serving():
-            await serve_engine(engine, metrics_port=metrics_port)
-        await registry.stop()
-    return 0
-
-
 @app.command("serve")
 def serve_command(
     data_dir: DataDir = None,
@@ -244,54 +157,6 @@ def serve_command(
         raise typer.Exit(run_loop(_serve(data_dir, concurrency, metrics_port)))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-
-
-async def _worker(data_dir: Path | None, executor: str, capabilities: list[str],
-                  command: list[str] | None, url: str | None, watts: float, capacity: int,
-                  metrics_port: int | None) -> int:
-    from moon.service import serve_worker  # noqa: PLC0415
-    from moon.worker import Handler, Worker, http_handler, subprocess_handler  # noqa: PLC0415
-
-    handler: Handler
-    if command:
-        import shutil  # noqa: PLC0415
-
-        if shutil.which(command[0]) is None:  # say so now, not at the first step
-            from streams.cli_errors import Exit, fail  # noqa: PLC0415
-
-            fail(f"--exec program {command[0]!r} not found or not executable",
-                 Exit.INPUT)
-        handler = subprocess_handler(command)
-    elif url:
-        handler = http_handler(url)
-    else:
-        from moon.demo_handlers import echo  # noqa: PLC0415
-
-        handler = echo
-    from envelope.local import local_trust  # noqa: PLC0415
-    from moon.local import register_local_executor  # noqa: PLC0415
-    from streams.broker import provision_executor  # noqa: PLC0415
-    from streams.roles import executor_role  # noqa: PLC0415
-
-    home = data_dir or home_dir()
-    space = space_from_env()
-    # On this machine's stack the operator's key registers the executor's key (once per key)
-    # and, on the embedded broker, gives it a user of its own; the worker then runs with that
-    # user's rights alone. Elsewhere an operator does both beforehand.
-    async with connect(data_dir=home, name=f"moon-register-{executor}", role="operator") as op:
-        signer = await register_local_executor(
-            op.jetstream(), space, local_trust(home), home, executor, capabilities=capabilities,
-            now_ms=int(time.time() * 1000))
-    if (home / "auth.conf").is_file():
-        await asyncio.to_thread(provision_executor, home, executor, capabilities)
-    async with connect(data_dir=home, name=f"moon-worker-{executor}",
-                       role=executor_role(executor)) as nc:
-        _joined("moon.worker", nc, home, space, executor_role(executor))
-        worker = Worker(nc, executor_id=executor, handlers=dict.fromkeys(capabilities, handler),
-                        signer=signer, engines=local_trust(home).engines, space=space,
-                        watts=watts, capacity=capacity)
-        await serve_worker(worker, metrics_port=metrics_port)
-    return 0
 
 
 @app.command("worker")
@@ -319,18 +184,6 @@ def worker_command(
 # --- commands against the journal ------------------------------------------------------------
 
 
-async def _gate(data_dir: Path | None, method: str, body: Any, *,
-                request_id: str | None = None, name: str = "moon-admin") -> Any:
-    """An operator's action goes through MOON's gate, signed with the data dir's operator key:
-    checked and audited like any caller's, and retried safely (same request id, first answer)."""
-    from moon.operator import operator_call  # noqa: PLC0415
-
-    home = data_dir or home_dir()
-    async with connect(data_dir=home, name=name, role="operator") as nc:
-        return await operator_call(nc, home, space_from_env(), f"moon.{method}", body,
-                                   request_id=request_id)
-
-
 def _run(coro: Any) -> Any:
     try:
         return run_loop(coro)
@@ -341,84 +194,6 @@ def _run(coro: Any) -> Any:
 def _refused(outcome: Any) -> None:
     """A gate's refusal: one line, exit 2."""
     fail(f"refused ({outcome.reason.value}, {outcome.code}): {outcome.detail}", Exit.REFUSED)
-
-
-_GOAL_KEYS = frozenset({"name", "objective", "pools", "organisations", "budget", "deadline_ms"})
-
-
-def _dispatch_command(path: Path, now_ms: int) -> Any:
-    """The file as a Dispatch, or one line: not YAML/JSON, a goal file, or not a DAG."""
-    import msgspec  # noqa: PLC0415
-    import yaml  # noqa: PLC0415
-
-    from moon.dispatch_file import load_dispatch  # noqa: PLC0415
-
-    data = read_input(path, "dispatch file")
-    try:
-        raw = yaml.safe_load(data)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        fail(f"dispatch {path}: not valid YAML or JSON{where}: "
-             f"{getattr(error, 'problem', None) or error}")
-    if not isinstance(raw, dict):
-        fail(f"dispatch {path}: not a DAG: expected a mapping with `steps` "
-             "(see examples/dag.yaml)")
-    if _GOAL_KEYS & set(raw):
-        fail(f"dispatch {path}: this is a goal file (MAESTRO plans it): run it with "
-             f"`maestro run {path}` or plan it with `maestro plan {path}`; `moon dispatch` takes "
-             "a DAG (see examples/dag.yaml)")
-    try:
-        return load_dispatch(data, now_ms=now_ms)
-    except msgspec.ValidationError as error:
-        fail(f"dispatch {path}: not a DAG: {error} (see examples/dag.yaml)")
-
-
-async def _dispatch(path: Path, data_dir: Path | None) -> Any:
-    from moon.gateway import Budget, DispatchRequest  # noqa: PLC0415
-
-    now = int(time.time() * 1000)
-    command = _dispatch_command(path, now)
-    budget = None
-    if command.budget_tokens is not None or command.deadline_ms is not None:
-        budget = Budget(tokens=command.budget_tokens,
-                        deadline_ms=command.deadline_ms - now if command.deadline_ms else None)
-    request = DispatchRequest(steps=command.steps, workflow_id=command.workflow_id,
-                              budget=budget, plan_id=command.plan_id,
-                              plan_revision=command.plan_revision,
-                              on_failure=command.on_failure)
-    from moon.operator import operator_call  # noqa: PLC0415
-    from streams.replies import Refusal  # noqa: PLC0415
-
-    home = data_dir or home_dir()
-    async with connect(data_dir=home, name="moon-dispatch", role="operator") as nc:
-        outcome = await operator_call(nc, home, space_from_env(), "moon.dispatch", request,
-                                      request_id=command.command_id)
-        if not isinstance(outcome, Refusal):
-            await _listed(nc, command.workflow_id)
-    return command.workflow_id, outcome
-
-
-async def _listed(nc: Any, workflow_id: str, timeout_s: float = 2.0) -> None:
-    """Return once `moon list` shows the workflow: the engine holds a young workflow's index
-    entry back a moment (moon/projection.py INDEX_MS), and a `moon list` run right after this
-    command should see what it dispatched. Best effort: the dispatch itself is done."""
-    import contextlib  # noqa: PLC0415
-
-    from streams.config import WORKFLOWS  # noqa: PLC0415
-
-    kv = await nc.jetstream().key_value(space_from_env().bucket(WORKFLOWS.name))
-    watcher = await kv.watch(workflow_id)
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for entry in watcher:
-                if entry is not None and entry.value:
-                    return
-    except TimeoutError:
-        return
-    finally:
-        with contextlib.suppress(Exception):
-            await watcher.stop()
 
 
 @app.command("dispatch")
@@ -435,66 +210,6 @@ def dispatch_command(
         _refused(outcome)
     print(_json({"workflow_id": outcome.workflow_id, "version": outcome.version,
                  "status": outcome.status}))
-
-
-def _reader_walls(data_dir: Path | None) -> Any:
-    from envelope.local import local_trust  # noqa: PLC0415
-    from moon.local import local_walls  # noqa: PLC0415
-
-    return local_walls(local_trust(data_dir or home_dir()))
-
-
-class _Read:
-    """A workflow's verified journal: (seq, decision) pairs, and where it stopped verifying."""
-
-    def __init__(self, items: list[tuple[int, Any]], bad: tuple[int, str] | None,
-                 pools: Any = None) -> None:
-        self.items, self.bad, self.pools = items, bad, pools
-
-    @property
-    def version(self) -> int:
-        return self.items[-1][0] if self.items else 0
-
-
-async def _read(workflow_id: str, data_dir: Path | None, upto: int | None = None, *,
-                live: bool = False) -> _Read:
-    """The verified journal up to `upto`; a message the engine did not sign stops the read
-    there (the workflow is quarantined) and the verified part before it is kept. `live`: also
-    ask the broker whether anyone takes the orders of the steps that wait for an executor."""
-    from moon.journal import journal  # noqa: PLC0415
-    from streams.ids import is_valid_id  # noqa: PLC0415
-    from streams.store import Unreadable  # noqa: PLC0415
-
-    if not is_valid_id(workflow_id):
-        fail(f"{workflow_id!r} is not a workflow id (letters, digits, _ and -, at most 64)",
-             Exit.REFUSED)
-    async with connect(data_dir=data_dir, name="moon-read", role="operator") as nc:
-        store = journal(nc.jetstream(), space_from_env(), _reader_walls(data_dir))
-        try:
-            loaded = await store.read(workflow_id, upto=upto)
-            items = [(i.seq, i.value) for i in loaded.items]
-            return _Read(items, None, await _pools(nc, items) if live else None)
-        except Unreadable as bad:
-            before = await store.read(workflow_id, upto=bad.seq - 1) if bad.seq > 1 else None
-            items = [(i.seq, i.value) for i in before.items] if before else []
-            return _Read(items, (bad.seq, bad.detail[:200]))
-
-
-async def _pools(nc: Any, items: list[tuple[int, Any]]) -> Any:
-    """The WORK consumers of the steps no executor has started (moon/liveness.py)."""
-    from moon import replay  # noqa: PLC0415
-    from moon.liveness import pools  # noqa: PLC0415
-    from moon.screens import waiting_pools  # noqa: PLC0415
-
-    names = waiting_pools(replay.fold(d for _, d in items))
-    return await pools(nc.jetstream(), space_from_env(), names) if names else None
-
-
-def _known(read: _Read, workflow_id: str) -> _Read:
-    if not read.items and read.bad is None:
-        fail(f"unknown workflow {workflow_id!r}: no journal message (see `moon list`)",
-             Exit.UNKNOWN)
-    return read
 
 
 def _quarantine_line(workflow_id: str, bad: tuple[int, str]) -> str:
@@ -562,37 +277,6 @@ def status_command(
         if as_json or watch:
             sys.stderr.write(f"moon: {_quarantine_line(workflow_id, read.bad)}\n")
         raise typer.Exit(Exit.JOURNAL)
-
-
-async def _list(data_dir: Path | None) -> list[dict[str, Any]]:
-    """The index's entries (moon.index.WorkflowSummary) as dicts: importing the engine to
-    decode them would double `moon list`'s start-up."""
-    import msgspec  # noqa: PLC0415
-    from nats.js.errors import BucketNotFoundError  # noqa: PLC0415
-
-    from streams.config import WORKFLOWS  # noqa: PLC0415
-
-    async with connect(data_dir=data_dir, name="moon-list", role="operator") as nc:
-        try:
-            kv = await nc.jetstream().key_value(space_from_env().bucket(WORKFLOWS.name))
-        except BucketNotFoundError:
-            fail("no MOON workflow index on this broker: has `moon serve` run on it (check "
-                 "NATS_URL and MAESTRO_SPACE)?", Exit.UNKNOWN)
-        # One watcher delivers every entry's latest value: a get per key was a round trip
-        # per workflow.
-        watcher = await kv.watchall(ignore_deletes=True)
-        out = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # the initial values are all in
-                    break
-                if entry.value:
-                    row = msgspec.json.decode(entry.value)
-                    if isinstance(row, dict) and "workflow_id" in row:
-                        out.append(row)
-        finally:
-            await watcher.stop()
-        return out
 
 
 def _status_filter(value: str | None) -> str | None:
@@ -697,13 +381,6 @@ def diff_command(
         print(_json(change))
 
 
-async def _fork(workflow_id: str, at_seq: int, new_id: str, data_dir: Path | None) -> Any:
-    from moon.gateway import ForkRequest  # noqa: PLC0415
-
-    return await _gate(data_dir, "fork", ForkRequest(workflow_id=workflow_id, at_seq=at_seq,
-                                                     new_workflow_id=new_id), name="moon-fork")
-
-
 @app.command("fork")
 def fork_command(
     workflow_id: str,
@@ -719,14 +396,6 @@ def fork_command(
     if isinstance(outcome, Refusal):
         _refused(outcome)
     print(_json({"workflow_id": new_id, "forked_from": workflow_id, "at_seq": at_seq}))
-
-
-async def _command(workflow_id: str, kind: str, reason: str, data_dir: Path | None) -> Any:
-    from moon.gateway import CancelRequest, CompensateRequest  # noqa: PLC0415
-
-    request = (CompensateRequest if kind == "compensate" else CancelRequest)(
-        workflow_id=workflow_id, reason=reason)
-    return await _gate(data_dir, kind, request)
 
 
 def _admin(workflow_id: str, kind: str, reason: str, data_dir: Path | None) -> None:
