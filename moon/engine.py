@@ -21,8 +21,8 @@ Where commands come from, and how each is authenticated before `decide` (moon/au
 - executors, as signed requests on `moon.report.<executor>.<wf>.<kind>` (moon/reports.py): the
   registry's key for the executor the subject names, then the attempt's binding;
 - MOON_CMD: timer firings signed by an engine, replans and compensations signed by MAESTRO.
-Anything else, or anything whose kind or workflow differs from its subject, is refused with an
-audit record and never looped on. A workflow whose journal holds a message that does not verify
+The last two are checked by moon/intake.py; anything else, or anything whose kind or workflow
+differs from its subject, is refused with an audit record and never looped on. A workflow whose journal holds a message that does not verify
 is quarantined: its status names the sequence, and every other workflow goes on.
 """
 
@@ -30,54 +30,47 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import KeyWrongLastSequenceError, NoStreamResponseError, NotFoundError
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
 from envelope import later
 from envelope.registry import Registry
-from envelope.statement import COMMAND, REPORT, TIMER, open_statement
 from moon import index, journal, workflow
 from moon.authority import (
     FromEngine,
-    FromExecutor,
-    FromPlanner,
     Source,
     Walls,
     authorize,
 )
 from moon.claims import Claims
 from moon.clock import BrokerClock
-from moon.effects import COMMANDS, Effects
+from moon.effects import Effects
 from moon.index import WorkflowSummary
+from moon.intake import Intake, deferred
 from moon.narration import narrate
 from moon.outbox import due_timers, pending_timers, wake_at, work_orders
 from moon.projection import MARK_EVERY_MS, STALE_MS, YOUNG_MS, Projector
-from moon.reports import RETRY_HEADER, ReportReply, parse_report_subject
 from moon.state import WorkflowState, is_terminal
 from moon.tracing import trace_of
 from streams import metrics
 from streams.audit import AuditRecord, audit_subject
 from streams.codec import Undecodable
 from streams.config import WORKFLOWS
-from streams.decider import Contention, Decided
+from streams.decider import Decided
 from streams.moon_events import (
     Deviation,
     Dispatched,
-    ExecutorReport,
     FireTimer,
     MoonCommand,
     MoonEvent,
-    StartStep,
     StepCompleted,
     TimerRequest,
     WorkOrder,
@@ -92,7 +85,6 @@ __all__ = ["Engine", "follow_until_terminal"]
 log = structlog.get_logger("moon.engine")
 _listing = msgspec.json.Decoder(WorkflowSummary)
 ENGINE_CONSUMER = "moon-engine"
-TIMER_EARLY_MS = 1_000  # schedules have one-second precision
 WAKE_SLACK_MS = 20  # a timer due this soon fires with the wake-up instead of another schedule
 WAKE_ROUNDS = 100  # timers a decision makes due at once, fired in the same wake-up
 CONSUMER_CHECK_S = 2.0
@@ -114,14 +106,6 @@ class Stats:
     orders: int = 0
     quarantined: int = 0
     handed_over: int = 0  # effects finished beside the gate's answer (envelope/later.py)
-
-
-# MOON_CMD kinds: what each must be signed as, and by whom.
-_SIGNED_AS: dict[str, tuple[bytes, str]] = {
-    "fire_timer": (TIMER, "engines"),
-    "replan": (COMMAND, "planners"),
-    "compensate": (COMMAND, "planners"),
-}
 
 
 @dataclass
@@ -161,6 +145,7 @@ class Engine:
         self._stopping = asyncio.Event()
         self.quarantined: dict[str, str] = {}
         self.consuming = False  # commands and reports are being taken: what `health` reports
+        self.intake = Intake(self)
 
     async def _workflows(self) -> Any:
         if self._index is None:
@@ -344,7 +329,7 @@ class Engine:
                                 detail=why)
         with contextlib.suppress(Exception):  # the refusal's audit record names it anyway
             await (await self._workflows()).put(bad.aggregate, msgspec.json.encode(entry))
-        await self._publish_audit(AuditRecord(
+        await self.publish_audit(AuditRecord(
             id=f"moon-quarantine-{bad.aggregate}-{bad.seq}", service="moon", method="journal",
             outcome="refused", request_hash=b"", caller="", caller_verified=False,
             capability="", traceparent="", at=self.clock(), reason=Reason.QUARANTINED,
@@ -410,124 +395,7 @@ class Engine:
             except KeyWrongLastSequenceError:
                 continue
 
-    # --- executors' reports (request/reply) ----------------------------------------------------
-
-    async def _on_report(self, msg: Msg) -> None:
-        outcome = await self._report(msg)
-        reply = ReportReply.refused(outcome) if isinstance(outcome, Refusal) else outcome
-        if msg.reply:
-            with contextlib.suppress(Exception):
-                await msg.respond(msgspec.json.encode(reply))
-
-    async def _report(self, msg: Msg) -> ReportReply | Refusal:
-        parsed = parse_report_subject(self.space, msg.subject)
-        if isinstance(parsed, Refusal):
-            return await self._refused("report", parsed, msg.data)
-        executor, wf, kind = parsed
-        registration = await self.registry.fetch(executor)
-        if registration is None or not registration.valid_at(self.clock()):
-            return await self._refused(kind, Refusal(
-                Reason.UNKNOWN_KEY, f"no registered executor {executor!r}"), msg.data)
-        verified = open_statement(msg.data, REPORT, keys=self.walls.keys,
-                                  authors={registration.did})
-        if isinstance(verified, Refusal):
-            return await self._refused(kind, verified, msg.data)
-        command = COMMANDS.try_decode(verified.body)
-        if isinstance(command, Undecodable):
-            return await self._refused(kind, Refusal(Reason.MALFORMED, command.error), msg.data,
-                                       caller=verified.author)
-        if command_kind(command) != kind or command.workflow_id != wf:
-            return await self._refused(kind, Refusal(
-                Reason.WRONG_SUBJECT, f"{command_kind(command)} for {command.workflow_id} on "
-                                      f"{msg.subject}"), msg.data, caller=verified.author)
-        self.stats.commands += 1
-        # The engine's clock stamps what happened when: an executor's clock is not trusted
-        # to say whether its report was late.
-        command = msgspec.structs.replace(command, at_ms=self.clock())
-        source = FromExecutor(registration)
-        if isinstance(command, ExecutorReport):
-            # Who sent it is what its signature says, whatever the body claims.
-            command = msgspec.structs.replace(command, executor=registration.executor)
-            source = FromExecutor(registration, self.effects.claims.prover(command.claim))
-        retry = bool(msg.headers and msg.headers.get(RETRY_HEADER))
-        try:
-            outcome = await self.submit(command, source=source, redelivered=retry)
-        except Exception as error:
-            self._deferred(command, error)
-            return Refusal(Reason.UNAVAILABLE, type(error).__name__, retryable=True)
-        if isinstance(outcome, Refusal):
-            return await self._refused(kind, outcome, msg.data, caller=verified.author,
-                                       workflow=wf)
-        if isinstance(command, StartStep):
-            step = outcome.state.steps.get(command.step)
-            run = (step is not None and step.attempt == command.attempt
-                   and step.start_id == command.command_id and not is_terminal(outcome.state))
-            return ReportReply(ok=True, run=run)
-        return ReportReply(ok=True)
-
-    # --- MOON_CMD: timers and MAESTRO's commands ------------------------------------------------
-
-    async def _on_command(self, msg: Msg) -> None:
-        outcome = await self._command(msg)
-        if outcome is None:
-            return  # not settled: it comes back
-        with contextlib.suppress(Exception):
-            await (msg.ack() if outcome else msg.term())
-
-    async def _command(self, msg: Msg) -> bool | None:
-        """True: handled (ack). False: refused for good (term: redelivering never helps).
-        None: leave it unacknowledged, it is redelivered."""
-        parts = self.space.unprefix(msg.subject).split(".")
-        kind = parts[3] if len(parts) == 4 else ""
-        if kind not in _SIGNED_AS:
-            refusal = Refusal(Reason.WRONG_SUBJECT, f"MOON_CMD takes no {kind or msg.subject!r}")
-            return await self._settle_refused("command", refusal, msg.data)
-        statement_kind, who = _SIGNED_AS[kind]
-        verified = open_statement(msg.data, statement_kind, keys=self.walls.keys,
-                                  authors=getattr(self.walls, who))
-        if isinstance(verified, Refusal):
-            return await self._settle_refused(kind, verified, msg.data)
-        command = COMMANDS.try_decode(verified.body)
-        if isinstance(command, Undecodable):
-            return await self._settle_refused(kind, Refusal(Reason.MALFORMED, command.error),
-                                              msg.data, caller=verified.author)
-        if command_kind(command) != kind or command.workflow_id != parts[2]:
-            refusal = Refusal(Reason.WRONG_SUBJECT,
-                              f"{command_kind(command)} for {command.workflow_id} on {msg.subject}")
-            return await self._settle_refused(kind, refusal, msg.data, caller=verified.author)
-        self.stats.commands += 1
-        now = self.clock()
-        source: Source
-        if isinstance(command, FireTimer):
-            if command.kind == "wake":
-                return await self._wake(command, FromEngine(verified.author),
-                                        redelivered=msg.metadata.num_delivered > 1)
-            if command.at_ms > now + TIMER_EARLY_MS:
-                # Fired before it is due by our clock (the broker's, as best we know it): wake
-                # the workflow then rather than decide a timeout early.
-                await self.effects.arm(command.workflow_id, command.at_ms, now)
-                return True
-            # Handled late (no engine was running when it fired): decide as of now, so a retry
-            # it schedules gets a deadline in the future, not one already past.
-            command = msgspec.structs.replace(command, at_ms=max(command.at_ms, now))
-            source = FromEngine(verified.author)
-        else:
-            command = msgspec.structs.replace(command, at_ms=now)
-            source = FromPlanner(verified.author)
-        try:
-            outcome = await self.submit(command, source=source,
-                                        redelivered=msg.metadata.num_delivered > 1)
-        except Exception as error:
-            self._deferred(command, error)
-            with contextlib.suppress(Exception):  # broker gone: it redelivers anyway
-                await msg.nak(delay=1)
-            return None
-        if isinstance(outcome, Refusal):
-            return await self._settle_refused(kind, outcome, msg.data, caller=verified.author,
-                                              workflow=command.workflow_id)
-        return True
-
-    async def _wake(self, wake: FireTimer, source: FromEngine, *,
+    async def wake(self, wake: FireTimer, source: FromEngine, *,
                     redelivered: bool = False) -> bool | None:
         """A workflow's wake-up: decide every timer of its state that is due, then arm the next
         one (the schedule that fired is spent). A timer the state still waits on after firing
@@ -572,53 +440,11 @@ class Engine:
                     await self.effects.arm(wf, after, now)
                 self.young.set_armed(wf, after)
         except Exception as error:
-            self._deferred(wake, error)
+            deferred(wake, error)
             return None
         return True
 
-    def _deferred(self, command: MoonCommand, error: Exception) -> None:
-        if isinstance(error, NoStreamResponseError | nats.errors.TimeoutError | TimeoutError
-                      | Contention):
-            # The journal has no leader (an election, a broker restart), or engines sharing
-            # the work raced for one workflow: expected, and frequent while it lasts, so one
-            # line each rather than a traceback each; the report or command comes back.
-            log.warning("command_deferred", workflow=command.workflow_id,
-                        command=command.command_id, error=type(error).__name__)
-        else:
-            log.exception("command_failed", workflow=command.workflow_id,
-                          command=command.command_id)
-        metrics.labelled(metrics.COMMANDS, command_kind(command), "failed").inc()
-
-    async def _settle_refused(self, kind: str, refusal: Refusal, raw: bytes, *,
-                              caller: str = "", workflow: str = "") -> bool | None:
-        try:
-            await self._refused(kind, refusal, raw, caller=caller, workflow=workflow)
-        except Exception:  # not settled: it comes back, is refused again and audited then
-            log.exception("audit_failed", kind=kind)
-            return None
-        return False
-
-    async def _refused(self, kind: str, refusal: Refusal, raw: bytes, *, caller: str = "",
-                       workflow: str = "") -> Refusal:
-        """One audit record per refused command, accepted or not as who it claims to be."""
-        digest = hashlib.sha256(raw)
-        # The same bytes refused for another reason (sent on another subject) are another
-        # record: the id, which deduplicates redeliveries, names both.
-        record_id = hashlib.sha256(refusal.reason.value.encode() + digest.digest()).hexdigest()
-        record = AuditRecord(
-            id=f"moon-cmd-{record_id[:40]}", service="moon", method=kind or "command",
-            outcome="refused", request_hash=digest.digest(), caller=caller,
-            caller_verified=bool(caller), capability="", traceparent="", at=self.clock(),
-            reason=refusal.reason, code=refusal.code, detail=refusal.detail[:500],
-            result_ref=f"moon.wf.{workflow}" if workflow else "",
-        )
-        await self._publish_audit(record)
-        metrics.labelled(metrics.COMMANDS, kind or "unknown", "refused").inc()
-        log.info("command_refused", kind=kind, workflow=workflow or None,
-                 reason=refusal.reason.value, detail=refusal.detail[:200])
-        return refusal
-
-    async def _publish_audit(self, record: AuditRecord) -> None:
+    async def publish_audit(self, record: AuditRecord) -> None:
         subject = self.space.subject(audit_subject(record.service, record.method, record.outcome))
         await self.js.publish(subject, msgspec.json.encode(record),
                               headers={"Nats-Msg-Id": record.id})
@@ -646,11 +472,11 @@ class Engine:
             projecting = tasks.create_task(self.projector.run())
             reports_sub = await self.nc.subscribe(
                 self.space.subject(reports()), queue=self.space.consumer(ENGINE_CONSUMER),
-                cb=spawn(self._on_report), pending_msgs_limit=100_000)
+                cb=spawn(self.intake.on_report), pending_msgs_limit=100_000)
             try:
                 first = True
                 while not self._stopping.is_set():
-                    sub = await self._subscribe_commands(spawn(self._on_command))
+                    sub = await self._subscribe_commands(spawn(self.intake.on_command))
                     self.consuming = True
                     if first and ready is not None:
                         ready.set()
