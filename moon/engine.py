@@ -22,8 +22,9 @@ Where commands come from, and how each is authenticated before `decide` (moon/au
   registry's key for the executor the subject names, then the attempt's binding;
 - MOON_CMD: timer firings signed by an engine, replans and compensations signed by MAESTRO.
 The last two are checked by moon/intake.py; anything else, or anything whose kind or workflow
-differs from its subject, is refused with an audit record and never looped on. A workflow whose journal holds a message that does not verify
-is quarantined: its status names the sequence, and every other workflow goes on.
+differs from its subject, is refused with an audit record and never looped on. A workflow whose
+journal holds a message that does not verify is quarantined: its status names the sequence, and
+every other workflow goes on.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ IMPURE = {"nats", "structlog", "asyncio", "time", "random", "uuid", "os", "ortoo
 PURE = [
     "moon/dag.py",
     "moon/workflow.py",
+    "moon/rules.py",
     "moon/state.py",
     "moon/outbox.py",
     "moon/replay.py",

@@ -717,7 +717,7 @@ def test_command_kinds_name_the_command_subject() -> None:
 # --- purity --------------------------------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[2]
-PURE = ["moon/workflow.py", "moon/replay.py", "streams/moon_events.py"]
+PURE = ["moon/workflow.py", "moon/rules.py", "moon/replay.py", "streams/moon_events.py"]
 IMPURE = {
     "nats",
     "structlog",
