@@ -38,6 +38,7 @@ from streams.store import Loaded, Unreadable
 from streams.tracing import child_traceparent, gate_span
 
 __all__ = [
+    "CAPABILITIES",
     "CancelRequest",
     "CheckpointRequest",
     "CompensateRequest",
@@ -50,6 +51,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# The methods a caller's grant must name by something other than `moon:<method>`: every caller
+# of the gate (the CLI's operator calls, the surfaces) seals its request for these.
+CAPABILITIES: dict[str, str] = {"compensate": "moon:admin", "fork": "moon:admin",
+                                "replay": "moon:read"}
 
 
 class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -233,11 +238,11 @@ def moon_gate(
 
     # Each of these submits one command whose id is the request id: the journal decides it once.
     gate.route("dispatch", dispatch, idempotent=True)
-    gate.route("compensate", compensate, capability="moon:admin", idempotent=True)
+    gate.route("compensate", compensate, capability=CAPABILITIES["compensate"], idempotent=True)
     gate.route("cancel", cancel, idempotent=True)
     gate.route("checkpoint", checkpoint, idempotent=True)
-    gate.route("fork", fork, capability="moon:admin", idempotent=True)
-    gate.route("replay", replay_, capability="moon:read")
+    gate.route("fork", fork, capability=CAPABILITIES["fork"], idempotent=True)
+    gate.route("replay", replay_, capability=CAPABILITIES["replay"])
     return gate
 
 

@@ -83,6 +83,17 @@ def test_maestro_up_serves_the_stack_and_stops_on_sigterm(tmp_path: Path) -> Non
         workflow = json.loads(dispatched.stdout)["workflow_id"]
         listed = _cli(["moon", "list", "--json"], home)
         assert listed.returncode == 0 and workflow in listed.stdout, listed.stderr
+        # The operator's admin actions go through the gate sealed for what it asks of them
+        # (moon:admin), not for `moon:<method>`: refused as no_capability before.
+        version = next(row["version"] for row in map(json.loads, listed.stdout.splitlines())
+                       if row["workflow_id"] == workflow)
+        forked = _cli(["moon", "fork", workflow, "--at-seq", str(version), "--as",
+                       f"{workflow}-again"], home)
+        assert forked.returncode == 0, forked.stderr
+        assert json.loads(forked.stdout)["forked_from"] == workflow
+        undone = _cli(["moon", "compensate", f"{workflow}-again"], home)
+        assert undone.returncode == 0, undone.stderr
+        assert json.loads(undone.stdout)["workflow_id"] == f"{workflow}-again"
         # A goal, end to end: planned, allocated, dispatched through the gates, followed.
         ran = _cli(["maestro", "run", str(ROOT / "examples" / "goal.yaml"), "--json"], home)
         assert ran.returncode == 0, ran.stderr[-2000:]
