@@ -47,24 +47,21 @@ def _wait_for_line(log: Path, *needles: str, timeout_s: float = 20.0) -> str:
     raise TimeoutError(f"none of {needles} in {log}")
 
 
+def _dial(tmp_path: Path, name: str, target: int, secret: str | None) -> str:
+    """What a server routing to `target` is told first: refused, or its route made."""
+    joiner = _joiner(tmp_path, name, target, secret)
+    joiner.start()
+    try:
+        return _wait_for_line(joiner.data_dir / "nats-server.log",
+                              "Authorization Violation", "Route connection created")
+    finally:
+        joiner.stop()
+
+
 def test_a_server_without_the_route_password_cannot_join_and_one_with_it_can(
     node: EmbeddedCluster, tmp_path: Path
 ) -> None:
     target = node.nodes[0].cluster_port
-    rogue = _joiner(tmp_path, "rogue", target, secret=None)
-    rogue.start()
-    try:
-        seen = _wait_for_line(rogue.data_dir / "nats-server.log",
-                              "Authorization Violation", "Route connection created")
-    finally:
-        rogue.stop()
-    assert seen == "Authorization Violation"
-
-    member = _joiner(tmp_path, "member", target, secret=route_secret(node.creds or tmp_path))
-    member.start()
-    try:
-        seen = _wait_for_line(member.data_dir / "nats-server.log",
-                              "Authorization Violation", "Route connection created")
-    finally:
-        member.stop()
-    assert seen == "Route connection created"
+    assert _dial(tmp_path, "rogue", target, secret=None) == "Authorization Violation"
+    secret = route_secret(node.creds or tmp_path)
+    assert _dial(tmp_path, "member", target, secret=secret) == "Route connection created"
