@@ -21,13 +21,13 @@ async def _gate(data_dir: Path | None, method: str, body: Any, *,
                 request_id: str | None = None, name: str = "moon-admin") -> Any:
     """An operator's action goes through MOON's gate, signed with the data dir's operator key:
     checked and audited like any caller's, and retried safely (same request id, first answer)."""
-    from moon.gateway import CAPABILITIES  # noqa: PLC0415
+    from moon.gateway import capability_of  # noqa: PLC0415
     from moon.operator import operator_call  # noqa: PLC0415
 
     home = data_dir or home_dir()
     async with connect(data_dir=home, name=name, role="operator") as nc:
         return await operator_call(nc, home, space_from_env(), f"moon.{method}", body,
-                                   request_id=request_id, capability=CAPABILITIES.get(method))
+                                   request_id=request_id, capability=capability_of(method))
 
 
 _GOAL_KEYS = frozenset({"name", "objective", "pools", "organisations", "budget", "deadline_ms"})

@@ -47,6 +47,7 @@ __all__ = [
     "ForkRequest",
     "ReplayReply",
     "ReplayRequest",
+    "capability_of",
     "moon_gate",
 ]
 
@@ -55,6 +56,12 @@ T = TypeVar("T")
 # of the gate (the CLI's operator calls, the surfaces) seals its request for these.
 CAPABILITIES: dict[str, str] = {"compensate": "moon:admin", "fork": "moon:admin",
                                 "replay": "moon:read"}
+
+
+def capability_of(method: str) -> str:
+    """What a request to `moon.<method>` must be sealed for: the gate's default, `moon:<method>`,
+    unless the route names another."""
+    return CAPABILITIES.get(method, f"moon:{method}")
 
 
 class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -237,12 +244,13 @@ def moon_gate(
                            status=state.status, state=msgspec.json.encode(state), mismatches=bad)
 
     # Each of these submits one command whose id is the request id: the journal decides it once.
-    gate.route("dispatch", dispatch, idempotent=True)
-    gate.route("compensate", compensate, capability=CAPABILITIES["compensate"], idempotent=True)
-    gate.route("cancel", cancel, idempotent=True)
-    gate.route("checkpoint", checkpoint, idempotent=True)
-    gate.route("fork", fork, capability=CAPABILITIES["fork"], idempotent=True)
-    gate.route("replay", replay_, capability=CAPABILITIES["replay"])
+    # Every route's capability from capability_of, which the CLI and the surfaces seal for.
+    gate.route("dispatch", dispatch, capability=capability_of("dispatch"), idempotent=True)
+    gate.route("compensate", compensate, capability=capability_of("compensate"), idempotent=True)
+    gate.route("cancel", cancel, capability=capability_of("cancel"), idempotent=True)
+    gate.route("checkpoint", checkpoint, capability=capability_of("checkpoint"), idempotent=True)
+    gate.route("fork", fork, capability=capability_of("fork"), idempotent=True)
+    gate.route("replay", replay_, capability=capability_of("replay"))
     return gate
 
 

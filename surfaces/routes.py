@@ -20,6 +20,7 @@ from moon.gateway import (
     DispatchRequest,
     ReplayReply,
     ReplayRequest,
+    capability_of,
 )
 
 __all__ = ["METHODS", "Method", "input_schema", "method"]
@@ -52,13 +53,13 @@ METHODS: dict[str, Method] = {
                "Approve or reject a plan that awaits ratification."),
         Method("maestro.replan", "maestro:plan", ReplanRequest, StateReply,
                "Re-plan on deviation, reusing MOON's durable state."),
-        Method("moon.dispatch", "moon:dispatch", DispatchRequest, DispatchReply,
+        Method("moon.dispatch", capability_of("dispatch"), DispatchRequest, DispatchReply,
                "Dispatch a new durable workflow, journaled from the first instruction."),
-        Method("moon.checkpoint", "moon:checkpoint", CheckpointRequest, DispatchReply,
+        Method("moon.checkpoint", capability_of("checkpoint"), CheckpointRequest, DispatchReply,
                "Checkpoint a long-running step; survives replay."),
-        Method("moon.compensate", "moon:admin", CompensateRequest, DispatchReply,
+        Method("moon.compensate", capability_of("compensate"), CompensateRequest, DispatchReply,
                "Run compensation for a workflow."),
-        Method("moon.replay", "moon:read", ReplayRequest, ReplayReply,
+        Method("moon.replay", capability_of("replay"), ReplayRequest, ReplayReply,
                "Replay a workflow from its recorded journal."),
     )
 }  # fmt: skip

@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Route
 
 from envelope.grants import Grant, SignedGrant, covers
 from maestro.gantt_html import _FILLS as FILLS  # the plan page's colours, kept alike
-from moon.gateway import CancelRequest, CompensateRequest, ForkRequest
+from moon.gateway import CancelRequest, CompensateRequest, ForkRequest, capability_of
 from streams.codec import Undecodable
 from streams.ids import is_valid_id
 from streams.jetstream_store import tail
@@ -46,9 +46,9 @@ STREAM_LIFETIME_S = 20.0  # an event stream ends by itself; the browser resumes 
 PING_S = 10.0
 # action -> (gate target, capability its route checks, body)
 ACTIONS: dict[str, tuple[str, str, type[msgspec.Struct]]] = {
-    "compensate": ("moon.compensate", "moon:admin", CompensateRequest),
-    "cancel": ("moon.cancel", "moon:cancel", CancelRequest),
-    "fork": ("moon.fork", "moon:admin", ForkRequest),
+    "compensate": ("moon.compensate", capability_of("compensate"), CompensateRequest),
+    "cancel": ("moon.cancel", capability_of("cancel"), CancelRequest),
+    "fork": ("moon.fork", capability_of("fork"), ForkRequest),
 }
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
