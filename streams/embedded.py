@@ -157,8 +157,11 @@ class EmbeddedBroker:
         credentials.write_private(config, self.config_text() + tail + self.extra_config)
         log = (self.data_dir / "nats-server.log").open("ab")
         env = None if self.server_env is None else {**os.environ, **self.server_env}
+        # A session of its own: a terminal's Ctrl-C (SIGINT to the whole foreground group) then
+        # reaches only the process that started it, which stops its services and then the
+        # server. Otherwise the broker died first, under the services still using it.
         self.process = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=log,
-                                        env=env)
+                                        env=env, start_new_session=True)
         self._wait_until_listening(timeout_s)
         # Other commands on this data dir (moon tail, moon replay) attach instead of starting
         # a second server on the same store.
