@@ -215,7 +215,8 @@ async def run_demo(data_dir: Path, *, console: Console | None = None) -> int:
                       f"state equals live: {replayed == final}; re-decided with "
                       f"{len(mismatches)} mismatches")
         console.print(f"workflow [bold]{final.status}[/]: {final.usage.tokens} tokens, "
-                      f"{final.usage.joules:.1f} J; try `moon status {wf}`, "
+                      f"{final.usage.joules:.1f} J. The journal stays: start `maestro up` "
+                      f"(its broker serves it) and try `moon status {wf}`, "
                       f"`moon replay {wf} --verify`, `moon tail 'audit.>'`")
         ok = final.status == "completed" and replayed == final and not mismatches
         return 0 if ok else 1

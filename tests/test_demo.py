@@ -4,6 +4,7 @@ exits 0, leaving its data for `moon list`/`moon replay` (run as a user runs it: 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,12 @@ def test_maestro_demo_runs_the_story_and_leaves_a_replayable_journal(tmp_path: P
     assert "0 mismatches" in out
     # The demo's broker went with it: its journal is read on the stack `maestro up` runs
     # on the same data dir (no command starts a broker behind the user's back).
+    # The commands its last line suggests work as it says to run them: with `maestro up`.
+    hint = re.search(r"start `maestro up`.*?`moon status ([\w-]+)`", out)
+    assert hint is not None, out[-1000:]
     with maestro_up(home, tmp_path, executors=False):
         listed = _cli("moon", "list", "--json", home=home)
+        status = _cli("moon", "status", hint.group(1), home=home)
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert '"completed"' in listed.stdout
+    assert status.returncode == 0 and "workflow.completed" in status.stdout, status.stderr
