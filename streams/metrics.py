@@ -81,14 +81,15 @@ REPLAN_SECONDS = Histogram("maestro_replan_seconds", "From a deviation read to i
 
 
 M = TypeVar("M", bound=MetricWrapperBase)
-_CHILDREN: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
+# Keyed by the metric itself, not its id(): a key holds its metric, so no id is ever reused.
+_CHILDREN: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
 
 
 def labelled(metric: M, *values: str) -> M:
     """`metric.labels(*values)`, kept: the library validates the values, builds the key and
     takes a lock on every call, ~2.6 % of the engine's CPU under load counted per event. As
     many entries as the metric has children, which it keeps anyway."""
-    key = (id(metric), values)
+    key = (metric, values)
     found = _CHILDREN.get(key)
     if found is None:
         found = _CHILDREN[key] = metric.labels(*values)
