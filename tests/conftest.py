@@ -65,15 +65,26 @@ def broker_credentials(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
             os.environ[name] = value
 
 
+def _skip_without_server() -> Path:
+    """The nats-server binary, or this test skipped with the reason it is missing."""
+    try:
+        return find_server_binary()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+
+
+@pytest.fixture(scope="session")
+def server_binary() -> Path:
+    """For a test that starts nats-server itself (a child process, `maestro up`, a cluster)."""
+    return _skip_without_server()
+
+
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url := os.environ.get("NATS_URL"):
         yield url
         return
-    try:
-        find_server_binary()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
+    _skip_without_server()
     broker = EmbeddedBroker(data_dir=tmp_path_factory.mktemp("nats")).start()
     yield broker.url
     broker.stop()
@@ -82,10 +93,7 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
     """A private server for tests that kill or restart the broker."""
-    try:
-        find_server_binary()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
+    _skip_without_server()
     server = EmbeddedBroker(data_dir=tmp_path / "nats").start()
     yield server
     server.stop()
@@ -96,10 +104,7 @@ async def secured(tmp_path: Path, space: Space) -> AsyncIterator[Secured]:
     """A private server with auth whose role users are rendered for this test's `space`, its
     streams made by the admin; `secured.connect(role)`, `secured.env(role)` for a child
     process, `secured.provision(executor_id, capabilities)` (tests/security/world.py)."""
-    try:
-        find_server_binary()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
+    _skip_without_server()
     world = await Secured.start(tmp_path / "secured", space)
     try:
         yield world

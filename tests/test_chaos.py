@@ -18,7 +18,6 @@ from envelope.keys import KeyRing
 from envelope.statement import TIMER, open_statement
 from moon.clock import local_ms as now_ms
 from moon.effects import COMMANDS
-from streams.broker import find_server_binary
 from streams.moon_events import FailStep, FireTimer, RetryPolicy, StartStep
 from streams.replies import Refusal
 
@@ -49,11 +48,8 @@ def run_chaos(*args: str, timeout_s: float) -> tuple[dict, str]:  # type: ignore
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("server_binary")
 def test_twenty_kills_lose_no_event_rerun_no_completed_step_and_every_journal_replays() -> None:
-    try:
-        find_server_binary()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
     tally, err = run_chaos("--seed", "7", "--workflows", str(WORKFLOWS), "--kills", str(KILLS),
                            "--interval-s", "1.0", "--settle-s", "90", timeout_s=170)
     assert tally["failures"] == [], (tally, err[-3000:])

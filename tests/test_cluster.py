@@ -29,7 +29,7 @@ from moon.journal import SignedDecisions
 from moon.service import running as service
 from moon.worker import Result, StepContext, Worker
 from moon.workflow import WorkflowState, is_terminal
-from streams.broker import find_server_binary, open_connection
+from streams.broker import open_connection
 from streams.cluster import EmbeddedCluster
 from streams.config import MOON, Topology, ensure_streams
 from streams.jetstream_store import last_sequence, ordered_read
@@ -46,11 +46,7 @@ Journals = dict[str, list[tuple[int, bytes]]]
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, space: Space) -> Iterator[EmbeddedCluster]:
-    try:
-        find_server_binary()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
+def cluster(tmp_path: Path, space: Space, server_binary: Path) -> Iterator[EmbeddedCluster]:
     # Rights rendered for the test's namespace, so every service runs with its role's alone.
     nodes = EmbeddedCluster(tmp_path / "cluster", space=space,
                             creds=tmp_path / "creds").start()

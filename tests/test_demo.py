@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import find_server_binary
-
 from .test_up import maestro_up
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,11 +28,8 @@ def _cli(tool: str, *args: str, home: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("server_binary")
 def test_maestro_demo_runs_the_story_and_leaves_a_replayable_journal(tmp_path: Path):
-    try:
-        find_server_binary()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
     home = tmp_path / "home"
     demo = _cli("maestro", "demo", home=home)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]

@@ -9,17 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import find_server_binary
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("server_binary")
 def test_a_short_load_completes_every_dispatch_without_errors_or_growth() -> None:
-    try:
-        find_server_binary()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
     done = subprocess.run(
         [sys.executable, "benchmarks/load.py", "--seconds", "3", "--clients", "4",
          "--warmup", "1", "--json"],
@@ -45,14 +40,11 @@ def test_a_short_load_completes_every_dispatch_without_errors_or_growth() -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("server_binary")
 def test_the_compare_mode_stubs_ed25519_only_in_the_unsigned_world() -> None:
     """Both worlds complete every dispatch; the unsigned one really runs without ed25519 (its
     children's probe sign is stubbed, its gate takes a zero signature, its journal carries only
     zero signatures) while the signed one refuses a zero signature and signs for real."""
-    try:
-        find_server_binary()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
     done = subprocess.run(
         [sys.executable, "benchmarks/load.py", "--compare-unsigned", "--seconds", "1.5",
          "--clients", "4", "--warmup", "0.5", "--json"],

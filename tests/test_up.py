@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import find_server_binary, free_port
+from streams.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,11 +68,8 @@ def maestro_up(home: Path, tmp_path: Path, *, executors: bool = True
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("server_binary")
 def test_maestro_up_serves_the_stack_and_stops_on_sigterm(tmp_path: Path) -> None:
-    try:
-        find_server_binary()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
     home = tmp_path / "home"
     with maestro_up(home, tmp_path) as (proc, nats_port, http_port, log_path):
         printed = (tmp_path / "up.log").read_text()
@@ -134,13 +131,10 @@ def test_maestro_up_serves_the_stack_and_stops_on_sigterm(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("server_binary")
 def test_ctrl_c_stops_the_stack_cleanly_and_takes_its_broker_with_it(tmp_path: Path) -> None:
     """A terminal's Ctrl-C is SIGINT to the whole foreground group: the broker must not die
     before the services using it (it did: 30 reconnect tracebacks in the log on every stop)."""
-    try:
-        find_server_binary()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
     home = tmp_path / "home"
     with maestro_up(home, tmp_path) as (proc, _, _, log_path):
         broker = int((home / "nats-server.pid").read_text())
