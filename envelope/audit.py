@@ -6,14 +6,24 @@ from collections import Counter
 
 import msgspec
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
+from nats.js.errors import NotFoundError
 
 from envelope.treaty import Bucket, take
 from streams.audit import AuditRecord, audit_subject
 from streams.subjects import Space
 
-__all__ = ["AuditLog"]
+__all__ = ["AuditLog", "Unreadable"]
 
 _encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(AuditRecord).decode
+
+
+class Unreadable(msgspec.Struct, frozen=True):
+    """The record a duplicate Nats-Msg-Id points at could not be read back as one."""
+
+    seq: int
+    detail: str
 
 
 class AuditLog:
@@ -33,6 +43,7 @@ class AuditLog:
     ) -> None:
         self._js = js
         self._space = space
+        self._stream = space.stream("AUDIT")
         self._junk_rate = junk_rate_per_s
         self._junk_burst = junk_burst
         self._junk_bucket: Bucket | None = None
@@ -40,13 +51,33 @@ class AuditLog:
 
     async def append(self, record: AuditRecord, *, msg_id: str) -> bool:
         """Publish one record; False when the server already held this Nats-Msg-Id."""
+        ack = await self._publish(record, msg_id)
+        self.counts[record.outcome] += 1
+        return not ack.duplicate
+
+    async def _publish(self, record: AuditRecord, msg_id: str) -> PubAck:
         subject = self._space.subject(audit_subject(record.service, record.method, record.outcome))
         headers = {"Nats-Msg-Id": msg_id}
         if record.traceparent:
             headers["traceparent"] = record.traceparent
-        ack = await self._js.publish(subject, _encode(record), headers=headers)
-        self.counts[record.outcome] += 1
-        return not ack.duplicate
+        return await self._js.publish(subject, _encode(record), headers=headers)
+
+    async def first(self, record: AuditRecord) -> AuditRecord | Unreadable | None:
+        """Append a request's final record under its id (`Nats-Msg-Id`): None when it is the
+        first; else the first one, which the server names in its answer to a duplicate within
+        the stream's duplicate window (streams/config.py), read back by its sequence. One
+        fsync'd write keeps both the audit record and the answer it carries."""
+        ack = await self._publish(record, record.id)
+        if not ack.duplicate:
+            self.counts[record.outcome] += 1
+            return None
+        try:
+            stored = await self._js.get_msg(self._stream, ack.seq, direct=True)
+            return _decode(stored.data or b"")
+        except NotFoundError:  # deleted by an operator since: nothing left to answer from
+            return Unreadable(ack.seq, "the first record is gone")
+        except msgspec.DecodeError as error:
+            return Unreadable(ack.seq, str(error)[:200])
 
     async def append_unauthenticated(self, record: AuditRecord, *, now_ms: int) -> bool:
         """Count the junk; store it only while the junk bucket has tokens."""

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, assert_never
 
 import msgspec
 import nats.errors
@@ -20,7 +20,7 @@ from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from envelope.audit import AuditLog
+from envelope.audit import AuditLog, Unreadable
 from envelope.budget import Ledger
 from envelope.keys import Signer
 from envelope.later import collecting
@@ -36,7 +36,7 @@ from envelope.seal import (
     request_hash,
     seal_response,
 )
-from envelope.shared import LIMITS, KvLimits, Limits, MemoryLimits, admit_shared
+from envelope.shared import LIMITS, KvLimits, Limits, MemoryLimits, admit_shared, spends
 from envelope.trace import is_valid_traceparent, trace_id
 from envelope.treaty import TreatyLimiter
 from streams import metrics, telemetry
@@ -427,15 +427,12 @@ class Gate:
             else:
                 await asyncio.gather(outcomes.release(opened.request_id), audited)
         elif route.idempotent:
-            # The answer and its audit record at once; the audit record's id is the request's,
-            # so a second run's record is the same one. What the handler left running (its
-            # work orders) is not waited for: the answer says the request is durably accepted,
-            # which its journal append made true, and an effect lost to a crash is found the
-            # way one lost after the answer always was (a step's timeout).
+            # What the handler left running (its work orders) is not waited for: the answer
+            # says the request is durably accepted, which its journal append made true, and an
+            # effect lost to a crash is found the way one lost after the answer always was (a
+            # step's timeout).
             self._finish_beside(later)
-            first, _ = await asyncio.gather(
-                outcomes.keep(opened.request_id, opened.caller, now, response),
-                self.audit.append(record, msg_id=record.id))
+            first = await self._keep_first(outcomes, opened, now, record, response)
             if isinstance(first, bytes):
                 log.info("replayed", outcome="stored")
                 self._count(route, "replayed", None)
@@ -451,6 +448,39 @@ class Gate:
         log.info("answered", outcome=outcome, reason=record.reason)
         self._count(route, outcome, record.reason)
         return response
+
+    async def _keep_first(self, outcomes: Outcomes, opened: Opened, now: int,
+                          record: AuditRecord, response: bytes) -> bytes | Refusal | None:
+        """Keep an idempotent route's first answer: None when this one is it, else the first
+        (bytes) or a refusal when the id is another caller's. The answer rides in its audit
+        record, whose id is the request's: one write for both, and a second run's record is
+        the first one, which the stream's deduplication hands back (envelope/audit.py) for as
+        long as any envelope can live and longer (a retry later still decides nothing: the
+        handler decides by the request id, and answers from the journal). A request that
+        spends (a treaty's rate, a budget) has its nonce stored, so the same bytes again are
+        refused as a replay before the handler and answered from the outcome store: kept
+        there too."""
+        kept = msgspec.structs.replace(record, answer=response)
+        if spends(opened):
+            first, _ = await asyncio.gather(
+                outcomes.keep(opened.request_id, opened.caller, now, response),
+                self.audit.append(kept, msg_id=record.id))
+            return first
+        match await self.audit.first(kept):
+            case None:
+                return None
+            case Unreadable() as unreadable:
+                self._log.warning("first_answer_unreadable", request_id=opened.request_id,
+                                  seq=unreadable.seq, detail=unreadable.detail)
+                return Refusal(Reason.REPLAYED, "request id holds an outcome the gate cannot read")
+            case AuditRecord(caller=caller) if caller != opened.caller:
+                return Refusal(Reason.REPLAYED, "request id already used by another caller")
+            case AuditRecord(answer=answer) if answer:
+                return answer
+            case AuditRecord():  # audited before answers were kept in records: in the store
+                return await outcomes.keep(opened.request_id, opened.caller, now, response)
+            case unexpected:
+                assert_never(unexpected)
 
     def _finish_beside(self, later: list[asyncio.Future[None]]) -> None:
         """Let a handler's effects finish after its answer leaves; a failure is logged (the
@@ -543,6 +573,8 @@ class Gate:
             await self.audit.append(record, msg_id=_attempt_id(request_id, digest))
         else:
             await outcomes.settle(request_id, caller, now, response)
+            if route.idempotent:  # where a later try of the id finds it (_keep_first)
+                record = msgspec.structs.replace(record, answer=response)
             await self.audit.append(record, msg_id=request_id)
         log.info("refused", reason=refusal.reason.value)
         self._count(route, "refused", refusal.reason)

@@ -41,6 +41,7 @@ __all__ = [
     "admit_shared",
     "ledger_key",
     "set_balance",
+    "spends",
 ]
 
 ROOT_SPACE = Space()
@@ -75,6 +76,13 @@ class Limits(Protocol):
         ...
 
 
+def spends(opened: Opened) -> bool:
+    """Whether admitting the request takes something a replay must not take again: a treaty's
+    rate token or a budget reservation."""
+    budget = opened.budget
+    return opened.treaty is not None or (budget is not None and bool(budget.tokens))
+
+
 async def admit_shared(pending: Pending, limits: Limits, now_ms: int, *,
                        answers_replays: bool = False) -> Opened | Refusal:
     """seal.admit, on a Limits store: replay, treaty rate, balance (same order, same answers).
@@ -86,13 +94,13 @@ async def admit_shared(pending: Pending, limits: Limits, now_ms: int, *,
     when nothing is spent either (no treaty rate token, no reservation), no nonce is stored:
     one fsync'd write and one stage less before the handler."""
     budget = pending.opened.budget
-    spends = pending.treaty is not None or (budget is not None and bool(budget.tokens))
-    if answers_replays and not spends:
+    spending = spends(pending.opened)
+    if answers_replays and not spending:
         refused = await limits.spend(pending.opened.caller, budget)  # reserves nothing: no read
         return pending.opened if refused is None else pending.refuse(refused)
     seen = limits.seen(pending.nonce_key, pending.keep_until_ms, now_ms,
                        request=pending.opened.request_hash)
-    if not spends:
+    if not spending:
         # Nothing here spends anything a replay must not take (no rate token, no reservation):
         # the balance is read while the nonce is stored, one round trip instead of two. The
         # answers keep their order: a replay is refused as one even when it is also broke.

@@ -30,6 +30,10 @@ class AuditRecord(msgspec.Struct, frozen=True):
     code: int | None = None
     detail: str = ""
     result_ref: str = ""
+    # The sealed answer, on the final record of a request to an idempotent route (one whose
+    # handler decides by the request id): the record is where that answer is kept, and a
+    # retry of the id within the stream's duplicate window is given it (envelope/audit.py).
+    answer: bytes = b""
 
     @property
     def ref(self) -> str:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import msgspec
+
 from envelope.client import Client
 from envelope.local import local_trust
 from moon.clock import local_ms as now_ms
 from moon.gateway import DispatchReply, ReplayReply, moon_gate
 from moon.worker import Result
+from streams.audit import AuditRecord
 from streams.moon_events import Cancel
 from streams.replies import Reason, Refusal
 
@@ -83,6 +86,42 @@ async def test_a_dispatch_sent_again_byte_for_byte_gets_its_first_answer_without
         assert nonces.state.messages == 1  # the replay route's
     journal = await js.stream_info(space.stream("MOON"))
     assert journal.state.messages == 2  # one dispatch, one completion: nothing started twice
+
+
+async def test_a_dispatch_keeps_its_first_answer_in_its_audit_record(nc, js, space, tmp_path):
+    """The answer rides in the request's audit record (one write for both, no outcome-store
+    entry): a retry of the request id, sealed again after the workflow moved on, gets that
+    first answer, not today's state; another caller's request under the same id is refused
+    (never handed the first caller's answer) and audited as its own attempt."""
+    trust = local_trust(tmp_path)
+    async with gated(nc, space, tmp_path) as (eng, client):
+        request_id, _, sealed = client.seal("moon.dispatch", body([step("a")]))
+        first = await client.send("moon.dispatch", request_id, "", sealed)
+        assert not isinstance(first, Refusal), first
+        answer = first.result(DispatchReply)
+        assert (await eng.wait_terminal(answer.workflow_id, 30)).status == "completed"
+        outcomes = await js.stream_info("KV_" + space.bucket("envelope_outcomes"))
+        assert outcomes.state.messages == 0
+        again = await client.call("moon.dispatch", body([step("a")]), request_id=request_id)
+        assert not isinstance(again, Refusal), again
+        assert again.result(DispatchReply) == answer and answer.status != "completed"
+        other = Client(nc, trust.maestro, trust.services, grant=(trust.maestro_grant,),
+                       space=space)
+        stolen = await other.call("moon.dispatch", body([step("a")]), request_id=request_id)
+        assert isinstance(stolen, Refusal) and stolen.reason is Reason.REPLAYED, stolen
+        assert "another caller" in stolen.detail
+    records = [msgspec.json.decode(m.data, type=AuditRecord)
+               async for m in _audit_records(js, space)]
+    mine = [r for r in records if r.id == request_id]
+    assert len(mine) == 1 and mine[0].answer and mine[0].outcome == "accepted"
+    assert [(r.outcome, r.reason) for r in records if r.caller == trust.maestro.did] == [
+        ("refused", Reason.REPLAYED)]
+
+
+async def _audit_records(js, space):  # type: ignore[no-untyped-def]
+    info = await js.stream_info(space.stream("AUDIT"))
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        yield await js.get_msg(space.stream("AUDIT"), seq)
 
 
 async def test_an_unsigned_dispatch_is_refused_and_audited(nc, js, space, tmp_path):
