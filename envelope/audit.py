@@ -62,12 +62,12 @@ class AuditLog:
             headers["traceparent"] = record.traceparent
         return await self._js.publish(subject, _encode(record), headers=headers)
 
-    async def first(self, record: AuditRecord) -> AuditRecord | Unreadable | None:
-        """Append a request's final record under its id (`Nats-Msg-Id`): None when it is the
-        first; else the first one, which the server names in its answer to a duplicate within
-        the stream's duplicate window (streams/config.py), read back by its sequence. One
-        fsync'd write keeps both the audit record and the answer it carries."""
-        ack = await self._publish(record, record.id)
+    async def first(self, record: AuditRecord, *, msg_id: str) -> AuditRecord | Unreadable | None:
+        """Append a request's final record under `msg_id`: None when it is the first; else the
+        first one, which the server names in its answer to a duplicate within the stream's
+        duplicate window (streams/config.py), read back by its sequence. One fsync'd write
+        keeps both the audit record and the answer it carries."""
+        ack = await self._publish(record, msg_id)
         if not ack.duplicate:
             self.counts[record.outcome] += 1
             return None

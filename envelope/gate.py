@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, assert_never
@@ -452,21 +453,23 @@ class Gate:
     async def _keep_first(self, outcomes: Outcomes, opened: Opened, now: int,
                           record: AuditRecord, response: bytes) -> bytes | Refusal | None:
         """Keep an idempotent route's first answer: None when this one is it, else the first
-        (bytes) or a refusal when the id is another caller's. The answer rides in its audit
-        record, whose id is the request's: one write for both, and a second run's record is
-        the first one, which the stream's deduplication hands back (envelope/audit.py) for as
-        long as any envelope can live and longer (a retry later still decides nothing: the
-        handler decides by the request id, and answers from the journal). A request that
+        (bytes), or a refusal when the record found is not this caller's. The answer rides in
+        its audit record, deduplicated by the request id and the caller (`_answer_id`): one
+        write for both, and a second run's record is the first one, which the stream's
+        deduplication hands back (envelope/audit.py) for as long as any envelope can live and
+        longer (a retry later still decides nothing: the handler decides by the request id,
+        and answers from the journal). A request that
         spends (a treaty's rate, a budget) has its nonce stored, so the same bytes again are
         refused as a replay before the handler and answered from the outcome store: kept
         there too."""
         kept = msgspec.structs.replace(record, answer=response)
+        msg_id = _answer_id(opened.request_id, opened.caller)
         if spends(opened):
             first, _ = await asyncio.gather(
                 outcomes.keep(opened.request_id, opened.caller, now, response),
-                self.audit.append(kept, msg_id=record.id))
+                self.audit.append(kept, msg_id=msg_id))
             return first
-        match await self.audit.first(kept):
+        match await self.audit.first(kept, msg_id=msg_id):
             case None:
                 return None
             case Unreadable() as unreadable:
@@ -574,8 +577,10 @@ class Gate:
         else:
             await outcomes.settle(request_id, caller, now, response)
             if route.idempotent:  # where a later try of the id finds it (_keep_first)
-                record = msgspec.structs.replace(record, answer=response)
-            await self.audit.append(record, msg_id=request_id)
+                await self.audit.append(msgspec.structs.replace(record, answer=response),
+                                        msg_id=_answer_id(request_id, caller))
+            else:
+                await self.audit.append(record, msg_id=request_id)
         log.info("refused", reason=refusal.reason.value)
         self._count(route, "refused", refusal.reason)
         return response
@@ -636,6 +641,14 @@ class Gate:
 def _valid_trace(traceparent: str) -> str:
     """A traceparent fit for a NATS header and an audit record, or ""."""
     return traceparent if is_valid_traceparent(traceparent) else ""
+
+
+def _answer_id(request_id: str, caller: str) -> str:
+    """Nats-Msg-Id of an idempotent route's final record: the request id is the caller's to
+    choose, so it is deduplicated per caller. Another caller's id, or any other record's (none
+    holds a ':', which no request id may), is never taken for this one's: a collision would
+    drop the record of an accepted request, or hand it another's answer."""
+    return f"{request_id}:{hashlib.sha256(caller.encode()).hexdigest()[:16]}"
 
 
 def _attempt_id(request_id: str, digest: bytes) -> str:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 
 import msgspec
 
 from envelope.client import Client
+from envelope.gate import _answer_id
 from envelope.local import local_trust
 from moon.clock import local_ms as now_ms
 from moon.gateway import DispatchReply, ReplayReply, moon_gate
@@ -91,8 +93,9 @@ async def test_a_dispatch_sent_again_byte_for_byte_gets_its_first_answer_without
 async def test_a_dispatch_keeps_its_first_answer_in_its_audit_record(nc, js, space, tmp_path):
     """The answer rides in the request's audit record (one write for both, no outcome-store
     entry): a retry of the request id, sealed again after the workflow moved on, gets that
-    first answer, not today's state; another caller's request under the same id is refused
-    (never handed the first caller's answer) and audited as its own attempt."""
+    first answer, not today's state. Another caller's request under the same id is its own
+    request: answered for itself (here: the workflow is not its own), never handed the first
+    caller's answer, and audited under its own name."""
     trust = local_trust(tmp_path)
     async with gated(nc, space, tmp_path) as (eng, client):
         request_id, _, sealed = client.seal("moon.dispatch", body([step("a")]))
@@ -107,21 +110,61 @@ async def test_a_dispatch_keeps_its_first_answer_in_its_audit_record(nc, js, spa
         assert again.result(DispatchReply) == answer and answer.status != "completed"
         other = Client(nc, trust.maestro, trust.services, grant=(trust.maestro_grant,),
                        space=space)
-        stolen = await other.call("moon.dispatch", body([step("a")]), request_id=request_id)
-        assert isinstance(stolen, Refusal) and stolen.reason is Reason.REPLAYED, stolen
-        assert "another caller" in stolen.detail
-    records = [msgspec.json.decode(m.data, type=AuditRecord)
-               async for m in _audit_records(js, space)]
-    mine = [r for r in records if r.id == request_id]
+        theirs = await other.call("moon.dispatch", body([step("a")]), request_id=request_id)
+        assert isinstance(theirs, Refusal) and theirs.reason is Reason.NOT_OWNER, theirs
+    records = [r async for r in _audit_records(js, space)]
+    mine = [r for r in records if r.id == request_id and r.caller == trust.operator.did]
     assert len(mine) == 1 and mine[0].answer and mine[0].outcome == "accepted"
-    assert [(r.outcome, r.reason) for r in records if r.caller == trust.maestro.did] == [
-        ("refused", Reason.REPLAYED)]
+    assert [(r.id, r.reason) for r in records if r.caller == trust.maestro.did] == [
+        (request_id, Reason.NOT_OWNER)]
+
+
+async def test_a_request_id_another_record_holds_still_gets_its_own_record(
+    nc, js, space, tmp_path
+):
+    """Records are deduplicated by id, and a request id is the caller's to choose: one that
+    equals another record's (here the id of a junk refusal, its bytes' hash) must neither
+    drop this request's record (an accepted dispatch with no audit) nor be answered from the
+    other record."""
+    async with gated(nc, space, tmp_path) as (eng, client):
+        junk = b"not an envelope"
+        refused = await nc.request(space.subject("map.moon.dispatch"), junk, timeout=5)
+        assert b"malformed" in refused.data
+        taken = hashlib.sha256(junk).hexdigest()
+        reply = await client.call("moon.dispatch", body([step("a")], workflow_id="w-taken"),
+                                 request_id=taken)
+        assert not isinstance(reply, Refusal), reply
+        await eng.wait_terminal(reply.result(DispatchReply).workflow_id, 30)
+    records = [r async for r in _audit_records(js, space)]
+    assert sorted((r.caller_verified, r.outcome) for r in records if r.id == taken) == [
+        (False, "refused"), (True, "accepted")]
+
+
+async def test_an_answer_kept_under_this_callers_id_by_someone_else_is_never_handed_out(
+    nc, js, space, tmp_path
+):
+    """Defence in depth: a record found under this caller's answer id that names another
+    caller (only a forged or colliding one could) is refused as a replay, not returned."""
+    trust = local_trust(tmp_path)
+    async with gated(nc, space, tmp_path) as (_, client):
+        request_id, _, sealed = client.seal("moon.dispatch", body([step("a")]))
+        planted = AuditRecord(
+            id=request_id, service="moon", method="dispatch", outcome="accepted",
+            request_hash=b"", caller="did:key:someone-else", caller_verified=True,
+            capability="moon:dispatch", traceparent="", at=now_ms(), answer=b"not yours")
+        await js.publish(space.subject("audit.moon.dispatch.accepted"),
+                         msgspec.json.encode(planted),
+                         headers={"Nats-Msg-Id": _answer_id(request_id, trust.operator.did)})
+        reply = await client.send("moon.dispatch", request_id, "", sealed)
+    assert isinstance(reply, Refusal) and reply.reason is Reason.REPLAYED, reply
+    assert "another caller" in reply.detail
 
 
 async def _audit_records(js, space):  # type: ignore[no-untyped-def]
     info = await js.stream_info(space.stream("AUDIT"))
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        yield await js.get_msg(space.stream("AUDIT"), seq)
+        stored = await js.get_msg(space.stream("AUDIT"), seq)
+        yield msgspec.json.decode(stored.data, type=AuditRecord)
 
 
 async def test_an_unsigned_dispatch_is_refused_and_audited(nc, js, space, tmp_path):

@@ -108,13 +108,15 @@ async def test_each_refusal_class_has_its_status_and_problem_body(nc, js, space,
         assert (answer.status_code, answer.json()["reason"]) == (403, "no_capability")
         record = (await http.get(f"/v1/audit/{answer.json()['audit'].split('/')[-1]}")).json()
         assert record["caller"] == reader.signer.did and record["outcome"] == "refused"
-        # 409: a request id another caller already used
-        request_id, sealed = w.gateway.seal(w.operator, "moon.dispatch", dispatch)
-        assert (await http.post("/v1/protocol/moon.dispatch", content=sealed,
-                                headers=NATIVE)).status_code == 200
-        other = restricted(w.trust, "moon:dispatch")
-        _, sealed = w.gateway.seal(other, "moon.dispatch", dispatch, request_id=request_id)
-        answer = await _refusal(http, "moon.dispatch", content=sealed, headers=NATIVE)
+        # 409: a request id another caller already used, on a route that claims its ids
+        # before its handler runs (an idempotent one, like moon.dispatch, answers each
+        # caller's request under its own name)
+        replay = msgspec.msgpack.encode({"workflow_id": "w-none"})
+        request_id, sealed = w.gateway.seal(w.operator, "moon.replay", replay)
+        first = await http.post("/v1/protocol/moon.replay", content=sealed, headers=NATIVE)
+        assert first.status_code != 409, first.text
+        _, sealed = w.gateway.seal(reader, "moon.replay", replay, request_id=request_id)
+        answer = await _refusal(http, "moon.replay", content=sealed, headers=NATIVE)
         assert (answer.status_code, answer.json()["reason"]) == (409, "replayed")
         # 413: over the gate's 64 KiB, refused by the gate (the surface's own limit is larger)
         _, sealed = w.gateway.seal(w.operator, "moon.dispatch", msgspec.msgpack.encode(
