@@ -9,7 +9,7 @@ import hashlib
 import msgspec
 
 from envelope.client import Client
-from envelope.gate import _answer_id
+from envelope.gate import _final_id
 from envelope.local import local_trust
 from moon.clock import local_ms as now_ms
 from moon.gateway import DispatchReply, ReplayReply, moon_gate
@@ -124,8 +124,8 @@ async def test_a_request_id_another_record_holds_still_gets_its_own_record(
 ):
     """Records are deduplicated by id, and a request id is the caller's to choose: one that
     equals another record's (here the id of a junk refusal, its bytes' hash) must neither
-    drop this request's record (an accepted dispatch with no audit) nor be answered from the
-    other record."""
+    drop this request's record (an accepted request with no audit) nor be answered from the
+    other record, on either kind of route."""
     async with gated(nc, space, tmp_path) as (eng, client):
         junk = b"not an envelope"
         refused = await nc.request(space.subject("map.moon.dispatch"), junk, timeout=5)
@@ -135,9 +135,17 @@ async def test_a_request_id_another_record_holds_still_gets_its_own_record(
                                  request_id=taken)
         assert not isinstance(reply, Refusal), reply
         await eng.wait_terminal(reply.result(DispatchReply).workflow_id, 30)
+        # and on a route that claims its ids first (moon.replay is not idempotent)
+        junk = b"not an envelope either"
+        await nc.request(space.subject("map.moon.replay"), junk, timeout=5)
+        claimed = hashlib.sha256(junk).hexdigest()
+        read = await client.call("moon.replay", {"workflow_id": "w-taken"},
+                                 capability="moon:read", request_id=claimed)
+        assert not isinstance(read, Refusal), read
     records = [r async for r in _audit_records(js, space)]
-    assert sorted((r.caller_verified, r.outcome) for r in records if r.id == taken) == [
-        (False, "refused"), (True, "accepted")]
+    for record_id in (taken, claimed):
+        assert sorted((r.caller_verified, r.outcome) for r in records if r.id == record_id) == [
+            (False, "refused"), (True, "accepted")], record_id
 
 
 async def test_an_answer_kept_under_this_callers_id_by_someone_else_is_never_handed_out(
@@ -154,7 +162,7 @@ async def test_an_answer_kept_under_this_callers_id_by_someone_else_is_never_han
             capability="moon:dispatch", traceparent="", at=now_ms(), answer=b"not yours")
         await js.publish(space.subject("audit.moon.dispatch.accepted"),
                          msgspec.json.encode(planted),
-                         headers={"Nats-Msg-Id": _answer_id(request_id, trust.operator.did)})
+                         headers={"Nats-Msg-Id": _final_id(request_id, trust.operator.did)})
         reply = await client.send("moon.dispatch", request_id, "", sealed)
     assert isinstance(reply, Refusal) and reply.reason is Reason.REPLAYED, reply
     assert "another caller" in reply.detail
