@@ -72,7 +72,9 @@ class AuditLog:
             self.counts[record.outcome] += 1
             return None
         try:
-            stored = await self._js.get_msg(self._stream, ack.seq, direct=True)
+            # From the stream's leader, not a direct get: in a cluster any replica answers
+            # those, and one that has not applied the first record yet would not have it.
+            stored = await self._js.get_msg(self._stream, ack.seq)
             return _decode(stored.data or b"")
         except NotFoundError:  # deleted by an operator since: nothing left to answer from
             return Unreadable(ack.seq, "the first record is gone")

@@ -245,9 +245,9 @@ def _gate(on: _On, service: str) -> list[str]:
         out += [*on.lookup(on.kv_stream(bucket)), on.kv_key(bucket)]
     out += on.read(on.kv_stream("envelope_revoked"))  # the revocation watcher
     # An idempotent route's first answer is read back from its audit record, by the sequence
-    # the server names in its answer to a duplicate (envelope/audit.py): a get by sequence,
-    # no consumer.
-    out.append(f"$JS.API.DIRECT.GET.{on.stream('AUDIT')}")
+    # the server names in its answer to a duplicate (envelope/audit.py): a get by sequence
+    # from the stream's leader, no consumer.
+    out.append(f"$JS.API.STREAM.MSG.GET.{on.stream('AUDIT')}")
     return out
 
 

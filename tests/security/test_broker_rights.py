@@ -311,7 +311,9 @@ async def test_the_engine_does_its_job(secured: Secured):
     assert await ensure_streams(js, Topology(space=space)) == []
     ack = await js.publish(space.subject("moon.wf.wf1.started"), b"{}")
     assert ack.stream == space.stream("MOON")
-    await js.publish(space.subject("audit.moon.dispatch.ok"), b"{}")
+    audited = await js.publish(space.subject("audit.moon.dispatch.ok"), b"{}")
+    # its gate reads a first answer back from its record, by sequence (envelope/audit.py)
+    assert (await js.get_msg(space.stream("AUDIT"), audited.seq)).data == b"{}"
     await js.publish(space.subject("work.exec.x1"), b"order")
     timer = space.subject("moon.timer.wf1.t1")
     await js.publish(timer, b"{}", headers={"Nats-Schedule": "@at 2099-01-01T00:00:00Z",
@@ -341,7 +343,8 @@ async def test_maestro_does_its_job(secured: Secured):
     await js.publish(space.subject("maestro.plan.p1.allocated"), b"{}")
     await js.publish(space.subject("moon.cmd.wf1.replan"), b"{}")
     await js.publish(space.subject("moon.cmd.wf1.compensate"), b"{}")
-    await js.publish(space.subject("audit.maestro.plan.ok"), b"{}")
+    audited = await js.publish(space.subject("audit.maestro.plan.ok"), b"{}")
+    assert (await js.get_msg(space.stream("AUDIT"), audited.seq)).data == b"{}"
     durable = space.consumer("maestro-replanner")
     await js.subscribe(space.subject("moon.wf.*.deviation"), stream=space.stream("DEVIATIONS"),
                        durable=durable, queue=durable, manual_ack=True, cb=_ignore)
