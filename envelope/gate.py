@@ -442,8 +442,7 @@ class Gate:
                 return await self._not_first(route, opened, first, now, log)
         else:
             await asyncio.gather(outcomes.finish(opened.request_id, opened.caller, now, response),
-                                 self.audit.append(record, msg_id=_final_id(record.id,
-                                                                            opened.caller)))
+                                 self.audit.append(record, msg_id=_final_id(record)))
         if outcome != "failed":  # the request's final answer: its span ends with it
             span.end(attributes={"envelope.outcome": outcome,
                                  "envelope.reason": record.reason.value if record.reason else ""})
@@ -455,16 +454,14 @@ class Gate:
                           record: AuditRecord, response: bytes) -> bytes | Refusal | None:
         """Keep an idempotent route's first answer: None when this one is it, else the first
         (bytes), or a refusal when the record found is not this caller's. The answer rides in
-        its audit record, deduplicated by the request id and the caller (`_final_id`): one
-        write for both, and a second run's record is the first one, which the stream's
-        deduplication hands back (envelope/audit.py) for as long as any envelope can live and
-        longer (a retry later still decides nothing: the handler decides by the request id,
-        and answers from the journal). A request that
-        spends (a treaty's rate, a budget) has its nonce stored, so the same bytes again are
-        refused as a replay before the handler and answered from the outcome store: kept
-        there too."""
+        its audit record (`_final_id`): one write for both, and a second run's record is the
+        first one, which the stream's deduplication hands back (envelope/audit.py) for as long
+        as any envelope can live and longer (a retry later still decides nothing: the handler
+        decides by the request id, and answers from the journal). A request that spends (a
+        treaty's rate, a budget) has its nonce stored, so the same bytes again are refused as
+        a replay before the handler and answered from the outcome store: kept there too."""
         kept = msgspec.structs.replace(record, answer=response)
-        msg_id = _final_id(opened.request_id, opened.caller)
+        msg_id = _final_id(record)
         if spends(opened):
             first, _ = await asyncio.gather(
                 outcomes.keep(opened.request_id, opened.caller, now, response),
@@ -579,7 +576,7 @@ class Gate:
             await outcomes.settle(request_id, caller, now, response)
             if route.idempotent:  # where a later try of the id finds it (_keep_first)
                 record = msgspec.structs.replace(record, answer=response)
-            await self.audit.append(record, msg_id=_final_id(request_id, caller))
+            await self.audit.append(record, msg_id=_final_id(record))
         log.info("refused", reason=refusal.reason.value)
         self._count(route, "refused", refusal.reason)
         return response
@@ -642,13 +639,16 @@ def _valid_trace(traceparent: str) -> str:
     return traceparent if is_valid_traceparent(traceparent) else ""
 
 
-def _final_id(request_id: str, caller: str) -> str:
-    """Nats-Msg-Id of a request's final record. The request id is the caller's to choose and
-    AUDIT deduplicates by this id, so it is the request id and the caller's tag: another
-    caller's request under the same id, or any other record (none of whose ids holds a ':',
-    which no request id may), is never taken for this one's. A collision would drop the
-    record of an accepted request, or hand it another's answer."""
-    return f"{request_id}:{hashlib.sha256(caller.encode()).hexdigest()[:16]}"
+def _final_id(record: AuditRecord) -> str:
+    """Nats-Msg-Id of a request's final record. AUDIT deduplicates by this id, and a request
+    id is its caller's to choose, so the id names the service, the method and the caller's
+    tag beside it: another caller's request under the same id, the same caller's on another
+    method (which an idempotent route does not claim in the outcome store), or any other
+    record (no other record id holds a ':', which no request id may) is never taken for this
+    one. A collision would drop the record of a request that ran, or hand it another's
+    answer."""
+    tag = hashlib.sha256(record.caller.encode()).hexdigest()[:16]
+    return f"{record.service}.{record.method}:{record.id}:{tag}"
 
 
 def _attempt_id(request_id: str, digest: bytes) -> str:

@@ -142,10 +142,15 @@ async def test_a_request_id_another_record_holds_still_gets_its_own_record(
         read = await client.call("moon.replay", {"workflow_id": "w-taken"},
                                  capability="moon:read", request_id=claimed)
         assert not isinstance(read, Refusal), read
+        # the same caller's id on another method: a request of its own, which ran
+        again = await client.call("moon.replay", {"workflow_id": "w-taken"},
+                                  capability="moon:read", request_id=taken)
+        assert not isinstance(again, Refusal), again
     records = [r async for r in _audit_records(js, space)]
-    for record_id in (taken, claimed):
-        assert sorted((r.caller_verified, r.outcome) for r in records if r.id == record_id) == [
-            (False, "refused"), (True, "accepted")], record_id
+    assert sorted((r.method, r.outcome) for r in records if r.id == taken) == [
+        ("dispatch", "accepted"), ("dispatch", "refused"), ("replay", "accepted")]
+    assert sorted((r.caller_verified, r.outcome) for r in records if r.id == claimed) == [
+        (False, "refused"), (True, "accepted")]
 
 
 async def test_an_answer_kept_under_this_callers_id_by_someone_else_is_never_handed_out(
@@ -162,7 +167,8 @@ async def test_an_answer_kept_under_this_callers_id_by_someone_else_is_never_han
             capability="moon:dispatch", traceparent="", at=now_ms(), answer=b"not yours")
         await js.publish(space.subject("audit.moon.dispatch.accepted"),
                          msgspec.json.encode(planted),
-                         headers={"Nats-Msg-Id": _final_id(request_id, trust.operator.did)})
+                         headers={"Nats-Msg-Id": _final_id(msgspec.structs.replace(
+                             planted, caller=trust.operator.did))})
         reply = await client.send("moon.dispatch", request_id, "", sealed)
     assert isinstance(reply, Refusal) and reply.reason is Reason.REPLAYED, reply
     assert "another caller" in reply.detail
