@@ -14,7 +14,9 @@ Outcome = Literal["accepted", "refused", "failed"]
 
 
 class AuditRecord(msgspec.Struct, frozen=True):
-    """Published on audit.<service>.<method>.<outcome> with Nats-Msg-Id = id."""
+    """Published on audit.<service>.<method>.<outcome>, deduplicated by a Nats-Msg-Id made from
+    `id` (a gate's final records: with the service, the method and the caller, envelope/gate.py
+    `_final_id`)."""
 
     id: str  # the request id, or sha256 of the raw bytes for requests never authenticated
     service: str
