@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from envelope.keys import KeyRing, Signer
 from envelope.statement import COMMAND, ORDER, TIMER, sign_statement
 from moon.claims import Claims, claim_key
+from moon.outbox import order_key
 from streams import subjects
 from streams.codec import Codec
 from streams.moon_events import (
@@ -73,7 +74,8 @@ class Effects:
         """All at once: a fan-out's orders do not wait for each other's acknowledgements."""
 
         async def send(order: WorkOrder) -> None:
-            key = ("undo:" if order.compensation else "") + order.idempotency_key
+            key = order_key(order.workflow_id, order.step, order.attempt,
+                            compensation=order.compensation)
             claim = self.claims.token(claim_key(order.workflow_id, order.step, order.attempt,
                                                 compensation=order.compensation))
             order = msgspec.structs.replace(order, claim=claim)
@@ -90,14 +92,19 @@ class Effects:
         await asyncio.gather(*(send(order) for order in batch))
         return len(batch)
 
-    async def withdraw(self, workflow_id: str) -> int:
-        """Delete the orders this process sent for a workflow that was cancelled, so a queued
-        one is never taken (an order is not claimed by a journaled start any more, so the
-        engine cannot refuse it at the start). Best effort: one already taken is gone from
-        WORK (it runs, and its report is refused), one another engine process sent is not
-        known here. The number deleted."""
-        seqs = self._sent.pop(workflow_id, [])
+    async def withdraw(self, workflow_id: str, keys: Iterable[str]) -> int:
+        """Delete the queued orders of a workflow that was cancelled, whichever engine process
+        sent them, so a queued one is never taken (an order is not claimed by a journaled
+        start, so the engine cannot refuse it at the start). `keys`: the orders' Nats-Msg-Ids
+        (moon/outbox.py `order_keys`). A marker is published under each key where no consumer
+        reads: WORK's deduplication answers with the order's own sequence when it holds the
+        key (the order is deleted, if not taken already: taken, it runs and its report is
+        refused), and otherwise stores the marker, which is deleted; either way the key stays
+        held, so an order still on its way from another engine is dropped as a duplicate. The
+        orders this process sent are deleted by sequence too (an order older than the
+        duplicate window is not held by key any more). The number of orders deleted."""
         stream = self._space.stream("WORK")
+        marker = self._space.subject(subjects.work_withdrawn())
 
         async def delete(seq: int) -> bool:
             try:
@@ -105,7 +112,16 @@ class Effects:
             except Exception:  # taken already (not found), or the broker is away
                 return False
 
-        return sum(await asyncio.gather(*(delete(seq) for seq in seqs)))
+        async def by_key(key: str) -> bool:
+            try:
+                ack = await self._js.publish(marker, b"", headers={"Nats-Msg-Id": key})
+            except Exception:  # the broker is away: what this process sent is still deleted
+                return False
+            return await delete(ack.seq) and bool(ack.duplicate)
+
+        sent = set(self._sent.pop(workflow_id, []))
+        found = await asyncio.gather(*(by_key(key) for key in keys))
+        return sum(found) + sum(await asyncio.gather(*(delete(seq) for seq in sent)))
 
     def forget(self, workflow_id: str) -> None:
         """The workflow ended otherwise: its orders are its executors'."""

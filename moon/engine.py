@@ -57,7 +57,7 @@ from moon.effects import Effects
 from moon.index import WorkflowSummary
 from moon.intake import Intake, deferred
 from moon.narration import narrate
-from moon.outbox import due_timers, pending_timers, wake_at, work_orders
+from moon.outbox import due_timers, order_keys, pending_timers, wake_at, work_orders
 from moon.projection import MARK_EVERY_MS, STALE_MS, YOUNG_MS, Projector
 from moon.state import WorkflowState, is_terminal
 from moon.tracing import trace_of
@@ -251,7 +251,8 @@ class Engine:
                 elif after is None and before is not None:
                     effects.append(self.effects.disarm(wf))
             if state.status == "cancelled":
-                effects.append(self.effects.withdraw(wf))
+                effects.append(self.effects.withdraw(
+                    wf, [] if outcome.prior is None else order_keys(outcome.prior)))
             elif is_terminal(state):
                 self.effects.forget(wf)
             if index.changed(outcome.prior, state):

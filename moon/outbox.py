@@ -12,7 +12,7 @@ from streams.moon_events import (
 )
 from streams.tracing import attempt_traceparent
 
-__all__ = ["due_timers", "pending_timers", "wake_at", "work_orders"]
+__all__ = ["due_timers", "order_keys", "pending_timers", "wake_at", "work_orders"]
 
 
 def work_orders(state: WorkflowState, events: list[MoonEvent]) -> list[WorkOrder]:
@@ -58,6 +58,17 @@ def work_orders(state: WorkflowState, events: list[MoonEvent]) -> list[WorkOrder
 
 def _trace(state: WorkflowState) -> str | None:
     return state.dispatched.traceparent if state.dispatched is not None else None
+
+
+def order_key(workflow_id: str, step: str, attempt: int, *, compensation: bool) -> str:
+    """An order's `Nats-Msg-Id`: one per attempt, a compensation's apart from the step's."""
+    return f"{'undo:' if compensation else ''}{workflow_id}/{step}/{attempt}"
+
+
+def order_keys(state: WorkflowState) -> list[str]:
+    """The keys of the orders the state's in-flight attempts were sent (queued or taken)."""
+    return [order_key(state.workflow_id, name, s.attempt, compensation=s.status == "compensating")
+            for name, s in state.steps.items() if s.status in IN_FLIGHT and s.attempt]
 
 
 def pending_timers(state: WorkflowState) -> list[TimerRequest]:

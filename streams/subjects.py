@@ -94,6 +94,11 @@ def work_any(capability: str) -> str:
     return f"work.any.{token(capability)}"
 
 
+def work_withdrawn() -> str:
+    """Where a cancel's markers go (moon/effects.py `withdraw`): in WORK, read by no consumer."""
+    return "work.withdrawn"
+
+
 def plan_event(plan: str, kind: str) -> str:
     return f"maestro.plan.{plan}.{kind}"
 

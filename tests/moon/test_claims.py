@@ -210,6 +210,37 @@ async def test_a_cancel_withdraws_the_orders_still_queued(nc, js, space) -> None
     assert ran == []
 
 
+async def test_a_cancel_withdraws_the_queued_orders_another_engine_sent(nc, js, space) -> None:
+    """Engines share the work: the one that decides the cancel need not be the one that sent
+    the orders (or it restarted since). It finds them by their keys in WORK's deduplication,
+    and holds the keys, so an order still on its way from the other engine is dropped."""
+    ran: list[str] = []
+
+    async def work(ctx: StepContext) -> Result:
+        ran.append(ctx.key)
+        return Result(output=b"ran")
+
+    async with engine(nc, space) as sender, engine(nc, space) as canceller:
+        command = dispatch([step("a"), step("b")])  # no executor yet: both orders wait
+        await sender.submit(command)
+        work_stream = space.stream("WORK")
+        assert (await js.stream_info(work_stream)).state.messages == 2
+        cancelled = await canceller.submit(Cancel(
+            command_id="cancel-it", workflow_id=command.workflow_id, at_ms=now_ms(),
+            reason="changed my mind"))
+        assert not isinstance(cancelled, Refusal), cancelled
+        assert cancelled.state.status == "cancelled"
+        assert (await js.stream_info(work_stream)).state.messages == 0
+        late = await js.publish(space.subject("work.any.work"), b"a late copy",
+                                headers={"Nats-Msg-Id": f"{command.workflow_id}/a/1"})
+        assert late.duplicate
+        async with worker(nc, space, {"work": work}) as w:  # an executor comes: nothing to take
+            consumer = await js.consumer_info(work_stream, space.consumer("any-work"))
+            assert (consumer.num_pending, consumer.num_ack_pending) == (0, 0)
+            assert w.executed == 0
+    assert ran == []
+
+
 # --- pulls: one serves several orders while they keep coming ------------------------------------
 
 
