@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import msgspec
 from nats.js import JetStreamContext
@@ -38,7 +38,6 @@ __all__ = [
     "KvLimits",
     "Limits",
     "MemoryLimits",
-    "Sighting",
     "admit_shared",
     "ledger_key",
     "set_balance",
@@ -53,10 +52,6 @@ _int = msgspec.msgpack.Decoder(int)
 _encode = msgspec.msgpack.encode
 
 
-# What the nonce store knows of a (caller, nonce): unseen, the same bytes again, other bytes.
-Sighting = Literal["new", "retry", "replay"]
-
-
 class Limits(Protocol):
     """The three stateful checks of an envelope, in the order `admit_shared` runs them."""
 
@@ -65,12 +60,11 @@ class Limits(Protocol):
         ...
 
     async def seen(self, key: bytes, keep_until_ms: int, now_ms: int, *,
-                   request: bytes = b"") -> Sighting:
-        """"replay" if this (caller, nonce) key was seen before on another request; otherwise
-        remember it ("new"). The same bytes again (`request`, their hash) are a "retry", not a
-        replay: the gate's outcome store answers it with the first final answer, or runs it
-        again if the first attempt never got one. A store that keeps no hashes says
-        "replay" (the gate then answers from the outcome store)."""
+                   request: bytes = b"") -> bool:
+        """True if this (caller, nonce) key was seen before on another request; otherwise
+        remember it. The same bytes again (`request`, their hash) are a retry, not a replay:
+        the gate's outcome store answers it with the first final answer, or runs it again if
+        the first attempt never got one."""
         ...
 
     async def take(self, key: bytes, *, rate_per_s: float, burst: int, now_ms: int) -> int:
@@ -110,23 +104,18 @@ async def admit_shared(pending: Pending, limits: Limits, now_ms: int, *,
         # Nothing here spends anything a replay must not take (no rate token, no reservation):
         # the balance is read while the nonce is stored, one round trip instead of two. The
         # answers keep their order: a replay is refused as one even when it is also broke.
-        sighting, refused = await asyncio.gather(seen, limits.spend(pending.opened.caller,
+        replayed, refused = await asyncio.gather(seen, limits.spend(pending.opened.caller,
                                                                     budget))
-        if sighting == "replay":
+        if replayed:
             return pending.refuse(REPLAYED)
         return pending.opened if refused is None else pending.refuse(refused)
-    sighting = await seen
-    if sighting == "replay":
+    if await seen:
         return pending.refuse(REPLAYED)
     if pending.treaty is not None and (
         wait_ms := await limits.take(pending.treaty.ref, rate_per_s=pending.treaty.terms.rate_per_s,
                                      burst=pending.treaty.terms.burst, now_ms=now_ms)
     ):
-        return pending.refuse(rate_refusal(wait_ms))  # a retry is rate-limited as any request
-    if sighting == "retry":
-        # The same bytes again: their first attempt reserved the budget. Reserving it again
-        # would spend a request twice, or refuse its retry as broke when the balance is short.
-        return pending.opened
+        return pending.refuse(rate_refusal(wait_ms))
     if (refused := await limits.spend(pending.opened.caller, pending.opened.budget)) is not None:
         return pending.refuse(refused)
     return pending.opened
@@ -145,8 +134,8 @@ class MemoryLimits:
         return None
 
     async def seen(self, key: bytes, keep_until_ms: int, now_ms: int, *,
-                   request: bytes = b"") -> Sighting:
-        return "replay" if self.nonces(key, keep_until_ms, now_ms) else "new"
+                   request: bytes = b"") -> bool:
+        return self.nonces(key, keep_until_ms, now_ms)
 
     async def take(self, key: bytes, *, rate_per_s: float, burst: int, now_ms: int) -> int:
         return self.limiter.admit(key, rate_per_s=rate_per_s, burst=burst, now_ms=now_ms)
@@ -189,19 +178,19 @@ class KvLimits:
             )
 
     async def seen(self, key: bytes, keep_until_ms: int, now_ms: int, *,
-                   request: bytes = b"") -> Sighting:
+                   request: bytes = b"") -> bool:
         # The bucket's TTL stands in for keep_until_ms (checked >= the longest one in start()).
         try:
             await self._nonces.create(key.hex(), request)
         except KeyWrongLastSequenceError:
             if not request:
-                return "replay"
+                return True
             try:
                 entry = await self._nonces.get(key.hex())
-            except Exception:  # expired between the two calls: no evidence it is a retry
-                return "replay"
-            return "retry" if entry.value == request else "replay"
-        return "new"
+            except Exception:  # expired between the two calls: no evidence of a replay
+                return True
+            return bool(entry.value != request)
+        return False
 
     async def take(self, key: bytes, *, rate_per_s: float, burst: int, now_ms: int) -> int:
         name = f"rate.{key.hex()}"

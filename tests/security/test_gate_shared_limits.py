@@ -89,26 +89,6 @@ async def test_a_budget_spent_at_one_replica_is_gone_at_the_other(
         assert msgspec.msgpack.decode(left or b"") == 400
 
 
-async def test_a_spending_dispatch_sent_again_gets_its_first_answer_and_spends_once(
-    nc: Nats, js: JetStreamContext, space: Space
-) -> None:
-    """A request that spends stores its nonce, so its bytes again are refused as a replay
-    before the handler: the gate answers that from the outcome store, which such a request
-    fills beside its audit record (an idempotent route keeps other first answers in the
-    record alone)."""
-    async with replicas(nc, js, space) as (one, two):
-        await set_balance(js, one.caller.did, 1000, space=space)
-        data = sealed(one, "r-1", nonce=b"1" * 16, tokens=600)
-        first, _ = await one.gate.handle("dispatch", data)
-        assert opened(one, data, first, "r-1").outcome == "accepted"
-        again, _ = await two.gate.handle("dispatch", data)
-        assert again == first
-        assert one.runs + two.runs == 1
-        kv = await js.key_value(space.bucket(LIMITS.name))
-        left = (await kv.get(ledger_key(one.caller.did))).value
-        assert msgspec.msgpack.decode(left or b"") == 400
-
-
 async def test_concurrent_spends_on_both_replicas_never_overdraw(
     nc: Nats, js: JetStreamContext, space: Space
 ) -> None:
