@@ -24,6 +24,7 @@ import nacl.exceptions
 
 from envelope.grants import pae
 from envelope.keys import KeyRing, Signer
+from moon.outbox import order_key
 
 __all__ = ["CLAIM", "KEPT", "Claims", "claim_key", "prover", "sign_claim"]
 
@@ -31,8 +32,9 @@ CLAIM = b"moon.claim.v1"  # a statement kind of its own: no other signature veri
 
 
 def claim_key(workflow_id: str, step: str, attempt: int, *, compensation: bool) -> bytes:
-    """The attempt an order is for; a compensation's attempt is another claim than the step's."""
-    return f"{'undo:' if compensation else ''}{workflow_id}/{step}/{attempt}".encode()
+    """The attempt an order is for (its order's key); a compensation's attempt is another
+    claim than the step's."""
+    return order_key(workflow_id, step, attempt, compensation=compensation).encode()
 
 
 def sign_claim(signer: Signer, key: bytes) -> bytes:

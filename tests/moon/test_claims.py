@@ -17,6 +17,7 @@ from envelope.keys import KeyRing, signer_from_seed
 from moon import claims as claims_module
 from moon.claims import Claims, claim_key, prover, sign_claim
 from moon.clock import local_ms as now_ms
+from moon.outbox import order_key
 from moon.worker import Result, StepContext, Worker
 from streams.broker import open_connection
 from streams.config import Topology, ensure_streams
@@ -232,7 +233,8 @@ async def test_a_cancel_withdraws_the_queued_orders_another_engine_sent(nc, js, 
         assert cancelled.state.status == "cancelled"
         assert (await js.stream_info(work_stream)).state.messages == 0
         late = await js.publish(space.subject("work.any.work"), b"a late copy",
-                                headers={"Nats-Msg-Id": f"{command.workflow_id}/a/1"})
+                                headers={"Nats-Msg-Id": order_key(command.workflow_id, "a", 1,
+                                                                   compensation=False)})
         assert late.duplicate
         async with worker(nc, space, {"work": work}) as w:  # an executor comes: nothing to take
             consumer = await js.consumer_info(work_stream, space.consumer("any-work"))
