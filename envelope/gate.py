@@ -478,8 +478,8 @@ class Gate:
                 return Refusal(Reason.REPLAYED, "request id already used by another caller")
             case AuditRecord(answer=answer) if answer:
                 return answer
-            case AuditRecord():  # audited before answers were kept in records: in the store
-                return await outcomes.keep(opened.request_id, opened.caller, now, response)
+            case AuditRecord():  # only a record this gate did not write holds no answer
+                return Refusal(Reason.REPLAYED, "request id holds an outcome the gate cannot read")
             case unexpected:
                 assert_never(unexpected)
 
