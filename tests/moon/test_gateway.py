@@ -17,6 +17,7 @@ from moon.worker import Result
 from streams.audit import AuditRecord
 from streams.moon_events import Cancel
 from streams.replies import Reason, Refusal
+from tests.envelope.gate_world import audit_records
 
 from .engine_world import engine, new_engine, step, worker
 
@@ -112,7 +113,7 @@ async def test_a_dispatch_keeps_its_first_answer_in_its_audit_record(nc, js, spa
                        space=space)
         theirs = await other.call("moon.dispatch", body([step("a")]), request_id=request_id)
         assert isinstance(theirs, Refusal) and theirs.reason is Reason.NOT_OWNER, theirs
-    records = [r async for r in _audit_records(js, space)]
+    records = await audit_records(js, space)
     mine = [r for r in records if r.id == request_id and r.caller == trust.operator.did]
     assert len(mine) == 1 and mine[0].answer and mine[0].outcome == "accepted"
     assert [(r.id, r.reason) for r in records if r.caller == trust.maestro.did] == [
@@ -146,7 +147,7 @@ async def test_a_request_id_another_record_holds_still_gets_its_own_record(
         again = await client.call("moon.replay", {"workflow_id": "w-taken"},
                                   capability="moon:read", request_id=taken)
         assert not isinstance(again, Refusal), again
-    records = [r async for r in _audit_records(js, space)]
+    records = await audit_records(js, space)
     assert sorted((r.method, r.outcome) for r in records if r.id == taken) == [
         ("dispatch", "accepted"), ("dispatch", "refused"), ("replay", "accepted")]
     assert sorted((r.caller_verified, r.outcome) for r in records if r.id == claimed) == [
@@ -172,13 +173,6 @@ async def test_an_answer_kept_under_this_callers_id_by_someone_else_is_never_han
         reply = await client.send("moon.dispatch", request_id, "", sealed)
     assert isinstance(reply, Refusal) and reply.reason is Reason.REPLAYED, reply
     assert "another caller" in reply.detail
-
-
-async def _audit_records(js, space):  # type: ignore[no-untyped-def]
-    info = await js.stream_info(space.stream("AUDIT"))
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        stored = await js.get_msg(space.stream("AUDIT"), seq)
-        yield msgspec.json.decode(stored.data, type=AuditRecord)
 
 
 async def test_an_unsigned_dispatch_is_refused_and_audited(nc, js, space, tmp_path):
