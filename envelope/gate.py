@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from envelope.audit import AuditLog, Unreadable
 from envelope.budget import Ledger
 from envelope.keys import Signer
-from envelope.later import collecting
+from envelope.later import Journaling, collecting, journaling
 from envelope.outcomes import OUTCOMES_BUCKET, Outcomes, Stored
 from envelope.ownership import OWNERS, Ownership
 from envelope.revocations import REVOKED_BUCKET, Revocations, Revoked
@@ -41,7 +41,7 @@ from envelope.shared import LIMITS, KvLimits, Limits, MemoryLimits, admit_shared
 from envelope.trace import is_valid_traceparent, trace_id
 from envelope.treaty import TreatyLimiter
 from streams import metrics, telemetry
-from streams.audit import AuditRecord, Outcome
+from streams.audit import AuditRecord, Outcome, RequestEvidence
 from streams.config import NONCES
 from streams.ids import is_valid_id
 from streams.replies import Reason, Refusal
@@ -158,6 +158,7 @@ class Gate:
         self._slots = asyncio.Semaphore(concurrency)
         self._in_hand: set[asyncio.Task[None]] = set()
         self._finishing: set[asyncio.Task[None]] = set()  # effects left after their answer
+        self._auditing: set[asyncio.Task[None]] = set()  # records left after their answer
 
     def route(self, method: str, handler: Handler, *, capability: str | None = None,
               idempotent: bool = False) -> None:
@@ -234,6 +235,7 @@ class Gate:
                 await asyncio.wait(set(self._in_hand), timeout=10)
             if self._finishing:
                 await asyncio.wait(set(self._finishing), timeout=10)
+            await self._stop_auditing()
 
     async def _watch_revocations(self, revocations: Revocations) -> None:
         """The watchdog runs for the gate's life; this notes when the set stopped being live."""
@@ -390,6 +392,10 @@ class Gate:
             return await self._not_first(route, opened, earlier, now, log)
         outcome: Outcome
         later: list[asyncio.Future[None]] = []
+        # An idempotent handler may journal the request's audit evidence with its command
+        # (later.py): then the answer waits for that one write and the record follows it.
+        journal: Journaling | None = None
+        offered = _evidence(route, opened, now)
         try:
             # Bound in contextvars so the handler's own log lines carry the trace too. An
             # idempotent handler may leave its effects to finish beside the answer (later.py).
@@ -398,7 +404,9 @@ class Gate:
             ), telemetry.serving(self.service, route.method, opened.request_id,
                                  opened.traceparent, opened.caller) as span, (
                 collecting() if route.idempotent else contextlib.nullcontext(later)
-            ) as later:
+            ) as later, (
+                contextlib.nullcontext(None) if offered is None else journaling(offered)
+            ) as journal:
                 reply = await route.handler(opened)
         except Exception as error:
             log.exception("handler_failed")
@@ -408,6 +416,7 @@ class Gate:
             later = []
         else:
             outcome = "refused" if isinstance(reply, Refusal) else "accepted"
+        release = _from_journal(journal, outcome)
         record = self._record(
             route,
             opened.request_id,
@@ -433,7 +442,8 @@ class Gate:
             # effect lost to a crash is found the way one lost after the answer always was (a
             # step's timeout).
             self._finish_beside(later)
-            first = await self._keep_first(outcomes, opened, now, record, response)
+            first = await self._keep_first(outcomes, opened, now, record, response,
+                                           release=release)
             if isinstance(first, bytes):
                 log.info("replayed", outcome="stored")
                 self._count(route, "replayed", None)
@@ -451,7 +461,8 @@ class Gate:
         return response
 
     async def _keep_first(self, outcomes: Outcomes, opened: Opened, now: int,
-                          record: AuditRecord, response: bytes) -> bytes | Refusal | None:
+                          record: AuditRecord, response: bytes, *,
+                          release: Callable[[], None] | None) -> bytes | Refusal | None:
         """Keep an idempotent route's first answer: None when this one is it, else the first
         (bytes), or a refusal when the record found is not this caller's. The answer rides in
         its audit record (`_final_id`): one write for both, and a second run's record is the
@@ -459,7 +470,12 @@ class Gate:
         as any envelope can live and longer (a retry later still decides nothing: the handler
         decides by the request id, and answers from the journal). A request that spends (a
         treaty's rate, a budget) has its nonce stored, so the same bytes again are refused as
-        a replay before the handler and answered from the outcome store: kept there too."""
+        a replay before the handler and answered from the outcome store: kept there too.
+        With `release`, the journal holds the request's evidence and this handling's append was
+        its first: the answer is durable, and so is its record, written beside and after it."""
+        if release is not None:
+            self._audit_beside(record, response, release)
+            return None
         kept = msgspec.structs.replace(record, answer=response)
         msg_id = _final_id(record)
         if spends(opened):
@@ -482,6 +498,68 @@ class Gate:
                 return Refusal(Reason.REPLAYED, "request id holds an outcome the gate cannot read")
             case unexpected:
                 assert_never(unexpected)
+
+    def _audit_beside(self, record: AuditRecord, response: bytes,
+                      release: Callable[[], None]) -> None:
+        """Store an answered request's record (with its answer) after the answer: tried until
+        stored while the gate runs; what is left when it stops (or dies) is written again from
+        the journal by whoever takes the engine's mark over (`audit_journaled`)."""
+        kept = msgspec.structs.replace(record, answer=response)
+        msg_id = _final_id(record)
+
+        async def write() -> None:
+            pause_s, first_tried = 0.05, False
+            while True:
+                try:
+                    if not first_tried:
+                        first = await self.audit.first(kept, msg_id=msg_id)
+                        first_tried = True
+                        if first is None or (isinstance(first, AuditRecord)
+                                             and first.answer == response):
+                            break
+                        # The id holds another record (an earlier refusal, a planted one): it
+                        # stands for the id, and this request, which ran, is kept beside it.
+                        self._log.warning("first_record_differs", request_id=record.id)
+                    await self.audit.append(kept, msg_id=_attempt_id(record.id,
+                                                                     record.request_hash))
+                    break
+                except Exception as error:  # broker away: the record waits, the mark with it
+                    self._log.warning("audit_deferred", request_id=record.id,
+                                      error=type(error).__name__)
+                    await asyncio.sleep(pause_s)  # a back-off, not a wait for an event
+                    pause_s = min(5.0, pause_s * 2)
+            release()
+
+        task = asyncio.get_running_loop().create_task(write())
+        self._auditing.add(task)
+        task.add_done_callback(self._auditing.discard)
+
+    async def _stop_auditing(self) -> None:
+        """On stop: the records still being written get a moment; any left then are the
+        journal's to give back (the engine's mark stays below them)."""
+        if self._auditing:
+            await asyncio.wait(set(self._auditing), timeout=2)
+        if left := set(self._auditing):
+            self._log.warning("audit_left_to_takeover", records=len(left))
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
+
+    async def audit_journaled(self, request_id: str, caller: str, evidence: RequestEvidence,
+                              reply: msgspec.Struct) -> None:
+        """Write again, from a journaled command, the accepted record of a request answered
+        before its record was stored (a crash may have kept it from AUDIT): the same record
+        and answer byte for byte (sealing is deterministic), a duplicate AUDIT drops when the
+        first write made it."""
+        route = self._routes.get(evidence.method)
+        if route is None:
+            raise ValueError(f"{self.service}.{evidence.method}: no such route")
+        record = self._record(route, request_id, evidence.request_hash, "accepted",
+                              evidence.at_ms, caller=caller, capability=evidence.capability,
+                              trace=evidence.traceparent, refusal=None)
+        response = self._respond(record, audience=caller, reply=reply)
+        await self.audit.first(msgspec.structs.replace(record, answer=response),
+                               msg_id=_final_id(record))
 
     def _finish_beside(self, later: list[asyncio.Future[None]]) -> None:
         """Let a handler's effects finish after its answer leaves; a failure is logged (the
@@ -632,6 +710,26 @@ class Gate:
                 refusal=refusal,
             ),
         )
+
+
+def _from_journal(journal: Journaling | None, outcome: Outcome) -> Callable[[], None] | None:
+    """The release of an accepted request whose journal append holds its evidence, else None
+    (released now: its record is written before its answer, or by its retry)."""
+    release = None if journal is None else journal.release
+    if release is not None and outcome != "accepted":
+        release()
+        return None
+    return release
+
+
+def _evidence(route: _Route, opened: Opened, now: int) -> RequestEvidence | None:
+    """What an idempotent handler may journal so that its answer needs no write after it (not
+    for a request that spends: its answer is stored for its replays before it leaves)."""
+    if not route.idempotent or spends(opened):
+        return None
+    return RequestEvidence(method=route.method, request_hash=opened.request_hash,
+                           capability=opened.header.capability,
+                           traceparent=opened.traceparent, at_ms=now)
 
 
 def _valid_trace(traceparent: str) -> str:

@@ -9,16 +9,27 @@ for two writes, not three. An effect a crash cuts off is not sent again by the c
 (a taken order's `Nats-Msg-Id` does not survive a broker restart, so orders are never re-sent);
 the step's timeout finds a lost order, as it finds an executor that died. What is handed over
 is already running: nobody's failure to await it can leave it undone.
+
+The audit record can follow the answer too, where the journal append carries its evidence
+(`journaling`): the gate offers the handler the request's evidence (`evidence()`), the handler
+journals it with its command, and says so (`journaled(release)`) when its append was the first
+of that command. The gate then answers after that one write and writes the record beside and
+after the answer, calling `release` once it is stored; until then the engine keeps its mark
+below the append, so a crash that keeps the record from AUDIT leaves it to the engine that
+takes the mark over, which writes it again from the journal (moon/projection.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 
-__all__ = ["active", "collecting", "hand_over"]
+from streams.audit import RequestEvidence
+
+__all__ = ["Journaling", "active", "collecting", "evidence", "hand_over", "journaled",
+           "journaling"]
 
 # The collecting task and its list: a task started inside the block copies the context, but
 # is not the request's (a subscription's reader, say) and must await its own work.
@@ -57,3 +68,54 @@ def collecting() -> Iterator[list[asyncio.Future[None]]]:
         yield pending
     finally:
         _PENDING.reset(token)
+
+
+class Journaling:
+    """A request's audit evidence offered to its handler, and the handler's word that its
+    journal append holds it (`release`, called once the audit record is stored)."""
+
+    __slots__ = ("evidence", "release")
+
+    def __init__(self, evidence: RequestEvidence) -> None:
+        self.evidence = evidence
+        self.release: Callable[[], None] | None = None
+
+
+_JOURNALING: ContextVar[tuple[asyncio.Task[object] | None, Journaling] | None] = (
+    ContextVar("envelope_journaling", default=None))
+
+
+def _journaling() -> Journaling | None:
+    held = _JOURNALING.get()
+    if held is None or held[0] is not asyncio.current_task():
+        return None
+    return held[1]
+
+
+def evidence() -> RequestEvidence | None:
+    """The evidence of the request this task's handler serves, to journal with its command;
+    None when no gate offers it (then the gate writes the record before the answer)."""
+    offered = _journaling()
+    return None if offered is None else offered.evidence
+
+
+def journaled(release: Callable[[], None]) -> bool:
+    """This handling's append was the first to hold the offered evidence: the gate may answer
+    now and store the record after; `release` is called once it is stored. False when no gate
+    listens (call `release` yourself)."""
+    offered = _journaling()
+    if offered is None or offered.release is not None:
+        return False
+    offered.release = release
+    return True
+
+
+@contextlib.contextmanager
+def journaling(offered: RequestEvidence) -> Iterator[Journaling]:
+    """Offer the request's evidence to the handler run inside this block, in this task."""
+    held = Journaling(offered)
+    token = _JOURNALING.set((asyncio.current_task(), held))
+    try:
+        yield held
+    finally:
+        _JOURNALING.reset(token)

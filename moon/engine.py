@@ -68,6 +68,7 @@ from streams.config import WORKFLOWS
 from streams.decider import Decided
 from streams.moon_events import (
     Deviation,
+    Dispatch,
     Dispatched,
     FireTimer,
     MoonCommand,
@@ -147,6 +148,9 @@ class Engine:
         self.quarantined: dict[str, str] = {}
         self.consuming = False  # commands and reports are being taken: what `health` reports
         self.intake = Intake(self)
+        # Writes the audit record of a dispatch whose record a crash may have kept from AUDIT,
+        # from the journal (moon/projection.py take_over); set by MOON's gate (moon/gateway.py).
+        self.audit_again: Callable[[Dispatch, int, WorkflowState], Awaitable[None]] | None = None
 
     async def _workflows(self) -> Any:
         if self._index is None:
@@ -235,6 +239,7 @@ class Engine:
             # Synchronously with the append's answer, so a mark never passes a dispatch
             # that is not yet young.
             self.projector.appended = max(self.projector.appended, outcome.version)
+            self._audited_later(command, outcome.version)
             if any(isinstance(event, Dispatched) for event in outcome.events):
                 self.young.add(wf, outcome.version, now)
             if wf in self.young:
@@ -280,6 +285,15 @@ class Engine:
         else:
             finishing.append(asyncio.ensure_future(send))
         return outcome
+
+    def _audited_later(self, command: MoonCommand, seq: int) -> None:
+        """A dispatch whose append holds its request's audit evidence: the gate may answer now
+        and write the record after (envelope/later.py); the mark stays below the append until
+        it has."""
+        if isinstance(command, Dispatch) and command.audit is not None:
+            release = self.projector.hold(seq)
+            if not later.journaled(release):
+                release()
 
     async def _send(self, wf: str, orders: list[WorkOrder], effects: list[Awaitable[object]], *,
                     ended_young: bool) -> None:

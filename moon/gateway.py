@@ -12,6 +12,7 @@ from typing import TypeVar
 import msgspec
 from nats.aio.client import Client as Nats
 
+from envelope import later
 from envelope.body import decode_body
 from envelope.gate import Gate
 from envelope.keys import Signer
@@ -178,6 +179,7 @@ def moon_gate(
             on_failure=request.on_failure,
             owner=opened.caller,
             traceparent=child_traceparent(opened.traceparent, gate_span("moon", opened.request_id)),
+            audit=later.evidence(),
         )
         # A caller retries a request whose first handling may have died after the append:
         # `redelivered` makes a decision of nothing new re-send the workflow's timers and orders.
@@ -225,7 +227,7 @@ def moon_gate(
         state = replay.fold(item.value for item in loaded.items)
         command = msgspec.structs.replace(
             replay.fork(state, request.new_workflow_id, now()),
-            command_id=opened.request_id, owner=opened.caller,
+            command_id=opened.request_id, owner=opened.caller, audit=later.evidence(),
             traceparent=child_traceparent(opened.traceparent, gate_span("moon", opened.request_id)))
         return _reply(request.new_workflow_id, await engine.submit(
             command, source=source(opened, "moon:admin"), redelivered=True))
@@ -242,6 +244,15 @@ def moon_gate(
         bad = len(replay.verify(decisions)) if request.verify else 0
         return ReplayReply(workflow_id=request.workflow_id, seq=loaded.version,
                            status=state.status, state=msgspec.json.encode(state), mismatches=bad)
+
+    async def audit_again(command: Dispatch, seq: int, state: WorkflowState) -> None:
+        # What `_reply` answered the dispatch (or fork) journaled at `seq` with.
+        if command.audit is not None and command.owner is not None:
+            await gate.audit_journaled(command.command_id, command.owner, command.audit,
+                                       DispatchReply(workflow_id=command.workflow_id,
+                                                     version=seq, status=state.status))
+
+    engine.audit_again = audit_again
 
     # Each of these submits one command whose id is the request id: the journal decides it once.
     # Every route's capability from capability_of, which the CLI and the surfaces seal for.

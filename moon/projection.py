@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -51,6 +51,7 @@ from streams.codec import Undecodable
 from streams.config import MARKS, MOON
 from streams.jetstream_store import last_sequence, ordered_read
 from streams.moon_events import (
+    Dispatch,
     WorkflowCancelled,
     WorkflowCompensated,
     WorkflowCompleted,
@@ -229,14 +230,15 @@ class Marks:
         return await last_sequence(self._js, self._space.stream(MOON.name),
                                    self._space.subject(subjects.workflow_events()))
 
-    async def dispatched_since(self, seq: int) -> list[str]:
-        """The workflows dispatched at journal sequence `seq` or later, in journal order."""
+    async def dispatched_since(self, seq: int) -> list[tuple[int, str, bytes]]:
+        """(sequence, workflow, message) of every dispatch at journal sequence `seq` or later,
+        in journal order."""
         stream = self._space.stream(MOON.name)
         every = self._space.subject(subjects.workflow_event("*", "dispatched"))
         upto = await last_sequence(self._js, stream, every)
         rows = await ordered_read(self._js, stream, every, after=max(0, seq - 1), upto=upto)
-        out = [self._space.unprefix(subject).split(".")[2] for _, subject, _, _ in rows]
-        return list(dict.fromkeys(out))
+        return [(at, self._space.unprefix(subject).split(".")[2], data)
+                for at, subject, _, data in rows]
 
 
 class Projector:
@@ -250,7 +252,15 @@ class Projector:
         # A random name: a restarted engine's old mark goes stale and is taken over.
         self.instance = secrets.token_hex(8)
         self.appended = 0  # the last journal sequence this process appended
+        # Dispatches answered before their audit record was stored (envelope/later.py): the
+        # mark stays below each until it is.
+        self.unaudited: set[int] = set()
         self._decisions = SignedDecisions(engine.walls)
+
+    def hold(self, seq: int) -> Callable[[], None]:
+        """Keep the mark below the dispatch at `seq` until the returned release is called."""
+        self.unaudited.add(seq)
+        return lambda: self.unaudited.discard(seq)
 
     async def start(self) -> None:
         """This engine's mark before its first dispatch: a crash from here on is recoverable."""
@@ -364,8 +374,8 @@ class Projector:
                 raise
 
     async def put_mark(self, now: int) -> None:
-        await self.marks.put(self.instance, Mark(seq=self.young.floor(self.appended + 1),
-                                                 at_ms=now))
+        floor = min(self.young.floor(self.appended + 1), min(self.unaudited, default=2**62))
+        await self.marks.put(self.instance, Mark(seq=floor, at_ms=now))
 
     async def take_over(self, now: int) -> None:
         for instance, mark, revision in await self.marks.all():
@@ -373,12 +383,32 @@ class Projector:
             if instance == self.instance or fresh:
                 continue
             since = 1 if mark is None else mark.seq
-            orphans = await self.marks.dispatched_since(since)
+            dispatches = await self.marks.dispatched_since(since)
+            orphans = list(dict.fromkeys(wf for _, wf, _ in dispatches))
             log.warning("engine_mark_taken_over", engine=instance, since=since,
                         workflows=len(orphans))
+            for start in range(0, len(dispatches), 64):
+                await asyncio.gather(*(self._audit_again(seq, data)
+                                       for seq, _, data in dispatches[start:start + 64]))
             for start in range(0, len(orphans), 64):
                 await asyncio.gather(*(self.project(wf) for wf in orphans[start:start + 64]))
             await self.marks.drop(instance, revision)
+
+    async def _audit_again(self, seq: int, data: bytes) -> None:
+        """The audit record of a dispatch its engine answered and may have died before storing
+        the record of (`hold`): written again from the journal, which holds its evidence; a
+        duplicate AUDIT drops when it was stored (within its duplicate window: a takeover
+        later than that may write a record twice, never lose one)."""
+        if self.engine.audit_again is None:
+            return
+        decision = self._decisions.try_decode(data)
+        if isinstance(decision, Undecodable):
+            return  # quarantined when its workflow is loaded (project)
+        command = decision.command
+        if not isinstance(command, Dispatch) or command.audit is None:
+            return
+        state = self.engine.runner.apply(self.engine.runner.decider.initial, decision)
+        await self.engine.audit_again(command, seq, state)
 
     async def flush(self) -> None:
         """Arm what every young workflow waits on now (a graceful stop)."""
@@ -390,7 +420,7 @@ class Projector:
         """On a graceful stop: nothing left young, so this engine's mark can go."""
         with contextlib.suppress(Exception):
             await self.flush()
-            if not len(self.young):
+            if not len(self.young) and not self.unaudited:
                 for instance, _, revision in await self.marks.all():
                     if instance == self.instance:
                         await self.marks.drop(instance, revision)

@@ -8,7 +8,7 @@ import msgspec
 
 from streams.replies import Reason
 
-__all__ = ["AuditRecord", "Outcome", "audit_subject"]
+__all__ = ["AuditRecord", "Outcome", "RequestEvidence", "audit_subject"]
 
 Outcome = Literal["accepted", "refused", "failed"]
 
@@ -40,6 +40,20 @@ class AuditRecord(msgspec.Struct, frozen=True):
     @property
     def ref(self) -> str:
         return f"max://record/{self.id}"
+
+
+class RequestEvidence(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a request's accepted record holds beyond what its journaled command names (the
+    request id is the command id, the caller its owner): carried in the command, so that the
+    journal append that makes the request's effect durable makes its audit record durable too,
+    and the record can be written after the answer and again from the journal after a crash
+    (envelope/later.py)."""
+
+    method: str
+    request_hash: bytes
+    capability: str
+    traceparent: str
+    at_ms: int  # the gate's clock when the request arrived: the record's and the answer's `at`
 
 
 def audit_subject(service: str, method: str, outcome: Outcome) -> str:

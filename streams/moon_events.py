@@ -11,6 +11,8 @@ from typing import Literal, TypeAlias
 
 import msgspec
 
+from streams.audit import RequestEvidence
+
 __all__ = [
     "BudgetExhausted",
     "Cancel",
@@ -148,6 +150,9 @@ class Dispatch(MoonCommandBase, frozen=True, tag="moon.dispatch"):
     forked_from: str | None = None
     owner: str | None = None  # the gate's caller: the workflow id is theirs
     traceparent: str | None = None  # W3C: the span that dispatched it (streams/tracing.py)
+    # From the gate: the request's audit evidence, durable with the dispatch (a record that a
+    # crash kept from AUDIT is written again from here, moon/projection.py).
+    audit: RequestEvidence | None = None
 
 
 class StartStep(MoonCommandBase, frozen=True, tag="moon.start_step"):

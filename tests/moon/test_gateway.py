@@ -11,6 +11,7 @@ import msgspec
 from envelope.client import Client
 from envelope.gate import _final_id
 from envelope.local import local_trust
+from envelope.seal import open_response
 from moon.clock import local_ms as now_ms
 from moon.gateway import DispatchReply, ReplayReply, moon_gate
 from moon.worker import Result
@@ -158,7 +159,10 @@ async def test_an_answer_kept_under_this_callers_id_by_someone_else_is_never_han
     nc, js, space, tmp_path
 ):
     """Defence in depth: a record found under this caller's answer id that names another
-    caller (only a forged or colliding one could) is refused as a replay, not returned."""
+    caller (only a forged or colliding one could) is never returned. A first handling answers
+    from its own journal append and keeps its record beside the planted one (the request ran:
+    its record must not be dropped); a retry, which finds the planted record as the id's first
+    answer, is refused as a replay."""
     trust = local_trust(tmp_path)
     async with gated(nc, space, tmp_path) as (_, client):
         request_id, _, sealed = client.seal("moon.dispatch", body([step("a")]))
@@ -170,9 +174,16 @@ async def test_an_answer_kept_under_this_callers_id_by_someone_else_is_never_han
                          msgspec.json.encode(planted),
                          headers={"Nats-Msg-Id": _final_id(msgspec.structs.replace(
                              planted, caller=trust.operator.did))})
-        reply = await client.send("moon.dispatch", request_id, "", sealed)
-    assert isinstance(reply, Refusal) and reply.reason is Reason.REPLAYED, reply
-    assert "another caller" in reply.detail
+        first = await client.send("moon.dispatch", request_id, "", sealed)
+        assert not isinstance(first, Refusal), first
+        assert first.result(DispatchReply).workflow_id == f"wf-{request_id}"
+        again = await client.call("moon.dispatch", body([step("a")]), request_id=request_id)
+    assert isinstance(again, Refusal) and again.reason is Reason.REPLAYED, again
+    assert "another caller" in again.detail
+    mine = [r for r in await audit_records(js, space)
+            if r.id == request_id and r.caller == trust.operator.did]
+    assert [r.outcome for r in mine] == ["accepted"], mine  # the retry's is an attempt's
+    assert mine[0].answer and mine[0].answer != planted.answer
 
 
 async def test_an_unsigned_dispatch_is_refused_and_audited(nc, js, space, tmp_path):
@@ -265,3 +276,43 @@ async def test_a_dispatch_is_answered_before_its_orders_are_stored_and_holds_its
     assert not isinstance(cancelled, Refusal) and cancelled.state.status == "cancelled"
     orders = await js.stream_info(space.stream("WORK"))
     assert orders.state.last_seq == 1  # the order was stored before the cancel was decided
+
+
+async def test_a_dispatch_is_answered_before_its_audit_record_and_a_lost_record_is_written_again(
+    nc, js, space, tmp_path
+):
+    """The dispatch's journal append carries its request's audit evidence, so the answer waits
+    for that one write and the record follows it (envelope/later.py). When the record never
+    reaches AUDIT (here AUDIT refuses every write of the first gate, as when its process dies
+    after the answer), the first engine's mark stays below the dispatch, even after its
+    workflow ended; the engine that takes that mark over writes the record from the journal:
+    the same record and the same answer, byte for byte."""
+    trust = local_trust(tmp_path)
+    client = Client(nc, trust.operator, trust.services, grant=(trust.operator_grant,),
+                    space=space)
+    request_id, _, sealed = client.seal("moon.dispatch", body([step("a")]))
+
+    async def unreachable(*_: object, **__: object) -> None:
+        raise ConnectionError("AUDIT is out of reach")
+
+    async with engine(nc, space) as first, worker(nc, space, {"work": _ok}):
+        gate = moon_gate(nc, first, signer=trust.moon, trust=trust.trust_for(trust.moon))
+        gate.audit.first = unreachable  # type: ignore[method-assign]
+        gate.audit.append = unreachable  # type: ignore[method-assign]
+        async with gate.serving():
+            answer, _ = await asyncio.wait_for(gate.handle("dispatch", sealed), 10)
+            assert (await first.wait_terminal(f"wf-{request_id}", 30)).status == "completed"
+            await first.projector.put_mark(first.clock())  # after the end: still held below
+    opened = open_response(answer, issuer=trust.moon.did, keys=client.keys,
+                           caller=trust.operator.did, request_id=request_id, request=sealed)
+    assert not isinstance(opened, Refusal) and opened.outcome == "accepted", opened
+    assert not [r for r in await audit_records(js, space) if r.id == request_id]
+    records = await nc.subscribe(space.subject("audit.moon.dispatch.accepted"))
+    async with engine(nc, space, stale_ms=1) as second:
+        moon_gate(nc, second, signer=trust.moon, trust=trust.trust_for(trust.moon))
+        msg = await records.next_msg(timeout=15)
+    record = msgspec.json.decode(msg.data, type=AuditRecord)
+    assert (record.id, record.caller, record.capability, record.outcome) == (
+        request_id, trust.operator.did, "moon:dispatch", "accepted")
+    assert record.answer == answer
+    assert record.request_hash == hashlib.sha256(sealed).digest()
