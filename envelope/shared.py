@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, assert_never
 
 import msgspec
 from nats.js import JetStreamContext
@@ -38,6 +38,7 @@ __all__ = [
     "KvLimits",
     "Limits",
     "MemoryLimits",
+    "Seen",
     "admit_shared",
     "ledger_key",
     "set_balance",
@@ -60,11 +61,16 @@ class Limits(Protocol):
         ...
 
     async def seen(self, key: bytes, keep_until_ms: int, now_ms: int, *,
-                   request: bytes = b"") -> bool:
-        """True if this (caller, nonce) key was seen before on another request; otherwise
-        remember it. The same bytes again (`request`, their hash) are a retry, not a replay:
-        the gate's outcome store answers it with the first final answer, or runs it again if
-        the first attempt never got one."""
+                   request: bytes = b"") -> Seen:
+        """Whether this (caller, nonce) key was seen before, and how; remembered if not. The
+        same bytes again (`request`, their hash) are a retry, not a replay: the gate's outcome
+        store answers it with the first final answer, or runs it again if the first attempt
+        never got one; `"admitted"` when the first attempt took and reserved what it spends
+        (`admitted` below), which a retry must not take again."""
+        ...
+
+    async def admitted(self, key: bytes, request: bytes) -> None:
+        """The request under this nonce key took its rate token and reserved its budget."""
         ...
 
     async def take(self, key: bytes, *, rate_per_s: float, burst: int, now_ms: int) -> int:
@@ -74,6 +80,12 @@ class Limits(Protocol):
     async def spend(self, caller: str, budget: Budget | None) -> Refusal | None:
         """Check the caller's balance and reserve the budget's tokens, atomically."""
         ...
+
+
+# "new": never seen; "retry": the same bytes, not (known to be) admitted; "admitted": the same
+# bytes, admitted with what they spend; "replay": other bytes under the nonce.
+Seen = Literal["new", "retry", "admitted", "replay"]
+_ADMITTED = b"\x01"  # after the request hash in its nonce entry: it spent what it spends
 
 
 def spends(opened: Opened) -> bool:
@@ -106,11 +118,20 @@ async def admit_shared(pending: Pending, limits: Limits, now_ms: int, *,
         # answers keep their order: a replay is refused as one even when it is also broke.
         replayed, refused = await asyncio.gather(seen, limits.spend(pending.opened.caller,
                                                                     budget))
-        if replayed:
+        if replayed == "replay":
             return pending.refuse(REPLAYED)
         return pending.opened if refused is None else pending.refuse(refused)
-    if await seen:
-        return pending.refuse(REPLAYED)
+    match await seen:
+        case "replay":
+            return pending.refuse(REPLAYED)
+        case "admitted":
+            # A retry of bytes that took their token and reserved their budget once: the
+            # first attempt's answer (the outcome store's) stands for both, spent once.
+            return pending.opened
+        case "new" | "retry":
+            pass
+        case unexpected:
+            assert_never(unexpected)
     if pending.treaty is not None and (
         wait_ms := await limits.take(pending.treaty.ref, rate_per_s=pending.treaty.terms.rate_per_s,
                                      burst=pending.treaty.terms.burst, now_ms=now_ms)
@@ -118,6 +139,9 @@ async def admit_shared(pending: Pending, limits: Limits, now_ms: int, *,
         return pending.refuse(rate_refusal(wait_ms))
     if (refused := await limits.spend(pending.opened.caller, pending.opened.budget)) is not None:
         return pending.refuse(refused)
+    # Noted after the reservation, never before: a retry skips only what was surely taken (a
+    # crash in between makes the retry spend again: over-charged, never run unreserved).
+    await limits.admitted(pending.nonce_key, pending.opened.request_hash)
     return pending.opened
 
 
@@ -134,8 +158,12 @@ class MemoryLimits:
         return None
 
     async def seen(self, key: bytes, keep_until_ms: int, now_ms: int, *,
-                   request: bytes = b"") -> bool:
-        return self.nonces(key, keep_until_ms, now_ms)
+                   request: bytes = b"") -> Seen:
+        # One process, one answer per nonce: the same bytes again are refused as a replay.
+        return "replay" if self.nonces(key, keep_until_ms, now_ms) else "new"
+
+    async def admitted(self, key: bytes, request: bytes) -> None:
+        return None
 
     async def take(self, key: bytes, *, rate_per_s: float, burst: int, now_ms: int) -> int:
         return self.limiter.admit(key, rate_per_s=rate_per_s, burst=burst, now_ms=now_ms)
@@ -178,19 +206,26 @@ class KvLimits:
             )
 
     async def seen(self, key: bytes, keep_until_ms: int, now_ms: int, *,
-                   request: bytes = b"") -> bool:
+                   request: bytes = b"") -> Seen:
         # The bucket's TTL stands in for keep_until_ms (checked >= the longest one in start()).
         try:
             await self._nonces.create(key.hex(), request)
         except KeyWrongLastSequenceError:
             if not request:
-                return True
+                return "replay"
             try:
                 entry = await self._nonces.get(key.hex())
-            except Exception:  # expired between the two calls: no evidence of a replay
-                return True
-            return bool(entry.value != request)
-        return False
+            except Exception:  # expired between the two calls: no evidence of a retry
+                return "replay"
+            if entry.value == request:
+                return "retry"
+            return "admitted" if entry.value == request + _ADMITTED else "replay"
+        return "new"
+
+    async def admitted(self, key: bytes, request: bytes) -> None:
+        # A put, not an update: only these bytes' own admission reaches here (a replay is
+        # refused before), and the entry keeps the bucket's TTL from now, longer than needed.
+        await self._nonces.put(key.hex(), request + _ADMITTED)
 
     async def take(self, key: bytes, *, rate_per_s: float, burst: int, now_ms: int) -> int:
         name = f"rate.{key.hex()}"

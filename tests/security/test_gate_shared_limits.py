@@ -89,6 +89,47 @@ async def test_a_budget_spent_at_one_replica_is_gone_at_the_other(
         assert msgspec.msgpack.decode(left or b"") == 400
 
 
+async def balance(js: JetStreamContext, space: Space, caller: str) -> int:
+    kv = await js.key_value(space.bucket(LIMITS.name))
+    return int(msgspec.msgpack.decode((await kv.get(ledger_key(caller))).value or b""))
+
+
+async def test_a_spending_request_sent_again_gets_its_first_answer_and_spends_once(
+    nc: Nats, js: JetStreamContext, space: Space
+) -> None:
+    """A request that spends stores its nonce, and its first admission notes there that it
+    reserved: its bytes again (a retry, at either replica) are admitted without reserving
+    again and answered from the outcome store with the first answer."""
+    async with replicas(nc, js, space) as (one, two):
+        await set_balance(js, one.caller.did, 1000, space=space)
+        data = sealed(one, "r-1", nonce=b"1" * 16, tokens=600)
+        first, _ = await one.gate.handle("dispatch", data)
+        assert opened(one, data, first, "r-1").outcome == "accepted"
+        again, _ = await two.gate.handle("dispatch", data)
+        assert again == first
+        assert one.runs + two.runs == 1
+        assert await balance(js, space, one.caller.did) == 400
+
+
+async def test_a_retry_of_a_request_refused_for_its_budget_reserves_before_it_runs(
+    nc: Nats, js: JetStreamContext, space: Space
+) -> None:
+    """Only a reservation made is skipped: the same bytes again after a first attempt refused
+    for a short balance (which stored its nonce and reserved nothing) are checked against the
+    balance again, even on a route whose handler runs for every attempt."""
+    async with replicas(nc, js, space) as (one, _):
+        one.gate.route("dispatch_again", one.dispatch, capability="moon:dispatch",
+                       idempotent=True)
+        await set_balance(js, one.caller.did, 100, space=space)
+        data = sealed(one, "r-1", nonce=b"1" * 16, tokens=600)
+        for _ in range(2):
+            answer, _ = await one.gate.handle("dispatch_again", data)
+            refused = opened(one, data, answer, "r-1").refusal
+            assert refused is not None and refused.reason is Reason.BUDGET_EXHAUSTED, refused
+        assert one.runs == 0
+        assert await balance(js, space, one.caller.did) == 100
+
+
 async def test_concurrent_spends_on_both_replicas_never_overdraw(
     nc: Nats, js: JetStreamContext, space: Space
 ) -> None:
