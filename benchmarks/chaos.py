@@ -28,7 +28,10 @@ Checks, each a count in the tally; any non-zero one fails the run (exit 1):
   (stream seq, bytes), and at the end all that was read must be the start of the final journal,
   same seqs, same bytes, nothing missing;
 * every journal replays: `replay.verify` finds no mismatch, and the fold of the raw journal equals
-  the store's per-workflow read, the engine's load (snapshot plus tail) and the workflow index.
+  the store's per-workflow read, the engine's load (snapshot plus tail) and the workflow index;
+* every dispatch the gate accepted has its accepted audit record (a dispatch is answered before
+  its record is stored, and a record a kill kept from AUDIT is written again from the journal by
+  the engine that takes the dead one's mark over: waited for up to AUDIT_S).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from moon.index import WorkflowSummary, summary  # noqa: E402
 from moon.local import local_walls, register_local_executor  # noqa: E402
 from moon.worker import Handler, NonRetryable, Result, StepContext, Worker  # noqa: E402
 from moon.workflow import WorkflowState, is_terminal  # noqa: E402
+from streams.audit import AuditRecord  # noqa: E402
 from streams.broker import (  # noqa: E402
     EmbeddedBroker,
     connect,
@@ -75,6 +79,7 @@ from streams.broker import (  # noqa: E402
     open_connection,
 )
 from streams.config import WORKFLOWS, Topology, ensure_streams  # noqa: E402
+from streams.jetstream_store import last_sequence, ordered_read  # noqa: E402
 from streams.moon_events import (  # noqa: E402
     Decision,
     Dispatch,
@@ -98,6 +103,7 @@ FAILING_SHARE = 0.2
 ENGINE_ACK_WAIT_S = 2.0  # commands a killed engine held come back after this
 EXECUTOR_ACK_WAIT_S = 3.0  # orders a killed executor held, likewise
 READY_S = 20.0  # a start that has not logged its ready line by then is hung (see supervise)
+AUDIT_S = 40.0  # a dead engine's mark goes stale (10 s) and is taken over (every 2 s) by then
 RETRY = RetryPolicy(maximum_attempts=0, initial_interval_ms=200, maximum_interval_ms=2000)
 
 
@@ -400,6 +406,10 @@ class Tally(msgspec.Struct):
     engine_view_mismatches: int = 0
     index_mismatches: int = 0
     snapshots_checked: int = 0
+    dispatches_audited: int = 0
+    dispatches_unaudited: int = 0  # accepted (journaled), no accepted audit record
+    dispatch_records_twice: int = 0  # not a failure: a record is never lost, may be re-written
+    records_written_again: int = 0  # by engines taking a killed one's mark over (its log)
     wall_s: float = 0.0
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     failures: list[str] = []
@@ -514,6 +524,7 @@ def verdict(tally: Tally, plans: list[Plan], reader: Reader) -> None:
         "replay.verify mismatches": tally.verify_mismatches,
         "engine views differing from the replay": tally.engine_view_mismatches,
         "index entries differing from the replay": tally.index_mismatches,
+        "accepted dispatches without an audit record": tally.dispatches_unaudited,
     }
     tally.failures = [f"{n} {what}" for what, n in problems.items() if n]
     tally.ok = not tally.failures
@@ -616,7 +627,32 @@ async def final_checks(tally: Tally, js: Any, reader: Reader, plans: list[Plan],
     check_journal(tally, reader, {seq: (wf, data) for seq, wf, data in rows})
     check_effects(tally, log, finals, plans)
     await check_replay(tally, js, finals, walls)
+    await check_audit(tally, js, plans, finals)
+    tally.records_written_again = sum(
+        json.loads(line).get("records_written_again", 0)
+        for line in (log.parent / "engine.out").read_text(errors="replace").splitlines()
+        if "engine_mark_taken_over" in line and line.startswith("{"))
     verdict(tally, plans, reader)
+
+
+async def check_audit(tally: Tally, js: Any, plans: list[Plan], finals: Journals) -> None:
+    """Every journaled dispatch has an accepted audit record under its request id, once the
+    marks of the engines the run killed have been taken over (polled: no event says so)."""
+    wanted = {p.dispatch().command_id for p in plans if finals.get(p.workflow_id)}
+    stream = SPACE.stream("AUDIT")
+    subject = SPACE.subject("audit.moon.dispatch.accepted")
+    deadline = time.monotonic() + AUDIT_S
+    while True:
+        upto = await patiently(lambda: last_sequence(js, stream, subject))
+        rows = await patiently(lambda u=upto: ordered_read(js, stream, subject, after=0, upto=u))
+        seen = Counter(msgspec.json.decode(data, type=AuditRecord).id for _, _, _, data in rows)
+        missing = wanted - set(seen)
+        if not missing or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1.0)
+    tally.dispatches_audited = len(wanted) - len(missing)
+    tally.dispatches_unaudited = len(missing)
+    tally.dispatch_records_twice = sum(n > 1 for i, n in seen.items() if i in wanted)
 
 
 # --- the command line --------------------------------------------------------------------------
@@ -643,6 +679,9 @@ def render(t: Tally) -> str:
         f"  replay        verify mismatches {t.verify_mismatches}, fold vs read {t.fold_vs_read},"
         f" engine view {t.engine_view_mismatches} ({t.snapshots_checked} snapshots),"
         f" index {t.index_mismatches}",
+        f"  audit         {t.dispatches_audited} dispatches with their record,"
+        f" {t.dispatches_unaudited} without; written twice {t.dispatch_records_twice};"
+        f" written again from the journal after a kill {t.records_written_again}",
         f"  recovery      {t.timeouts} step timeouts, {t.checkpoints} checkpoints;"
         f" unasked exits: {exits}; hung starts killed: {hung}",
         "PASS" if t.ok else "FAIL: " + "; ".join(t.failures),

@@ -546,11 +546,11 @@ class Gate:
             await asyncio.gather(*left, return_exceptions=True)
 
     async def audit_journaled(self, request_id: str, caller: str, evidence: RequestEvidence,
-                              reply: msgspec.Struct) -> None:
+                              reply: msgspec.Struct) -> bool:
         """Write again, from a journaled command, the accepted record of a request answered
         before its record was stored (a crash may have kept it from AUDIT): the same record
         and answer byte for byte (sealing is deterministic), a duplicate AUDIT drops when the
-        first write made it."""
+        first write made it. True when this write stored it."""
         route = self._routes.get(evidence.method)
         if route is None:
             raise ValueError(f"{self.service}.{evidence.method}: no such route")
@@ -558,8 +558,9 @@ class Gate:
                               evidence.at_ms, caller=caller, capability=evidence.capability,
                               trace=evidence.traceparent, refusal=None)
         response = self._respond(record, audience=caller, reply=reply)
-        await self.audit.first(msgspec.structs.replace(record, answer=response),
-                               msg_id=_final_id(record))
+        first = await self.audit.first(msgspec.structs.replace(record, answer=response),
+                                       msg_id=_final_id(record))
+        return first is None
 
     def _finish_beside(self, later: list[asyncio.Future[None]]) -> None:
         """Let a handler's effects finish after its answer leaves; a failure is logged (the

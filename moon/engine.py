@@ -150,7 +150,7 @@ class Engine:
         self.intake = Intake(self)
         # Writes the audit record of a dispatch whose record a crash may have kept from AUDIT,
         # from the journal (moon/projection.py take_over); set by MOON's gate (moon/gateway.py).
-        self.audit_again: Callable[[Dispatch, int, WorkflowState], Awaitable[None]] | None = None
+        self.audit_again: Callable[[Dispatch, int, WorkflowState], Awaitable[bool]] | None = None
 
     async def _workflows(self) -> Any:
         if self._index is None:

@@ -245,12 +245,13 @@ def moon_gate(
         return ReplayReply(workflow_id=request.workflow_id, seq=loaded.version,
                            status=state.status, state=msgspec.json.encode(state), mismatches=bad)
 
-    async def audit_again(command: Dispatch, seq: int, state: WorkflowState) -> None:
+    async def audit_again(command: Dispatch, seq: int, state: WorkflowState) -> bool:
         # What `_reply` answered the dispatch (or fork) journaled at `seq` with.
-        if command.audit is not None and command.owner is not None:
-            await gate.audit_journaled(command.command_id, command.owner, command.audit,
-                                       DispatchReply(workflow_id=command.workflow_id,
-                                                     version=seq, status=state.status))
+        if command.audit is None or command.owner is None:
+            return False
+        return await gate.audit_journaled(command.command_id, command.owner, command.audit,
+                                          DispatchReply(workflow_id=command.workflow_id,
+                                                        version=seq, status=state.status))
 
     engine.audit_again = audit_again
 

@@ -385,30 +385,31 @@ class Projector:
             since = 1 if mark is None else mark.seq
             dispatches = await self.marks.dispatched_since(since)
             orphans = list(dict.fromkeys(wf for _, wf, _ in dispatches))
-            log.warning("engine_mark_taken_over", engine=instance, since=since,
-                        workflows=len(orphans))
+            audited = 0
             for start in range(0, len(dispatches), 64):
-                await asyncio.gather(*(self._audit_again(seq, data)
-                                       for seq, _, data in dispatches[start:start + 64]))
+                audited += sum(await asyncio.gather(*(
+                    self._audit_again(seq, data) for seq, _, data in dispatches[start:start + 64])))
+            log.warning("engine_mark_taken_over", engine=instance, since=since,
+                        workflows=len(orphans), records_written_again=audited)
             for start in range(0, len(orphans), 64):
                 await asyncio.gather(*(self.project(wf) for wf in orphans[start:start + 64]))
             await self.marks.drop(instance, revision)
 
-    async def _audit_again(self, seq: int, data: bytes) -> None:
+    async def _audit_again(self, seq: int, data: bytes) -> bool:
         """The audit record of a dispatch its engine answered and may have died before storing
         the record of (`hold`): written again from the journal, which holds its evidence; a
         duplicate AUDIT drops when it was stored (within its duplicate window: a takeover
         later than that may write a record twice, never lose one)."""
         if self.engine.audit_again is None:
-            return
+            return False
         decision = self._decisions.try_decode(data)
         if isinstance(decision, Undecodable):
-            return  # quarantined when its workflow is loaded (project)
+            return False  # quarantined when its workflow is loaded (project)
         command = decision.command
         if not isinstance(command, Dispatch) or command.audit is None:
-            return
+            return False
         state = self.engine.runner.apply(self.engine.runner.decider.initial, decision)
-        await self.engine.audit_again(command, seq, state)
+        return await self.engine.audit_again(command, seq, state)
 
     async def flush(self) -> None:
         """Arm what every young workflow waits on now (a graceful stop)."""
