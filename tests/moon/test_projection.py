@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from pathlib import Path
 
 import msgspec
 import pytest
+from nats.js import api
 from nats.js.errors import NotFoundError
 
+from envelope.keys import KeyRing
+from envelope.seal import open_response
+from moon.gateway import DispatchReply, moon_gate
 from moon.index import WorkflowSummary
 from moon.projection import Young
 from moon.worker import Result, StepContext
+from streams.audit import AuditRecord
 from streams.config import WORKFLOWS
+from streams.jetstream_store import last_sequence
 from streams.moon_events import StepTimedOut
+from streams.replies import Refusal
 
 from .. import walls as tw
 from . import fault_world as fw
@@ -160,6 +168,48 @@ async def test_an_engine_killed_9_while_a_workflow_is_young_is_taken_over_by_ano
     async with engine(nc, space, stale_ms=1_500):
         msg = await wake
     assert "Nats-Schedule" in (msg.headers or {})
+
+
+@pytest.mark.slow
+async def test_an_engine_killed_9_before_a_dispatchs_audit_record_leaves_it_to_the_next(
+    nats_url, nc, js, space, tmp_path: Path
+):
+    """A dispatch is answered after its journal append, which holds its audit evidence; the
+    record is written after the answer. Here the broker refuses every AUDIT write (the stream
+    is full and discards new messages) while `moon serve` answers a dispatch, and the engine
+    is killed -9 with the record unwritten. Once AUDIT takes writes again, a second engine
+    finds the dead one's mark stale (the mark stayed below the dispatch) and writes the record
+    from the journal: the answer the caller got, sealed by MOON."""
+    stream = space.stream("AUDIT")
+    info = await js.stream_info(stream)
+    await js.update_stream(dataclasses.replace(
+        info.config, max_msgs=max(1, info.state.messages), discard=api.DiscardPolicy.NEW))
+    if info.state.messages == 0:  # a message in it, so that it is full
+        await js.publish(space.subject("audit.test.fill.refused"), b"{}")
+    command = dispatch([step("a", capability="nobody-offers-this", timeout_ms=600_000)])
+    proc = fw.spawn_engine(nats_url, space, tmp_path / "engine.log")
+    try:
+        await fw.engine_bound(js, space)
+        reply = await tw.call_dispatch(nc, space, command)
+    finally:
+        fw.kill9(proc)
+    assert not isinstance(reply, Refusal), reply  # answered while AUDIT refused the record
+    await js.update_stream(info.config)
+    accepted = space.subject("audit.moon.dispatch.accepted")
+    records = await nc.subscribe(accepted)
+    assert await last_sequence(js, stream, accepted) == 0
+    trust = tw.trust_for(space)
+    async with engine(nc, space, stale_ms=1_500) as second:
+        moon_gate(nc, second, signer=trust.moon, trust=trust.trust_for(trust.moon))
+        msg = await records.next_msg(timeout=20)
+    record = msgspec.json.decode(msg.data, type=AuditRecord)
+    assert (record.id, record.outcome, record.caller) == (
+        command.command_id, "accepted", trust.operator.did)
+    answer = open_response(record.answer, issuer=trust.moon.did, keys=KeyRing(),
+                           caller=trust.operator.did, request_id=command.command_id,
+                           request=b"")
+    assert not isinstance(answer, Refusal)
+    assert msgspec.msgpack.decode(answer.result, type=DispatchReply) == reply
 
 
 async def test_an_entry_held_back_never_overwrites_a_newer_one(nc, js, space):
