@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 from envelope.audit import AuditLog, Unreadable
 from envelope.budget import Ledger
 from envelope.keys import Signer
+from envelope.late_audit import LateAudit
 from envelope.later import Journaling, collecting, journaling
 from envelope.outcomes import OUTCOMES_BUCKET, Outcomes, Stored
 from envelope.ownership import OWNERS, Ownership
@@ -160,7 +161,7 @@ class Gate:
         self._slots = asyncio.Semaphore(concurrency)
         self._in_hand: set[asyncio.Task[None]] = set()
         self._finishing: set[asyncio.Task[None]] = set()  # effects left after their answer
-        self._auditing: set[asyncio.Task[None]] = set()  # records left after their answer
+        self._late = LateAudit(self.audit, self._log)  # records written after their answer
 
     def route(self, method: str, handler: Handler, *, capability: str | None = None,
               idempotent: bool = False) -> None:
@@ -237,7 +238,7 @@ class Gate:
                 await asyncio.wait(set(self._in_hand), timeout=10)
             if self._finishing:
                 await asyncio.wait(set(self._finishing), timeout=10)
-            await self._stop_auditing()
+            await self._late.stop()
 
     async def _watch_revocations(self, revocations: Revocations) -> None:
         """The watchdog runs for the gate's life; this notes when the set stopped being live."""
@@ -477,11 +478,13 @@ class Gate:
         a replay before the handler and answered from the outcome store: kept there too.
         With `release`, the journal holds the request's evidence and this handling's append was
         its first: the answer is durable, and so is its record, written beside and after it."""
-        if release is not None:
-            self._audit_beside(record, response, release)
-            return None
         kept = msgspec.structs.replace(record, answer=response)
         msg_id = _final_id(record)
+        if release is not None:
+            self._late.write(kept, msg_id=msg_id,
+                             beside_id=_attempt_id(record.id, record.request_hash),
+                             release=release)
+            return None
         if spends(opened):
             first, _ = await asyncio.gather(
                 outcomes.keep(opened.request_id, opened.caller, now, response),
@@ -502,52 +505,6 @@ class Gate:
                 return Refusal(Reason.REPLAYED, "request id holds an outcome the gate cannot read")
             case unexpected:
                 assert_never(unexpected)
-
-    def _audit_beside(self, record: AuditRecord, response: bytes,
-                      release: Callable[[], None]) -> None:
-        """Store an answered request's record (with its answer) after the answer: tried until
-        stored while the gate runs; what is left when it stops (or dies) is written again from
-        the journal by whoever takes the engine's mark over (`audit_journaled`)."""
-        kept = msgspec.structs.replace(record, answer=response)
-        msg_id = _final_id(record)
-
-        async def write() -> None:
-            pause_s, first_tried = 0.05, False
-            while True:
-                try:
-                    if not first_tried:
-                        first = await self.audit.first(kept, msg_id=msg_id)
-                        first_tried = True
-                        if first is None or (isinstance(first, AuditRecord)
-                                             and first.answer == response):
-                            break
-                        # The id holds another record (an earlier refusal, a planted one): it
-                        # stands for the id, and this request, which ran, is kept beside it.
-                        self._log.warning("first_record_differs", request_id=record.id)
-                    await self.audit.append(kept, msg_id=_attempt_id(record.id,
-                                                                     record.request_hash))
-                    break
-                except Exception as error:  # broker away: the record waits, the mark with it
-                    self._log.warning("audit_deferred", request_id=record.id,
-                                      error=type(error).__name__)
-                    await asyncio.sleep(pause_s)  # a back-off, not a wait for an event
-                    pause_s = min(5.0, pause_s * 2)
-            release()
-
-        task = asyncio.get_running_loop().create_task(write())
-        self._auditing.add(task)
-        task.add_done_callback(self._auditing.discard)
-
-    async def _stop_auditing(self) -> None:
-        """On stop: the records still being written get a moment; any left then are the
-        journal's to give back (the engine's mark stays below them)."""
-        if self._auditing:
-            await asyncio.wait(set(self._auditing), timeout=2)
-        if left := set(self._auditing):
-            self._log.warning("audit_left_to_takeover", records=len(left))
-            for task in left:
-                task.cancel()
-            await asyncio.gather(*left, return_exceptions=True)
 
     async def audit_journaled(self, request_id: str, caller: str, evidence: RequestEvidence,
                               reply: msgspec.Struct) -> bool:

@@ -1,0 +1,71 @@
+"""Audit records written after their answer, for requests whose journal append holds them.
+
+A request whose handler journaled its audit evidence with its command (envelope/later.py) is
+answered after that one write; its record, the answer inside, is stored here beside and after
+the reply. Each record is tried until stored while the gate runs, then `release` tells the
+engine its mark may pass the request's append; what is left when the gate stops, or dies, is
+written again from the journal by the engine that takes the mark over (moon/projection.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from envelope.audit import AuditLog
+from streams.audit import AuditRecord
+
+__all__ = ["LateAudit"]
+
+_FIRST_PAUSE_S, _LONGEST_PAUSE_S = 0.05, 5.0
+_STOP_S = 2.0  # what a stopping gate gives the records still being written
+
+
+class LateAudit:
+    """The records of one gate still being written after their answers."""
+
+    def __init__(self, audit: AuditLog, log: Any) -> None:
+        self._audit, self._log = audit, log
+        self._writing: set[asyncio.Task[None]] = set()
+
+    def write(self, kept: AuditRecord, *, msg_id: str, beside_id: str,
+              release: Callable[[], None]) -> None:
+        """Store `kept` (a final record holding its answer) under `msg_id`; if that id holds
+        another record already (an earlier refusal, a planted one), that one stands for the id
+        and this one, whose request ran, is stored beside it under `beside_id`."""
+
+        async def store() -> None:
+            pause_s, first_tried = _FIRST_PAUSE_S, False
+            while True:
+                try:
+                    if not first_tried:
+                        first = await self._audit.first(kept, msg_id=msg_id)
+                        first_tried = True
+                        if first is None or (isinstance(first, AuditRecord)
+                                             and first.answer == kept.answer):
+                            break
+                        self._log.warning("first_record_differs", request_id=kept.id)
+                    await self._audit.append(kept, msg_id=beside_id)
+                    break
+                except Exception as error:  # broker away: the record waits, the mark with it
+                    self._log.warning("audit_deferred", request_id=kept.id,
+                                      error=type(error).__name__)
+                    await asyncio.sleep(pause_s)  # a back-off, not a wait for an event
+                    pause_s = min(_LONGEST_PAUSE_S, pause_s * 2)
+            release()
+
+        task = asyncio.get_running_loop().create_task(store())
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    async def stop(self) -> None:
+        """The records still being written get a moment; any left then are the journal's to
+        give back (the engine's mark stays below them)."""
+        if self._writing:
+            await asyncio.wait(set(self._writing), timeout=_STOP_S)
+        if left := set(self._writing):
+            self._log.warning("audit_left_to_takeover", records=len(left))
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
