@@ -47,7 +47,6 @@ from streams.config import NONCES
 from streams.ids import is_valid_id
 from streams.replies import Reason, Refusal
 from streams.subjects import Space, intent, map_request
-from streams.urgent import urgent, write_through
 
 ROOT_SPACE = Space()
 
@@ -123,7 +122,6 @@ class Gate:
         concurrency: int = 256,
     ) -> None:
         self.nc = nc
-        write_through(nc)  # streams/urgent.py: a request's own writes skip the flusher's turn
         self.js: JetStreamContext = nc.jetstream()
         self.service = service
         self.signer = signer
@@ -277,12 +275,10 @@ class Gate:
         # pending buffer, then the server's slow-consumer limit, push back.
         async def serve(msg: Msg) -> None:
             try:
-                # A caller waits: its writes (the journal append, the reply) leave at once.
-                with urgent():
-                    response, trace = await self.answer(route, outcomes, msg.data, msg.headers)
-                    if msg.reply:
-                        headers = {"traceparent": trace} if trace else None
-                        await self.nc.publish(msg.reply, response, headers=headers)
+                response, trace = await self.answer(route, outcomes, msg.data, msg.headers)
+                if msg.reply:
+                    headers = {"traceparent": trace} if trace else None
+                    await self.nc.publish(msg.reply, response, headers=headers)
             except Exception:  # broken infrastructure: the caller times out and retries
                 self._log.exception("request_failed", method=route.method)
 
