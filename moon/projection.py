@@ -14,6 +14,9 @@ before which everything it dispatched has been projected, refreshed every MARK_E
 not refreshed for STALE_MS is a dead engine's: any engine arms the wake-ups of every workflow
 dispatched since it (the journal's `dispatched` subjects), then drops it. Arming twice is
 harmless: a schedule replaces its predecessor, and a firing with nothing due decides nothing.
+The mark also stays below every dispatch answered before its audit record was stored
+(envelope/later.py): the engine taking a mark over writes those records again from the journal,
+which holds their evidence (a duplicate, dropped, where the first write made it).
 
 A young workflow's index entry (what `moon list` shows) is held back INDEX_MS as well: one that
 ends by then writes only its final entry (a 3-step chain: 11 -> 10 writes), one still running
