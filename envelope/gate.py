@@ -396,7 +396,7 @@ class Gate:
         # An idempotent handler may journal the request's audit evidence with its command
         # (later.py): then the answer waits for that one write and the record follows it.
         journal: Journaling | None = None
-        offered = _evidence(route, opened, now)
+        offered = _evidence(route, opened, now) if self._late.has_room() else None
         try:
             # Bound in contextvars so the handler's own log lines carry the trace too. An
             # idempotent handler may leave its effects to finish beside the answer (later.py).

@@ -16,18 +16,26 @@ from typing import Any
 from envelope.audit import AuditLog
 from streams.audit import AuditRecord
 
-__all__ = ["LateAudit"]
+__all__ = ["BACKLOG", "LateAudit"]
 
 _FIRST_PAUSE_S, _LONGEST_PAUSE_S = 0.05, 5.0
 _STOP_S = 2.0  # what a stopping gate gives the records still being written
+# Records held in memory while AUDIT does not take them: past this many, requests take the path
+# that stores the record before the answer (and fails closed while AUDIT is away).
+BACKLOG = 10_000
 
 
 class LateAudit:
     """The records of one gate still being written after their answers."""
 
-    def __init__(self, audit: AuditLog, log: Any) -> None:
-        self._audit, self._log = audit, log
+    def __init__(self, audit: AuditLog, log: Any, *, backlog: int = BACKLOG) -> None:
+        self._audit, self._log, self._backlog = audit, log, backlog
         self._writing: set[asyncio.Task[None]] = set()
+
+    def has_room(self) -> bool:
+        """Whether another record may wait here: not while AUDIT has left `backlog` unwritten
+        (a request then waits for its record, so an outage cannot grow this without bound)."""
+        return len(self._writing) < self._backlog
 
     def write(self, kept: AuditRecord, *, msg_id: str, beside_id: str,
               release: Callable[[], None]) -> None:

@@ -10,6 +10,7 @@ import msgspec
 
 from envelope.client import Client
 from envelope.gate import _final_id
+from envelope.late_audit import LateAudit
 from envelope.local import local_trust
 from envelope.seal import open_response
 from moon.clock import local_ms as now_ms
@@ -316,3 +317,26 @@ async def test_a_dispatch_is_answered_before_its_audit_record_and_a_lost_record_
         request_id, trust.operator.did, "moon:dispatch", "accepted")
     assert record.answer == answer
     assert record.request_hash == hashlib.sha256(sealed).digest()
+
+
+async def test_while_audit_takes_no_record_the_records_held_are_bounded(nc, js, space, tmp_path):
+    """A record written after its answer waits in the gate's memory while AUDIT takes none:
+    past the backlog, a dispatch waits for its record before its answer again, and so is
+    refused (retryably) while AUDIT is away, as every request was before."""
+    trust = local_trust(tmp_path)
+
+    async def unreachable(*_: object, **__: object) -> None:
+        raise ConnectionError("AUDIT is out of reach")
+
+    async with engine(nc, space) as eng, worker(nc, space, {"work": _ok}):
+        gate = moon_gate(nc, eng, signer=trust.moon, trust=trust.trust_for(trust.moon))
+        gate._late = LateAudit(gate.audit, gate._log, backlog=1)
+        gate.audit.first = unreachable  # type: ignore[method-assign]
+        gate.audit.append = unreachable  # type: ignore[method-assign]
+        client = Client(nc, trust.operator, trust.services, grant=(trust.operator_grant,),
+                        space=space)
+        async with gate.serving():
+            first = await client.call("moon.dispatch", body([step("a")]))
+            second = await client.call("moon.dispatch", body([step("a")]))
+    assert not isinstance(first, Refusal), first  # its record waits in the backlog
+    assert isinstance(second, Refusal) and second.reason is Reason.UNAVAILABLE, second
