@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import msgspec
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from moon.authority import Source
 from moon.clock import local_ms as now_ms
 from moon.engine import Engine
+from moon.index import WorkflowSummary
 from moon.service import running
 from moon.worker import Handler, Worker
+from streams.config import WORKFLOWS
 from streams.decider import Decided
 from streams.moon_events import Dispatch, MoonCommand, RetryPolicy, StepSpec
 from streams.replies import Refusal
@@ -86,3 +91,24 @@ async def worker(nc: Client, space: Space, handlers: dict[str, Handler], executo
     w = await new_worker(nc, space, handlers, executor_id, **options)
     async with running(lambda ready: w.run(ready=ready), w.stop):
         yield w
+
+
+async def index_entry(js: JetStreamContext, space: Space, wf: str,
+                      until: Callable[[WorkflowSummary], bool],
+                      timeout_s: float = 20.0) -> WorkflowSummary:
+    """The workflow's index entry, its puts watched until one satisfies `until` (an entry is
+    put as an effect of a decision, after the journal shows the decision)."""
+    kv = await js.key_value(space.bucket(WORKFLOWS.name))
+    watcher = await kv.watch(wf)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for entry in watcher:
+                if entry is None or entry.value is None:
+                    continue
+                summary = msgspec.json.decode(entry.value, type=WorkflowSummary)
+                if until(summary):
+                    return summary
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()
+    raise AssertionError("a watch does not end")

@@ -3,9 +3,6 @@ never behind the journal once a workflow ended, however its commands came back."
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 import msgspec
 
 from moon.index import WorkflowSummary, changed, summary
@@ -14,31 +11,12 @@ from moon.workflow import initial
 from streams.config import WORKFLOWS
 from streams.decider import Decided
 
-from .engine_world import dispatch, engine, step, worker
+from .engine_world import dispatch, engine, index_entry, step, worker
 
 
 async def _entry(js, space, wf: str) -> WorkflowSummary:
     kv = await js.key_value(space.bucket(WORKFLOWS.name))
     return msgspec.json.decode((await kv.get(wf)).value, type=WorkflowSummary)
-
-
-async def _entry_at(js, space, wf: str, version: int) -> WorkflowSummary:
-    """The index entry's puts, watched until one names `version` (the workflow's last decision
-    is read off the journal before its effects, the entry among them, are stored)."""
-    kv = await js.key_value(space.bucket(WORKFLOWS.name))
-    watcher = await kv.watch(wf)
-    try:
-        async with asyncio.timeout(20):
-            async for entry in watcher:
-                if entry is None or entry.value is None:
-                    continue
-                summary = msgspec.json.decode(entry.value, type=WorkflowSummary)
-                if summary.version == version:
-                    return summary
-    finally:
-        with contextlib.suppress(Exception):
-            await watcher.stop()
-    raise AssertionError("a watch does not end")
 
 
 async def _last_seq(js, space, wf: str) -> int:
@@ -56,7 +34,8 @@ async def test_a_dispatch_sent_again_after_the_end_leaves_the_index_at_the_journ
         await eng.submit(command)
         await eng.wait_terminal(command.workflow_id, 30)
         last = await _last_seq(js, space, command.workflow_id)
-        assert (await _entry_at(js, space, command.workflow_id, last)).status == "completed"
+        entry = await index_entry(js, space, command.workflow_id, lambda e: e.version == last)
+        assert entry.status == "completed"
     # A caller's retry of the dispatch, at an engine that has not seen the workflow (restarted):
     # decided on nothing, its append is found to be the earlier one's duplicate.
     async with engine(nc, space) as fresh:

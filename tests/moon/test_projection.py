@@ -4,7 +4,6 @@ no wake-up; one whose engine dies young is projected by another engine from the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from streams.replies import Refusal
 
 from .. import walls as tw
 from . import fault_world as fw
-from .engine_world import dispatch, engine, step, worker
+from .engine_world import dispatch, engine, index_entry, step, worker
 
 
 def test_young_workflows_come_due_in_order_and_the_mark_waits_for_the_oldest() -> None:
@@ -58,25 +57,6 @@ async def _index_puts(js, space) -> int:  # type: ignore[no-untyped-def]
     return int(info.state.last_seq)
 
 
-async def _entry_reaches(js, space, wf: str, status: str,  # type: ignore[no-untyped-def]
-                         timeout_s: float = 20.0) -> WorkflowSummary:
-    """The index entry's puts, watched until one shows `status`."""
-    kv = await js.key_value(space.bucket(WORKFLOWS.name))
-    watcher = await kv.watch(wf)
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for entry in watcher:
-                if entry is None or entry.value is None:
-                    continue
-                summary = msgspec.json.decode(entry.value, type=WorkflowSummary)
-                if summary.status == status:
-                    return summary
-    finally:
-        with contextlib.suppress(Exception):
-            await watcher.stop()
-    raise AssertionError("a watch does not end")
-
-
 async def _wake_up(js, space, wf: str):  # type: ignore[no-untyped-def]
     try:
         return await js.get_last_msg(space.stream("MOON_CMD"),
@@ -99,7 +79,7 @@ async def test_a_workflow_that_ends_young_arms_no_wake_up(nc, js, space):
         command = dispatch([step("a"), step("b", needs=("a",)), step("c", needs=("b",))])
         await eng.submit(command)
         await eng.wait_terminal(command.workflow_id, 30)
-        entry = await _entry_reaches(js, space, command.workflow_id, "completed")
+        entry = await index_entry(js, space, command.workflow_id, lambda e: e.status == "completed")
         assert entry.completed == 3
         # Only how it ended: the running entry was held back (INDEX_MS) and never needed.
         assert await _index_puts(js, space) == 1
@@ -113,7 +93,8 @@ async def test_a_young_workflow_still_running_is_listed_a_moment_after_its_dispa
         command = dispatch([step("a", capability="nobody-offers-this", timeout_ms=600_000)])
         await eng.submit(command)
         assert await _index_puts(js, space) == 0  # held back
-        entry = await _entry_reaches(js, space, command.workflow_id, "running", timeout_s=5)
+        entry = await index_entry(js, space, command.workflow_id, lambda e: e.status == "running",
+                                  timeout_s=5)
         assert (entry.steps, entry.completed) == (1, 0)
         assert command.workflow_id in eng.young  # listed, still young: its wake-up waits
         assert await _index_puts(js, space) == 1
