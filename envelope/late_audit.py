@@ -10,13 +10,15 @@ written again from the journal by the engine that takes the mark over (moon/proj
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from envelope.audit import AuditLog
 from streams.audit import AuditRecord
 
 __all__ = ["BACKLOG", "LateAudit"]
+
+T = TypeVar("T")
 
 _FIRST_PAUSE_S, _LONGEST_PAUSE_S = 0.05, 5.0
 _STOP_S = 2.0  # what a stopping gate gives the records still being written
@@ -44,28 +46,29 @@ class LateAudit:
         and this one, whose request ran, is stored beside it under `beside_id`."""
 
         async def store() -> None:
-            pause_s, first_tried = _FIRST_PAUSE_S, False
-            while True:
-                try:
-                    if not first_tried:
-                        first = await self._audit.first(kept, msg_id=msg_id)
-                        first_tried = True
-                        if first is None or (isinstance(first, AuditRecord)
-                                             and first.answer == kept.answer):
-                            break
-                        self._log.warning("first_record_differs", request_id=kept.id)
-                    await self._audit.append(kept, msg_id=beside_id)
-                    break
-                except Exception as error:  # broker away: the record waits, the mark with it
-                    self._log.warning("audit_deferred", request_id=kept.id,
-                                      error=type(error).__name__)
-                    await asyncio.sleep(pause_s)  # a back-off, not a wait for an event
-                    pause_s = min(_LONGEST_PAUSE_S, pause_s * 2)
+            first = await self._until_done(lambda: self._audit.first(kept, msg_id=msg_id), kept)
+            if first is not None and not (isinstance(first, AuditRecord)
+                                          and first.answer == kept.answer):
+                self._log.warning("first_record_differs", request_id=kept.id)
+                await self._until_done(lambda: self._audit.append(kept, msg_id=beside_id), kept)
             release()
 
         task = asyncio.get_running_loop().create_task(store())
         self._writing.add(task)
         task.add_done_callback(self._writing.discard)
+
+    async def _until_done(self, call: Callable[[], Awaitable[T]], kept: AuditRecord) -> T:
+        """`call`, again after a back-off while the broker is away: the record waits, and the
+        engine's mark with it."""
+        pause_s = _FIRST_PAUSE_S
+        while True:
+            try:
+                return await call()
+            except Exception as error:
+                self._log.warning("audit_deferred", request_id=kept.id,
+                                  error=type(error).__name__)
+                await asyncio.sleep(pause_s)  # a back-off, not a wait for an event
+                pause_s = min(_LONGEST_PAUSE_S, pause_s * 2)
 
     async def stop(self) -> None:
         """The records still being written get a moment; any left then are the journal's to
