@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from envelope.keys import KeyRing, Signer
 from envelope.statement import COMMAND, ORDER, TIMER, sign_statement
 from moon.claims import Claims, claim_key
+from moon.keeper import Keeper
 from moon.outbox import order_key
 from streams import subjects
 from streams.codec import Codec
@@ -63,6 +64,7 @@ class Effects:
         # The WORK sequences of the orders sent per live workflow, newest workflows last:
         # what a cancel withdraws. Bounded: a workflow this process forgot is not withdrawn.
         self._sent: OrderedDict[str, list[int]] = OrderedDict()
+        self.keeper = Keeper(js, space.stream("WORK"), space.subject(subjects.work_kept()))
 
     def order_subject(self, order: WorkOrder) -> str:
         target = subjects.work(order.executor) if order.executor else subjects.work_any(
@@ -81,6 +83,7 @@ class Effects:
             order = msgspec.structs.replace(order, claim=claim)
             # Signed: an executor runs only what an engine ordered (side effects are real).
             data = sign_statement(self._signer, ORDER, ORDERS.encode(order))
+            self.keeper.sent(len(data))
             ack = await self._js.publish(self.order_subject(order), data,
                                          headers={"Nats-Msg-Id": key})
             self._sent.setdefault(order.workflow_id, []).append(ack.seq)

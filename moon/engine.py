@@ -486,6 +486,7 @@ class Engine:
 
             clock = tasks.create_task(self.broker_clock.run())
             projecting = tasks.create_task(self.projector.run())
+            keeping = tasks.create_task(self.effects.keeper.run())
             reports_sub = await self.nc.subscribe(
                 self.space.subject(reports()), queue=self.space.consumer(ENGINE_CONSUMER),
                 cb=spawn(self.intake.on_report), pending_msgs_limit=100_000)
@@ -504,6 +505,7 @@ class Engine:
             finally:
                 self.consuming = False
                 projecting.cancel()
+                keeping.cancel()
                 await self.projector.retire()
                 clock.cancel()
                 with contextlib.suppress(Exception):

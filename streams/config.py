@@ -101,7 +101,8 @@ MOON_CMD = StreamSpec(
     schedules=True,
     max_msg_size=1024 * 1024,  # a replan of a 10,000-step plan fits; a flood of giants does not
 )
-WORK = StreamSpec("WORK", ("work.>",), retention=api.RetentionPolicy.WORK_QUEUE)
+# Per-message TTLs for its keeper only (moon/keeper.py): an order carries none.
+WORK = StreamSpec("WORK", ("work.>",), retention=api.RetentionPolicy.WORK_QUEUE, ttl=True)
 PLANS = StreamSpec("PLANS", (subjects.plan_events(),), journal=True)
 # The journal's deviations, copied in by the server: MAESTRO's durable lives here, on a stream
 # only MAESTRO may make consumers on. On MOON, which every reader may read, a reader could

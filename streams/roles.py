@@ -290,6 +290,7 @@ def rights(name: str, space: Space | None = None, capabilities: Sequence[str] = 
                 on.s("moon.timer.>"),                  # schedules (Nats-Schedule)
                 on.s("work.exec.*"), on.s("work.any.*"),
                 on.s("work.withdrawn"),                # a cancel's markers (moon/effects.py)
+                on.s("work.kept"),                     # its keeper (moon/keeper.py)
                 on.s("audit.moon.>"),
                 *on.read(on.stream("MOON")),
                 *on.info(cmd), *on.info(on.stream("WORK")), *on.info(on.stream("AUDIT")),

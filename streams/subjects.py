@@ -94,6 +94,11 @@ def work_any(capability: str) -> str:
     return f"work.any.{token(capability)}"
 
 
+def work_kept() -> str:
+    """Where WORK's keeper lives (moon/keeper.py): in WORK, read by no consumer."""
+    return "work.kept"
+
+
 def work_withdrawn() -> str:
     """Where a cancel's markers go (moon/effects.py `withdraw`): in WORK, read by no consumer."""
     return "work.withdrawn"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import StreamInfo
 
 from moon.authority import Source
 from moon.clock import local_ms as now_ms
@@ -91,6 +92,17 @@ async def worker(nc: Client, space: Space, handlers: dict[str, Handler], executo
     w = await new_worker(nc, space, handlers, executor_id, **options)
     async with running(lambda ready: w.run(ready=ready), w.stop):
         yield w
+
+
+async def orders_queued(js: JetStreamContext, space: Space) -> int:
+    """The orders in WORK now: its messages but the engines' keepers (moon/keeper.py)."""
+    info = await js.stream_info(space.stream("WORK"), subjects_filter=space.subject("work.*.*"))
+    return sum((info.state.subjects or {}).values())
+
+
+def orders_stored(info: StreamInfo, *engines: Engine) -> int:
+    """The orders WORK ever stored: its last sequence but the engines' keepers."""
+    return int(info.state.last_seq) - sum(e.effects.keeper.kept for e in engines)
 
 
 async def index_entry(js: JetStreamContext, space: Space, wf: str,

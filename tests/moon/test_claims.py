@@ -25,7 +25,7 @@ from streams.moon_events import Cancel, CompleteStep, StepCompleted, StepStarted
 from streams.replies import Refusal
 
 from . import fault_world as fw
-from .engine_world import dispatch, engine, new_worker, step, worker
+from .engine_world import dispatch, engine, new_worker, orders_queued, orders_stored, step, worker
 
 # --- the token, pure ----------------------------------------------------------------------------
 
@@ -124,14 +124,14 @@ async def test_a_command_handled_again_after_a_broker_restart_does_not_resend_a_
             await moon.submit(command)
             await asyncio.wait_for(b_running.wait(), 10)
             work_stream = space.stream("WORK")
-            before = (await js.stream_info(work_stream)).state.last_seq
+            before = orders_stored(await js.stream_info(work_stream), moon)
             await asyncio.to_thread(broker.kill)
             await asyncio.to_thread(broker.start)
             again = CompleteStep(command_id=f"done/{wf}/a/1", workflow_id=wf, at_ms=0, step="a",
                                  attempt=1, result=b"a")
             answer = await _until_answered(w, again)
             assert answer.ok, answer
-            after = (await js.stream_info(work_stream)).state.last_seq
+            after = orders_stored(await js.stream_info(work_stream), moon)
             release.set()
             final = await fw.wait_all_terminal(js, space, [wf], timeout_s=30)
         assert final[wf].status == "completed"
@@ -198,12 +198,12 @@ async def test_a_cancel_withdraws_the_orders_still_queued(nc, js, space) -> None
         command = dispatch([step("a"), step("b")])  # no executor yet: both orders wait
         await moon.submit(command)
         work_stream = space.stream("WORK")
-        assert (await js.stream_info(work_stream)).state.messages == 2
+        assert await orders_queued(js, space) == 2
         cancel = Cancel(command_id="cancel-it", workflow_id=command.workflow_id, at_ms=now_ms(),
                         reason="changed my mind")
         cancelled = await moon.submit(cancel)
         assert not isinstance(cancelled, Refusal), cancelled
-        assert (await js.stream_info(work_stream)).state.messages == 0
+        assert await orders_queued(js, space) == 0
         async with worker(nc, space, {"work": work}) as w:  # an executor comes: nothing to take
             consumer = await js.consumer_info(work_stream, space.consumer("any-work"))
             assert (consumer.num_pending, consumer.num_ack_pending) == (0, 0)
@@ -225,13 +225,13 @@ async def test_a_cancel_withdraws_the_queued_orders_another_engine_sent(nc, js, 
         command = dispatch([step("a"), step("b")])  # no executor yet: both orders wait
         await sender.submit(command)
         work_stream = space.stream("WORK")
-        assert (await js.stream_info(work_stream)).state.messages == 2
+        assert await orders_queued(js, space) == 2
         cancelled = await canceller.submit(Cancel(
             command_id="cancel-it", workflow_id=command.workflow_id, at_ms=now_ms(),
             reason="changed my mind"))
         assert not isinstance(cancelled, Refusal), cancelled
         assert cancelled.state.status == "cancelled"
-        assert (await js.stream_info(work_stream)).state.messages == 0
+        assert await orders_queued(js, space) == 0
         late = await js.publish(space.subject("work.any.work"), b"a late copy",
                                 headers={"Nats-Msg-Id": order_key(command.workflow_id, "a", 1,
                                                                    compensation=False)})
