@@ -95,7 +95,8 @@ async def worker(nc: Client, space: Space, handlers: dict[str, Handler], executo
 
 
 async def orders_queued(js: JetStreamContext, space: Space) -> int:
-    """The orders in WORK now: its messages but the engines' keepers (moon/keeper.py)."""
+    """The orders in WORK now: its messages but the engines' keepers (moon/keeper.py). Orders
+    are on `work.exec.<x>` and `work.any.<c>`; a keeper and a cancel's markers on two tokens."""
     info = await js.stream_info(space.stream("WORK"), subjects_filter=space.subject("work.*.*"))
     return sum((info.state.subjects or {}).values())
 
