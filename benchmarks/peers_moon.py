@@ -1,6 +1,7 @@
 """MOON under the peers workload (../shared/bench/peers: W1, W2, W3), as a user runs the stack.
 
-    .venv/bin/python benchmarks/peers_moon.py [--engines 1] [--workers 2] [--no-sync] [--variants]
+    .venv/bin/python benchmarks/peers_moon.py [--engines 1] [--workers 2] [--no-eager] [--no-sync]
+        [--variants]
     PEERS_MOON_CMD=".venv/bin/python benchmarks/peers_moon.py" PEERS_CWD=$PWD \
         python3 ../shared/bench/peers/run_all.py --only moon --reps 1
 
@@ -309,7 +310,7 @@ async def start_services(stack: Stack, admin: Nats, args: argparse.Namespace) ->
     for i in range(args.workers):
         executor = f"x{i + 1}"
         stack.spawn(f"worker{i + 1}", "worker", "--id", executor, "-c", "work",
-                    "--capacity", "64")
+                    "--capacity", "64", *(() if args.eager else ("--no-eager",)))
 
         async def pulling(durable: str = f"exec-{executor}") -> bool:
             with contextlib.suppress(Exception):  # not created yet
@@ -599,6 +600,8 @@ def label(args: argparse.Namespace) -> str:
         out += f", {args.engines} engines"
     if args.workers != 2:
         out += f", {args.workers} worker(s)"
+    if not args.eager:
+        out += ", every order through WORK"
     return out
 
 
@@ -673,6 +676,9 @@ def main() -> int:
     parser.add_argument("--engines", type=int, default=1,
                         help="`moon serve` processes sharing the broker (scale-out)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--eager", action=argparse.BooleanOptionalAction, default=True,
+                        help="workers take a chain's next order in their completion's answer "
+                             "(moon/handoff.py); --no-eager: every order through WORK")
     parser.add_argument("--variants", action="store_true",
                         help="also W1 as a durable intent and as an in-process Engine.submit")
     parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=None,

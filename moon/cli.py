@@ -167,6 +167,7 @@ def worker_command(
     url: Annotated[str | None, typer.Option("--http", help="POST each step to this URL")] = None,
     watts: Annotated[float, typer.Option(help="declared power draw, for joules")] = 0.0,
     capacity: Annotated[int, typer.Option(help="steps run at once")] = 8,
+    eager: Annotated[bool, typer.Option(help="take the next order a completion schedules in its answer, not through WORK")] = True,  # noqa: E501
     data_dir: DataDir = None,
     metrics_port: MetricsPort = None,
 ) -> None:
@@ -175,8 +176,8 @@ def worker_command(
     configure_logging()
     argv = shlex.split(command) if command else None
     try:
-        raise typer.Exit(run_loop(
-            _worker(data_dir, executor, capability, argv, url, watts, capacity, metrics_port)))
+        raise typer.Exit(run_loop(_worker(data_dir, executor, capability, argv, url, watts,
+                                          capacity, metrics_port, eager=eager)))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

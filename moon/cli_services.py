@@ -61,7 +61,7 @@ async def _serve(data_dir: Path | None, concurrency: int, metrics_port: int | No
 # Positional, as `moon worker` passes its options (PLR0917 is waived for */cli.py, not here).
 async def _worker(data_dir: Path | None, executor: str, capabilities: list[str],  # noqa: PLR0917
                   command: list[str] | None, url: str | None, watts: float, capacity: int,
-                  metrics_port: int | None) -> int:
+                  metrics_port: int | None, *, eager: bool = True) -> int:
     from moon.service import serve_worker  # noqa: PLC0415
     from moon.worker import Handler, Worker, http_handler, subprocess_handler  # noqa: PLC0415
 
@@ -102,6 +102,6 @@ async def _worker(data_dir: Path | None, executor: str, capabilities: list[str],
         _joined("moon.worker", nc, home, space, executor_role(executor))
         worker = Worker(nc, executor_id=executor, handlers=dict.fromkeys(capabilities, handler),
                         signer=signer, engines=local_trust(home).engines, space=space,
-                        watts=watts, capacity=capacity)
+                        watts=watts, capacity=capacity, eager=eager)
         await serve_worker(worker, metrics_port=metrics_port)
     return 0

@@ -72,17 +72,21 @@ class Effects:
         )
         return self._space.subject(target)
 
+    def seal_order(self, order: WorkOrder) -> bytes:
+        """The order with its attempt's claim token, signed: an executor runs only what an
+        engine ordered (side effects are real)."""
+        claim = self.claims.token(claim_key(order.workflow_id, order.step, order.attempt,
+                                            compensation=order.compensation))
+        order = msgspec.structs.replace(order, claim=claim)
+        return sign_statement(self._signer, ORDER, ORDERS.encode(order))
+
     async def send_orders(self, orders: Iterable[WorkOrder]) -> int:
         """All at once: a fan-out's orders do not wait for each other's acknowledgements."""
 
         async def send(order: WorkOrder) -> None:
             key = order_key(order.workflow_id, order.step, order.attempt,
                             compensation=order.compensation)
-            claim = self.claims.token(claim_key(order.workflow_id, order.step, order.attempt,
-                                                compensation=order.compensation))
-            order = msgspec.structs.replace(order, claim=claim)
-            # Signed: an executor runs only what an engine ordered (side effects are real).
-            data = sign_statement(self._signer, ORDER, ORDERS.encode(order))
+            data = self.seal_order(order)
             self.keeper.sent(len(data))
             ack = await self._js.publish(self.order_subject(order), data,
                                          headers={"Nats-Msg-Id": key})

@@ -54,6 +54,7 @@ from moon.authority import (
 from moon.claims import Claims
 from moon.clock import BrokerClock
 from moon.effects import Effects
+from moon.handoff import Handoff, pick
 from moon.index import WorkflowSummary
 from moon.intake import Intake, deferred
 from moon.narration import narrate
@@ -108,6 +109,7 @@ class Stats:
     orders: int = 0
     quarantined: int = 0
     handed_over: int = 0  # effects finished beside the gate's answer (envelope/later.py)
+    handed: int = 0  # orders in a completion's answer instead of WORK (moon/handoff.py)
 
 
 @dataclass
@@ -160,18 +162,21 @@ class Engine:
     # --- the one path every command takes ------------------------------------------------------
 
     async def submit(
-        self, command: MoonCommand, *, source: Source, redelivered: bool = False
+        self, command: MoonCommand, *, source: Source, redelivered: bool = False,
+        handoff: Handoff | None = None,
     ) -> Decided[MoonEvent, WorkflowState] | Refusal:
         """Authorize, decide, journal, send effects. Safe to call again with the same command:
         pass `redelivered=True` when it may have been handled before (a redelivery, a caller's
         retry), so that a decision journaled by a handling that died before its effects gets
-        its wake-up and orders sent now."""
+        its wake-up and orders sent now. With `handoff`, an order the decision schedules that
+        the reporter may take is signed into it instead of sent to WORK (moon/handoff.py)."""
         wf = command.workflow_id
         if (why := self.quarantined.get(wf)) is not None:
             return Refusal(Reason.QUARANTINED, why)
         if not later.active():
             async with self.workflow_lock(wf):
-                return await self._decide(command, source, redelivered=redelivered)
+                return await self._decide(command, source, redelivered=redelivered,
+                                          handoff=handoff)
         # Through the gate: the effects finish beside its answer and audit record
         # (envelope/later.py), and the workflow stays locked until they are stored, so its
         # next command is decided after them, as when they were awaited here.
@@ -179,7 +184,7 @@ class Engine:
         held = await self._hold(wf)
         try:
             outcome = await self._decide(command, source, redelivered=redelivered,
-                                         finishing=finishing)
+                                         finishing=finishing, handoff=handoff)
         except BaseException:
             self._let_go(wf, held)
             raise
@@ -192,14 +197,14 @@ class Engine:
 
     async def _decide(
         self, command: MoonCommand, source: Source, *, redelivered: bool,
-        finishing: list[asyncio.Future[None]] | None = None,
+        finishing: list[asyncio.Future[None]] | None = None, handoff: Handoff | None = None,
     ) -> Decided[MoonEvent, WorkflowState] | Refusal:
         """`submit` with the workflow's lock held. With `finishing`, the effects are not
         awaited: the task that sends them is put there."""
         kind = command_kind(command)
         with metrics.labelled(metrics.COMMAND_SECONDS, kind).time():
             outcome = await self._decide_and_send(command, source, redelivered=redelivered,
-                                                  finishing=finishing)
+                                                  finishing=finishing, handoff=handoff)
         match outcome:
             case Refusal():
                 metrics.labelled(metrics.COMMANDS, kind, "refused").inc()
@@ -214,7 +219,7 @@ class Engine:
 
     async def _decide_and_send(
         self, command: MoonCommand, source: Source, *, redelivered: bool,
-        finishing: list[asyncio.Future[None]] | None = None,
+        finishing: list[asyncio.Future[None]] | None = None, handoff: Handoff | None = None,
     ) -> Decided[MoonEvent, WorkflowState] | Refusal:
         wf = command.workflow_id
         try:
@@ -235,7 +240,7 @@ class Engine:
             # One log line per step transition, with the workflow's trace (as its spans have).
             narrate(log.bind(trace_id=trace_of(state).trace_id), wf, outcome.events)
             self.stats.deviations += sum(isinstance(e, Deviation) for e in outcome.events)
-            orders = work_orders(state, outcome.events)
+            orders = self._hand_off(work_orders(state, outcome.events), handoff)
             # Synchronously with the append's answer, so a mark never passes a dispatch
             # that is not yet young.
             self.projector.appended = max(self.projector.appended, outcome.version)
@@ -285,6 +290,16 @@ class Engine:
         else:
             finishing.append(asyncio.ensure_future(send))
         return outcome
+
+    def _hand_off(self, orders: list[WorkOrder], handoff: Handoff | None) -> list[WorkOrder]:
+        """The orders left for WORK once the reporter took the one it may (moon/handoff.py).
+        The decision is journaled already; the answer carrying the order is sent after."""
+        if handoff is None or (handed := pick(orders, handoff.registration,
+                                              handoff.take)) is None:
+            return orders
+        handoff.order = self.effects.seal_order(handed)
+        self.stats.handed += 1
+        return [order for order in orders if order is not handed]
 
     def _audited_later(self, command: MoonCommand, seq: int) -> None:
         """A dispatch whose append holds its request's audit evidence: the gate may answer now

@@ -23,13 +23,21 @@ from nats.js.errors import NoStreamResponseError
 from envelope.statement import COMMAND, REPORT, TIMER, open_statement
 from moon.authority import FromEngine, FromExecutor, FromPlanner, Source
 from moon.effects import COMMANDS
+from moon.handoff import Handoff
 from moon.reports import RETRY_HEADER, ReportReply, parse_report_subject
 from moon.state import is_terminal
 from streams import metrics
 from streams.audit import AuditRecord
 from streams.codec import Undecodable
 from streams.decider import Contention
-from streams.moon_events import ExecutorReport, FireTimer, MoonCommand, StartStep, command_kind
+from streams.moon_events import (
+    CompleteStep,
+    ExecutorReport,
+    FireTimer,
+    MoonCommand,
+    StartStep,
+    command_kind,
+)
 from streams.replies import Reason, Refusal
 
 if TYPE_CHECKING:
@@ -94,8 +102,14 @@ class Intake:
             command = msgspec.structs.replace(command, executor=registration.executor)
             source = FromExecutor(registration, self.engine.effects.claims.prover(command.claim))
         retry = bool(msg.headers and msg.headers.get(RETRY_HEADER))
+        # Only a first try with somewhere to answer: a retry's first handling may have handed
+        # the order already (its answer lost), and a second copy could run twice.
+        handoff = (Handoff(registration, frozenset(command.take))
+                   if isinstance(command, CompleteStep) and command.take and msg.reply
+                   and not retry else None)
         try:
-            outcome = await self.engine.submit(command, source=source, redelivered=retry)
+            outcome = await self.engine.submit(command, source=source, redelivered=retry,
+                                               handoff=handoff)
         except Exception as error:
             deferred(command, error)
             return Refusal(Reason.UNAVAILABLE, type(error).__name__, retryable=True)
@@ -107,7 +121,7 @@ class Intake:
             run = (step is not None and step.attempt == command.attempt
                    and step.start_id == command.command_id and not is_terminal(outcome.state))
             return ReportReply(ok=True, run=run)
-        return ReportReply(ok=True)
+        return ReportReply(ok=True, order=None if handoff is None else handoff.order)
 
     # --- MOON_CMD: timers and MAESTRO's commands ------------------------------------------------
 

@@ -48,12 +48,15 @@ RETRY_HEADER = "Moon-Retry"  # a report sent again after an unanswered try: re-s
 
 class ReportReply(msgspec.Struct, frozen=True, omit_defaults=True):
     """The engine's answer. `run` answers a start: True only to the sender of the start the
-    journal holds for the attempt, so an attempt runs at most once."""
+    journal holds for the attempt, so an attempt runs at most once. `order` answers a
+    completion that offered to take the next order: the signed order, the sender's alone
+    (moon/handoff.py)."""
 
     ok: bool
     run: bool = False
     reason: str = ""
     detail: str = ""
+    order: bytes | None = None
 
     @staticmethod
     def refused(refusal: Refusal) -> ReportReply:

@@ -6,6 +6,9 @@ Reports are statements signed by this executor's key (moon/reports.py), sent to 
 requests and answered once the decision they cause is journaled; the engine accepts them only
 from the executor the attempt is bound to, and ignores reports for stale attempts.
 
+A completion offers to run what it schedules next (eager dispatch, moon/handoff.py): such an
+order comes in the engine's answer, to this process alone, and runs in the same slot with no
+WORK message and no claim.
 An attempt runs at most once, a step at least once. The worker claims an order by acknowledging
 its WORK message before running it: WORK is a work-queue stream, so the broker removes the
 message, durably, before it answers the acknowledgement, and nobody can take it again (moon/
@@ -183,6 +186,9 @@ class Worker:
     # trusted. At 30 s the pool got no orders for 30 s after a node's kill -9.
     ack_wait_s: float = 5.0
     executed: int = 0  # attempts this process ran to completion: for stats
+    # Offer, with each completion, to run the order it schedules next in the same slot: it
+    # comes in the engine's answer instead of through WORK (moon/handoff.py).
+    eager: bool = True
 
     def __post_init__(self) -> None:
         self.js = self.nc.jetstream()
@@ -364,16 +370,22 @@ class Worker:
     async def run_until_ready(self, ready: asyncio.Event) -> None:
         await self.run(ready=ready)
 
-    async def _take(self, msg: Msg, asked: float, ack_wait: float) -> None:
-        verified = open_statement(msg.data, ORDER, keys=self._keys, authors=self.engines)
-        if isinstance(verified, Refusal):  # not an engine's order: never run, never redelivered
-            log.warning("order_refused", subject=msg.subject, reason=verified.reason.value,
+    def _order(self, data: bytes, subject: str) -> WorkOrder | None:
+        """The engine's order these bytes are, or None (logged): never run, never redelivered."""
+        verified = open_statement(data, ORDER, keys=self._keys, authors=self.engines)
+        if isinstance(verified, Refusal):  # not an engine's order
+            log.warning("order_refused", subject=subject, reason=verified.reason.value,
                         detail=verified.detail)
-            await _quietly(msg.term)
-            return
-        order = ORDERS.try_decode(verified.body, subject=msg.subject)
+            return None
+        order = ORDERS.try_decode(verified.body, subject=subject)
         if isinstance(order, Undecodable):
             log.warning("order_malformed", subject=order.subject, error=order.error)
+            return None
+        return order
+
+    async def _take(self, msg: Msg, asked: float, ack_wait: float) -> None:
+        order = self._order(msg.data, msg.subject)
+        if order is None:
             await _quietly(msg.term)
             return
         if order.deadline_ms and order.deadline_ms < self.clock():
@@ -383,8 +395,32 @@ class Worker:
         if handler is None:
             await _quietly(lambda: msg.nak(delay=1))  # another worker of the pool may serve it
             return
-        if await self._claim(order, msg, asked, ack_wait):
-            await self._run(order, handler)
+        if not await self._claim(order, msg, asked, ack_wait):
+            return
+        handed = await self._run(order, handler)
+        while handed is not None:  # in this slot: the order came instead of the next pull
+            handed = await self._run(*handed)
+
+    def _handed(self, answer: ReportReply | None, after: WorkOrder
+                ) -> tuple[WorkOrder, Handler] | None:
+        """The order a completion's answer handed us (moon/handoff.py): ours alone, so there is
+        nothing to claim. One we cannot run is left to its step's timeout, as a claimed order
+        whose executor dies: it is in no queue for anyone else to take."""
+        if answer is None or answer.order is None:
+            return None
+        order = self._order(answer.order, f"answer to {after.idempotency_key}")
+        if order is None:
+            return None
+        handler = self.handlers.get(order.capability)
+        if handler is None or (order.deadline_ms and order.deadline_ms < self.clock()):
+            log.warning("handed_order_dropped", key=order.idempotency_key,
+                        capability=order.capability)
+            return None
+        return order, handler
+
+    def _take_next(self) -> tuple[str, ...]:
+        """What a completion offers to run next in its slot: nothing once stopping."""
+        return () if self._stopping.is_set() or not self.eager else tuple(self.handlers)
 
     async def _claim(self, order: WorkOrder, msg: Msg, asked: float, ack_wait: float) -> bool:
         """Acknowledge the order and wait for the broker's answer: True if the order is ours.
@@ -401,7 +437,9 @@ class Worker:
             return False
         return True
 
-    async def _run(self, order: WorkOrder, handler: Handler) -> None:
+    async def _run(self, order: WorkOrder, handler: Handler
+                   ) -> tuple[WorkOrder, Handler] | None:
+        """Run the attempt and report it; the order its completion's answer handed us, if any."""
         wf, step, attempt = order.workflow_id, order.step, order.attempt
         key = order.idempotency_key
         beat = asyncio.ensure_future(self._keep_alive(order))
@@ -425,11 +463,11 @@ class Worker:
             report = CompleteStep(
                 command_id=f"done/{key}", at_ms=_now_ms(), result=result.output,
                 usage=self._usage(started, result.tokens), workflow_id=wf, step=step,
-                attempt=attempt, claim=order.claim,
+                attempt=attempt, claim=order.claim, take=self._take_next(),
             )
         finally:
             beat.cancel()
-        await self.deliver(order, report)
+        return self._handed(await self.deliver(order, report), order)
 
     def _usage(self, started: float, tokens: int) -> Usage:
         wall_s = time.perf_counter() - started

@@ -183,6 +183,9 @@ class CheckpointStep(ExecutorReport, frozen=True, tag="moon.checkpoint_step"):
 class CompleteStep(ExecutorReport, frozen=True, tag="moon.complete_step"):
     result: bytes = b""
     usage: Usage = Usage()
+    # The capabilities its sender will run at once: an order this completion schedules for
+    # one of them comes in the engine's answer instead of through WORK (moon/handoff.py).
+    take: tuple[str, ...] = ()
 
 
 class FailStep(ExecutorReport, frozen=True, tag="moon.fail_step"):

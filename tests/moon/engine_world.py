@@ -17,6 +17,7 @@ from nats.js.api import StreamInfo
 from moon.authority import Source
 from moon.clock import local_ms as now_ms
 from moon.engine import Engine
+from moon.handoff import Handoff
 from moon.index import WorkflowSummary
 from moon.service import running
 from moon.worker import Handler, Worker
@@ -58,9 +59,10 @@ class OperatorEngine(Engine):
     bus, signed, and are checked as in production."""
 
     async def submit(self, command: MoonCommand, *, source: Source | None = None,
-                     redelivered: bool = False) -> Decided | Refusal:  # type: ignore[override]
+                     redelivered: bool = False,
+                     handoff: Handoff | None = None) -> Decided | Refusal:  # type: ignore[override]
         return await super().submit(command, source=source or tw.operator(self.space),
-                                    redelivered=redelivered)
+                                    redelivered=redelivered, handoff=handoff)
 
 
 async def new_engine(nc: Client, space: Space, **options) -> OperatorEngine:

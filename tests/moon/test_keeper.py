@@ -20,7 +20,8 @@ async def _ok(ctx: StepContext) -> bytes:
 async def test_work_holds_the_engines_keeper_after_every_order_was_taken(nc, js, space):
     # The engine's keeper task publishes before `run` is ready (its subscriptions' round trips
     # come after it on the same connection), so the broker has it before the first order.
-    async with engine(nc, space) as eng, worker(nc, space, {"work": _ok}):
+    # Not eager: every order goes through WORK (moon/handoff.py would hand b's to the worker).
+    async with engine(nc, space) as eng, worker(nc, space, {"work": _ok}, eager=False):
         commands = [dispatch([step("a"), step("b", needs=("a",))]) for _ in range(3)]
         for command in commands:
             await eng.submit(command)
