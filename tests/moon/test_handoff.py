@@ -3,11 +3,13 @@ who alone may take it; everything else still goes through WORK."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from pathlib import Path
 
 from envelope.registry import Registration
 from moon.handoff import pick
+from moon.reports import Report, ReportReply
 from moon.worker import Result, StepContext
 from streams.moon_events import StepTimedOut, WorkOrder
 
@@ -67,17 +69,22 @@ async def test_an_offer_for_a_capability_the_registration_lacks_leaves_the_order
     async def work(ctx: StepContext) -> Result:
         return Result(output=b"s0")
 
+    answered: asyncio.Future[ReportReply | None] = asyncio.get_running_loop().create_future()
     async with engine(nc, space) as eng, worker(nc, space, {"work": work}) as w:
         w._take_next = lambda: ("work", "sum")  # type: ignore[method-assign]
-        command = dispatch([step("s0"), step("s1", capability="sum", needs=("s0",))])
-        wf = command.workflow_id
-        await eng.submit(command)
+        deliver = w.deliver
 
-        async def s0_done() -> bool:
-            return (await eng.state(wf)).steps["s0"].status == "completed"
+        async def observed(order: WorkOrder, report: Report) -> ReportReply | None:
+            answer = await deliver(order, report)
+            answered.set_result(answer)
+            return answer
 
-        await fw.wait_for(s0_done, 10)
+        w.deliver = observed  # type: ignore[method-assign]
+        await eng.submit(dispatch([step("s0"), step("s1", capability="sum", needs=("s0",))]))
+        # The engine answers s0's completion once the orders it decided are stored.
+        answer = await asyncio.wait_for(answered, 10)
         stored = orders_stored(await js.stream_info(space.stream("WORK")), eng)
+    assert answer is not None and answer.ok and answer.order is None, answer
     assert stored == 2  # s0's and s1's: s1 was not handed to x1
     assert eng.stats.handed == 0
 
