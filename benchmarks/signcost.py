@@ -110,9 +110,9 @@ async def setup_side(mode: str, w: World, args: argparse.Namespace) -> Side:
 
 
 async def stub_checks(sides: list[Side]) -> dict[str, Any]:
-    """That the stub is on exactly where it should be: each child's probe sign (a real ed25519
-    sign costs tens of us, a stubbed one well under 1 us), and a dispatch sealed with a zero
-    signature, which the signed gate must refuse and the unsigned gate accept."""
+    """That the stub is on exactly where it should be: each child's probe sign (real: pynacl's
+    own verify accepts its signature; its time is shown, not judged), and a dispatch sealed with
+    a zero signature, which the signed gate must refuse and the unsigned gate accept."""
     out: dict[str, Any] = {}
     for side in sides:
         probes = {name: signing.read_counts(side.w.tmp, name) or {} for name in MOON_PROCESSES}
@@ -122,6 +122,7 @@ async def stub_checks(sides: list[Side]) -> dict[str, Any]:
         out[side.mode] = {
             "probe_sign_us": {n: round(p.get("probe_sign_us", -1.0), 2) for n, p in probes.items()},
             "stubbed": {n: bool(p.get("stub")) for n, p in probes.items()},
+            "probe_real": {n: bool(p.get("probe_real")) for n, p in probes.items()},
             "zero_sig_dispatch": error_kind(answer) or "accepted",
         }
     return out
@@ -132,8 +133,9 @@ def stub_failures(checks: dict[str, Any], wire: dict[str, dict[str, int]]) -> li
     for mode, c in checks.items():
         unsigned = mode == "unsigned"
         for name, us in c["probe_sign_us"].items():
-            if c["stubbed"][name] != unsigned or (us < 2.0) != unsigned:
-                failures.append(f"{mode} {name}: stub={c['stubbed'][name]}, probe sign {us} us")
+            if c["stubbed"][name] != unsigned or c["probe_real"][name] == unsigned:
+                failures.append(f"{mode} {name}: stub={c['stubbed'][name]}, probe signature "
+                                f"real={c['probe_real'][name]} ({us} us)")
         if (c["zero_sig_dispatch"] == "accepted") != unsigned:
             failures.append(f"{mode} gate answered a zero signature with "
                             f"{c['zero_sig_dispatch']}")

@@ -13,9 +13,10 @@ from outside: the product has no switch that turns verification off.
 
 runs `moon.cli.main()` with the wrappers installed. On SIGUSR1 the child writes its counts to
 DIR/NAME.json (a rename, so a reader never sees half a file); the load benchmark reads them before
-and after a phase. At start it times a few signs and verifies through the wrappers, so a summary
-shows the stub really took effect in that process (a stubbed sign costs well under 1 us, a real
-one tens of us).
+and after a phase. At start it signs once through the wrappers and checks the signature with
+pynacl's real verify, so a summary shows the stub really took effect in that process (or not); it
+also times a few signs and verifies (a stubbed sign costs about 1 us, a real one tens of us: a
+figure to read, not the test, since a busy machine blurs it).
 
     python benchmarks/signing.py [--n 2000]    # micro-measure only: us per sign and per verify
 """
@@ -37,6 +38,7 @@ from typing import Any
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
+import nacl.exceptions  # noqa: E402
 import nacl.signing  # noqa: E402
 
 from envelope.keys import Signer, signer_from_seed  # noqa: E402
@@ -55,6 +57,9 @@ class Counts:
     verify_s: float = 0.0
     probe_sign_us: float = 0.0  # one sign through the wrapper, timed at install
     probe_verify_us: float = 0.0
+    # whether a sign through the wrapper gives a signature the real verify accepts: what says
+    # the stub is off or on (the probe's timing is only a figure: a busy machine blurs it)
+    probe_real: bool = False
     # "sign moon.decision.v1" -> calls: the kind a DSSE PAE message names (what it signs)
     kinds: dict[str, int] = field(default_factory=dict)
 
@@ -113,7 +118,24 @@ def install(*, stub: bool) -> Counts:
     nacl.signing.VerifyKey.verify = _verify  # type: ignore[method-assign]
     COUNTS.stub = stub
     COUNTS.probe_sign_us, COUNTS.probe_verify_us = probe()
+    COUNTS.probe_real = signs_for_real()
     return COUNTS
+
+
+def signs_for_real() -> bool:
+    """Whether Signer.sign, as it is now, makes a signature pynacl's real verify accepts (the
+    count it made is taken back out)."""
+    before = asdict(COUNTS)
+    signer = signer_from_seed(b"\x07" * 32)
+    message = b"probe"
+    sig = signer.sign(message)
+    for name in ("signs", "sign_s", "kinds"):
+        setattr(COUNTS, name, before[name])
+    try:
+        _REAL_VERIFY(nacl.signing.VerifyKey(signer.public_key), message, sig)
+    except nacl.exceptions.BadSignatureError:
+        return False
+    return True
 
 
 def probe(n: int = 200) -> tuple[float, float]:

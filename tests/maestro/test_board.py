@@ -11,7 +11,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.kv import KV_PURGE
 
-from envelope.keys import signer_from_seed
+from envelope.keys import Signer, signer_from_seed
 from envelope.registry import Registration, Registry, register
 from maestro.board import (
     Advertiser,
@@ -169,9 +169,22 @@ async def test_advertiser_keeps_an_offer_alive(js: JetStreamContext, space: Spac
     async with executors(js, space, "steady") as known:
         board = Board(js, space, registry=known.registry, bucket=bucket)
         mine = offer("steady", ("search", 5, 1))
+        refreshed = asyncio.Event()
+        publish = board.publish
+
+        async def publish_and_tell(offer: Offer, signer: Signer) -> None:
+            await publish(offer, signer)
+            refreshed.set()
+
+        board.publish = publish_and_tell  # type: ignore[method-assign]
         async with Advertiser(board, mine, signer=known.key("steady")) as advertiser:
             assert await board.live() == (mine,)  # ttl/3 = 0.33 s between refreshes
-            await asyncio.sleep(1.8)  # well past the TTL
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            while loop.time() - started < 1.8:  # well past the TTL, a refresh at a time
+                refreshed.clear()
+                await asyncio.wait_for(refreshed.wait(), timeout=5)
+            # just after a refresh, so a stall of the machine cannot have aged it past the TTL
             assert await board.live() == (mine,)
             assert advertiser.published >= 3
         assert await board.live() == ()  # withdrawn on stop
