@@ -28,7 +28,7 @@ def _waiting(capability: str, executor: str | None = None) -> WorkflowState:
 
 async def _until(js: JetStreamContext, space: Space, name: str, *, live: bool) -> Pool:
     """The broker's view of a consumer, asked until it says `live` (no event tells us)."""
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(15):
         while (pool := (await pools(js, space, [name]))[name]).live != live:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
     return pool

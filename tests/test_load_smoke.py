@@ -56,8 +56,11 @@ def test_the_compare_mode_stubs_ed25519_only_in_the_unsigned_world() -> None:
     checks = summary["stub_checks"]
     assert checks["signed"]["zero_sig_dispatch"] == "refused:bad_signature"
     assert checks["unsigned"]["zero_sig_dispatch"] == "accepted"
-    assert all(us > 2 for us in checks["signed"]["probe_sign_us"].values())
-    assert all(us < 2 for us in checks["unsigned"]["probe_sign_us"].values())
+    # Whether a probe signature verifies, not how long it took: a busy machine slows a stub too.
+    assert all(checks["signed"]["probe_real"].values())
+    assert not any(checks["signed"]["stubbed"].values())
+    assert not any(checks["unsigned"]["probe_real"].values())
+    assert all(checks["unsigned"]["stubbed"].values())
     wire = summary["journal_statements_seen"]
     assert wire["signed"]["zero"] == 0 < wire["signed"]["signed"]
     assert wire["unsigned"]["zero"] == wire["unsigned"]["signed"] > 0

@@ -188,6 +188,7 @@ async def test_junk_floods_are_refused_counted_and_valid_requests_still_served(
     forger = Client(nc, key("mallory"), {"moon": moon.service.did}, grant=[moon.grant], space=space)
     subject = space.subject("map.moon.dispatch")
     served = 0
+    started = asyncio.get_running_loop().time()
     for i in range(1000):
         if i % 2:
             junk = i.to_bytes(4, "big") * 8
@@ -208,7 +209,8 @@ async def test_junk_floods_are_refused_counted_and_valid_requests_still_served(
     junk_stored = [r for r in records if not r.caller_verified]
     assert len([r for r in records if r.outcome == "accepted"]) == 10
     # stored through a bucket of 20 plus 1/s: the disk sees a trickle, not the flood
-    assert 20 <= len(junk_stored) < 100
+    elapsed = asyncio.get_running_loop().time() - started
+    assert 20 <= len(junk_stored) <= 21 + elapsed, (len(junk_stored), elapsed)
     assert moon.gate.audit.counts["unauthenticated_dropped"] == 1000 - len(junk_stored)
 
 
@@ -220,7 +222,7 @@ async def test_the_intent_path_shares_the_handler_and_dedupes_redelivery(
     request_id2, _, data = moon.client.seal("moon.dispatch", BODY)
     await js.publish(space.subject("intent.moon.dispatch"), data)
     await js.publish(space.subject("intent.moon.dispatch"), data)  # the same envelope again
-    for _ in range(100):
+    for _ in range(400):
         if len(await audit_records(js, space)) >= 2 and moon.runs >= 2:
             break
         await asyncio.sleep(0.05)
@@ -242,7 +244,7 @@ async def test_a_grant_revoked_in_the_kv_bucket_is_refused_by_a_watching_gate(
         async with world.gate.serving():
             assert isinstance(await world.client.call("moon.dispatch", BODY), Reply)
             await revoke(js, grant_ref(world.grant), space=space)
-            for _ in range(100):
+            for _ in range(500):  # the watch delivers in ms; 10 s for a busy machine
                 if watcher.revoked:
                     break
                 await asyncio.sleep(0.02)

@@ -181,7 +181,9 @@ async def test_advertiser_keeps_an_offer_alive(js: JetStreamContext, space: Spac
             assert await board.live() == (mine,)  # ttl/3 = 0.33 s between refreshes
             loop = asyncio.get_running_loop()
             started = loop.time()
-            while loop.time() - started < 1.8:  # well past the TTL, a refresh at a time
+            # well past the TTL, a refresh at a time (and at least 3 of them after the first,
+            # should the machine stall through the whole 1.8 s)
+            while loop.time() - started < 1.8 or advertiser.published < 4:
                 refreshed.clear()
                 await asyncio.wait_for(refreshed.wait(), timeout=5)
             # just after a refresh, so a stall of the machine cannot have aged it past the TTL
@@ -196,11 +198,11 @@ async def test_advertiser_keeps_an_offer_alive(js: JetStreamContext, space: Spac
 async def test_call_for_bids_keeps_only_timely_bids(
     nc: Client, js: JetStreamContext, space: Space
 ) -> None:
-    late_sent = asyncio.Event()
+    late_sent, closed = asyncio.Event(), asyncio.Event()
     slow_offer = offer("slow", ("search", 100, 1))
 
     async def slow(msg: Msg) -> None:
-        await asyncio.sleep(1.5)
+        await closed.wait()  # late by construction: it answers once the call has closed
         bid = price(slow_offer, CFP, now_ms=0, valid_for_ms=10**15)
         assert bid is not None
         await msg.respond(msgspec.json.encode(bid))
@@ -214,9 +216,10 @@ async def test_call_for_bids_keeps_only_timely_bids(
         outsider = Bidder(nc, Space(space.prefix + "other"), offer("o", ("search", 1, 1)),
                           signer=known.key("o"))
         async with a, b, outsider:
-            bids = await call_for_bids(nc, space, CFP, timeout_s=1.0, registry=known.registry,
+            bids = await call_for_bids(nc, space, CFP, timeout_s=3.0, registry=known.registry,
                                        signer=PLANNER)
-            await asyncio.wait_for(late_sent.wait(), timeout=5)
+            closed.set()
+            await asyncio.wait_for(late_sent.wait(), timeout=10)
     await slow_sub.unsubscribe()
     assert sorted(bid.executor for bid in bids) == ["a", "b"]
     by = {bid.executor: bid for bid in bids}
@@ -259,7 +262,7 @@ async def _award_round(nc: Client, space: Space, known: Executors) -> None:
                signer=known.key("b"))
     async with a, b:
         bids = {bid.executor: bid for bid in await call_for_bids(
-            nc, space, CFP, 1.0, expected=2, registry=registry, signer=known.registrar)}
+            nc, space, CFP, 10.0, expected=2, registry=registry, signer=known.registrar)}
         bound = await bind("p1", "b", ["s1", "s3"])
         assert isinstance(bound, Award)
         assert bound.executor == "b"

@@ -59,13 +59,20 @@ BOARD = tuple(msgspec.structs.replace(o, bids=True) for o in (
     offer("cheap", ("work", 300, 1), capacity=3), offer("dear", ("work", 300, 5), capacity=3)))
 
 
+# A tender ends as soon as every expected bidder has bid, so a long window costs nothing unless
+# someone stays silent; the default 0.3 s is short enough for a busy machine to miss a bid in.
+BID_S = 5.0
+SILENT_BID_S = 2.0  # for a test where one bidder never bids: the whole window is waited out
+
+
 def _maestro(nc: Nats, space: Space, trust: LocalTrust, board: Sequence[Offer],
              market: Market | None = None, *, known: Executors | None = None) -> Maestro:
     async def offers() -> Sequence[Offer]:
         return board
 
     return Maestro(nc, trust.maestro, trust.maestro_grant, trust.moon.did, offers, space=space,
-                   market=market or Market(), options=SolveOptions(time_limit_s=2.0, workers=2),
+                   market=market or Market(bid_timeout_s=BID_S),
+                   options=SolveOptions(time_limit_s=2.0, workers=2),
                    registry=known.registry if known is not None else None)
 
 
@@ -178,8 +185,10 @@ async def test_a_silent_executor_keeps_its_board_price_unless_bids_are_required(
     trust = tw.trust_for(space)
     unbounded = msgspec.structs.replace(GOAL, budget=Budget(), deadline_ms=None)
     async with executors(js, space, "cheap", "dear") as known:
-        lenient = _maestro(nc, space, trust, BOARD, known=known)
-        strict = _maestro(nc, space, trust, BOARD, Market(require_bid=True), known=known)
+        lenient = _maestro(nc, space, trust, BOARD, Market(bid_timeout_s=SILENT_BID_S),
+                           known=known)
+        strict = _maestro(nc, space, trust, BOARD,
+                          Market(require_bid=True, bid_timeout_s=SILENT_BID_S), known=known)
         dear = Bidder(nc, space, BOARD[1], signer=known.key("dear"))
         async with _moon(nc, space, trust), dear:
             silent = await lenient.plan(unbounded, plan_id="p1")

@@ -26,7 +26,7 @@ async def test_maestro_serve_is_healthy_exports_metrics_and_stops_on_sigterm(
         assert health.ok, health.failing
         assert health.service == "maestro"
         info = json.loads((await nc.request(f"$SRV.INFO.maestro.{health.id}", b"",
-                                            timeout=2)).data)
+                                            timeout=10)).data)
         assert [e["subject"] for e in info["endpoints"]] == [space.subject("health.maestro")]
 
         text = await sw.metrics_text(log)

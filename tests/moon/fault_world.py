@@ -76,16 +76,31 @@ def _env(url: str, space: Space, home: Path | None = None) -> dict[str, str]:
     return env
 
 
+# A child whose engine keeps its workflows young for `young_ms` (moon/projection.py), so a test
+# that kills it "while young" does not depend on how fast a busy machine gets to the kill.
+_YOUNG_FOR = """
+import dataclasses, moon.engine
+@dataclasses.dataclass
+class Engine(moon.engine.Engine):
+    young_ms: int = {young_ms}
+moon.engine.Engine = Engine
+"""
+
+
 def spawn_engine(url: str, space: Space, log: Path, home: Path | None = None, *,
-                 seed: Path | None = None) -> subprocess.Popen[bytes]:
+                 seed: Path | None = None, young_ms: int | None = None
+                 ) -> subprocess.Popen[bytes]:
     """`moon serve` as a child process: the thing a fault test kills -9. `seed`: the broker
     user it runs as (default: the session's admin, see `_env`)."""
     out = log.open("ab")
     env = _env(url, space, home)
     if seed is not None:
         env[NKEY_ENV] = str(seed)
+    code = "from moon.cli import main; main()"
+    if young_ms is not None:
+        code = _YOUNG_FOR.format(young_ms=young_ms) + code
     return subprocess.Popen(
-        [sys.executable, "-c", "from moon.cli import main; main()", "serve"],
+        [sys.executable, "-c", code, "serve"],
         env=env, stdout=out, stderr=out, cwd=ROOT,
     )
 

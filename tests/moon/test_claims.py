@@ -9,6 +9,7 @@ claim answered too late is not trusted; a claim token proves one attempt, by an 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections import Counter
@@ -264,15 +265,18 @@ async def test_a_worker_asks_for_several_orders_in_one_pull_while_they_keep_comi
         commands = [dispatch([step("a")]) for _ in range(60)]
         await asyncio.gather(*(moon.submit(c) for c in commands))  # queued before any pull
         nc.publish = counted  # type: ignore[method-assign]
+        started = asyncio.get_running_loop().time()
         try:
             async with worker(nc, space, {"work": work}, executor_id="x1", capacity=64) as w:
                 finals = await asyncio.gather(*(moon.wait_terminal(c.workflow_id, 30)
                                                 for c in commands))
+                elapsed = asyncio.get_running_loop().time() - started
                 ran = w.executed
         finally:
             nc.publish = publish  # type: ignore[method-assign]
     assert [f.status for f in finals] == ["completed"] * 60
     assert ran == 60
     # One pull per order before; now a pull doubles (up to 32: 64 slots, 2 pullers) while each
-    # fills and free slots allow. Idle re-pulls (one a second per puller) fit in the margin.
-    assert pulls <= 20, pulls
+    # fills and free slots allow. Idle re-pulls (one a second per puller) grow with how long a
+    # busy machine takes over the 60, so they are allowed for: one pull per order would be 60.
+    assert pulls <= 12 + 2 * math.ceil(elapsed), (pulls, elapsed)

@@ -120,10 +120,12 @@ async def test_an_executor_killed_mid_step_is_retried_from_its_last_checkpoint(
     nats_url, nc, js, space, tmp_path: Path
 ):
     log = tmp_path / "effects.log"
-    long_step = step("long", capability="count", heartbeat_timeout_ms=1000, timeout_ms=30_000,
+    # Slow ticks and a roomy heartbeat: the kill must land mid-step (after 3 of 12 ticks are
+    # journaled) even when a busy machine lags the test's reads by a second or two.
+    long_step = step("long", capability="count", heartbeat_timeout_ms=3000, timeout_ms=60_000,
                      retry=FAST_RETRY)
     async with engine(nc, space) as eng:
-        first = fw.spawn_counter(nats_url, space, log, executor="w1", ticks=12, tick_s=0.15)
+        first = fw.spawn_counter(nats_url, space, log, executor="w1", ticks=12, tick_s=0.4)
         try:
             command = dispatch([long_step])
             await eng.submit(command)
@@ -186,11 +188,13 @@ async def test_broker_killed_9_mid_run_restarts_on_its_store_and_every_workflow_
     await ensure_streams(js, Topology(space=space))
     runs: Counter[str] = Counter()
     done: set[str] = set()
+    some_done = asyncio.Event()
 
     async def work(ctx: StepContext) -> Result:
         runs[ctx.key] += 1
         await asyncio.sleep(0.1)
         done.add(ctx.key)
+        some_done.set()
         return Result(output=ctx.order.step.encode())
 
     workflows = []
@@ -201,7 +205,9 @@ async def test_broker_killed_9_mid_run_restarts_on_its_store_and_every_workflow_
                 command = dispatch([step("a"), step("b", needs=("a",)), step("c", needs=("b",))])
                 await eng.submit(command)
                 workflows.append(command.workflow_id)
-            await asyncio.sleep(0.4)
+            # Kill once a step has finished: 72 steps of 0.1 s at 4 at a time take >= 1.8 s,
+            # so the broker dies mid-run however slowly the first one got going.
+            await asyncio.wait_for(some_done.wait(), 30)
             seen = {wf: await fw.raw_journal(js, space, wf) for wf in workflows}
             assert 0 < len(done) < 3 * len(workflows)  # the broker dies mid-run
             await asyncio.to_thread(broker.kill)

@@ -219,7 +219,7 @@ async def test_a_retried_dispatch_whose_first_handling_died_after_the_append_sti
 
     client = Client(nc, trust.operator, trust.services, grant=(trust.operator_grant,),
                     space=space)
-    request_id, _, sealed = client.seal("moon.dispatch", body([step("a", timeout_ms=1500)]))
+    request_id, _, sealed = client.seal("moon.dispatch", body([step("a", timeout_ms=3000)]))
     dying = await new_engine(nc, space)
     dying.effects.send_orders = killed  # type: ignore[method-assign]
     async with moon_gate(nc, dying, signer=trust.moon,

@@ -97,10 +97,11 @@ async def test_an_executor_killed_9_running_a_handed_order_is_retried_by_its_tim
     executor runs from the last checkpoint; no attempt completes twice."""
     log = tmp_path / "effects.log"
     steps = [step("a", capability="count", timeout_ms=30_000, retry=FAST_RETRY),
-             step("long", capability="count", needs=("a",), heartbeat_timeout_ms=1000,
-                  timeout_ms=30_000, retry=FAST_RETRY)]
+             step("long", capability="count", needs=("a",), heartbeat_timeout_ms=3000,
+                  timeout_ms=60_000, retry=FAST_RETRY)]
     async with engine(nc, space) as eng:
-        first = fw.spawn_counter(nats_url, space, log, executor="w1", ticks=8, tick_s=0.15)
+        # Slow ticks, a roomy heartbeat: the kill lands mid-`long` on a busy machine too.
+        first = fw.spawn_counter(nats_url, space, log, executor="w1", ticks=8, tick_s=0.3)
         try:
             command = dispatch(steps)
             wf = command.workflow_id

@@ -75,7 +75,10 @@ async def test_a_workflow_that_ends_young_arms_no_wake_up(nc, js, space):
     async def work(ctx: StepContext) -> Result:
         return Result(output=b"ok")
 
-    async with engine(nc, space) as eng, worker(nc, space, {"work": work}):
+    # Young and held back for the whole test, so a busy machine that takes longer than
+    # YOUNG_MS or INDEX_MS over the chain cannot make it write what it otherwise would not.
+    async with engine(nc, space, young_ms=60_000) as eng, worker(nc, space, {"work": work}):
+        eng.young.index_ms = 60_000
         command = dispatch([step("a"), step("b", needs=("a",)), step("c", needs=("b",))])
         await eng.submit(command)
         await eng.wait_terminal(command.workflow_id, 30)
@@ -90,11 +93,12 @@ async def test_a_young_workflow_still_running_is_listed_a_moment_after_its_dispa
     nc, js, space
 ):
     async with engine(nc, space, young_ms=60_000) as eng:  # young for the whole test
+        eng.young.index_ms = 2_000  # long enough to read "held back" on a busy machine
         command = dispatch([step("a", capability="nobody-offers-this", timeout_ms=600_000)])
         await eng.submit(command)
         assert await _index_puts(js, space) == 0  # held back
         entry = await index_entry(js, space, command.workflow_id, lambda e: e.status == "running",
-                                  timeout_s=5)
+                                  timeout_s=15)
         assert (entry.steps, entry.completed) == (1, 0)
         assert command.workflow_id in eng.young  # listed, still young: its wake-up waits
         assert await _index_puts(js, space) == 1
@@ -132,7 +136,7 @@ async def test_an_engine_killed_9_while_a_workflow_is_young_is_taken_over_by_ano
     """`moon serve` journals a dispatch and dies (kill -9) before the workflow grows up: a
     second engine finds the dead engine's mark stale and arms the workflow's wake-up from the
     journal (without it, a step whose executor never comes would wait for ever)."""
-    proc = fw.spawn_engine(nats_url, space, tmp_path / "engine.log")
+    proc = fw.spawn_engine(nats_url, space, tmp_path / "engine.log", young_ms=60_000)
     try:
         await fw.engine_bound(js, space)
         command = dispatch([step("a", capability="nobody-offers-this", timeout_ms=600_000)])
@@ -143,7 +147,7 @@ async def test_an_engine_killed_9_while_a_workflow_is_young_is_taken_over_by_ano
 
         await fw.wait_for(journaled, 20, poll_s=0.01)
     finally:
-        fw.kill9(proc)  # within its young second: no wake-up armed yet
+        fw.kill9(proc)  # while young: no wake-up armed yet
     assert await _wake_up(js, space, command.workflow_id) is None
     wake = asyncio.ensure_future(_next_wake_up(js, space, command.workflow_id))
     async with engine(nc, space, stale_ms=1_500):

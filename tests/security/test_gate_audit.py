@@ -74,7 +74,7 @@ async def test_every_kind_of_refusal_has_exactly_one_record_and_the_gate_serves_
         "handler says no": _raw(moon, request_id="no", body=msgspec.msgpack.encode(
             {**BODY, "intent": "no"})),
     }
-    assert (await nc.request(subject, good, timeout=3)).data
+    assert (await nc.request(subject, good, timeout=10)).data
     for name, data in refusals.items():
         assert (await nc.request(subject, data, timeout=3)).data, name
     for data in refusals.values():  # the very same bytes again: still one record each

@@ -32,7 +32,7 @@ async def test_a_request_id_with_subject_characters_is_answered_refused_and_audi
     moon: Moon, nc: Nats, js: JetStreamContext, space: Space, bad: str
 ) -> None:
     _, _, data = moon.client.seal("moon.dispatch", BODY, request_id=bad)
-    msg = await nc.request(space.subject("map.moon.dispatch"), data, timeout=3)
+    msg = await nc.request(space.subject("map.moon.dispatch"), data, timeout=10)
     response = open_response(msg.data, issuer=moon.service.did, keys=moon.trust.keys,
                              caller=moon.caller.did, request_id=bad, request=data)
     assert isinstance(response, Response) and response.refusal is not None, response
@@ -72,7 +72,7 @@ async def test_a_bad_traceparent_after_a_good_signature_is_audited_without_it(
                 body=msgspec.msgpack.encode(BODY), grants=[moon.grant],
                 grant=grant_ref(moon.grant), traceparent="00-x\r\nNats-Msg-Id: evil",
                 request_id="r-1", nonce=b"n" * 16, now_ms=now_ms())
-    msg = await nc.request(space.subject("map.moon.dispatch"), data, timeout=3)
+    msg = await nc.request(space.subject("map.moon.dispatch"), data, timeout=10)
     assert msg.data
     [record] = await audit_records(js, space)
     assert record.reason is Reason.MALFORMED and record.traceparent == ""

@@ -72,5 +72,5 @@ async def test_a_read_whose_last_message_was_deleted_ends_at_the_next_one_past_i
     for i in range(6):
         await js.publish(f"{base}.x", str(i).encode())
     await js.delete_msg(stream, 3)
-    rows = await asyncio.wait_for(ordered_read(js, stream, f"{base}.x", after=1, upto=3), 2)
+    rows = await asyncio.wait_for(ordered_read(js, stream, f"{base}.x", after=1, upto=3), 10)
     assert [seq for seq, *_ in rows] == [2]
