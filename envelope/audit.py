@@ -11,6 +11,7 @@ from nats.js.errors import NotFoundError
 
 from envelope.treaty import Bucket, take
 from streams.audit import AuditRecord, audit_subject
+from streams.publish import publish_once
 from streams.subjects import Space
 
 __all__ = ["AuditLog", "Unreadable"]
@@ -60,7 +61,7 @@ class AuditLog:
         headers = {"Nats-Msg-Id": msg_id}
         if record.traceparent:
             headers["traceparent"] = record.traceparent
-        return await self._js.publish(subject, _encode(record), headers=headers)
+        return await publish_once(self._js, subject, _encode(record), headers=headers)
 
     async def first(self, record: AuditRecord, *, msg_id: str) -> AuditRecord | Unreadable | None:
         """Append a request's final record under `msg_id`: None when it is the first; else the

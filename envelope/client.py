@@ -18,6 +18,7 @@ from envelope.seal import Response, open_response, seal
 from envelope.trace import is_valid_traceparent, new_traceparent
 from envelope.treaty import treaty_ref
 from streams import telemetry
+from streams.publish import publish_once
 from streams.replies import Reason, Refusal
 from streams.subjects import Space, intent, map_request
 
@@ -149,8 +150,8 @@ class Client:
         """
         request_id, traceparent, data = self.seal(target, body, **options)
         service, method = target.split(".", 1)
-        ack = await self.nc.jetstream().publish(
-            self.space.subject(intent(service, method)),
+        ack = await publish_once(
+            self.nc.jetstream(), self.space.subject(intent(service, method)),
             data,
             headers={"traceparent": traceparent, "Nats-Msg-Id": request_id},
         )

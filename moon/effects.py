@@ -29,6 +29,7 @@ from streams.moon_events import (
     WorkOrder,
     command_kind,
 )
+from streams.publish import publish_once
 from streams.subjects import Space
 
 __all__ = ["COMMANDS", "ORDERS", "Effects", "seal_command"]
@@ -88,8 +89,8 @@ class Effects:
                             compensation=order.compensation)
             data = self.seal_order(order)
             self.keeper.sent(len(data))
-            ack = await self._js.publish(self.order_subject(order), data,
-                                         headers={"Nats-Msg-Id": key})
+            ack = await publish_once(self._js, self.order_subject(order), data,
+                                     headers={"Nats-Msg-Id": key})
             self._sent.setdefault(order.workflow_id, []).append(ack.seq)
             self._sent.move_to_end(order.workflow_id)
             while len(self._sent) > SENT_KEPT:
@@ -121,7 +122,7 @@ class Effects:
 
         async def by_key(key: str) -> bool:
             try:
-                ack = await self._js.publish(marker, b"", headers={"Nats-Msg-Id": key})
+                ack = await publish_once(self._js, marker, b"", headers={"Nats-Msg-Id": key})
             except Exception:  # the broker is away: what this process sent is still deleted
                 return False
             return await delete(ack.seq) and bool(ack.duplicate)
@@ -136,8 +137,8 @@ class Effects:
 
     async def send_command(self, command: MoonCommand) -> None:
         subject = self._space.subject(subjects.moon_cmd(command.workflow_id, command_kind(command)))
-        await self._js.publish(
-            subject, seal_command(self._signer, command),
+        await publish_once(
+            self._js, subject, seal_command(self._signer, command),
             headers={"Nats-Msg-Id": command.command_id},
         )
 

@@ -79,6 +79,7 @@ from streams.moon_events import (
     WorkOrder,
     command_kind,
 )
+from streams.publish import publish_once
 from streams.replies import CODES, Reason, Refusal
 from streams.store import Unreadable
 from streams.subjects import Space, reports
@@ -477,8 +478,8 @@ class Engine:
 
     async def publish_audit(self, record: AuditRecord) -> None:
         subject = self.space.subject(audit_subject(record.service, record.method, record.outcome))
-        await self.js.publish(subject, msgspec.json.encode(record),
-                              headers={"Nats-Msg-Id": record.id})
+        await publish_once(self.js, subject, msgspec.json.encode(record),
+                           headers={"Nats-Msg-Id": record.id})
 
     # --- running -------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from streams.codec import Codec, Undecodable
+from streams.publish import publish_once
 from streams.replies import Conflict
 from streams.store import Appended, Layout, Loaded, Stored, decode_stored
 
@@ -212,7 +213,7 @@ class JetStreamStore(Generic[T]):
         subject = self.layout.subject(aggregate, kind)
         for attempt in range(PUBLISH_RETRIES):
             try:
-                ack = await self._js.publish(subject, data, headers=dict(headers))
+                ack = await publish_once(self._js, subject, data, headers=headers)
             except NoStreamResponseError:
                 if attempt == PUBLISH_RETRIES - 1:
                     raise

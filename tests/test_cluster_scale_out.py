@@ -1,0 +1,151 @@
+"""Scale-out on the 3-node cluster: two engines, each on a different node, share the work of
+one pool (one MOON_CMD durable, one report queue group, R3 streams) without a lost or doubled
+decision.
+
+What the one-broker test (tests/moon/test_scale_out.py) shows, across nodes: the engines race
+inside each workflow (a dispatch sent to both at once, a chain's reports answered by either,
+with eager hand-offs in their answers, retry timers taken by either), each engine's cache is
+often behind the journal, and the journal's optimistic concurrency, now replicated, decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from moon import replay
+from moon.engine import Engine
+from moon.service import running
+from moon.worker import Result, StepContext, Worker
+from streams.broker import open_connection
+from streams.cluster import EmbeddedCluster
+from streams.config import Topology, ensure_streams
+from streams.decider import Decided
+from streams.subjects import Space
+
+from . import walls as tw
+from .moon.engine_world import OperatorEngine, dispatch, step
+from .moon.test_scale_out import Appends, completions, doubled
+from .test_cluster import assert_replicated, decoded, journals, rotated
+
+WORKFLOWS_N = 40
+RACED = 8  # of which this many are submitted to both engines at once
+FLAKY_EVERY = 5  # in every 5th workflow step b fails its first attempt: a timer retries it
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, space: Space, server_binary: Path) -> Iterator[EmbeddedCluster]:
+    nodes = EmbeddedCluster(tmp_path / "cluster", space=space,
+                            creds=tmp_path / "creds").start()
+    try:
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+@contextlib.asynccontextmanager
+async def engine_on_node(cluster: EmbeddedCluster, node: int, space: Space, name: str,
+                         appends: Appends) -> AsyncIterator[Engine]:
+    """An engine as its own process would run: the engine role's rights, connected to `node`
+    first (the others only to fail over to)."""
+    conn = await open_connection(rotated(cluster.urls, node), name=f"engine-{name}",
+                                 dont_randomize=True, role="engine",
+                                 credentials_file=cluster.seed("engine"))
+    try:
+        eng = OperatorEngine(conn, walls=tw.walls_for(space), space=space,
+                             registry=await tw.registry_for(conn.jetstream(), space))
+        appends.watch(name, eng)
+        try:
+            async with running(lambda ready: eng.run(ready=ready), eng.stop):
+                yield eng
+        finally:
+            await eng.registry.stop()
+    finally:
+        await conn.close()
+
+
+@pytest.mark.slow
+async def test_two_engines_on_two_nodes_share_the_work_without_a_lost_or_doubled_decision(
+    cluster: EmbeddedCluster, space: Space
+):
+    rng = random.Random(7)
+    runs: Counter[str] = Counter()
+    admin = await open_connection(cluster.urls, name="cluster-scale-out",
+                                  credentials_file=cluster.seed("admin"))
+    js = admin.jetstream()
+    await ensure_streams(js, Topology(space=space, replicas=3))
+
+    async def work(ctx: StepContext) -> Result:
+        runs[ctx.key] += 1
+        await asyncio.sleep(rng.uniform(0, 0.01))
+        if ctx.key in flaky:
+            raise RuntimeError("first attempt fails")
+        return Result(output=ctx.order.step.encode(), tokens=1)
+
+    commands = []
+    for i in range(WORKFLOWS_N):
+        if i % 2:
+            steps = [step("a"), step("b", needs=("a",)), step("c", needs=("b",))]
+        else:  # a diamond: two completions of one workflow in flight at once
+            steps = [step("a"), step("b", needs=("a",)), step("c", needs=("a",)),
+                     step("d", needs=("b", "c"))]
+        commands.append(dispatch(steps))
+    flaky = {f"{c.workflow_id}/b/1" for c in commands[::FLAKY_EVERY]}
+    pool: list[Client] = []
+    appends = Appends()
+    try:
+        workers = []
+        for i in range(2):  # the pool on the third node, failing over to the others
+            role = await asyncio.to_thread(cluster.provision_executor, f"x{i}", ["work"])
+            nc = await open_connection(rotated(cluster.urls, 2), name=f"x{i}", role=role,
+                                       dont_randomize=True, credentials_file=cluster.seed(role))
+            pool.append(nc)
+            workers.append(Worker(nc, executor_id=f"x{i}", handlers={"work": work}, space=space,
+                                  capacity=16, engines=tw.trust_for(space).engines,
+                                  signer=await tw.executor(js, space, f"x{i}", ["work"])))
+        async with contextlib.AsyncExitStack() as stack:
+            a = await stack.enter_async_context(engine_on_node(cluster, 0, space, "A", appends))
+            b = await stack.enter_async_context(engine_on_node(cluster, 1, space, "B", appends))
+            for w in workers:
+                await stack.enter_async_context(
+                    running(lambda ready, w=w: w.run(ready=ready), w.stop))
+            all_done = await stack.enter_async_context(
+                completions(admin, space, {c.workflow_id for c in commands}))
+            await assert_replicated(js, space)
+            submitted = []
+            for i, command in enumerate(commands):
+                if i < RACED:  # both engines decide the same dispatch at once
+                    submitted += await asyncio.gather(a.submit(command), b.submit(command))
+                else:
+                    submitted.append(await (a if i % 2 else b).submit(command))
+            assert all(isinstance(s, Decided) for s in submitted), submitted
+            await asyncio.wait_for(all_done.wait(), 60)
+            stats = {"A": vars(a.stats), "B": vars(b.stats)}
+        # Both engines decided, inside the same workflows, and raced for them.
+        assert stats["A"]["decisions"] > 0 and stats["B"]["decisions"] > 0, stats
+        shared = [wf for wf, names in appends.writers.items() if names == {"A", "B"}]
+        assert len(shared) >= WORKFLOWS_N // 4, (appends.outcomes, stats)
+        assert sum(n for k, n in appends.outcomes.items() if not k.endswith(":appended")) > 0
+        done = await journals(js, space)
+        for command in commands:
+            wf = command.workflow_id
+            decisions = decoded(done[wf], space)
+            final = replay.fold(decisions)
+            assert final.status == "completed", (wf, final.status)
+            assert replay.verify(decisions) == [], wf
+            assert doubled(decisions) == [], wf
+            for name, state in final.steps.items():  # each attempt ran once; retried if flaky
+                want = 2 if f"{wf}/{name}/1" in flaky else 1
+                assert state.attempt == want, (wf, name, state.attempt)
+                assert all(runs[f"{wf}/{name}/{n}"] == 1 for n in range(1, want + 1)), wf
+        assert sum(runs.values()) == sum(len(c.steps) for c in commands) + len(flaky)
+    finally:
+        for nc in [admin, *pool]:
+            await nc.close()
