@@ -7,9 +7,11 @@ and its gate on one connection, MAESTRO (its replanner on the durable `moon.wf.*
 consumer) on another, and the benchmark's own observer connection.
 
 Per sample: MAESTRO plans and allocates a goal (dispatched to MOON as a workflow), then the
-benchmark acts as the executor of a root step and makes MOON lose it the way MOON does: it
-reports `StartStep` and then fires the step's `heartbeat_timeout` timer (the command a server
-schedule would fire), so the engine journals `StepTimedOut` + `Deviation(executor_lost)`.
+benchmark acts as the executors of a step and of what it needs (signed reports, each with its
+registered key) and makes MOON lose it the way MOON does: it reports the step's start, and once
+the engine's clock is within TIMER_EARLY_MS of the heartbeat window's end it fires the step's
+`heartbeat_timeout` timer signed with the engine's key (the command a server schedule would
+fire, as early as one may), so the engine journals `StepTimedOut` + `Deviation(executor_lost)`.
 Measured from the moment the deviation reaches a core subscriber on its journal subject:
 
 * to `maestro.plan.<plan>.revised` (the revision journaled on PLANS), and
@@ -17,7 +19,8 @@ Measured from the moment the deviation reaches a core subscriber on its journal 
 * the plan-solve part of it (`plan_goal` inside the replan: model, SGS, CP-SAT, anticipation off);
 * beside the raw request/reply round trip to an echo responder on the same server.
 
-Each sample's workflow is cancelled afterwards so that no timer of it replans later.
+Each sample's workflow is cancelled afterwards (through MOON's gate, as MAESTRO, which
+dispatched it) so that no timer of it replans later.
 Goals: examples/goal.yaml on examples/executors.yaml, and a generated 30-step x 10-executor goal.
 The call for bids is off (no executor runs a Bidder here; a replan never tenders anyway).
 Per run: p50/p99 over its samples; printed: the median over runs, [min-max] beside.
@@ -38,8 +41,10 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import msgspec
 from nats.aio.client import Client
@@ -52,6 +57,7 @@ for _name in ("moon", "envelope"):
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import maestro.service as service_module  # noqa: E402
+from envelope.keys import Signer  # noqa: E402
 from envelope.local import LocalTrust, local_trust  # noqa: E402
 from maestro.goal import (  # noqa: E402
     Budget,
@@ -63,20 +69,24 @@ from maestro.goal import (  # noqa: E402
     load_offers,
 )
 from maestro.plan import Plan  # noqa: E402
+from maestro.planner import Outcome, plan_goal  # noqa: E402
 from maestro.service import Allocated, Maestro, Market  # noqa: E402
 from maestro.solve import SolveOptions  # noqa: E402
+from moon.clock import local_ms  # noqa: E402
 from moon.effects import Effects  # noqa: E402
 from moon.engine import Engine  # noqa: E402
-from moon.gateway import moon_gate  # noqa: E402
-from moon.journal import DECISIONS  # noqa: E402
+from moon.gateway import CancelRequest, moon_gate  # noqa: E402
+from moon.intake import TIMER_EARLY_MS  # noqa: E402
+from moon.journal import SignedDecisions  # noqa: E402
 from moon.journal import journal as journal_of  # noqa: E402
+from moon.local import local_registry, local_walls, register_local_executor  # noqa: E402
+from moon.reports import Report, ReportReply, report_subject, seal_report  # noqa: E402
 from moon.service import running  # noqa: E402
 from streams.broker import EmbeddedBroker, open_connection  # noqa: E402
 from streams.codec import Undecodable  # noqa: E402
 from streams.config import Topology, ensure_streams  # noqa: E402
 from streams.logs import configure_logging  # noqa: E402
 from streams.moon_events import (  # noqa: E402
-    Cancel,
     CompleteStep,
     FireTimer,
     MoonEvent,
@@ -156,11 +166,11 @@ class SolveTimer:
     """Times every `plan_goal` MAESTRO's service calls (replans run it in a worker thread)."""
 
     def __init__(self) -> None:
-        self.real = service_module.plan_goal
+        self.real = plan_goal
         self.last_s = 0.0
         self.last_call: tuple[tuple[Any, ...], dict[str, Any]] = ((), {})
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Outcome:
         start = time.perf_counter()
         try:
             return self.real(*args, **kwargs)
@@ -175,13 +185,27 @@ class SolveTimer:
         return plan
 
 
+@dataclass
+class Stack:
+    maestro: Maestro
+    trust: LocalTrust
+    executors: dict[str, Signer]  # each offer's executor, registered: its reports verify
+
+
 @contextlib.asynccontextmanager
-async def stack(url: str, space: Space, trust: LocalTrust, offers: tuple[Offer, ...],
-                time_limit: float | None) -> AsyncIterator[Maestro]:
+async def stack(url: str, space: Space, trust: LocalTrust, data_dir: Path, *,
+                offers: tuple[Offer, ...], time_limit: float | None) -> AsyncIterator[Stack]:
     """MOON (engine + gate) and MAESTRO (replanner), each on its own connection."""
     moon_nc = await open_connection(url, name="bench-moon")
     maestro_nc = await open_connection(url, name="bench-maestro")
-    engine = Engine(moon_nc, space=space)
+    js = moon_nc.jetstream()
+    # The engine believes a report only when the registry's key for its executor signed it.
+    executors = {o.executor: await register_local_executor(
+        js, space, trust, data_dir, o.executor,
+        capabilities=[c.capability for c in o.capabilities]) for o in offers}
+    registry = await local_registry(js, space, trust)
+    engine = Engine(moon_nc, walls=local_walls(trust, writer=True), registry=registry,
+                    space=space)
     gate = moon_gate(moon_nc, engine, signer=trust.moon, trust=trust.trust_for(trust.moon))
 
     async def live() -> tuple[Offer, ...]:
@@ -195,8 +219,9 @@ async def stack(url: str, space: Space, trust: LocalTrust, offers: tuple[Offer, 
     try:
         async with running(lambda r: engine.run(ready=r), engine.stop), gate.serving(), \
                 running(lambda r: maestro.run_replanner(ready=r), maestro.stop):
-            yield maestro
+            yield Stack(maestro, trust, executors)
     finally:
+        await registry.stop()
         await maestro_nc.close()
         await moon_nc.close()
 
@@ -204,12 +229,13 @@ async def stack(url: str, space: Space, trust: LocalTrust, offers: tuple[Offer, 
 class Journal:
     """The events of one workflow as a core subscriber sees its journal subjects."""
 
-    def __init__(self) -> None:
+    def __init__(self, decisions: SignedDecisions) -> None:
+        self.decisions = decisions  # journal messages are engine-signed statements
         self.events: list[MoonEvent] = []
         self.changed = asyncio.Condition()
 
     async def on_msg(self, msg: Msg) -> None:
-        decision = DECISIONS.try_decode(msg.data)
+        decision = self.decisions.try_decode(msg.data)
         if not isinstance(decision, Undecodable):
             await self.add(decision.events)
 
@@ -218,13 +244,26 @@ class Journal:
             self.events.extend(events)  # a decision seen twice is harmless: only "seen" counts
             self.changed.notify_all()
 
-    async def until(self, kind: type[MoonEvent], step: str, timeout_s: float = 30.0) -> None:
-        def seen() -> bool:
-            return any(isinstance(e, kind) and getattr(e, "step", None) == step
-                       for e in self.events)
+    async def until(self, kind: type[MoonEvent], step: str, timeout_s: float = 30.0) -> MoonEvent:
+        """The first such event of the step, once journaled."""
+        def seen() -> MoonEvent | None:
+            return next((e for e in self.events
+                         if isinstance(e, kind) and getattr(e, "step", None) == step), None)
 
         async with self.changed:
-            await asyncio.wait_for(self.changed.wait_for(seen), timeout_s)
+            found = await asyncio.wait_for(self.changed.wait_for(seen), timeout_s)
+        assert found is not None
+        return found
+
+
+async def send_report(nc: Client, space: Space, signer: Signer, executor: str,
+                      sent: Report) -> None:
+    """An executor's report as moon/worker.py sends it: signed, a request the engine answers
+    once the decision it causes is journaled."""
+    msg = await nc.request(report_subject(space, executor, sent), seal_report(signer, sent),
+                           timeout=10)
+    reply = msgspec.json.decode(msg.data, type=ReportReply)
+    assert reply.ok, (sent, reply)
 
 
 def ancestors(goal: Goal, step: str) -> list[str]:
@@ -240,10 +279,11 @@ def ancestors(goal: Goal, step: str) -> list[str]:
     return [s.id for s in goal.steps if s.id in found]
 
 
-async def one_sample(nc: Client, maestro: Maestro, goal: Goal, plan_id: str,
+async def one_sample(nc: Client, bench: Stack, goal: Goal, plan_id: str,
                      timer: SolveTimer) -> dict[str, float]:
+    maestro, trust = bench.maestro, bench.trust
     space = maestro.space
-    effects = Effects(nc.jetstream(), space)
+    effects = Effects(nc.jetstream(), space, trust.moon)  # a timer is signed by an engine
     outcome = await maestro.plan(goal, plan_id=plan_id)
     assert outcome.decision == "planned", outcome.reasons
     assert outcome.anticipation is not None
@@ -256,7 +296,7 @@ async def one_sample(nc: Client, maestro: Maestro, goal: Goal, plan_id: str,
     backed = {b.step for b in outcome.anticipation.backups}
     victim = min((a for a in outcome.plan.assignments if a.step in backed),
                  key=lambda a: (a.start, a.step))
-    journal = Journal()
+    journal = Journal(SignedDecisions(local_walls(trust)))
     seen = Arrivals()
     deviation = space.subject(f"moon.wf.{wf}.deviation")
     revised = space.subject(f"maestro.plan.{plan_id}.revised")
@@ -264,29 +304,35 @@ async def one_sample(nc: Client, maestro: Maestro, goal: Goal, plan_id: str,
     subs = [await nc.subscribe(space.subject(f"moon.wf.{wf}.>"), cb=journal.on_msg)]
     subs += [await nc.subscribe(s, cb=seen.on_msg) for s in (deviation, revised, replan)]
     await nc.flush()
-    for item in (await journal_of(nc.jetstream(), space).read(wf)).items:  # before the sub
+    for item in (await journal_of(nc.jetstream(), space, local_walls(trust)).read(wf)).items:
         await journal.add(item.value.events)
     try:
         # Run what comes before the victim as its planned executors would (done steps are
         # fixed in the replan), then start the victim and let its heartbeat window pass.
         for step in [*ancestors(goal, victim.step), victim.step]:
             executor = where[step].executor
+            signer = bench.executors[executor]
             await journal.until(StepScheduled, step)
-            started_at = now_ms()
-            await effects.send_command(StartStep(
-                command_id=f"start-{wf}-{step}", workflow_id=wf, at_ms=started_at, step=step,
+            await send_report(nc, space, signer, executor, StartStep(
+                command_id=f"start-{wf}-{step}", workflow_id=wf, at_ms=now_ms(), step=step,
                 attempt=1, executor=executor))
             if step == victim.step:
                 break
-            await effects.send_command(CompleteStep(
+            await send_report(nc, space, signer, executor, CompleteStep(
                 command_id=f"done-{wf}-{step}", workflow_id=wf, at_ms=now_ms(), step=step,
                 attempt=1, result=b"ok", usage=Usage(wall_ms=1)))
             await journal.until(StepCompleted, step)
-        await journal.until(StepStarted, victim.step)
+        # The engine stamps the start with its clock and decides a timer no earlier than
+        # TIMER_EARLY_MS before it is due by that clock (earlier, it only arms a wake-up): wait
+        # for that moment (with a margin for the engine's measure of the broker's clock), which
+        # is before the engine's own wake-up for the window, rounded up to its second, fires.
+        started_at = (await journal.until(StepStarted, victim.step)).at_ms
+        due = started_at + HEARTBEAT_MS + 1
+        await asyncio.sleep(max(0, due - TIMER_EARLY_MS + 100 - local_ms()) / 1000)
         timer.last_s = 0.0
         fired = time.perf_counter()
         await effects.send_command(FireTimer(
-            command_id=f"lost-{wf}", workflow_id=wf, at_ms=started_at + HEARTBEAT_MS + 1,
+            command_id=f"lost-{wf}", workflow_id=wf, at_ms=due,
             kind="heartbeat_timeout", step=victim.step, attempt=1))
         t0 = await seen.wait(deviation)
         t_revised = await seen.wait(revised)
@@ -294,8 +340,10 @@ async def one_sample(nc: Client, maestro: Maestro, goal: Goal, plan_id: str,
     finally:
         for sub in subs:
             await sub.unsubscribe()
-    await effects.send_command(Cancel(command_id=f"cancel-{wf}", workflow_id=wf,
-                                      at_ms=now_ms(), reason="benchmark sample done"))
+    # A cancel comes only through MOON's gate, from the workflow's owner: MAESTRO.
+    cancelled = await maestro.moon.call("moon.cancel", CancelRequest(
+        workflow_id=wf, reason="benchmark sample done"), request_id=f"cancel-{wf}")
+    assert not isinstance(cancelled, Refusal), cancelled
     async with maestro.revised:  # the observer may see the Replan before MAESTRO notes it
         await asyncio.wait_for(maestro.revised.wait_for(
             lambda: any(r.workflow_id == wf for r in maestro.replans)), 10)
@@ -332,7 +380,9 @@ async def one_run(url: str, run: int, args: argparse.Namespace, tmp: Path,
     r: dict[str, float] = {}
     observer = await open_connection(url, name="bench-observer")
     timer = SolveTimer()
-    service_module.plan_goal = timer  # type: ignore[assignment]
+    # maestro.service calls the planner's plan_goal by its module-level name.
+    patched = mock.patch.object(service_module, "plan_goal", timer)
+    patched.start()
     try:
         raw = await raw_round_trips(observer)
         r["raw_p50_ms"], r["raw_p99_ms"] = pct(raw, 50), pct(raw, 99)
@@ -341,10 +391,11 @@ async def one_run(url: str, run: int, args: argparse.Namespace, tmp: Path,
             await ensure_streams(observer.jetstream(), Topology(space=space))
             trust = local_trust(tmp)
             samples: dict[str, list[float]] = defaultdict(list)
-            async with stack(url, space, trust, offers, args.time_limit) as maestro:
-                await one_sample(observer, maestro, goal, f"warm-{name}", timer)
+            async with stack(url, space, trust, tmp, offers=offers,
+                             time_limit=args.time_limit) as bench:
+                await one_sample(observer, bench, goal, f"warm-{name}", timer)
                 for i in range(args.samples):
-                    one = await one_sample(observer, maestro, goal, f"p{i}-{name}", timer)
+                    one = await one_sample(observer, bench, goal, f"p{i}-{name}", timer)
                     for key, value in one.items():
                         samples[key].append(value)
             for key in ("moved", "optimal", "as_good"):
@@ -355,7 +406,7 @@ async def one_run(url: str, run: int, args: argparse.Namespace, tmp: Path,
             share = [s / t for s, t in zip(samples["solve_ms"], samples["replan_ms"], strict=True)]
             r[f"{name}_solve_share"] = statistics.median(share)
     finally:
-        service_module.plan_goal = timer.real
+        patched.stop()
         await observer.close()
     return r
 
