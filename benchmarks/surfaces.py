@@ -27,11 +27,14 @@ import structlog
 import uvicorn
 from mcp import Client as McpClient
 from nats.aio.client import Client as Nats
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from envelope.client import Client
 from envelope.local import LocalTrust, local_trust
 from moon.engine import Engine
 from moon.gateway import moon_gate
+from moon.local import local_registry, local_walls
 from moon.service import running
 from streams.broker import EmbeddedBroker, free_port, open_connection
 from streams.config import Topology, ensure_streams
@@ -50,14 +53,13 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
 
-async def _app(nc: Nats, space: Space, tmp: Path, port: int):  # type: ignore[no-untyped-def]
-    from starlette.applications import Starlette  # noqa: PLC0415
-    from starlette.routing import Mount  # noqa: PLC0415
-
+async def _app(nc: Nats, space: Space, tmp: Path
+               ) -> tuple[LocalTrust, Gateway, Caller, Starlette]:
     trust = local_trust(tmp)
     caller = Caller(trust.operator, (trust.operator_grant,))
     gateway = Gateway(nc, trust.services, space=space)
-    reads = Reads(nc.jetstream(), space)
+    # The surfaces show only the journals the data dir's engines and planners signed.
+    reads = Reads(nc.jetstream(), space, engines=trust.engines, planners=trust.planners)
     mcp = McpSurface(gateway, reads, caller)
     app = Starlette(routes=[*http_routes(gateway, reads), Mount("/", app=mcp.http_app())],
                     lifespan=lambda _: mcp.server.session_manager.run())
@@ -80,8 +82,10 @@ async def main() -> None:
         try:
             await ensure_streams(nc.jetstream(), Topology(space=space))
             port = free_port()
-            trust, gateway, caller, app = await _app(nc, space, Path(tmp), port)
-            engine = Engine(nc, space=space)
+            trust, gateway, caller, app = await _app(nc, space, Path(tmp))
+            registry = await local_registry(nc.jetstream(), space, trust)
+            engine = Engine(nc, walls=local_walls(trust, writer=True), registry=registry,
+                            space=space)
             gate = moon_gate(nc, engine, signer=trust.moon, trust=trust.trust_for(trust.moon))
             server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                                    log_level="warning", lifespan="on",
@@ -94,6 +98,7 @@ async def main() -> None:
                               url=f"http://127.0.0.1:{port}")
             server.should_exit = True
             await serve
+            await registry.stop()
         finally:
             await nc.close()
             broker.stop()
