@@ -25,12 +25,13 @@ import httpx
 import msgspec
 import structlog
 import uvicorn
+from nats.js import JetStreamContext
 from starlette.applications import Starlette
 
-from envelope.local import local_trust
+from envelope.local import LocalTrust, local_trust
 from maestro.journals import SignedPlans
 from maestro.plan import Assignment, Plan
-from moon.engine import WorkflowSummary
+from moon.index import WorkflowSummary
 from moon.journal import journal
 from moon.local import local_walls
 from moon.workflow import apply, decide, initial
@@ -43,13 +44,14 @@ from streams.moon_events import (
     Dispatch,
     FailStep,
     FireTimer,
+    MoonCommand,
     RetryPolicy,
     StartStep,
     StepSpec,
     significant_kind,
 )
 from streams.plan_events import PlanBatch, PlanProposed
-from streams.store import Layout
+from streams.store import Appended, Layout
 from streams.subjects import Space
 from surfaces.forward import Gateway
 from surfaces.http import http_routes
@@ -64,8 +66,8 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
 
-async def write_workflow(js, space: Space, trust, workflow_id: str, *,  # type: ignore[no-untyped-def]
-                         plan_id: str, steps: int) -> int:
+async def write_workflow(js: JetStreamContext, space: Space, trust: LocalTrust, workflow_id: str,
+                         *, plan_id: str, steps: int) -> int:
     """A finished workflow of `steps` steps, journaled message by message as the engine does."""
     store = journal(js, space, local_walls(trust, writer=True))
     specs = tuple(StepSpec(id=f"s{k:04d}", capability="work",
@@ -75,14 +77,15 @@ async def write_workflow(js, space: Space, trust, workflow_id: str, *,  # type: 
     t = 1_000_000_000_000
     state, version, n = initial, 0, 0
 
-    async def submit(command) -> None:  # type: ignore[no-untyped-def]
+    async def submit(command: MoonCommand) -> None:
         nonlocal state, version, n
         events = decide(command, state)
         assert isinstance(events, list), events
         decision = Decision(command=command, events=events)
         appended = await store.append(workflow_id, decision, expected=version,
                                       key=command.command_id, kind=significant_kind(events))
-        version, state, n = appended.seq, apply(state, decision), n + 1  # type: ignore[union-attr]
+        assert isinstance(appended, Appended), appended  # one writer: never a conflict
+        version, state, n = appended.seq, apply(state, decision), n + 1
 
     await submit(Dispatch(command_id="d", workflow_id=workflow_id, at_ms=t, steps=specs,
                           plan_id=plan_id, deadline_ms=t + steps * 1000))
@@ -125,7 +128,7 @@ async def write_workflow(js, space: Space, trust, workflow_id: str, *,  # type: 
     return n
 
 
-async def write_index(js, space: Space, count: int) -> None:  # type: ignore[no-untyped-def]
+async def write_index(js: JetStreamContext, space: Space, count: int) -> None:
     kv = await js.key_value(space.bucket(WORKFLOWS.name))
     statuses = ("completed", "completed", "completed", "failed", "running")
     for start in range(0, count, 500):
