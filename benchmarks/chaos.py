@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import random
@@ -340,7 +341,9 @@ def kill_schedule(rng: random.Random, kills: int, interval_s: float,
 
 
 async def patiently(call: Callable[[], Awaitable[T]], timeout_s: float = 60.0) -> T:
-    """Retry through a broker restart; give up after `timeout_s`."""
+    """Retry through a broker restart; give up after `timeout_s`. In a loop, pass a
+    `functools.partial`: it binds the loop's variable now, and mypy can type it (a lambda with a
+    default argument it cannot)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -471,16 +474,16 @@ async def check_replay(tally: Tally, js: Any, finals: Journals, walls: Any) -> N
         version, folded = journal_[-1][0], replay.fold(decisions)
         tally.verify_mismatches += len(replay.verify(decisions))
         read = [item.value for item in (await patiently(
-            lambda wf=wf: journal.journal(js, SPACE, walls).read(wf))).items]
+            functools.partial(journal.journal(js, SPACE, walls).read, wf))).items]
         tally.fold_vs_read += replay.fold(read) != folded
-        loaded = await patiently(lambda wf=wf: runner.load(wf, use_cache=False))
+        loaded = await patiently(functools.partial(runner.load, wf, use_cache=False))
         tally.engine_view_mismatches += loaded != (version, folded)
-        snapshot = await patiently(lambda wf=wf: snapshots.load(wf))
+        snapshot = await patiently(functools.partial(snapshots.load, wf))
         if snapshot is not None:
             tally.snapshots_checked += 1
             upto = [decision for seq, decision in journal_ if seq <= snapshot.version]
             tally.engine_view_mismatches += replay.fold(upto) != snapshot.state
-        entry = await patiently(lambda wf=wf: index.get(wf))
+        entry = await patiently(functools.partial(index.get, wf))
         have = msgspec.json.decode(entry.value, type=WorkflowSummary)
         tally.index_mismatches += (
             msgspec.structs.replace(have, updated_ms=0) != summary(folded, version, 0)
@@ -604,8 +607,8 @@ async def dispatch_all(operator: Client, plans: list[Plan], gap_s: float) -> Non
     """Durable intents through the gate: once JetStream acknowledges one, it must end."""
     for item in plans:
         command = item.dispatch()
-        await patiently(lambda c=command: operator.publish_intent(
-            "moon.dispatch", tw.request_from(c), request_id=c.command_id))
+        await patiently(functools.partial(operator.publish_intent, "moon.dispatch",
+                                          tw.request_from(command), request_id=command.command_id))
         await asyncio.sleep(gap_s)
 
 
@@ -644,7 +647,8 @@ async def check_audit(tally: Tally, js: Any, plans: list[Plan], finals: Journals
     deadline = time.monotonic() + AUDIT_S
     while True:
         upto = await patiently(lambda: last_sequence(js, stream, subject))
-        rows = await patiently(lambda u=upto: ordered_read(js, stream, subject, after=0, upto=u))
+        rows = await patiently(functools.partial(ordered_read, js, stream, subject, after=0,
+                                                 upto=upto))
         seen = Counter(msgspec.json.decode(data, type=AuditRecord).id for _, _, _, data in rows)
         missing = wanted - set(seen)
         if not missing or time.monotonic() > deadline:
