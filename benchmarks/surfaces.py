@@ -1,6 +1,7 @@
 """moon.dispatch through HTTP and MCP against the native NATS path, in the same run.
 
-Run: .venv/bin/python -m benchmarks.surfaces [--n 300] [--rounds 3] [--clients 16] [--burst 600]
+Run: .venv/bin/python benchmarks/surfaces.py (or -m benchmarks.surfaces)
+    [--n 300] [--rounds 3] [--clients 16] [--burst 600]
 
 One embedded nats-server, a MOON engine and its gate, and the surfaces' app on a loopback uvicorn
 (httptools), all in this process (as `maestro up` runs them); the three paths alternate call by
@@ -9,6 +10,14 @@ throughput is `--clients` concurrent callers. Target: HTTP adds at most 1 ms p50
 """
 
 from __future__ import annotations
+
+# ruff: noqa: E402 - sys.path is fixed before the packages are imported
+import sys
+from pathlib import Path
+
+# Run as a file, this folder would be first on sys.path and benchmarks/envelope.py would
+# shadow the envelope package: drop the folder (as benchmarks/moon.py does).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 import argparse
 import asyncio
@@ -19,7 +28,6 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import httpx
 import msgspec

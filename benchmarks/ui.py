@@ -1,6 +1,7 @@
 """The web UI's answers against its 200 ms target: a workflow of 1,000 steps, a list of 10,000.
 
-Run: .venv/bin/python -m benchmarks.ui [--steps 1000] [--workflows 10000] [--n 30]
+Run: .venv/bin/python benchmarks/ui.py (or -m benchmarks.ui)
+    [--steps 1000] [--workflows 10000] [--n 30]
 
 One embedded nats-server in this process. The data is real and signed: a 1,000-step workflow's
 journal (dispatch, then a start and a completion per step, one failed attempt retried; decided
@@ -13,13 +14,20 @@ whole journal once; later ones read only what is new.
 
 from __future__ import annotations
 
+# ruff: noqa: E402 - sys.path is fixed before the packages are imported
+import sys
+from pathlib import Path
+
+# Run as a file, this folder would be first on sys.path and benchmarks/envelope.py would
+# shadow the envelope package: drop the folder (as benchmarks/moon.py does).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+
 import argparse
 import asyncio
 import logging
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import msgspec
