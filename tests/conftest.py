@@ -22,6 +22,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from streams.broker import EmbeddedBroker, find_server_binary, open_connection
+from streams.cluster import EmbeddedCluster
 from streams.config import Topology, ensure_streams
 from streams.credentials import CREDS_ENV, NKEY_ENV, ensure_credentials, seed_file
 from streams.subjects import Space
@@ -152,3 +153,15 @@ def container_nats_url() -> Iterator[str]:
 
     with DockerContainer("nats:2.12-alpine").with_command("-js").with_exposed_ports(4222) as box:
         yield f"nats://{box.get_container_host_ip()}:{box.get_exposed_port(4222)}"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, space: Space, server_binary: Path) -> Iterator[EmbeddedCluster]:
+    """A 3-node cluster on loopback (tests/test_cluster*.py), with rights rendered for the
+    test's namespace, so every service runs with its role's alone."""
+    nodes = EmbeddedCluster(tmp_path / "cluster", space=space,
+                            creds=tmp_path / "creds").start()
+    try:
+        yield nodes
+    finally:
+        nodes.stop()

@@ -16,8 +16,7 @@ import contextlib
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import pytest
 from nats.aio.client import Client
@@ -43,17 +42,6 @@ from .moon.engine_world import dispatch, step
 WORKFLOWS = 200
 STEPS = 3  # a, then b and c in parallel
 Journals = dict[str, list[tuple[int, bytes]]]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, space: Space, server_binary: Path) -> Iterator[EmbeddedCluster]:
-    # Rights rendered for the test's namespace, so every service runs with its role's alone.
-    nodes = EmbeddedCluster(tmp_path / "cluster", space=space,
-                            creds=tmp_path / "creds").start()
-    try:
-        yield nodes
-    finally:
-        nodes.stop()
 
 
 # --- the journal, read whole: one ordered consumer, not one per workflow ----------------------

@@ -14,8 +14,6 @@ import asyncio
 import contextlib
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
@@ -27,48 +25,34 @@ from moon.worker import Result, StepContext, Worker
 from streams.broker import open_connection
 from streams.cluster import EmbeddedCluster
 from streams.config import Topology, ensure_streams
-from streams.decider import Decided
 from streams.subjects import Space
 
 from . import walls as tw
-from .moon.engine_world import OperatorEngine, dispatch, step
-from .moon.test_scale_out import Appends, completions, doubled
+from .moon.test_scale_out import (
+    Appends,
+    assert_shared_and_raced,
+    chains_and_diamonds,
+    completions,
+    doubled,
+    submit_to_both,
+    watched_engine,
+)
 from .test_cluster import assert_replicated, decoded, journals, rotated
 
 WORKFLOWS_N = 40
-RACED = 8  # of which this many are submitted to both engines at once
 FLAKY_EVERY = 5  # in every 5th workflow step b fails its first attempt: a timer retries it
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, space: Space, server_binary: Path) -> Iterator[EmbeddedCluster]:
-    nodes = EmbeddedCluster(tmp_path / "cluster", space=space,
-                            creds=tmp_path / "creds").start()
-    try:
-        yield nodes
-    finally:
-        nodes.stop()
-
-
-@contextlib.asynccontextmanager
-async def engine_on_node(cluster: EmbeddedCluster, node: int, space: Space, name: str,
-                         appends: Appends) -> AsyncIterator[Engine]:
+def engine_on_node(cluster: EmbeddedCluster, node: int, space: Space, name: str,
+                   appends: Appends) -> contextlib.AbstractAsyncContextManager[Engine]:
     """An engine as its own process would run: the engine role's rights, connected to `node`
     first (the others only to fail over to)."""
-    conn = await open_connection(rotated(cluster.urls, node), name=f"engine-{name}",
-                                 dont_randomize=True, role="engine",
-                                 credentials_file=cluster.seed("engine"))
-    try:
-        eng = OperatorEngine(conn, walls=tw.walls_for(space), space=space,
-                             registry=await tw.registry_for(conn.jetstream(), space))
-        appends.watch(name, eng)
-        try:
-            async with running(lambda ready: eng.run(ready=ready), eng.stop):
-                yield eng
-        finally:
-            await eng.registry.stop()
-    finally:
-        await conn.close()
+    async def connect() -> Client:
+        return await open_connection(rotated(cluster.urls, node), name=f"engine-{name}",
+                                     dont_randomize=True, role="engine",
+                                     credentials_file=cluster.seed("engine"))
+
+    return watched_engine(connect, space, name, appends)
 
 
 @pytest.mark.slow
@@ -89,14 +73,7 @@ async def test_two_engines_on_two_nodes_share_the_work_without_a_lost_or_doubled
             raise RuntimeError("first attempt fails")
         return Result(output=ctx.order.step.encode(), tokens=1)
 
-    commands = []
-    for i in range(WORKFLOWS_N):
-        if i % 2:
-            steps = [step("a"), step("b", needs=("a",)), step("c", needs=("b",))]
-        else:  # a diamond: two completions of one workflow in flight at once
-            steps = [step("a"), step("b", needs=("a",)), step("c", needs=("a",)),
-                     step("d", needs=("b", "c"))]
-        commands.append(dispatch(steps))
+    commands = chains_and_diamonds(WORKFLOWS_N)
     flaky = {f"{c.workflow_id}/b/1" for c in commands[::FLAKY_EVERY]}
     pool: list[Client] = []
     appends = Appends()
@@ -119,20 +96,10 @@ async def test_two_engines_on_two_nodes_share_the_work_without_a_lost_or_doubled
             all_done = await stack.enter_async_context(
                 completions(admin, space, {c.workflow_id for c in commands}))
             await assert_replicated(js, space)
-            submitted = []
-            for i, command in enumerate(commands):
-                if i < RACED:  # both engines decide the same dispatch at once
-                    submitted += await asyncio.gather(a.submit(command), b.submit(command))
-                else:
-                    submitted.append(await (a if i % 2 else b).submit(command))
-            assert all(isinstance(s, Decided) for s in submitted), submitted
+            await submit_to_both(a, b, commands)
             await asyncio.wait_for(all_done.wait(), 60)
             stats = {"A": vars(a.stats), "B": vars(b.stats)}
-        # Both engines decided, inside the same workflows, and raced for them.
-        assert stats["A"]["decisions"] > 0 and stats["B"]["decisions"] > 0, stats
-        shared = [wf for wf, names in appends.writers.items() if names == {"A", "B"}]
-        assert len(shared) >= WORKFLOWS_N // 4, (appends.outcomes, stats)
-        assert sum(n for k, n in appends.outcomes.items() if not k.endswith(":appended")) > 0
+        assert_shared_and_raced(stats, appends, WORKFLOWS_N)
         done = await journals(js, space)
         for command in commands:
             wf = command.workflow_id

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 from nats.aio.client import Client
@@ -27,7 +27,7 @@ from moon.worker import Result, StepContext
 from streams.broker import open_connection
 from streams.config import WORKFLOWS
 from streams.decider import Decided
-from streams.moon_events import Decision, StepCompleted, StepScheduled, StepStarted
+from streams.moon_events import Decision, Dispatch, StepCompleted, StepScheduled, StepStarted
 from streams.replies import Conflict
 from streams.store import Appended
 from streams.subjects import Space
@@ -68,10 +68,19 @@ class Appends:
         store.append = counted  # type: ignore[method-assign]
 
 
+def engine_on_own_connection(url: str, space: Space, name: str,
+                             appends: Appends) -> contextlib.AbstractAsyncContextManager[Engine]:
+    async def connect() -> Client:
+        return await open_connection(url, name=f"scale-out-{name}")
+
+    return watched_engine(connect, space, name, appends)
+
+
 @contextlib.asynccontextmanager
-async def engine_on_own_connection(url: str, space: Space, name: str,
-                                   appends: Appends) -> AsyncIterator[Engine]:
-    conn = await open_connection(url, name=f"scale-out-{name}")
+async def watched_engine(connect: Callable[[], Awaitable[Client]], space: Space, name: str,
+                         appends: Appends) -> AsyncIterator[Engine]:
+    """A running engine on a connection of its own (closed after it), its appends watched."""
+    conn = await connect()
     try:
         eng = await new_engine(conn, space)
         appends.watch(name, eng)
@@ -119,6 +128,42 @@ def doubled(decisions: list[Decision]) -> list[str]:
     return out
 
 
+def chains_and_diamonds(n: int) -> list[Dispatch]:
+    """Every other workflow a 3-step chain, the rest diamonds (two completions of one workflow
+    in flight at once): the mix both scale-out tests share."""
+    commands = []
+    for i in range(n):
+        if i % 2:
+            steps = [step("a"), step("b", needs=("a",)), step("c", needs=("b",))]
+        else:
+            steps = [step("a"), step("b", needs=("a",)), step("c", needs=("a",)),
+                     step("d", needs=("b", "c"))]
+        commands.append(dispatch(steps))
+    return commands
+
+
+async def submit_to_both(a: Engine, b: Engine, commands: list[Dispatch]) -> None:
+    """The first RACED dispatches to both engines at once, the rest to one or the other."""
+    submitted = []
+    for i, command in enumerate(commands):
+        if i < RACED:  # both engines decide the same dispatch at once
+            submitted += await asyncio.gather(a.submit(command), b.submit(command))
+        else:
+            submitted.append(await (a if i % 2 else b).submit(command))
+    assert all(isinstance(s, Decided) for s in submitted), submitted
+
+
+def assert_shared_and_raced(stats: dict[str, dict[str, int]], appends: Appends, n: int) -> None:
+    # Both engines decided, and inside the same workflows: the work was shared, not split.
+    assert stats["A"]["decisions"] > 0 and stats["B"]["decisions"] > 0, stats
+    shared = [wf for wf, names in appends.writers.items() if names == {"A", "B"}]
+    assert len(shared) >= n // 4, (appends.outcomes, stats)
+    # ... and raced: some appends lost to the other engine's (a Conflict, re-decided on the
+    # newer state) or found the same command already journaled by it.
+    lost = sum(k for name, k in appends.outcomes.items() if not name.endswith(":appended"))
+    assert lost > 0, appends.outcomes
+
+
 async def test_two_engines_share_the_work_without_a_lost_or_doubled_decision(
     nats_url, nc, js, space
 ):
@@ -132,14 +177,7 @@ async def test_two_engines_share_the_work_without_a_lost_or_doubled_decision(
             raise RuntimeError("first attempt fails")
         return Result(output=ctx.order.step.encode(), tokens=1)
 
-    commands = []
-    for i in range(WORKFLOWS_N):
-        if i % 2:
-            steps = [step("a"), step("b", needs=("a",)), step("c", needs=("b",))]
-        else:  # a diamond: two completions of one workflow in flight at once
-            steps = [step("a"), step("b", needs=("a",)), step("c", needs=("a",)),
-                     step("d", needs=("b", "c"))]
-        commands.append(dispatch(steps))
+    commands = chains_and_diamonds(WORKFLOWS_N)
     for _ in range(FANS):  # many completions of one workflow at once: the engines contend
         fan = [step(f"f{k}", needs=("a",)) for k in range(FAN_OUT)]
         commands.append(dispatch([step("a"), *fan,
@@ -153,26 +191,13 @@ async def test_two_engines_share_the_work_without_a_lost_or_doubled_decision(
                     worker(workers_nc, space, {"work": work}, "x1", capacity=16),
                     worker(workers_nc, space, {"work": work}, "x2", capacity=16),
                     completions(nc, space, {c.workflow_id for c in commands}) as all_done):
-            submitted = []
-            for i, command in enumerate(commands):
-                if i < RACED:  # both engines decide the same dispatch at once
-                    submitted += await asyncio.gather(a.submit(command), b.submit(command))
-                else:
-                    submitted.append(await (a if i % 2 else b).submit(command))
-            assert all(isinstance(s, Decided) for s in submitted), submitted
+            await submit_to_both(a, b, commands)
             await asyncio.wait_for(all_done.wait(), 30)
             stats = {"A": vars(a.stats), "B": vars(b.stats)}
     finally:
         await workers_nc.close()
 
-    # Both engines decided, and inside the same workflows: the work was shared, not split.
-    assert stats["A"]["decisions"] > 0 and stats["B"]["decisions"] > 0, stats
-    shared = [wf for wf, names in appends.writers.items() if names == {"A", "B"}]
-    assert len(shared) >= WORKFLOWS_N // 4, (appends.outcomes, stats)
-    # ... and raced: some appends lost to the other engine's (a Conflict, re-decided on the
-    # newer state) or found the same command already journaled by it.
-    lost = sum(n for k, n in appends.outcomes.items() if not k.endswith(":appended"))
-    assert lost > 0, appends.outcomes
+    assert_shared_and_raced(stats, appends, WORKFLOWS_N)
 
     index = await js.key_value(space.bucket(WORKFLOWS.name))
     for command in commands:
