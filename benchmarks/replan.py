@@ -80,8 +80,9 @@ from moon.intake import TIMER_EARLY_MS  # noqa: E402
 from moon.journal import SignedDecisions  # noqa: E402
 from moon.journal import journal as journal_of  # noqa: E402
 from moon.local import local_registry, local_walls, register_local_executor  # noqa: E402
-from moon.reports import Report, ReportReply, report_subject, seal_report  # noqa: E402
+from moon.reports import Report  # noqa: E402
 from moon.service import running  # noqa: E402
+from moon.worker import Worker  # noqa: E402
 from streams.broker import EmbeddedBroker, open_connection  # noqa: E402
 from streams.codec import Undecodable  # noqa: E402
 from streams.config import Topology, ensure_streams  # noqa: E402
@@ -256,14 +257,9 @@ class Journal:
         return found
 
 
-async def send_report(nc: Client, space: Space, signer: Signer, executor: str,
-                      sent: Report) -> None:
-    """An executor's report as moon/worker.py sends it: signed, a request the engine answers
-    once the decision it causes is journaled."""
-    msg = await nc.request(report_subject(space, executor, sent), seal_report(signer, sent),
-                           timeout=10)
-    reply = msgspec.json.decode(msg.data, type=ReportReply)
-    assert reply.ok, (sent, reply)
+async def reported(reporter: Worker, report: Report) -> None:
+    answer = await reporter.request(report)
+    assert answer.ok, (report, answer)
 
 
 def ancestors(goal: Goal, step: str) -> list[str]:
@@ -311,14 +307,15 @@ async def one_sample(nc: Client, bench: Stack, goal: Goal, plan_id: str,
         # fixed in the replan), then start the victim and let its heartbeat window pass.
         for step in [*ancestors(goal, victim.step), victim.step]:
             executor = where[step].executor
-            signer = bench.executors[executor]
+            # Its reports as moon/worker.py sends them: signed, answered once journaled.
+            reporter = Worker(nc, executor, {}, bench.executors[executor], trust.engines, space)
             await journal.until(StepScheduled, step)
-            await send_report(nc, space, signer, executor, StartStep(
+            await reported(reporter, StartStep(
                 command_id=f"start-{wf}-{step}", workflow_id=wf, at_ms=now_ms(), step=step,
                 attempt=1, executor=executor))
             if step == victim.step:
                 break
-            await send_report(nc, space, signer, executor, CompleteStep(
+            await reported(reporter, CompleteStep(
                 command_id=f"done-{wf}-{step}", workflow_id=wf, at_ms=now_ms(), step=step,
                 attempt=1, result=b"ok", usage=Usage(wall_ms=1)))
             await journal.until(StepCompleted, step)
