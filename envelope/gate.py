@@ -50,7 +50,7 @@ from streams.subjects import Space, intent, map_request
 
 ROOT_SPACE = Space()
 
-__all__ = ["OUTCOMES_BUCKET", "Gate", "Handler", "Stored", "wall_ms"]
+__all__ = ["OUTCOMES_BUCKET", "Gate", "GateStopped", "Handler", "Stored", "wall_ms"]
 
 Handler = Callable[[Opened], Awaitable[msgspec.Struct | Refusal]]
 INTENTS_STREAM = "INTENTS"
@@ -71,6 +71,11 @@ class _Route(msgspec.Struct, frozen=True):
 
 _encode = msgspec.msgpack.encode
 _MAX_DELIVERIES = 5
+FETCH_PAUSE_S = 1.0  # after a fetch of intents failed for another reason than none waiting
+
+
+class GateStopped(RuntimeError):
+    """The gate's task ended, by itself, while its `serving` block ran."""
 # Refusals a caller can fix by waiting or re-sealing: not the request's final answer, so they are
 # neither stored as its outcome nor deduplicated against a later successful attempt.
 _TRANSIENT = frozenset(
@@ -215,14 +220,7 @@ class Gate:
                             cb=self._on_request(route, outcomes),
                         )
                     )
-                pulls = [
-                    await self.js.pull_subscribe(
-                        self.space.subject(intent(self.service, route.method)),
-                        durable=self.space.consumer(f"{self.service}_{route.method}"),
-                        stream=self._stream,
-                    )
-                    for route in self._routes.values()
-                ]
+                pulls = [await self._pull(route) for route in self._routes.values()]
                 await self.nc.flush()
                 self.ready.set()
                 for route, pull in zip(self._routes.values(), pulls, strict=True):
@@ -254,19 +252,42 @@ class Gate:
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[Gate]:
-        """Run the gate for the life of the block (tests, `… up`)."""
+        """Run the gate for the life of the block (tests, `… up`). A gate that stops serving
+        ends the block with `GateStopped`: a process whose gate died must exit (and be
+        restarted), not go on running where no request reaches it."""
         task = asyncio.get_running_loop().create_task(self.run())
         ready = asyncio.get_running_loop().create_task(self.ready.wait())
         await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             ready.cancel()
             task.result()  # re-raise why the gate could not start
+        body = asyncio.current_task()
+        cancelled_body = False
+
+        def stopped(done: asyncio.Task[None]) -> None:
+            nonlocal cancelled_body
+            if body is not None and not done.cancelled():
+                cancelled_body = True
+                body.cancel("gate stopped")
+
+        task.add_done_callback(stopped)
         try:
             yield self
+        except asyncio.CancelledError:
+            if not cancelled_body:
+                raise
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            task.remove_done_callback(stopped)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if cancelled_body and body is not None:
+            # Our cancel, not the caller's (also when the block ended before it landed): say
+            # why instead.
+            body.uncancel()
+            error = task.exception()
+            raise GateStopped(f"the {self.service} gate stopped: {error!r}") from error
 
     def _on_request(self, route: _Route, outcomes: Outcomes) -> Callable[[Msg], Awaitable[None]]:
         # nats-py runs a subscription's callbacks one after another: each request gets its own
@@ -294,12 +315,33 @@ class Gate:
         self._in_hand.discard(task)
         self._slots.release()
 
+    async def _pull(self, route: _Route) -> Any:
+        """The route's durable pull consumer on the intents stream, made if missing."""
+        return await self.js.pull_subscribe(
+            self.space.subject(intent(self.service, route.method)),
+            durable=self.space.consumer(f"{self.service}_{route.method}"),
+            stream=self._stream,
+        )
+
     async def _consume(self, route: _Route, outcomes: Outcomes, pull: Any) -> None:
         while True:
             try:
                 msgs = await pull.fetch(batch=32, timeout=1.0)
             except (nats.errors.TimeoutError, TimeoutError):
                 # nats-py raises either, depending on where in fetch the wait ran out (#418).
+                continue
+            except Exception as error:
+                # The consumer is away (a cluster electing its leader, a reload, a reconnect)
+                # or gone (deleted): the intents wait in the stream, so ask again later, on the
+                # consumer made again if it went. Raised, this would end the gate while the
+                # process went on running, unreachable.
+                self._log.warning("intent_fetch_failed", method=route.method, error=repr(error))
+                await asyncio.sleep(FETCH_PAUSE_S)
+                with contextlib.suppress(Exception):  # still away: the next fetch says so
+                    fresh = await self._pull(route)
+                    with contextlib.suppress(Exception):
+                        await pull.unsubscribe()
+                    pull = fresh
                 continue
             for msg in msgs:
                 try:
