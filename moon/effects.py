@@ -59,8 +59,9 @@ class Effects:
     timers, MAESTRO's for replans and compensations)."""
 
     def __init__(self, js: JetStreamContext, space: Space, signer: Signer,
-                 claims: Claims | None = None) -> None:
+                 claims: Claims | None = None, *, instance: str = "") -> None:
         self._js, self._space, self._signer = js, space, signer
+        self.instance = instance  # this engine process: its orders' reports come to it
         self.claims = claims or Claims(signer, KeyRing(), (signer.did,))
         # The WORK sequences of the orders sent per live workflow, newest workflows last:
         # what a cancel withdraws. Bounded: a workflow this process forgot is not withdrawn.
@@ -78,7 +79,7 @@ class Effects:
         engine ordered (side effects are real)."""
         claim = self.claims.token(claim_key(order.workflow_id, order.step, order.attempt,
                                             compensation=order.compensation))
-        order = msgspec.structs.replace(order, claim=claim)
+        order = msgspec.structs.replace(order, claim=claim, engine=self.instance)
         return sign_statement(self._signer, ORDER, ORDERS.encode(order))
 
     async def send_orders(self, orders: Iterable[WorkOrder]) -> int:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,7 +83,7 @@ from streams.moon_events import (
 from streams.publish import publish_once
 from streams.replies import CODES, Reason, Refusal
 from streams.store import Unreadable
-from streams.subjects import Space, reports
+from streams.subjects import Space, reports, reports_to
 
 __all__ = ["Engine", "follow_until_terminal"]
 
@@ -133,16 +134,19 @@ class Engine:
             raise ValueError("an engine needs its key: it signs what it journals")
         self.js = self.nc.jetstream()
         self.runner = journal.runner(self.js, self.space, self.walls)
+        # This process's name (random: a restart is another process): its mark's key in KV
+        # (moon/projection.py) and the address its orders' reports come back to.
+        self.instance = secrets.token_hex(8)
         self.effects = Effects(self.js, self.space, self.walls.signer,
-                               Claims(self.walls.signer, self.walls.keys, self.walls.engines))
+                               Claims(self.walls.signer, self.walls.keys, self.walls.engines),
+                               instance=self.instance)
         self.broker_clock = BrokerClock(
             self.nc, f"$JS.API.STREAM.INFO.{self.space.stream('MOON_CMD')}")
         self.clock: Callable[[], int] = self.clock_ms or self.broker_clock
         self._locks: dict[str, _Held] = {}
         self._slots = asyncio.Semaphore(self.concurrency)
         self._index: Any = None
-        # Workflows dispatched here and not yet projected (moon/projection.py), and this
-        # process's mark: a random name, so that a restarted engine's old mark goes stale.
+        # Workflows dispatched here and not yet projected (moon/projection.py).
         self.projector = Projector(self)
         self.young = self.projector.young
         # A timer due sooner than this is armed at once: a takeover could come too late for it.
@@ -503,9 +507,15 @@ class Engine:
             clock = tasks.create_task(self.broker_clock.run())
             projecting = tasks.create_task(self.projector.run())
             keeping = tasks.create_task(self.effects.keeper.run())
+            # Reports for any engine in one queue group, and those addressed to this one: the
+            # workflows whose orders it sent. A chain stays with the engine that holds it, so
+            # two engines do not each decide on a state the other has moved on from.
             reports_sub = await self.nc.subscribe(
                 self.space.subject(reports()), queue=self.space.consumer(ENGINE_CONSUMER),
                 cb=spawn(self.intake.on_report), pending_msgs_limit=100_000)
+            own_sub = await self.nc.subscribe(
+                self.space.subject(reports_to(self.instance)), cb=spawn(self.intake.on_report),
+                pending_msgs_limit=100_000)
             try:
                 first = True
                 while not self._stopping.is_set():
@@ -524,8 +534,9 @@ class Engine:
                 keeping.cancel()
                 await self.projector.retire()
                 clock.cancel()
-                with contextlib.suppress(Exception):
-                    await reports_sub.unsubscribe()
+                for report_sub in (reports_sub, own_sub):
+                    with contextlib.suppress(Exception):
+                        await report_sub.unsubscribe()
 
     async def _subscribe_commands(self, cb: Callable[[Msg], Awaitable[None]]) -> Any:
         durable = self.space.consumer(ENGINE_CONSUMER)

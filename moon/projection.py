@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -252,8 +251,9 @@ class Projector:
         self.engine = engine
         self.young = Young(young_ms=engine.young_ms)
         self.marks = Marks(engine.js, engine.space)
-        # A random name: a restarted engine's old mark goes stale and is taken over.
-        self.instance = secrets.token_hex(8)
+        # The engine process's random name: a restarted engine's old mark goes stale and is
+        # taken over.
+        self.instance = engine.instance
         self.appended = 0  # the last journal sequence this process appended
         # Dispatches answered before their audit record was stored (envelope/later.py): the
         # mark stays below each until it is.

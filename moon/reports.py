@@ -2,9 +2,11 @@
 decision they cause is journaled (so the answer is the report's durable acceptance).
 
 A report is a statement of kind REPORT by the executor's own key, on
-`moon.report.<executor>.<workflow>.<kind>`; the engine checks the key against the registry entry
-of the executor the subject names, then that the command's kind and workflow match the subject,
-then (moon/authority.py) that the attempt is bound to that executor.
+`moon.report.<executor>.<workflow>.<kind>`, or with `.<engine>` after it to the engine process
+that sent the order (a work order names it: the engine whose cache holds the workflow, so two
+engines do not each decide on the other's stale state). The engine checks the key against the
+registry entry of the executor the subject names, then that the command's kind and workflow
+match the subject, then (moon/authority.py) that the attempt is bound to that executor.
 """
 
 from __future__ import annotations
@@ -63,8 +65,9 @@ class ReportReply(msgspec.Struct, frozen=True, omit_defaults=True):
         return ReportReply(ok=False, reason=refusal.reason.value, detail=refusal.detail)
 
 
-def report_subject(space: Space, executor: str, report: Report) -> str:
-    return space.subject(subjects.report(executor, report.workflow_id, command_kind(report)))
+def report_subject(space: Space, executor: str, report: Report, engine: str = "") -> str:
+    return space.subject(subjects.report(executor, report.workflow_id, command_kind(report),
+                                         engine))
 
 
 def seal_report(signer: Signer, report: Report) -> bytes:
@@ -72,8 +75,10 @@ def seal_report(signer: Signer, report: Report) -> bytes:
 
 
 def parse_report_subject(space: Space, subject: str) -> tuple[str, str, str] | Refusal:
-    """(executor token, workflow id, kind) of a report subject."""
+    """(executor token, workflow id, kind) of a report subject, addressed to an engine (six
+    tokens: which one is routing, not authority) or to any (five)."""
     parts = space.unprefix(subject).split(".")
-    if len(parts) != 5 or parts[:2] != ["moon", "report"] or parts[4] not in REPORT_KINDS:
+    if len(parts) not in (5, 6) or parts[:2] != ["moon", "report"] or \
+            parts[4] not in REPORT_KINDS:
         return Refusal(Reason.WRONG_SUBJECT, f"not a report subject: {subject[:120]}")
     return parts[2], parts[3], parts[4]

@@ -134,7 +134,7 @@ class StepContext:
             attempt=self.order.attempt, claim=self.order.claim,
         )
         try:
-            await self.worker.send(beat)
+            await self.worker.send(self.order, beat)
         except Exception as error:  # any send failure means the same here
             log.debug("heartbeat_lost", key=self.key, error=repr(error))
 
@@ -189,6 +189,9 @@ class Worker:
     # Offer, with each completion, to run the order it schedules next in the same slot: it
     # comes in the engine's answer instead of through WORK (moon/handoff.py).
     eager: bool = True
+    # Report to the engine process that sent the order (its cache holds the workflow); off:
+    # to any engine of the queue group, as when that one has gone.
+    to_sender: bool = True
 
     def __post_init__(self) -> None:
         self.js = self.nc.jetstream()
@@ -199,17 +202,29 @@ class Worker:
         # a worker whose own clock is off neither drops live orders nor runs dead ones.
         self.clock = BrokerClock(self.nc, f"$JS.API.STREAM.INFO.{self.space.stream('WORK')}")
 
-    async def request(self, report: Report, *, retry: bool = False) -> ReportReply:
-        """One signed report, answered by the engine once what it causes is journaled."""
+    async def request(self, report: Report, *, retry: bool = False,
+                      engine: str = "") -> ReportReply:
+        """One signed report, answered by the engine once what it causes is journaled: first
+        to `engine` (the process that sent the order, whose cache holds the workflow), to any
+        engine when that one has gone (no responders: the report reached nobody) or on a
+        retry (it may be alive but stuck)."""
         headers = {RETRY_HEADER: "1"} if retry else None
+        data = seal_report(self.signer, report)
+        if engine and self.to_sender and not retry:
+            try:
+                msg = await self.nc.request(
+                    report_subject(self.space, self.executor_id, report, engine), data,
+                    timeout=REPORT_TIMEOUT_S)
+                return _reply.decode(msg.data)
+            except nats.errors.NoRespondersError:
+                pass
         msg = await self.nc.request(report_subject(self.space, self.executor_id, report),
-                                    seal_report(self.signer, report), timeout=REPORT_TIMEOUT_S,
-                                    headers=headers)
+                                    data, timeout=REPORT_TIMEOUT_S, headers=headers)
         return _reply.decode(msg.data)
 
-    async def send(self, report: Report) -> None:
+    async def send(self, order: WorkOrder, report: Report) -> None:
         """Once, best effort (heartbeats)."""
-        await self.request(report)
+        await self.request(report, engine=order.engine)
 
     async def deliver(self, order: WorkOrder, report: Report) -> ReportReply | None:
         """Send a report until the engine answers it; None if it stayed away past the order's
@@ -218,7 +233,7 @@ class Worker:
         pause, retry = BACKOFF_S[0], False
         while True:
             try:
-                answer = await self.request(report, retry=retry)
+                answer = await self.request(report, retry=retry, engine=order.engine)
             except Exception as error:  # timeouts, no responders, reconnecting
                 failure = repr(error)
             else:

@@ -434,6 +434,9 @@ class WorkOrder(msgspec.Struct, frozen=True):
     # The engine's signature over the attempt's claim key (moon/claims.py): only whoever took
     # this order holds it, and a report carrying it binds a pool attempt to its sender.
     claim: bytes = b""
+    # The engine process that sent it: the worker reports to it first (its cache holds the
+    # workflow), to any engine when it is gone. Routing only, never authority.
+    engine: str = ""
 
 
 class TimerRequest(msgspec.Struct, frozen=True):

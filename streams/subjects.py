@@ -21,6 +21,7 @@ __all__ = [
     "plan_events",
     "report",
     "reports",
+    "reports_to",
     "timer",
     "token",
     "work",
@@ -64,14 +65,24 @@ def moon_cmd(workflow: str, kind: str) -> str:
     return f"moon.cmd.{workflow}.{kind}"
 
 
-def report(executor: str, workflow: str, kind: str) -> str:
+def report(executor: str, workflow: str, kind: str, engine: str = "") -> str:
     """An executor's report to the engine (request/reply): the executor's token in the subject
-    lets the broker hold each executor to its own subjects; the signature does the rest."""
-    return f"moon.report.{token(executor)}.{workflow}.{kind}"
+    lets the broker hold each executor to its own subjects; the signature does the rest. With
+    `engine` (the process that sent the order), to that engine alone: see `reports_to`."""
+    subject = f"moon.report.{token(executor)}.{workflow}.{kind}"
+    return f"{subject}.{token(engine)}" if engine else subject
 
 
 def reports() -> str:
-    return "moon.report.>"
+    """Reports for any engine (one queue group): exactly five tokens, so a report addressed to
+    one engine (`reports_to`) is never also taken by the group."""
+    return "moon.report.*.*.*"
+
+
+def reports_to(engine: str) -> str:
+    """Reports addressed to one engine process: the workflows whose orders it sent, whose
+    state its cache holds. Routing only: any engine checks and decides any report alike."""
+    return f"moon.report.*.*.*.{token(engine)}"
 
 
 def timer(workflow: str, name: str) -> str:

@@ -86,7 +86,8 @@ async def test_two_engines_on_two_nodes_share_the_work_without_a_lost_or_doubled
             pool.append(nc)
             workers.append(Worker(nc, executor_id=f"x{i}", handlers={"work": work}, space=space,
                                   capacity=16, engines=tw.trust_for(space).engines,
-                                  signer=await tw.executor(js, space, f"x{i}", ["work"])))
+                                  signer=await tw.executor(js, space, f"x{i}", ["work"]),
+                                  to_sender=False))  # to either engine: they interleave
         async with contextlib.AsyncExitStack() as stack:
             a = await stack.enter_async_context(engine_on_node(cluster, 0, space, "A", appends))
             b = await stack.enter_async_context(engine_on_node(cluster, 1, space, "B", appends))

@@ -2,7 +2,8 @@
 durable, one report queue group) without a lost or doubled decision.
 
 The engines interleave inside each workflow: a dispatch decided by one, its steps' start and
-completion reports taken by whichever engine the queue group picks, so each engine's cached
+completion reports taken by whichever engine the queue group picks (the workers here do not
+address them to the order's sender, as after that engine's death), so each engine's cached
 state is often behind the journal and the journal's optimistic concurrency decides who wins.
 Some dispatches are submitted to both engines at once, racing for the same first decision;
 some steps fail once, so their retry timers fire on MOON_CMD and either engine takes them.
@@ -188,8 +189,11 @@ async def test_two_engines_share_the_work_without_a_lost_or_doubled_decision(
     try:
         async with (engine_on_own_connection(nats_url, space, "A", appends) as a,
                     engine_on_own_connection(nats_url, space, "B", appends) as b,
-                    worker(workers_nc, space, {"work": work}, "x1", capacity=16),
-                    worker(workers_nc, space, {"work": work}, "x2", capacity=16),
+                    # to any engine (not the order's sender): the engines interleave
+                    worker(workers_nc, space, {"work": work}, "x1", capacity=16,
+                           to_sender=False),
+                    worker(workers_nc, space, {"work": work}, "x2", capacity=16,
+                           to_sender=False),
                     completions(nc, space, {c.workflow_id for c in commands}) as all_done):
             await submit_to_both(a, b, commands)
             await asyncio.wait_for(all_done.wait(), 30)
