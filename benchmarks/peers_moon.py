@@ -1,7 +1,7 @@
 """MOON under the peers workload (../shared/bench/peers: W1, W2, W3), as a user runs the stack.
 
     .venv/bin/python benchmarks/peers_moon.py [--engines 1] [--workers 2] [--no-eager] [--no-sync]
-        [--variants]
+        [--variants] [--cluster] [--check]
     PEERS_MOON_CMD=".venv/bin/python benchmarks/peers_moon.py" PEERS_CWD=$PWD \
         python3 ../shared/bench/peers/run_all.py --only moon --reps 1
 
@@ -21,6 +21,8 @@ stack's MAESTRO_HOME (as after `maestro up`: keys, role seeds, broker store):
     share one MOON_CMD durable, one report queue group and one gate queue group: scale-out;
   * `--workers` x `moon worker -c work --capacity 64` (the built-in echo handler), each
     registering its key and provisioning its own broker user on start, as on a user's machine.
+  With `--cluster`, three nodes instead of the one broker (streams/cluster.py, R3 streams): the
+  client on node 0, each engine and worker on the next node in turn; no /varz counts.
 The client is this process: `envelope.client.Client` sealing `moon.dispatch` as the data dir's
 operator, on the operator's broker user, request/reply through the gate, answers verified. The
 result of a workflow is its `moon.wf.<id>.completed` journal message, seen on one core-NATS
@@ -78,7 +80,10 @@ from streams.broker import (  # noqa: E402
     free_port,
     open_connection,
 )
+from streams.cluster import SYNC_INTERVAL as CLUSTER_SYNC  # noqa: E402
+from streams.cluster import EmbeddedCluster  # noqa: E402
 from streams.config import WORKFLOWS, Topology, ensure_streams  # noqa: E402
+from streams.credentials import seed_file  # noqa: E402
 from streams.jetstream_store import last_sequence, ordered_read  # noqa: E402
 from streams.loop import run as run_loop  # noqa: E402
 from streams.moon_events import (  # noqa: E402
@@ -224,32 +229,80 @@ def varz(port: int) -> dict[str, Any]:
 
 
 @dataclass
+class Servers:
+    """Where the stack's services connect: the home's embedded broker (`urls` empty: each
+    service finds it through MAESTRO_HOME), or a 3-node cluster, each service on a node of
+    its own (`urls`: the NATS_URL per service) with the seeds in `creds`."""
+
+    pids: dict[str, int]
+    client_urls: list[str]
+    monitor_port: int | None = None
+    urls: dict[str, str] = field(default_factory=dict)
+    creds: Path | None = None
+    stop: Callable[[], None] = lambda: None
+    provision: Callable[[str, list[str]], object] | None = None
+    replicas: int = 1
+    lane_urls: list[str] = field(default_factory=list)  # W3's clients, one per node
+
+
+def embedded_servers(home: Path, args: argparse.Namespace) -> Servers:
+    broker = MonitoredBroker(data_dir=home, space=SPACE, sync_always=not args.no_sync)
+    broker.monitor_port = free_port()
+    broker.start()
+    assert broker.process is not None
+    return Servers(pids={"nats-server": broker.process.pid}, client_urls=[broker.url],
+                   monitor_port=broker.monitor_port, stop=broker.stop)
+
+
+def cluster_servers(home: Path, args: argparse.Namespace) -> Servers:
+    """Three nodes (streams/cluster.py: R3 streams, authenticated routes); the services on
+    nodes 1, 2, 0, ... in turn (engines first), W1 and W2's client on node 0 and W3's lanes on
+    every node in turn."""
+    cluster = EmbeddedCluster(home, space=SPACE).start()
+    pids = {}
+    for i, node in enumerate(cluster.nodes):
+        assert node.process is not None
+        pids[f"nats-server{i}"] = node.process.pid
+    names = ([f"engine{i + 1}" for i in range(args.engines)] if args.engines > 1 else ["engine"])
+    names += [f"worker{i + 1}" for i in range(args.workers)]
+    urls = {name: cluster.urls[(i + 1) % cluster.size] for i, name in enumerate(names)}
+    return Servers(pids=pids, client_urls=[cluster.urls[0]], urls=urls, creds=cluster.creds,
+                   stop=cluster.stop, provision=cluster.provision_executor, replicas=3,
+                   lane_urls=cluster.urls)
+
+
+@dataclass
 class Stack:
     home: Path
-    broker: MonitoredBroker
+    servers: Servers
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def env(self) -> dict[str, str]:
+    def env(self, name: str) -> dict[str, str]:
         """A user's shell after `maestro up`: MAESTRO_HOME names the stack, nothing else; each
-        service finds the broker (nats.url) and its role's seed there."""
+        service finds the broker (nats.url) and its role's seed there. On the cluster, the
+        service's node in NATS_URL and the cluster's seeds in MAESTRO_CREDS."""
         drop = {"NATS_URL", "MAESTRO_CREDS", "NATS_NKEY", "MAESTRO_SPACE"}
-        return {**{k: v for k, v in os.environ.items() if k not in drop},
-                "MAESTRO_HOME": str(self.home), "PYTHONPATH": str(ROOT)}
+        env = {**{k: v for k, v in os.environ.items() if k not in drop},
+               "MAESTRO_HOME": str(self.home), "PYTHONPATH": str(ROOT)}
+        if name in self.servers.urls:
+            env["NATS_URL"] = self.servers.urls[name]
+        if self.servers.creds is not None:
+            env["MAESTRO_CREDS"] = str(self.servers.creds)
+        return env
 
     def spawn(self, name: str, *args: str) -> None:
         log = (self.home / f"{name}.log").open("ab")
         # --debug: a service that dies says where in its log (it changes nothing else)
         self.children[name] = subprocess.Popen([sys.executable, *MOON_MAIN, *args, "--debug"],
-                                               env=self.env(), stdout=log, stderr=log,
+                                               env=self.env(name), stdout=log, stderr=log,
                                                cwd=self.home)
 
     def logged(self, name: str, event: bytes) -> bool:
         return event in (self.home / f"{name}.log").read_bytes()
 
     def pids(self) -> dict[str, int]:
-        assert self.broker.process is not None
-        return {"nats-server": self.broker.process.pid,
-                **{n: p.pid for n, p in self.children.items()}, "bench-client": os.getpid()}
+        return {**self.servers.pids, **{n: p.pid for n, p in self.children.items()},
+                "bench-client": os.getpid()}
 
     def dead(self) -> list[str]:
         return [f"{n} exit {p.returncode}" for n, p in self.children.items()
@@ -310,6 +363,8 @@ async def start_services(stack: Stack, admin: Nats, args: argparse.Namespace) ->
         await until(name, ready)
     for i in range(args.workers):
         executor = f"x{i + 1}"
+        if stack.servers.provision is not None:  # a cluster: its user on every node first
+            stack.servers.provision(executor, ["work"])
         stack.spawn(f"worker{i + 1}", "worker", "--id", executor, "-c", "work",
                     "--capacity", "64", *(() if args.eager else ("--no-eager",)))
 
@@ -388,15 +443,19 @@ class Bench:
     client: Client
     admin: Nats
     done: Completions
+    # W3's lanes take turns (on a cluster, a client per node: a request goes to an engine on
+    # the node it is sent to when there is one, as NATS prefers a queue group's local members)
+    lanes: list[Client] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     # each start's time to its signed answer (ms): under W3 this is the card's dispatch SLA
     starts_ms: list[float] = field(default_factory=list)
 
-    async def e2e(self, wf: str) -> str | None:
+    async def e2e(self, wf: str, lane: int = 0) -> str | None:
         """Dispatch a 3-step chain and wait for its result: None, or the kind of error."""
         fut = self.done.expect(wf)
+        client = self.lanes[lane % len(self.lanes)] if self.lanes else self.client
         t = time.perf_counter()
-        kind = error_kind(await self.client.call("moon.dispatch", body(wf, 3)))
+        kind = error_kind(await client.call("moon.dispatch", body(wf, 3)))
         self.starts_ms.append((time.perf_counter() - t) * 1000)
         if kind is not None:
             self.done.futures.pop(wf, None)
@@ -439,9 +498,12 @@ async def w1(b: Bench, pids: dict[str, int], result: dict[str, Any]) -> None:
     say("W1", result["w1"], "drain", drain_s, "not completed", missing)
 
 
-async def w2(b: Bench, pids: dict[str, int], result: dict[str, Any], monitor: int) -> None:
+async def w2(b: Bench, pids: dict[str, int], result: dict[str, Any],
+             monitor: int | None) -> None:
+    """W2, with fsync'd writes, API calls and (on one broker) broker messages per workflow."""
     js = b.admin.jetstream()
-    seq0, api0, varz0 = await stream_seqs(js), await api_total(js), varz(monitor)
+    seq0, api0 = await stream_seqs(js), await api_total(js)
+    varz0 = varz(monitor) if monitor else {}
     io0 = {n: proc_io(p) for n, p in pids.items()}
     cpu0 = cpu_snapshot(pids)
     lat: list[float] = []
@@ -455,7 +517,8 @@ async def w2(b: Bench, pids: dict[str, int], result: dict[str, Any], monitor: in
             lat.append(dt)
     cpu1 = cpu_snapshot(pids)
     await asyncio.sleep(0.5)  # as the harness: the last decision's index put and acks land
-    seq1, api1, varz1 = await stream_seqs(js), await api_total(js), varz(monitor)
+    seq1, api1 = await stream_seqs(js), await api_total(js)
+    varz1 = varz(monitor) if monitor else {}
     io1 = {n: proc_io(p) for n, p in pids.items()}
     n = max(1, len(lat))
     per_stream = {k: round((v - seq0.get(k, 0)) / n, 2) for k, v in seq1.items()
@@ -465,9 +528,10 @@ async def w2(b: Bench, pids: dict[str, int], result: dict[str, Any], monitor: in
     result["w2_js_writes_per_wf"] = {"total": round(sum(per_stream.values()), 2),
                                      "by_stream": per_stream}
     result["w2_js_api_calls_per_wf"] = round((api1 - api0) / n, 2)
-    result["w2_broker_msgs_per_wf"] = {
-        "in": round((varz1["in_msgs"] - varz0["in_msgs"]) / n, 2),
-        "out": round((varz1["out_msgs"] - varz0["out_msgs"]) / n, 2)}
+    if varz0:  # a cluster's nodes also count what crosses their routes: one broker only
+        result["w2_broker_msgs_per_wf"] = {
+            "in": round((varz1["in_msgs"] - varz0["in_msgs"]) / n, 2),
+            "out": round((varz1["out_msgs"] - varz0["out_msgs"]) / n, 2)}
     result["w2_io_per_wf"] = io_per(io0, io1, n)
     say("W2", result["w2"], "js writes/wf", result["w2_js_writes_per_wf"])
 
@@ -483,7 +547,7 @@ async def w3(b: Bench, pids: dict[str, int], result: dict[str, Any]) -> None:
         i = 0
         while loop.time() < deadline:
             try:
-                err = await b.e2e(f"w3-{j}-{i}")
+                err = await b.e2e(f"w3-{j}-{i}", j)
             except Exception as exc:  # counted, not fatal
                 err = type(exc).__name__
             i += 1
@@ -613,6 +677,8 @@ async def journal_check(admin: Nats, decisions: SignedDecisions) -> dict[str, An
 def label(args: argparse.Namespace) -> str:
     """The system's name in the table: a variant says so."""
     out = "MOON" if not args.no_sync else "MOON, DIAGNOSTIC: no fsync"
+    if args.cluster:
+        out += ", 3-node cluster"
     if args.engines != 1:
         out += f", {args.engines} engines"
     if args.workers != 2:
@@ -623,17 +689,22 @@ def label(args: argparse.Namespace) -> str:
 
 
 async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
-    broker = MonitoredBroker(data_dir=home, space=SPACE, sync_always=not args.no_sync)
-    broker.monitor_port = free_port()
-    broker.start()
-    stack = Stack(home, broker)
+    servers = (cluster_servers if args.cluster else embedded_servers)(home, args)
+    stack = Stack(home, servers)
     result: dict[str, Any] = {"system": label(args)}
+    seeds = {} if servers.creds is None else {
+        role: seed_file(servers.creds, role) for role in ("admin", "operator")}
+    lane_ncs: list[Nats] = []
     try:
         trust = local_trust(home)  # the keys, before any service reads them
-        admin = await open_connection(broker.url, name="peers-observer")
-        operator = await open_connection(broker.url, name="peers-client", role="operator")
+        admin = await open_connection(servers.client_urls, name="peers-observer",
+                                      credentials_file=seeds.get("admin"))
+        operator = await open_connection(servers.client_urls, name="peers-client",
+                                         role="operator", credentials_file=seeds.get("operator"))
         try:
-            await ensure_streams(admin.jetstream(), Topology(space=SPACE))  # as `maestro up`
+            # as `maestro up`
+            await ensure_streams(admin.jetstream(), Topology(space=SPACE,
+                                                             replicas=servers.replicas))
             try:
                 engines = await start_services(stack, admin, args)
             except TimeoutError:
@@ -641,11 +712,17 @@ async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
                     say(f"--- {name}.log (last lines)")
                     say("\n".join((stack.home / f"{name}.log").read_text().splitlines()[-40:]))
                 raise
-            client = Client(operator, trust.operator, trust.services,
-                            grant=(trust.operator_grant,), space=SPACE, timeout_s=CALL_TIMEOUT_S)
+            def sealing(nc: Nats) -> Client:
+                return Client(nc, trust.operator, trust.services, grant=(trust.operator_grant,),
+                              space=SPACE, timeout_s=CALL_TIMEOUT_S)
+
+            for url in servers.lane_urls:
+                lane_ncs.append(await open_connection(
+                    url, name=f"peers-client-{len(lane_ncs)}", role="operator",
+                    credentials_file=seeds.get("operator")))
             done = Completions(SignedDecisions(local_walls(trust)))
             sub = await admin.subscribe(SPACE.subject("moon.wf.*.completed"), cb=done.on_msg)
-            b = Bench(client, admin, done)
+            b = Bench(sealing(operator), admin, done, lanes=[sealing(nc) for nc in lane_ncs])
             for i in range(WARMUP):  # not timed; also proves the gate answers
                 if err := await b.e2e(f"warm-{i}"):
                     b.errors[f"warmup:{err}"] += 1
@@ -653,7 +730,7 @@ async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
             say(f"MOON ready ({', '.join(engines)}, {args.workers} workers), "
                 f"loadavg {loadavg()}")
             await w1(b, pids, result)
-            await w2(b, pids, result, broker.monitor_port)
+            await w2(b, pids, result, servers.monitor_port)
             await w3(b, pids, result)
             if args.variants:
                 await variants(b, trust, result)
@@ -664,14 +741,15 @@ async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
             result["errors"] = dict(b.errors)
             result["dead"] = stack.dead()
         finally:
-            await operator.close()
-            await admin.close()
+            for nc in (*lane_ncs, operator, admin):
+                await nc.close()
     finally:
         stack.stop()
-        broker.stop()
+        servers.stop()
     result["log_problem_lines"] = stack.log_problems()
     result["log_warning_lines"] = stack.log_warnings()
-    result["processes"] = (f"nats-server, {args.engines}x moon serve, {args.workers}x moon "
+    servers_run = "3x nats-server (cluster)" if args.cluster else "nats-server"
+    result["processes"] = (f"{servers_run}, {args.engines}x moon serve, {args.workers}x moon "
                            "worker, bench client")
     return result
 
@@ -701,6 +779,9 @@ def main() -> int:
     parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=None,
                         help="after the run, verify and fold every journal (default: with "
                              "more than one engine)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="a 3-node cluster (R3 streams) instead of one broker: each engine "
+                             "and worker on a node of its own, the client on node 0")
     parser.add_argument("--no-sync", action="store_true",
                         help="diagnostic only: nats-server without sync_interval: always "
                              "(JetStream's default, fsync every 2 min): NOT MOON's durability")
@@ -710,9 +791,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="peers-moon-") as tmp:
         result = run_loop(run(args, Path(tmp)))
     result["version"] = version()
-    result["durability"] = ("nats-server sync_interval: always (fsync per write), file streams R1"
-                            if not args.no_sync else
-                            "NOT durable: nats-server default sync (every 2 min), file streams R1")
+    result["durability"] = (
+        "3-node cluster, file streams R3: an ack means a majority stored it (sync_interval "
+        f"{CLUSTER_SYNC})" if args.cluster else
+        "nats-server sync_interval: always (fsync per write), file streams R1"
+        if not args.no_sync else
+        "NOT durable: nats-server default sync (every 2 min), file streams R1")
     emit(result)
     return 0
 
