@@ -73,14 +73,15 @@ _encode = msgspec.msgpack.encode
 _MAX_DELIVERIES = 5
 FETCH_PAUSE_S = 1.0  # after a fetch of intents failed for another reason than none waiting
 
-
-class GateStopped(RuntimeError):
-    """The gate's task ended, by itself, while its `serving` block ran."""
 # Refusals a caller can fix by waiting or re-sealing: not the request's final answer, so they are
 # neither stored as its outcome nor deduplicated against a later successful attempt.
 _TRANSIENT = frozenset(
     {Reason.RATE_LIMITED, Reason.EXPIRED, Reason.NOT_YET_VALID, Reason.REPLAYED, Reason.UNAVAILABLE}
 )
+
+
+class GateStopped(RuntimeError):
+    """The gate's task ended, by itself, while its `serving` block ran."""
 
 
 class Gate:
