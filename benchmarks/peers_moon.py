@@ -85,6 +85,7 @@ from streams.cluster import EmbeddedCluster  # noqa: E402
 from streams.config import WORKFLOWS, Topology, ensure_streams  # noqa: E402
 from streams.credentials import seed_file  # noqa: E402
 from streams.jetstream_store import last_sequence, ordered_read  # noqa: E402
+from streams.logs import configure_logging  # noqa: E402
 from streams.loop import run as run_loop  # noqa: E402
 from streams.moon_events import (  # noqa: E402
     Decision,
@@ -107,6 +108,7 @@ def _env_int(name: str, default: int) -> int:
 
 
 N1 = _env_int("PEERS_N1", 2000)
+UNSERVED = "v-unserved-"  # --variants: starts no worker takes (cancelled after)
 N2 = _env_int("PEERS_N2", 500)
 W3_CLIENTS = _env_int("PEERS_W3_CLIENTS", 16)
 W3_SECONDS = float(os.environ.get("PEERS_W3_SECONDS", "30"))
@@ -574,8 +576,10 @@ async def w3(b: Bench, pids: dict[str, int], result: dict[str, Any]) -> None:
 
 async def variants(b: Bench, trust: LocalTrust, result: dict[str, Any]) -> None:
     """Labelled W1 alternatives after the main workload: a durable intent (acknowledged once
-    the sealed request is in INTENTS; decided later), and `Engine.submit` in this process, what
-    `moon dispatch FILE` does (no gate, no envelope). Each phase drains before the next."""
+    the sealed request is in INTENTS; decided later), `Engine.submit` in this process, what
+    `moon dispatch FILE` does (no gate, no envelope), and starts whose step no worker serves.
+    Each phase drains before the next."""
+    await unserved(b, result)
     lat: list[float] = []
     ids = [f"v-intent-{i}" for i in range(N1)]
     t_start = time.monotonic()
@@ -608,7 +612,29 @@ async def variants(b: Bench, trust: LocalTrust, result: dict[str, Any]) -> None:
     await registry.stop()
     result["w1_variant_inprocess_submit"] = {**lat_summary(lat), "drain_s": drain_s,
                                              "not_completed": missing}
-    say("variants", result["w1_variant_intent"], result["w1_variant_inprocess_submit"])
+    say("variants", result["w1_variant_unserved"], result["w1_variant_intent"],
+        result["w1_variant_inprocess_submit"])
+
+
+async def unserved(b: Bench, result: dict[str, Any]) -> None:
+    """W1 with nothing running beside the starts: each asks for a capability no worker serves,
+    so a start meets only the previous starts' own writes (order, audit record) and not the
+    step, completion and index writes of the workflow before it, as in W1. Against W1 (and
+    with --no-sync) it says what W1's time is made of. They are cancelled after."""
+    lat: list[float] = []
+    ids = [f"{UNSERVED}{i}" for i in range(N1)]
+    for wf in ids:
+        start = body(wf, 1)
+        start["steps"][0]["capability"] = "unserved"
+        t = time.perf_counter()
+        answer = await b.client.call("moon.dispatch", start)
+        lat.append((time.perf_counter() - t) * 1000)
+        if kind := error_kind(answer):
+            b.errors[f"unserved:{kind}"] += 1
+    for wf in ids:
+        if kind := error_kind(await b.client.call("moon.cancel", {"workflow_id": wf})):
+            b.errors[f"unserved-cancel:{kind}"] += 1
+    result["w1_variant_unserved"] = lat_summary(lat)
 
 
 async def settled_journal_check(admin: Nats, decisions: SignedDecisions) -> dict[str, Any]:
@@ -658,7 +684,7 @@ async def journal_check(admin: Nats, decisions: SignedDecisions) -> dict[str, An
              if wf not in index or index[wf].version != seq]
     doubled: Counter[str] = Counter()
     mismatches = not_completed = 0
-    for journal in by_wf.values():
+    for wf, journal in by_wf.items():
         ids = Counter(d.command.command_id for d in journal)
         doubled["command"] += sum(1 for n in ids.values() if n > 1)
         for kind in (StepScheduled, StepStarted, StepCompleted):
@@ -666,7 +692,8 @@ async def journal_check(admin: Nats, decisions: SignedDecisions) -> dict[str, An
                            if isinstance(e, kind))
             doubled[kind.__name__] += sum(1 for n in seen.values() if n > 1)
         mismatches += len(replay.verify(journal))
-        not_completed += replay.fold(journal).status != "completed"
+        wanted = "cancelled" if wf.startswith(UNSERVED) else "completed"
+        not_completed += replay.fold(journal).status != wanted
     return {"workflows": len(by_wf), "decisions": len(rows), "unreadable": unreadable,
             "doubled": dict(doubled), "verify_mismatches": mismatches,
             "not_completed": not_completed, "index_stale": len(stale),
@@ -786,6 +813,7 @@ def main() -> int:
                         help="diagnostic only: nats-server without sync_interval: always "
                              "(JetStream's default, fsync every 2 min): NOT MOON's durability")
     args = parser.parse_args()
+    configure_logging()  # to stderr: --variants' in-process engine narrates; stdout is the result
     if args.check is None:
         args.check = args.engines > 1
     with tempfile.TemporaryDirectory(prefix="peers-moon-") as tmp:
