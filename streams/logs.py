@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
+import msgspec
 import structlog
 
 from streams import telemetry
@@ -15,12 +18,31 @@ from streams import telemetry
 __all__ = ["configure_logging"]
 
 
+def _fallback(obj: Any) -> Any:
+    """What json.dumps' fallback in structlog says of a value JSON has no type for."""
+    structlog_ = getattr(obj, "__structlog__", None)
+    return structlog_() if callable(structlog_) else repr(obj)
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_fallback)
+
+
+def _json(event: Any, **_: Any) -> bytes:
+    return _ENCODER.encode(event)
+
+
 def configure_logging(level: int = logging.INFO) -> None:
+    # A service says a line per step transition (moon/narration.py): rendered by msgspec into
+    # bytes, about 30 % cheaper a line than json.dumps into text, measured under the peers' W2.
+    terminal, out = sys.stderr.isatty(), getattr(sys.stderr, "buffer", None)
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer()
-        if sys.stderr.isatty()
+        structlog.dev.ConsoleRenderer() if terminal
+        else structlog.processors.JSONRenderer(serializer=_json) if out is not None
         else structlog.processors.JSONRenderer()
     )
+    factory: Callable[..., Any] = (
+        structlog.BytesLoggerFactory(file=out) if not terminal and out is not None
+        else structlog.PrintLoggerFactory(file=sys.stderr))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -31,7 +53,7 @@ def configure_logging(level: int = logging.INFO) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
     telemetry.configure("maestro-moon")

@@ -1,0 +1,46 @@
+"""A service's log lines, as `configure_logging` writes them when stderr is not a terminal:
+one JSON object a line, whatever the values logged (a process's own, not pytest's config)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+SCRIPT = """
+import structlog
+from streams.logs import configure_logging
+
+class Named:
+    def __structlog__(self):
+        return "named"
+
+class Opaque:
+    def __repr__(self):
+        return "<opaque>"
+
+configure_logging()
+log = structlog.get_logger()
+log.info("first", n=1, text="é", named=Named(), opaque=Opaque(), raw=b"ab", items={3})
+log.debug("hidden")
+log.warning("second", nested={"k": [1, 2.5, None]})
+print("plain text between", file=__import__("sys").stderr)
+log.error("third")
+"""
+
+
+def test_every_line_is_json_with_fallbacks_as_structlog_renders_them() -> None:
+    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, timeout=60,
+                          check=True)
+    lines = done.stderr.decode().splitlines()
+    assert lines[2] == "plain text between"  # text and bytes writes keep their order
+    first, second, third = (json.loads(line) for i, line in enumerate(lines) if i != 2)
+    assert first["event"] == "first" and first["level"] == "info"
+    assert (first["n"], first["text"], first["named"], first["opaque"]) == (
+        1, "é", "named", "<opaque>")
+    assert (first["raw"], first["items"]) == ("YWI=", [3])  # bytes as base64, sets as lists
+    assert first["timestamp"].endswith("Z")
+    assert second == {**second, "event": "second", "level": "warning",
+                      "nested": {"k": [1, 2.5, None]}}
+    assert third["event"] == "third" and third["level"] == "error"
+    assert done.stdout == b""
