@@ -85,6 +85,7 @@ from moon.engine import ENGINE_CONSUMER  # noqa: E402
 from streams.broker import EmbeddedBroker, credentials_env, open_connection  # noqa: E402
 from streams.config import WORKFLOWS, Topology, ensure_streams  # noqa: E402
 from streams.credentials import CREDS_ENV, NKEY_ENV, seed_file  # noqa: E402
+from streams.logs import log_line  # noqa: E402
 from streams.replies import Reason, Refusal  # noqa: E402
 from streams.subjects import Space  # noqa: E402
 
@@ -271,7 +272,8 @@ class World:
             count = 0
             with self.log(name).open("rb") as lines:
                 for line in lines:
-                    if b'"level": "warning"' in line or b'"level": "error"' in line or \
+                    logged = log_line(line)
+                    if (logged is not None and logged.get("level") in ("warning", "error")) or \
                             line.startswith(b"Traceback"):
                         count += 1
                         if count <= 3:

@@ -15,7 +15,7 @@ import structlog
 
 from streams import telemetry
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "log_line"]
 
 
 def _fallback(obj: Any) -> Any:
@@ -57,3 +57,14 @@ def configure_logging(level: int = logging.INFO) -> None:
         cache_logger_on_first_use=True,
     )
     telemetry.configure("maestro-moon")
+
+
+def log_line(line: bytes | str) -> dict[str, Any] | None:
+    """One line of a service's log as the object it logged, or None for anything else (a
+    traceback's lines, a child's plain text): read lines so, never by their bytes, which
+    depend on the renderer."""
+    try:
+        found = msgspec.json.decode(line)
+    except msgspec.DecodeError:
+        return None
+    return found if isinstance(found, dict) else None

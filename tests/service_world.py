@@ -15,6 +15,7 @@ import pytest
 from nats.aio.client import Client
 
 from streams.health import Health, probe
+from streams.logs import log_line
 from streams.subjects import Space
 
 from .moon import fault_world as fw
@@ -58,8 +59,11 @@ async def metrics_text(log: Path) -> str:
 
 
 def metrics_url(log: Path) -> str | None:
-    found = re.search(r'"url": "(http://127\.0\.0\.1:\d+/metrics)"', log.read_text())
-    return found.group(1) if found else None
+    for line in log.read_text().splitlines():
+        url = (log_line(line) or {}).get("url")
+        if isinstance(url, str) and re.fullmatch(r"http://127\.0\.0\.1:\d+/metrics", url):
+            return url
+    return None
 
 
 def scrape(url: str) -> str:
