@@ -5,6 +5,7 @@ for OTLP export (streams/telemetry.py): one call, the same for every service."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -28,7 +29,12 @@ _ENCODER = msgspec.json.Encoder(enc_hook=_fallback)
 
 
 def _json(event: Any, **_: Any) -> bytes:
-    return _ENCODER.encode(event)
+    try:
+        return _ENCODER.encode(event)
+    except (TypeError, ValueError, RecursionError):  # a cycle, say: the line is still said
+        plain = (str, int, float, bool, type(None))
+        return json.dumps({str(k): v if isinstance(v, plain) else repr(v)
+                           for k, v in event.items()}).encode()
 
 
 def configure_logging(level: int = logging.INFO) -> None:

@@ -19,13 +19,16 @@ class Opaque:
     def __repr__(self):
         return "<opaque>"
 
+cycle = []
+cycle.append(cycle)
 configure_logging()
 log = structlog.get_logger()
 log.info("first", n=1, text="é", named=Named(), opaque=Opaque(), raw=b"ab", items={3})
 log.debug("hidden")
 log.warning("second", nested={"k": [1, 2.5, None]})
 print("plain text between", file=__import__("sys").stderr)
-log.error("third")
+log.error("third", keyed={None: 1, True: 2})
+log.error("fourth", cycle=cycle)
 """
 
 
@@ -34,7 +37,8 @@ def test_every_line_is_json_with_fallbacks_as_structlog_renders_them() -> None:
                           check=True)
     lines = done.stderr.decode().splitlines()
     assert lines[2] == "plain text between"  # text and bytes writes keep their order
-    first, second, third = (json.loads(line) for i, line in enumerate(lines) if i != 2)
+    first, second, third, fourth = (json.loads(line) for i, line in enumerate(lines)
+                                    if i != 2)
     assert first["event"] == "first" and first["level"] == "info"
     assert (first["n"], first["text"], first["named"], first["opaque"]) == (
         1, "é", "named", "<opaque>")
@@ -42,5 +46,8 @@ def test_every_line_is_json_with_fallbacks_as_structlog_renders_them() -> None:
     assert first["timestamp"].endswith("Z")
     assert second == {**second, "event": "second", "level": "warning",
                       "nested": {"k": [1, 2.5, None]}}
-    assert third["event"] == "third" and third["level"] == "error"
+    # Keys JSON has no type for are named as text: the line is still written.
+    assert (third["event"], third["level"]) == ("third", "error")
+    assert sorted(third["keyed"].values()) == [1, 2]
+    assert fourth["event"] == "fourth" and fourth["cycle"] == "[[...]]"  # not an exception
     assert done.stdout == b""
