@@ -108,10 +108,10 @@ def _env_int(name: str, default: int) -> int:
 
 
 N1 = _env_int("PEERS_N1", 2000)
-UNSERVED = "v-unserved-"  # --variants: starts no worker takes (cancelled after)
 N2 = _env_int("PEERS_N2", 500)
 W3_CLIENTS = _env_int("PEERS_W3_CLIENTS", 16)
 W3_SECONDS = float(os.environ.get("PEERS_W3_SECONDS", "30"))
+UNSERVED = "v-unserved-"  # --variants: starts no worker takes (cancelled after)
 WARMUP = _env_int("PEERS_WARMUP", 50)
 CALL_TIMEOUT_S = 30.0  # a start or a wait longer than this is an error
 DRAIN_TIMEOUT_S = 120.0  # after W1, wait at most this long for its workflows to finish
