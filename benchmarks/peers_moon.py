@@ -627,15 +627,19 @@ async def unserved(b: Bench, result: dict[str, Any]) -> None:
     step, completion and index writes of the workflow before it, as in W1. Against W1 (and
     with --no-sync) it says what W1's time is made of. They are cancelled after."""
     lat: list[float] = []
-    ids = [f"{UNSERVED}{i}" for i in range(N1)]
-    for wf in ids:
+    ids: list[str] = []
+    for i in range(N1):
+        wf = f"{UNSERVED}{i}"
         start = body(wf, 1)
         start["steps"][0]["capability"] = "unserved"
         t = time.perf_counter()
         answer = await b.client.call("moon.dispatch", start)
-        lat.append((time.perf_counter() - t) * 1000)
-        if kind := error_kind(answer):
+        dt = (time.perf_counter() - t) * 1000
+        if kind := error_kind(answer):  # as in W1: a refused start is an error, not a time
             b.errors[f"unserved:{kind}"] += 1
+        else:
+            lat.append(dt)
+            ids.append(wf)
     for wf in ids:
         if kind := error_kind(await b.client.call("moon.cancel", {"workflow_id": wf})):
             b.errors[f"unserved-cancel:{kind}"] += 1
