@@ -85,7 +85,7 @@ from moon.engine import ENGINE_CONSUMER  # noqa: E402
 from streams.broker import EmbeddedBroker, credentials_env, open_connection  # noqa: E402
 from streams.config import WORKFLOWS, Topology, ensure_streams  # noqa: E402
 from streams.credentials import CREDS_ENV, NKEY_ENV, seed_file  # noqa: E402
-from streams.logs import log_line  # noqa: E402
+from streams.logs import log_level  # noqa: E402
 from streams.replies import Reason, Refusal  # noqa: E402
 from streams.subjects import Space  # noqa: E402
 
@@ -272,9 +272,7 @@ class World:
             count = 0
             with self.log(name).open("rb") as lines:
                 for line in lines:
-                    logged = log_line(line)
-                    if (logged is not None and logged.get("level") in ("warning", "error")) or \
-                            line.startswith(b"Traceback"):
+                    if log_level(line) in ("warning", "error") or line.startswith(b"Traceback"):
                         count += 1
                         if count <= 3:
                             self.samples.append(f"{name}: {line.decode(errors='replace')[:300]}")

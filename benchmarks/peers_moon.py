@@ -85,7 +85,7 @@ from streams.cluster import EmbeddedCluster  # noqa: E402
 from streams.config import WORKFLOWS, Topology, ensure_streams  # noqa: E402
 from streams.credentials import seed_file  # noqa: E402
 from streams.jetstream_store import last_sequence, ordered_read  # noqa: E402
-from streams.logs import configure_logging, log_line  # noqa: E402
+from streams.logs import configure_logging, log_level  # noqa: E402
 from streams.loop import run as run_loop  # noqa: E402
 from streams.moon_events import (  # noqa: E402
     Decision,
@@ -322,13 +322,13 @@ class Stack:
                 proc.wait()
 
     def log_problems(self) -> dict[str, int]:
-        return self._count_lines(lambda line: _level(line) == "error"
+        return self._count_lines(lambda line: log_level(line) == "error"
                                  or line.startswith(b"Traceback"))
 
     def log_warnings(self) -> dict[str, int]:
         """Warning lines per process (a command retried after a failure says `command_failed`
         at error level; a refused report, a late claim, a lost report at warning)."""
-        return self._count_lines(lambda line: _level(line) == "warning")
+        return self._count_lines(lambda line: log_level(line) == "warning")
 
     def _count_lines(self, counts: Callable[[bytes], bool]) -> dict[str, int]:
         out = {}
@@ -336,11 +336,6 @@ class Stack:
             with (self.home / f"{name}.log").open("rb") as lines:
                 out[name] = sum(1 for line in lines if counts(line))
         return out
-
-
-def _level(line: bytes) -> object:
-    logged = log_line(line)
-    return None if logged is None else logged.get("level")
 
 
 async def until(what: str, check: Callable[[], Awaitable[bool]], timeout_s: float = 60) -> None:

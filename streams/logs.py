@@ -16,7 +16,7 @@ import structlog
 
 from streams import telemetry
 
-__all__ = ["configure_logging", "log_line"]
+__all__ = ["configure_logging", "log_level", "log_line"]
 
 
 def _fallback(obj: Any) -> Any:
@@ -74,3 +74,9 @@ def log_line(line: bytes | str) -> dict[str, Any] | None:
     except msgspec.DecodeError:
         return None
     return found if isinstance(found, dict) else None
+
+
+def log_level(line: bytes | str) -> object:
+    """The level a service's log line says (None for a line that is not one)."""
+    logged = log_line(line)
+    return None if logged is None else logged.get("level")

@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+from streams.logs import log_level, log_line
+
 SCRIPT = """
 import structlog
 from streams.logs import configure_logging
@@ -51,3 +53,6 @@ def test_every_line_is_json_with_fallbacks_as_structlog_renders_them() -> None:
     assert sorted(third["keyed"].values()) == [1, 2]
     assert fourth["event"] == "fourth" and fourth["cycle"] == "[[...]]"  # not an exception
     assert done.stdout == b""
+    # How the benchmarks and tests read them: by what the line says, not by its spacing.
+    assert [log_level(line) for line in lines] == ["info", "warning", None, "error", "error"]
+    assert log_line(lines[0]) == first and log_line("Traceback (most recent call last):") is None
